@@ -1,0 +1,1 @@
+"""Tamper-evident audit log: a hash chain of signed entries inside the encrypted vault."""

@@ -1,0 +1,78 @@
+"""The ``offline`` command line: parsing and formatting only; every action is a library call.
+
+Library errors (:class:`offline.errors.OfflineError`) become one ``Error: ...`` line on stderr and
+the exit code from DESIGN.md; ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import click
+
+from .. import __version__, netguard
+from ..errors import OfflineError
+from .app import App
+
+# The guard goes on before any command module can import something that phones home.
+netguard.install()
+
+
+class _Failure(click.ClickException):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class OfflineGroup(click.Group):
+    """Turns library errors into one-line CLI errors with the contract's exit codes."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except OfflineError as exc:
+            self._trace(ctx)
+            raise _Failure(str(exc), exc.exit_code) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            raise _Failure("interrupted", 130) from None
+        except Exception as exc:  # an internal bug: still one line unless --verbose
+            self._trace(ctx)
+            raise _Failure(f"internal error: {exc.__class__.__name__}: {exc}", 1) from None
+
+    @staticmethod
+    def _trace(ctx: click.Context) -> None:
+        app = ctx.find_object(App)
+        if app is not None and app.verbose:
+            click.echo(traceback.format_exc(), err=True)
+
+
+@click.group(cls=OfflineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--vault", type=click.Path(path_type=Path), envvar="OFFLINE_VAULT",
+              help="Vault folder. [env: OFFLINE_VAULT; default: OFFLINE_HOME/vault]")
+@click.option("--user", envvar="OFFLINE_USER", help="Acting user. [env: OFFLINE_USER; default: login name]")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), envvar="OFFLINE_PASSPHRASE_FILE",
+              help="File holding the passphrase. [env: OFFLINE_PASSPHRASE_FILE]")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(__version__, prog_name="offline")
+@click.pass_context
+def main(ctx: click.Context, vault: Path | None, user: str | None, passphrase_file: str | None,
+         as_json: bool, verbose: bool) -> None:
+    """Private, air-gapped question answering over your own documents.
+
+    Documents live in an encrypted vault; answers come from a local model with citations;
+    every access is written to a tamper-evident audit log.
+    """
+    app = App(vault=vault, user=user, passphrase_file=passphrase_file, as_json=as_json, verbose=verbose)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def _register() -> None:
+    from . import commands  # noqa: F401  (each module attaches its group to ``main``)
+
+
+_register()

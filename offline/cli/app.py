@@ -1,0 +1,98 @@
+"""Shared CLI state: global options, passphrase resolution, the unlocked session, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import config
+from ..errors import UsageError
+
+
+@dataclass
+class App:
+    """What every command receives through ``click.pass_obj``."""
+
+    vault: Path | None
+    user: str | None
+    passphrase_file: str | None
+    as_json: bool
+    verbose: bool
+    _session: Any = field(default=None, repr=False)
+
+    @property
+    def vault_path(self) -> Path:
+        return self.vault if self.vault is not None else config.default_vault_path()
+
+    @property
+    def user_name(self) -> str:
+        return self.user or config.default_user()
+
+    def passphrase(self, prompt: str = "Passphrase") -> str:
+        """``--passphrase-file``, ``OFFLINE_PASSPHRASE_FILE``, ``OFFLINE_PASSPHRASE``, else a prompt."""
+        if self.passphrase_file:
+            return config.read_secret_file(self.passphrase_file)
+        env = os.environ.get(config.ENV_PASSPHRASE)
+        if env:
+            return env
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "no passphrase: use --passphrase-file, OFFLINE_PASSPHRASE_FILE or OFFLINE_PASSPHRASE"
+            )
+        return click.prompt(f"{prompt} for {self.user_name}", hide_input=True)
+
+    def new_passphrase(self, file: str | None = None, who: str | None = None) -> str:
+        """A new passphrase: ``--new-passphrase-file``, ``OFFLINE_NEW_PASSPHRASE``, else asked twice."""
+        path = file or os.environ.get(config.ENV_NEW_PASSPHRASE_FILE)
+        if path:
+            value = config.read_secret_file(path)
+        elif os.environ.get(config.ENV_NEW_PASSPHRASE):
+            value = os.environ[config.ENV_NEW_PASSPHRASE]
+        elif sys.stdin.isatty():
+            value = click.prompt(
+                f"New passphrase for {who or self.user_name}", hide_input=True, confirmation_prompt=True
+            )
+        else:
+            raise UsageError("no new passphrase: use --new-passphrase-file or OFFLINE_NEW_PASSPHRASE")
+        if len(value) < 8:
+            raise UsageError("passphrase too short: use at least 8 characters")
+        return value
+
+    def session(self) -> Any:
+        """The unlocked vault session for this user (opened once per command)."""
+        if self._session is None:
+            from ..vault import open_session
+
+            self._session = open_session(self.vault_path, self.user_name, self.passphrase)
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def emit(self, data: Any, text: Callable[[Any], str | None] | None = None) -> None:
+        """Print ``data`` as JSON with ``--json``, else ``text(data)`` (or nothing if it is None)."""
+        if self.as_json:
+            click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        elif text is not None:
+            out = text(data)
+            if out:
+                click.echo(out)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain aligned text table (no colour codes, so it pipes cleanly)."""
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    head = "  ".join(c.upper().ljust(widths[c]) for c in columns)
+    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join([head, *body]).rstrip()

@@ -1,0 +1,81 @@
+"""The one exception hierarchy of the kit.
+
+Every error a user can cause or meet is an :class:`OfflineError`; its ``exit_code`` follows the
+contract in DESIGN.md (1 operational, 2 usage, 3 authentication/locked, 4 access denied,
+5 integrity). The CLI turns these into one ``Error: ...`` line; the library never exits.
+"""
+
+from __future__ import annotations
+
+
+class OfflineError(Exception):
+    """Root of every error raised by the kit on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(OfflineError):
+    """The request itself is malformed (bad option values, missing arguments)."""
+
+    exit_code = 2
+
+
+class NotFound(OfflineError):
+    """A named thing (vault, model, document, user) does not exist."""
+
+
+class AlreadyExists(OfflineError):
+    """Creating something whose name is taken."""
+
+
+class InvalidInput(OfflineError):
+    """A file or value given by the user cannot be used (corrupt, too large, wrong format)."""
+
+
+class NetworkBlocked(OfflineError):
+    """Something tried to open a non-loopback socket while the network guard is on."""
+
+
+class VaultLocked(OfflineError):
+    """The vault cannot be opened without (valid) credentials."""
+
+    exit_code = 3
+
+
+class AuthenticationFailed(VaultLocked):
+    """Wrong user or passphrase. Deliberately says nothing about which one."""
+
+
+class AccessDenied(OfflineError):
+    """The caller may not do this. The message never reveals whether the target exists."""
+
+    exit_code = 4
+
+
+class IntegrityError(OfflineError):
+    """Stored data failed a cryptographic or structural check."""
+
+    exit_code = 5
+
+
+class VaultCorrupted(IntegrityError):
+    """A vault file is damaged, truncated, swapped or was not written by this kit."""
+
+
+class AuditChainBroken(IntegrityError):
+    """The audit log does not verify; ``seq`` names the first bad entry when known."""
+
+    def __init__(self, message: str, seq: int | None = None):
+        super().__init__(message)
+        self.seq = seq
+
+
+class ModelIntegrityError(IntegrityError):
+    """A model file's hash does not match what was recorded for it."""
+
+
+class DecryptionError(IntegrityError):
+    """Opaque failure to authenticate or decrypt a sealed blob (never says why)."""
+
+    def __init__(self, message: str = "decryption failed: data is corrupted or the key is wrong"):
+        super().__init__(message)

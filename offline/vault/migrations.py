@@ -1,0 +1,182 @@
+"""Named, recorded schema migrations, applied in one transaction when a database opens.
+
+Each database kind has an ordered list of ``(name, sql)``. Applied names are recorded in
+``schema_migrations``; a database that records a name this kit does not know was written by a newer
+version and is refused rather than guessed at. Append new migrations; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import TYPE_CHECKING
+
+from ..errors import VaultCorrupted
+
+if TYPE_CHECKING:
+    from .db import Connection
+
+VAULT_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_core",
+        """
+        CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE users(
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('admin', 'member', 'auditor')),
+            x25519_pub TEXT NOT NULL,
+            ed25519_pub TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_by TEXT,
+            removed_at TEXT
+        );
+        CREATE TABLE collections(
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            file TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            break_glass INTEGER NOT NULL DEFAULT 0,
+            retention_days INTEGER
+        );
+        CREATE TABLE collection_keys(
+            collection_id TEXT NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+            user TEXT NOT NULL REFERENCES users(name),
+            wrapped TEXT NOT NULL,
+            PRIMARY KEY (collection_id, user)
+        );
+        CREATE TABLE grants(
+            collection_id TEXT NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+            user TEXT NOT NULL REFERENCES users(name),
+            perm TEXT NOT NULL CHECK (perm IN ('read', 'write')),
+            labels TEXT,
+            granted_by TEXT NOT NULL,
+            granted_at TEXT NOT NULL,
+            PRIMARY KEY (collection_id, user)
+        );
+        CREATE TABLE vault_keys(
+            purpose TEXT NOT NULL,
+            user TEXT NOT NULL REFERENCES users(name),
+            wrapped TEXT NOT NULL,
+            PRIMARY KEY (purpose, user)
+        );
+        """,
+    ),
+    (
+        "0002_audit_log",
+        """
+        CREATE TABLE audit_log(
+            seq INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            user TEXT NOT NULL,
+            action TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            sig TEXT NOT NULL
+        );
+        CREATE INDEX audit_log_user ON audit_log(user);
+        CREATE INDEX audit_log_action ON audit_log(action);
+        """,
+    ),
+]
+
+COLLECTION_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_documents",
+        """
+        CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE documents(
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime REAL,
+            label TEXT NOT NULL DEFAULT '',
+            mime TEXT,
+            ingested_at TEXT NOT NULL,
+            ingested_by TEXT NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE TABLE doc_subjects(
+            doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            subject TEXT NOT NULL,
+            PRIMARY KEY (subject, doc_id)
+        );
+        CREATE INDEX doc_subjects_doc ON doc_subjects(doc_id);
+        CREATE TABLE chunks(
+            id INTEGER PRIMARY KEY,
+            doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            ord INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            page INTEGER,
+            section TEXT,
+            token_count INTEGER NOT NULL,
+            flags TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX chunks_doc ON chunks(doc_id, ord);
+        CREATE VIRTUAL TABLE chunks_fts USING fts5(
+            text, content='chunks', content_rowid='id', tokenize='porter unicode61'
+        );
+        CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN
+            INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+        END;
+        CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
+            INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        END;
+        """,
+    ),
+]
+
+_LISTS = {"vault": VAULT_MIGRATIONS, "collection": COLLECTION_MIGRATIONS}
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a script into statements without executescript (which would COMMIT mid-migration)."""
+    import sqlcipher3
+
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlcipher3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+def apply_migrations(conn: Connection, kind: str) -> list[str]:
+    """Apply every pending migration of ``kind`` in one transaction; return the names applied."""
+    migrations = _LISTS[kind]
+    known = {name for name, _ in migrations}
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    applied = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+    unknown = sorted(applied - known)
+    if unknown:
+        raise VaultCorrupted(
+            f"this {kind} database was written by a newer version of offline (migration {unknown[0]}); upgrade the kit"
+        )
+    pending = [(n, s) for n, s in migrations if n not in applied]
+    if not pending:
+        return []
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated while we waited for the lock.
+        applied = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+        done = []
+        for name, sql in pending:
+            if name in applied:
+                continue
+            for stmt in _statements(sql):
+                conn.execute(stmt)
+            conn.execute("INSERT INTO schema_migrations(name, applied_at) VALUES (?, ?)", (name, now))
+            done.append(name)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return done
