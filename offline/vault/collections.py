@@ -98,20 +98,22 @@ def create_collection(session: Session, name: str) -> dict[str, Any]:
     file = f"{cid}-{new_id()[:8]}.db"
     key = crypto.random_key()
     path = config.ensure_private_dir(session.vault_dir / "collections") / file
-    conn = db.connect(path, key, "collection", create=True)
-    conn.close()
-    try:
-        with db.transaction(session.db):
-            session.db.execute(
-                "INSERT INTO collections(id, name, file, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
-                (cid, name, file, utc_now(), session.user))
-            _insert_wraps(session, cid, file, key, _admin_pubs(session))
-            session.db.execute(
-                "INSERT INTO grants(collection_id, user, perm, labels, granted_by, granted_at)"
-                " VALUES (?, ?, 'write', NULL, ?, ?)", (cid, session.user, session.user, utc_now()))
-    except BaseException:
-        _remove_db_files(path)
-        raise
+    # Under the vault lock, so orphan clean-up in another process never sees the file before its row.
+    with vault_lock(session.vault_dir):
+        conn = db.connect(path, key, "collection", create=True)
+        conn.close()
+        try:
+            with db.transaction(session.db):
+                session.db.execute(
+                    "INSERT INTO collections(id, name, file, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
+                    (cid, name, file, utc_now(), session.user))
+                _insert_wraps(session, cid, file, key, _admin_pubs(session))
+                session.db.execute(
+                    "INSERT INTO grants(collection_id, user, perm, labels, granted_by, granted_at)"
+                    " VALUES (?, ?, 'write', NULL, ?, ?)", (cid, session.user, session.user, utc_now()))
+        except BaseException:
+            _remove_db_files(path)
+            raise
     session.audit("collection.create", collection=name, collection_id=cid)
     return {"name": name, "id": cid}
 

@@ -274,6 +274,9 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
         raise VaultCorrupted(f"{h.db_file}: user record does not match the keyslot for {user!r}")
     session = Session(vault_dir, h, user, row[0], keys, vault_key, conn)
     _flush_failed_unlocks(session)
+    from .maintenance import remove_orphans
+
+    remove_orphans(session)
     return session
 
 

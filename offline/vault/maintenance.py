@@ -1,45 +1,192 @@
-"""Vault-wide maintenance: integrity check, online backup, full re-key."""
+"""Vault-wide maintenance: integrity check, online backup, full re-key.
+
+Re-keying never modifies a live file in place. Every database is copied with SQLCipher's online
+backup and re-keyed with ``PRAGMA rekey`` under a new file name; the new vault database points at
+the new collection files; only then is ``header.json`` replaced atomically. A crash before that
+rename leaves the old header, old files and old keys; after it, the new ones. Files that no header
+references are removed the next time the vault is opened with nobody else holding the lock.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, VaultCorrupted
-from . import db
-from .core import Session
+from ..errors import AccessDenied, UsageError, VaultCorrupted
+from . import crypto, db, header as hdr
+from .collections import _remove_db_files, collection_key_context, collection_key_for_admin, copy_encrypted
+from .core import Session, new_id, vault_key_context, vault_lock
 
 
 def check_vault(session: Session) -> dict[str, Any]:
-    """Run SQLCipher's and SQLite's integrity checks on every database; raise on any damage."""
+    """Run SQLCipher's HMAC check and SQLite's integrity check on every database; raise on damage.
+
+    Admins check every collection (they hold every key as custodians); others check the vault
+    database and the collections they can open.
+    """
     files = []
     problems = db.integrity_check(session.db)
     if problems:
         raise VaultCorrupted(f"{session.header.db_file}: {problems[0]}")
     files.append(session.header.db_file)
-    raise_if_bad = []
-    for name in [r[0] for r in session.db.execute("SELECT name FROM collections ORDER BY name")]:
-        from .collections import collection_key_for_admin
-
-        if session.role != "admin":
+    for cid, name, file in session.db.execute("SELECT id, name, file FROM collections ORDER BY name").fetchall():
+        key = _key_or_none(session, name)
+        if key is None:
             continue
-        _, file, key = collection_key_for_admin(session, name)
-        conn = db.connect(session.vault_dir / "collections" / file, key, "collection", migrate=False)
+        path = session.vault_dir / "collections" / file
+        conn = db.connect(path, key, "collection", migrate=False)
         try:
             bad = db.integrity_check(conn)
         finally:
             conn.close()
         if bad:
-            raise_if_bad.append(f"collections/{file}: {bad[0]}")
+            raise VaultCorrupted(f"collections/{file} ({name}): {bad[0]}")
         files.append(f"collections/{file}")
-    if raise_if_bad:
-        raise VaultCorrupted(raise_if_bad[0])
+    session.audit("vault.check", files=len(files), ok=True)
     return {"ok": True, "files": files}
 
 
+def _key_or_none(session: Session, name: str) -> bytes | None:
+    from .collections import _row, _unwrap_key
+
+    row = _row(session, name)
+    return _unwrap_key(session, *row) if row else None
+
+
 def backup_vault(session: Session, dest: Path) -> dict[str, Any]:
-    raise UsageError("vault backup is not available yet")
+    """Write a complete, still-encrypted, consistent vault folder to ``dest`` (admin).
+
+    Uses SQLCipher's online backup, so it is safe while other processes read and write. The result
+    is itself a vault: restore by copying it back into place (or open it directly with ``--vault``).
+    """
+    session.require_role("admin", action="backing up the vault")
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"backup destination {dest} must be a new or empty folder")
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("", "collections", "adapters"):
+        (tmp / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    count = 0
+    try:
+        # The lock keeps key rotations out so catalog and collection files match.
+        with vault_lock(session.vault_dir):
+            h = hdr.load(session.vault_dir)
+            shutil.copy2(session.vault_dir / hdr.HEADER, tmp / hdr.HEADER)
+            os.chmod(tmp / hdr.HEADER, 0o600)
+            copy_encrypted(session.vault_dir / h.db_file, session.vault_key, tmp / h.db_file, None, "vault")
+            count += 2
+            for name, file in session.db.execute("SELECT name, file FROM collections").fetchall():
+                _, _, key = collection_key_for_admin(session, name)
+                copy_encrypted(session.vault_dir / "collections" / file, key, tmp / "collections" / file,
+                               None, "collection")
+                count += 1
+            for f in (session.vault_dir / "adapters").glob("*"):
+                if f.is_file():
+                    shutil.copy2(f, tmp / "adapters" / f.name)
+                    os.chmod(tmp / "adapters" / f.name, 0o600)
+                    count += 1
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    session.audit("vault.backup", dest=str(dest.resolve()), files=count)
+    return {"dest": str(dest), "files": count}
 
 
 def rekey_vault(session: Session) -> dict[str, Any]:
-    raise UsageError("vault rekey is not available yet")
+    """Rotate the vault database key and every collection key; re-wrap every keyslot (admin)."""
+    session.require_role("admin", action="re-keying the vault")
+    vault_dir = session.vault_dir
+    coll_dir = vault_dir / "collections"
+    with vault_lock(vault_dir):
+        h = hdr.load(vault_dir)
+        rows = session.db.execute("SELECT id, name, file FROM collections").fetchall()
+        new_files: list[Path] = []
+        try:
+            plan = []
+            for cid, name, file in rows:
+                _, _, old_key = collection_key_for_admin(session, name)
+                new_key, new_file = crypto.random_key(), f"{cid}-{new_id()[:8]}.db"
+                copy_encrypted(coll_dir / file, old_key, coll_dir / new_file, new_key, "collection")
+                new_files.append(coll_dir / new_file)
+                plan.append((cid, new_file, new_key))
+            new_vault_key = crypto.random_key()
+            new_db_file = f"vault-{new_id()[:8]}.db"
+            copy_encrypted(vault_dir / h.db_file, session.vault_key, vault_dir / new_db_file, new_vault_key, "vault")
+            new_files.append(vault_dir / new_db_file)
+            _rewrap_catalog(session, vault_dir / new_db_file, new_vault_key, plan)
+            new_h = hdr.Header(vault_id=h.vault_id, db_file=new_db_file, created_at=h.created_at,
+                               slots={u: dict(s) for u, s in h.slots.items()}, version=h.version)
+            for user, slot in new_h.slots.items():
+                slot["vault_key"] = crypto.wrap_to(bytes.fromhex(slot["x25519"]), new_vault_key,
+                                                   vault_key_context(new_h, user))
+            new_h.save(vault_dir)  # the commit point
+        except BaseException:
+            for f in new_files:
+                _remove_db_files(f)
+            raise
+        old_files = [vault_dir / h.db_file] + [coll_dir / file for _, _, file in rows]
+        for handle in session._collections.values():
+            handle.close()
+        session._collections.clear()
+        session.db.close()
+        for f in old_files:
+            _remove_db_files(f)
+        session.header = new_h
+        session._vault_key = bytearray(new_vault_key)
+        session.db = db.connect(vault_dir / new_db_file, new_vault_key, "vault")
+    session.audit("vault.rekey", collections=len(rows))
+    return {"collections": len(rows), "db_file": new_db_file}
+
+
+def _rewrap_catalog(session: Session, new_db: Path, new_vault_key: bytes,
+                    plan: list[tuple[str, str, bytes]]) -> None:
+    conn = db.connect(new_db, new_vault_key, "vault")
+    try:
+        pubs = {u: bytes.fromhex(p) for u, p in conn.execute("SELECT name, x25519_pub FROM users")}
+        with db.transaction(conn):
+            for cid, new_file, key in plan:
+                holders = [r[0] for r in conn.execute(
+                    "SELECT user FROM collection_keys WHERE collection_id = ?", (cid,))]
+                conn.execute("UPDATE collections SET file = ? WHERE id = ?", (new_file, cid))
+                conn.execute("DELETE FROM collection_keys WHERE collection_id = ?", (cid,))
+                for user in holders:
+                    conn.execute("INSERT INTO collection_keys(collection_id, user, wrapped) VALUES (?, ?, ?)",
+                                 (cid, user, crypto.wrap_to(pubs[user], key, collection_key_context(
+                                     session.vault_id, cid, new_file, user))))
+                for (user,) in conn.execute("SELECT user FROM vault_keys WHERE purpose = ?",
+                                            (f"break-glass:{cid}",)).fetchall():
+                    conn.execute("UPDATE vault_keys SET wrapped = ? WHERE purpose = ? AND user = ?",
+                                 (crypto.wrap_to(pubs[user], key, collection_key_context(
+                                     session.vault_id, cid, new_file, user)), f"break-glass:{cid}", user))
+    finally:
+        conn.close()
+
+
+def remove_orphans(session: Session) -> list[str]:
+    """Delete database files no header or catalog references (left by an interrupted rotation)."""
+    removed: list[str] = []
+    try:
+        with vault_lock(session.vault_dir, blocking=False):
+            live = {session.header.db_file}
+            for f in session.vault_dir.glob("vault-*.db"):
+                if f.name not in live:
+                    _remove_db_files(f)
+                    removed.append(f.name)
+            files = {r[0] for r in session.db.execute("SELECT file FROM collections")}
+            for f in (session.vault_dir / "collections").glob("*.db*"):
+                base = f.name.split(".db")[0] + ".db"
+                if base not in files:
+                    with contextlib.suppress(FileNotFoundError):
+                        f.unlink()
+                    removed.append(f.name)
+    except Exception:  # busy: someone else is rotating; try again next time
+        return removed
+    return removed
+

@@ -79,6 +79,38 @@ VAULT_MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX audit_log_action ON audit_log(action);
         """,
     ),
+    (
+        "0003_adapters",
+        """
+        CREATE TABLE adapters(
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            file TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            base_sha256 TEXT NOT NULL,
+            base_arch TEXT NOT NULL,
+            dataset_sha256 TEXT NOT NULL,
+            source_doc_ids TEXT,
+            hyperparameters TEXT NOT NULL,
+            loss_curve TEXT NOT NULL,
+            eval_loss_before REAL,
+            eval_loss_after REAL,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            adapter_sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            key_wrap TEXT NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}',
+            tainted_at TEXT,
+            taint_reason TEXT,
+            override_reason TEXT
+        );
+        CREATE TABLE adapter_keyring(
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            root_key TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 COLLECTION_MIGRATIONS: list[tuple[str, str]] = [
