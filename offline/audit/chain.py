@@ -48,7 +48,7 @@ def sign_hash(key: Ed25519PrivateKey, digest: str) -> str:
 
 
 def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
 @dataclass
@@ -62,6 +62,9 @@ class Entry:
     prev_hash: str
     hash: str
     sig: str
+    # The payload text exactly as stored; verify insists it is the canonical form, so even a byte
+    # change that parses back to the same value (``1e+20`` -> ``1E+20``) is caught.
+    raw_payload: str | None = field(default=None, repr=False, compare=False)
 
     def body(self) -> dict[str, Any]:
         return {"seq": self.seq, "ts": self.ts, "user": self.user, "action": self.action,
@@ -94,22 +97,60 @@ def append(conn: Any, user: str, key: Ed25519PrivateKey, action: str, payload: d
     return entry
 
 
-def _row_to_entry(row: tuple) -> Entry:
-    seq, ts, user, action, severity, payload, prev_hash, digest, sig = row
+_COLUMNS = ("seq", "ts", "user", "action", "severity", "payload", "prev_hash", "hash", "sig")
+# Text columns are read as bytes and decoded here: a tampered cell holding invalid UTF-8 (or a BLOB)
+# must become "entry N is bad", not a driver error about some unknown row.
+_SELECT = ("SELECT seq, " + ", ".join(f"CAST({c} AS BLOB)" for c in _COLUMNS[1:]) + " FROM audit_log")
+
+
+def _text(seq: Any, column: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8", errors="strict")
+        except UnicodeDecodeError:
+            raise AuditChainBroken(f"audit entry {seq}: {column} is not valid UTF-8", _seq_or_none(seq)) from None
+    raise AuditChainBroken(f"audit entry {seq}: {column} is missing or not text", _seq_or_none(seq))
+
+
+def _seq_or_none(seq: Any) -> int | None:
+    return seq if isinstance(seq, int) else None
+
+
+def entry_from_row(row: tuple) -> Entry:
+    """An :class:`Entry` from a stored row (text or bytes cells); malformed cells raise :class:`AuditChainBroken`."""
+    seq = row[0]
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise AuditChainBroken(f"audit entry {seq!r}: sequence number is not an integer", None)
+    ts, user, action, severity, payload, prev_hash, digest, sig = (
+        _text(seq, c, v) for c, v in zip(_COLUMNS[1:], row[1:]))
     try:
         data = json.loads(payload)
     except (TypeError, ValueError):
         raise AuditChainBroken(f"audit entry {seq}: payload is not valid JSON", seq) from None
-    return Entry(seq, ts, user, action, severity, data, prev_hash, digest, sig)
+    return Entry(seq, ts, user, action, severity, data, prev_hash, digest, sig, raw_payload=payload)
 
 
-def iter_entries(conn: Any, where: str = "", params: Iterable[Any] = ()) -> Iterable[Entry]:
-    """Entries in sequence order, optionally filtered by a SQL ``where`` clause."""
-    sql = "SELECT seq, ts, user, action, severity, payload, prev_hash, hash, sig FROM audit_log"
+_row_to_entry = entry_from_row  # the name the first version used
+
+
+def iter_entries(conn: Any, where: str = "", params: Iterable[Any] = (), *, descending: bool = False,
+                 limit: int | None = None) -> Iterable[Entry]:
+    """Entries in sequence order, optionally filtered by a SQL ``where`` clause (bound ``params``).
+
+    ``descending``/``limit`` give the newest ``limit`` entries first (for ``audit tail``).
+    """
+    sql = _SELECT
     if where:
         sql += f" WHERE {where}"
-    for row in conn.execute(sql + " ORDER BY seq", tuple(params)):
-        yield _row_to_entry(row)
+    sql += " ORDER BY seq DESC" if descending else " ORDER BY seq"
+    params = tuple(params)
+    if limit is not None:
+        sql += " LIMIT ?"
+        params += (int(limit),)
+    for row in conn.execute(sql, params):
+        yield entry_from_row(row)
 
 
 @dataclass
@@ -118,49 +159,85 @@ class VerifyReport:
     head_hash: str = GENESIS
     users: dict[str, str] = field(default_factory=dict)  # user -> ed25519 public key (hex)
     audit_public_key: str | None = None
+    roles: dict[str, str] = field(default_factory=dict)  # user -> role, as the chain recorded it
+    introduced: dict[str, int] = field(default_factory=dict)  # user -> seq that introduced their key
+    key_history: dict[str, list[str]] = field(default_factory=dict)  # user -> every key ever enrolled (hex)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": True, "entries": self.entries, "head_hash": self.head_hash,
                 "signers": sorted(self.users), "audit_public_key": self.audit_public_key}
 
 
+# Entries that change who may sign: only an admin (as the chain itself recorded) may write them.
+KEY_ACTIONS = ("user.add", "user.remove")
+
+
+def _broken(seq: int, why: str) -> AuditChainBroken:
+    return AuditChainBroken(f"audit entry {seq}: {why}", seq)
+
+
 def verify_entries(entries: Iterable[Entry]) -> VerifyReport:
-    """Recompute every hash, link and signature; raise :class:`AuditChainBroken` at the first bad one."""
+    """Recompute every hash, link and signature; raise :class:`AuditChainBroken` at the first bad one.
+
+    Beyond hash and signature: sequence numbers run 1, 2, 3... with no gap; the stored payload must be
+    the canonical JSON of an object; ``vault.init`` is entry 1 and nowhere else; ``user.add`` and
+    ``user.remove`` count only when an admin signed them, and one signed by anyone else is itself a
+    forgery (no code path writes it for a non-admin).
+    """
     report = VerifyReport()
     prev = GENESIS
     expected_seq = 1
     keys: dict[str, Ed25519PublicKey] = {}
-    roles: dict[str, str] = {}
+    roles = report.roles
     for e in entries:
         if e.seq != expected_seq:
             raise AuditChainBroken(
                 f"audit entry {expected_seq}: missing or out of order (found {e.seq} next)", expected_seq)
         if e.prev_hash != prev:
-            raise AuditChainBroken(f"audit entry {e.seq}: does not link to the entry before it", e.seq)
+            raise _broken(e.seq, "does not link to the entry before it")
         if not e.hash.startswith(HASH_VERSION + ":"):
-            raise AuditChainBroken(f"audit entry {e.seq}: unknown hash version", e.seq)
-        if entry_hash(prev, e.body()) != e.hash:
-            raise AuditChainBroken(f"audit entry {e.seq}: content does not match its hash", e.seq)
-        if e.seq == 1:
-            if e.action != "vault.init":
-                raise AuditChainBroken("audit entry 1: chain does not start with vault.init", 1)
-            _learn_key(keys, e.user, e.payload.get("ed25519"), e.seq)
+            raise _broken(e.seq, "unknown hash version")
+        if not isinstance(e.payload, dict):
+            raise _broken(e.seq, "payload is not a JSON object")
+        try:
+            canonical = canonical_json(e.payload).decode()
+            digest = entry_hash(prev, e.body())
+        except (TypeError, ValueError):  # NaN/Infinity smuggled into the stored JSON
+            raise _broken(e.seq, "payload is not canonical JSON") from None
+        if e.raw_payload is not None and e.raw_payload != canonical:
+            raise _broken(e.seq, "payload is not in canonical form (stored bytes were changed)")
+        if digest != e.hash:
+            raise _broken(e.seq, "content does not match its hash")
+        if e.severity not in SEVERITIES:
+            raise _broken(e.seq, f"unknown severity {e.severity!r}")
+        if e.action == "vault.init":
+            if e.seq != 1:
+                raise _broken(e.seq, "a second vault.init entry")
+            _learn_key(keys, e.user, e.payload.get("ed25519"), e.seq, report.key_history)
             roles[e.user] = "admin"
+            report.introduced[e.user] = 1
             report.audit_public_key = e.payload.get("audit_public_key")
+        elif e.seq == 1:
+            raise AuditChainBroken("audit entry 1: chain does not start with vault.init", 1)
         key = keys.get(e.user)
         if key is None:
-            raise AuditChainBroken(f"audit entry {e.seq}: signer {e.user!r} was never enrolled in the chain", e.seq)
+            raise _broken(e.seq, f"signer {e.user!r} was never enrolled in the chain")
         try:
             key.verify(bytes.fromhex(e.sig), SIG_DOMAIN + e.hash.encode())
         except (InvalidSignature, ValueError):
-            raise AuditChainBroken(f"audit entry {e.seq}: bad signature for {e.user!r}", e.seq) from None
-        # Only an admin (as the chain itself recorded) can introduce or retire a signing key.
-        if e.action == "user.add" and roles.get(e.user) == "admin":
-            _learn_key(keys, str(e.payload.get("name")), e.payload.get("ed25519"), e.seq)
-            roles[str(e.payload.get("name"))] = str(e.payload.get("role"))
-        elif e.action == "user.remove" and roles.get(e.user) == "admin":
-            keys.pop(str(e.payload.get("name")), None)
-            roles.pop(str(e.payload.get("name")), None)
+            raise _broken(e.seq, f"bad signature for {e.user!r}") from None
+        if e.action in KEY_ACTIONS:
+            if roles.get(e.user) != "admin":
+                raise _broken(e.seq, f"{e.action} signed by {e.user!r}, who is not an admin")
+            name = str(e.payload.get("name"))
+            if e.action == "user.add":
+                _learn_key(keys, name, e.payload.get("ed25519"), e.seq, report.key_history)
+                roles[name] = str(e.payload.get("role"))
+                report.introduced[name] = e.seq
+            else:
+                keys.pop(name, None)
+                roles.pop(name, None)
+                report.introduced.pop(name, None)
         prev = e.hash
         expected_seq += 1
         report.entries += 1
@@ -169,13 +246,22 @@ def verify_entries(entries: Iterable[Entry]) -> VerifyReport:
     return report
 
 
-def _learn_key(keys: dict[str, Ed25519PublicKey], user: str, hex_key: Any, seq: int) -> None:
+def _learn_key(keys: dict[str, Ed25519PublicKey], user: str, hex_key: Any, seq: int,
+               history: dict[str, list[str]] | None = None) -> None:
     try:
         keys[user] = Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(hex_key)))
     except ValueError:
         raise AuditChainBroken(f"audit entry {seq}: carries an invalid public key", seq) from None
+    if history is not None:
+        history.setdefault(user, []).append(keys[user].public_bytes_raw().hex())
 
 
 def verify(conn: Any) -> VerifyReport:
     """Verify the whole chain stored in ``conn``."""
     return verify_entries(iter_entries(conn))
+
+
+def head(conn: Any) -> tuple[int, str]:
+    """``(entry count, head hash)`` as stored, without verifying anything."""
+    row = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS)

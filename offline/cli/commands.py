@@ -9,7 +9,7 @@ from . import main
 # Module name -> attribute holding the click command or group.
 _GROUPS = [
     ("vault", "commands"),
-    # ("models", "commands"), ("ingest", "commands"), ... one line per group module
+    ("audit", "commands"),
 ]
 
 for _module, _attr in _GROUPS:

@@ -1,0 +1,68 @@
+"""``offline audit verify``: the chain, its cross-checks against the vault, and a checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AuditChainBroken
+from . import chain
+
+if TYPE_CHECKING:
+    from ..vault.core import Session
+
+
+def verify_chain(session: Session) -> chain.VerifyReport:
+    """Verify every entry, then check the chain agrees with the vault's own records.
+
+    The chain is its own root of trust (keys come from its vault.init/user.add entries); these checks
+    catch a chain rebuilt wholesale with new keys, and an enrolled user whose enrolment entry is gone
+    (a truncated tail), without any checkpoint.
+    """
+    report = chain.verify(session.db)
+    stored = session.db.execute("SELECT value FROM settings WHERE key = 'audit_public_key'").fetchone()
+    if stored is None or stored[0] != report.audit_public_key:
+        raise AuditChainBroken(
+            "audit entry 1: the audit key it records is not the vault's audit key", 1)
+    for user, slot in sorted(session.header.slots.items()):
+        if user not in report.users:
+            missing = report.entries + 1
+            raise AuditChainBroken(
+                f"audit entry {missing}: missing; user {user!r} holds a keyslot but the log never enrolled "
+                "them (entries were removed from the end)", missing)
+        if slot.get("ed25519") != report.users[user]:
+            seq = report.introduced.get(user, 1)
+            raise AuditChainBroken(
+                f"audit entry {seq}: the signing key it enrols for {user!r} is not the key in their keyslot", seq)
+    return report
+
+
+def verify_log(session: Session, checkpoint: Path | None = None) -> dict[str, Any]:
+    """Verify the whole log (and that it still extends ``checkpoint``); raise :class:`AuditChainBroken`.
+
+    The outcome is itself audited, failures at ``high`` severity.
+    """
+    from .checkpoint import check_checkpoint, load_checkpoint
+
+    cp = load_checkpoint(checkpoint) if checkpoint is not None else None
+    try:
+        report = verify_chain(session)
+        if cp is not None:
+            check_checkpoint(session, report, cp)
+    except AuditChainBroken as exc:
+        # Record the failure; the log may be too damaged to append to, and the error matters more.
+        with contextlib.suppress(Exception):
+            session.audit("audit.verify", severity="high", ok=False, first_bad_seq=exc.seq, error=str(exc),
+                          checkpoint=cp["statement"]["entries"] if cp else None)
+        raise
+    result: dict[str, Any] = {"ok": True, "entries": report.entries, "head_hash": report.head_hash}
+    if cp is not None:
+        result["checkpoint"] = {"entries": cp["statement"]["entries"], "head_hash": cp["statement"]["head_hash"],
+                                "created": cp["statement"]["created"]}
+    if session.role in ("admin", "auditor"):
+        result["signers"] = sorted(report.users)
+        result["audit_public_key"] = report.audit_public_key
+    session.audit("audit.verify", ok=True, entries=report.entries, head_hash=report.head_hash,
+                  checkpoint=cp["statement"]["entries"] if cp else None)
+    return result
