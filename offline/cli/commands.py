@@ -10,6 +10,7 @@ from . import main
 _GROUPS = [
     ("vault", "commands"),
     ("audit", "commands"),
+    ("models", "commands"),
 ]
 
 for _module, _attr in _GROUPS:
