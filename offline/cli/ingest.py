@@ -1,0 +1,181 @@
+"""``offline ingest``, ``offline docs list|show|rm`` and ``offline search``."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from .app import App, table
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Any]:
+    """A rich bar (files and chunks) on stderr when it is a terminal; else a no-op callback."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("files", total=None, chunks=0)
+        state = {"chunks": 0}
+
+        def on_event(event: str, **info: Any) -> None:
+            if event == "start":
+                bar.update(task, total=info["files"])
+            elif event == "file":
+                state["chunks"] += info.get("chunks", 0)
+                bar.update(task, advance=1, chunks=state["chunks"])
+
+        yield on_event
+
+
+def _ingest_text(r: dict[str, Any]) -> str:
+    lines = [f"Collection {r['collection']}: {len(r['added'])} added, {len(r['updated'])} updated, "
+             f"{len(r['unchanged'])} unchanged, {len(r['skipped'])} skipped, {len(r['failed'])} failed; "
+             f"{r['chunks']} chunks in {r.get('seconds', 0):.1f} s"]
+    lines += [f"  skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
+    lines += [f"  failed  {f['path']}: {f['reason']}" for f in r["failed"]]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-c", "--collection", required=True, help="Collection to add the documents to.")
+@click.option("--label", help="Label every document (e.g. phi, legal-hold); grants may be limited to labels.")
+@click.option("--subject", "subjects", multiple=True, help="Data-subject id (repeatable), for GDPR requests.")
+@click.option("--max-mb", type=click.FloatRange(min=0, min_open=True), default=50, show_default=True,
+              help="Per-file size limit in MB.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120, show_default=True,
+              help="Per-file parsing time limit in seconds.")
+@click.option("--subject-field", help="CSV column or JSON field (dotted path) holding each row's subject id:"
+              " every row becomes its own document tagged with it (see offline.gdpr.subjects).")
+@click.pass_obj
+def ingest(app: App, paths: tuple[str, ...], collection: str, label: str | None, subjects: tuple[str, ...],
+           max_mb: float, timeout: float, subject_field: str | None) -> None:
+    """Add files and folders (.txt .md .html .pdf .docx .csv .json .jsonl) to COLLECTION."""
+    from ..errors import OfflineError
+    from ..ingest import ingest_paths
+
+    session = app.session()
+    if subject_field is not None:
+        from ..gdpr.subjects import ingest_with_subject_field
+
+        report = ingest_with_subject_field(session, list(paths), collection, subject_field, label=label,
+                                           subjects=subjects, max_bytes=int(max_mb * 1024 * 1024))
+        app.emit(report, _ingest_text)
+        if report["failed"]:
+            raise OfflineError(f"{len(report['failed'])} row(s) failed; the others were ingested")
+        return
+    with _progress_bar(sys.stderr.isatty()) as progress:
+        report = ingest_paths(session, list(paths), collection, label=label, subjects=subjects,
+                              max_bytes=int(max_mb * 1024 * 1024), timeout_s=timeout, progress=progress)
+    app.emit(report, _ingest_text)
+    if report["failed"]:
+        raise OfflineError(f"{len(report['failed'])} file(s) failed; the others were ingested")
+
+
+@click.group()
+def docs() -> None:
+    """List, show and remove documents."""
+
+
+@docs.command("list")
+@click.option("-c", "--collection", "collections", multiple=True, help="Collection (repeatable; default: all readable).")
+@click.option("--label", help="Only documents with this label.")
+@click.option("--subject", help="Only documents of this data subject.")
+@click.pass_obj
+def docs_list(app: App, collections: tuple[str, ...], label: str | None, subject: str | None) -> None:
+    """Documents you may see."""
+    from ..ingest.docs import list_documents
+
+    rows = list_documents(app.session(), list(collections) or None, label=label, subject=subject)
+    app.emit(rows, lambda r: table(r, ["collection", "id", "name", "label", "chunks", "size", "ingested_at"]))
+
+
+def _show_text(d: dict[str, Any]) -> str:
+    head = [f"{d['name']}  (collection {d['collection']}, id {d['id']})", f"  source   {d['source']}",
+            f"  sha256   {d['sha256']}", f"  size     {d['size']} bytes", f"  label    {d['label'] or '-'}",
+            f"  subjects {', '.join(d['subjects']) or '-'}", f"  ingested {d['ingested_at']} by {d['ingested_by']}",
+            f"  chunks   {d['chunks']}"]
+    for c in d["chunk_list"]:
+        where = f"p. {c['page']}" if c["page"] is not None else (f"§ {c['section']}" if c["section"] else "")
+        flags = f" [{','.join(c['flags'])}]" if c["flags"] else ""
+        head.append(f"  {c['chunk_id']:<14} {where:<24} {c['tokens']:>4} tok{flags}  {c['preview'][:60]}")
+    return "\n".join(head)
+
+
+@docs.command("show")
+@click.argument("doc")
+@click.option("-c", "--collection", required=True)
+@click.pass_obj
+def docs_show(app: App, doc: str, collection: str) -> None:
+    """Metadata and chunks of DOC (id, source path or file name)."""
+    from ..ingest.docs import show_document
+
+    app.emit(show_document(app.session(), collection, doc), _show_text)
+
+
+@docs.command("rm")
+@click.argument("doc_refs", nargs=-1, required=True)
+@click.option("-c", "--collection", required=True)
+@click.pass_obj
+def docs_rm(app: App, doc_refs: tuple[str, ...], collection: str) -> None:
+    """Remove documents (with their chunks, vectors and full-text rows)."""
+    from ..ingest.docs import remove_document
+
+    removed = [remove_document(app.session(), collection, ref) for ref in doc_refs]
+    app.emit(removed, lambda r: "\n".join(f"Removed {d['name']} (id {d['id']}, {d['chunks_removed']} chunks)"
+                                          for d in r))
+
+
+def _search_text(r: dict[str, Any]) -> str:
+    if not r["hits"]:
+        return "No matching chunks."
+    out = []
+    for i, h in enumerate(r["hits"], start=1):
+        ranks = ", ".join(x for x in (f"dense #{h['dense_rank']}" if h["dense_rank"] else "",
+                                      f"bm25 #{h['bm25_rank']}" if h["bm25_rank"] else "") if x)
+        flags = f" [{','.join(h['flags'])}]" if h["flags"] else ""
+        out.append(f"{i:>2}. {h['score']:.4f}  {h['citation']}  ({h['chunk_id']}; {ranks}){flags}")
+        out.append("    " + " ".join(h["text"].split())[:240])
+    return "\n".join(out)
+
+
+@click.command()
+@click.argument("query")
+@click.option("-c", "--collection", "collections", multiple=True, help="Collection (repeatable; default: all readable).")
+@click.option("-k", "k", type=click.IntRange(1, 4096), default=5, show_default=True)
+@click.option("--label", "labels", multiple=True, help="Only chunks with this label (repeatable).")
+@click.option("--subject", "subjects", multiple=True, help="Only documents of this data subject (repeatable).")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
+@click.option("--rrf-k", type=click.FloatRange(min=0), default=60.0, show_default=True, help="RRF constant.")
+@click.option("--w-dense", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Weight of the vector leg.")
+@click.option("--w-bm25", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Weight of the BM25 leg.")
+@click.option("--break-glass", is_flag=True,
+              help="Emergency read of -c COLLECTION you hold no grant on (needs --reason; audited, high severity).")
+@click.option("--reason", help="Why the break-glass read is needed (recorded in the audit log).")
+@click.pass_obj
+def search(app: App, query: str, collections: tuple[str, ...], k: int, labels: tuple[str, ...],
+           subjects: tuple[str, ...], mode: str, rrf_k: float, w_dense: float, w_bm25: float,
+           break_glass: bool, reason: str | None) -> None:
+    """Rank chunks for QUERY (hybrid: vectors + BM25, reciprocal rank fusion)."""
+    from ..retrieval import FusionWeights, search as run_search
+
+    from ..gdpr.breakglass import break_glass_scope
+
+    with break_glass_scope(app.session(), break_glass, list(collections), reason):
+        result = run_search(app.session(), query, collections=list(collections) or None, k=k,
+                            labels=list(labels) or None, subjects=list(subjects) or None, mode=mode,
+                            weights=FusionWeights(rrf_k, w_dense, w_bm25))
+    app.emit(result.to_dict(), _search_text)
+
+
+commands = [ingest, docs, search]

@@ -1,0 +1,104 @@
+"""Writing and removing documents: one transaction per document, vectors included.
+
+Callers embed first and open the transaction second, so the write lock is held only for inserts
+and a crash mid-embedding leaves nothing behind. Replacing a document deletes its old row, chunks,
+FTS rows (by trigger) and vectors and inserts the new ones in the same transaction: readers see
+the old document or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..retrieval import index as vindex
+from ..vault import db
+from ..vault.core import utc_now
+from .chunking import Chunk
+
+
+@dataclass
+class DocRecord:
+    source: str
+    name: str
+    sha256: str
+    size: int
+    mtime: float | None
+    label: str
+    mime: str | None
+    subjects: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def find_document(conn: Any, source: str) -> tuple[int, str, str, list[str]] | None:
+    """(id, sha256, label, subjects) of the document stored for ``source``."""
+    row = conn.execute("SELECT id, sha256, label FROM documents WHERE source = ?", (source,)).fetchone()
+    if row is None:
+        return None
+    subjects = [r[0] for r in conn.execute("SELECT subject FROM doc_subjects WHERE doc_id = ? ORDER BY subject",
+                                           (row[0],))]
+    return row[0], row[1], row[2], subjects
+
+
+def _delete_rows(conn: Any, doc_id: int) -> int:
+    ids = [(r[0],) for r in conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (doc_id,))]
+    if ids and vindex.has_vectors(conn):
+        conn.executemany(f"DELETE FROM {vindex.VEC_TABLE} WHERE rowid = ?", ids)
+    conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))  # FTS rows go by trigger
+    conn.execute("DELETE FROM doc_subjects WHERE doc_id = ?", (doc_id,))
+    conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+    return len(ids)
+
+
+def _next_chunk_id(conn: Any) -> int:
+    # Chunk ids appear in audit entries and citations: never reuse one for different text.
+    stored = int(vindex.get_meta(conn, "next_chunk_id") or 1)
+    top = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM chunks").fetchone()[0]
+    return max(stored, top)
+
+
+def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chunk], vectors: Any, *,
+                   model: tuple[str, str], user: str) -> tuple[int, int | None]:
+    """Insert ``doc`` (replacing any document with the same source) atomically.
+
+    ``vectors`` is a float32 array (len(chunks), dim); ``model`` is (name, sha256) of the embedder.
+    Returns (new doc id, old doc id or None).
+    """
+    import numpy as np
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(vectors) != len(chunks):
+        raise ValueError("one vector per chunk")
+    with db.transaction(conn):
+        vindex.ensure_vec_table(conn, collection, model[0], model[1], vectors.shape[1])
+        old = conn.execute("SELECT id FROM documents WHERE source = ?", (doc.source,)).fetchone()
+        if old:
+            _delete_rows(conn, old[0])
+        cur = conn.execute(
+            "INSERT INTO documents(source, name, sha256, size, mtime, label, mime, ingested_at, ingested_by, meta)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (doc.source, doc.name, doc.sha256, doc.size, doc.mtime, doc.label, doc.mime, utc_now(), user,
+             json.dumps(doc.meta, sort_keys=True)))
+        doc_id = int(cur.lastrowid)
+        conn.executemany("INSERT OR IGNORE INTO doc_subjects(doc_id, subject) VALUES (?, ?)",
+                         [(doc_id, s) for s in doc.subjects])
+        first = _next_chunk_id(conn)
+        conn.executemany(
+            "INSERT INTO chunks(id, doc_id, ord, text, page, section, token_count, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(first + i, doc_id, i, c.text, c.page, c.section, c.token_count, ",".join(sorted(c.flags)))
+             for i, c in enumerate(chunks)])
+        conn.executemany(
+            f"INSERT INTO {vindex.VEC_TABLE}(rowid, embedding, label, doc_id) VALUES (?, ?, ?, ?)",
+            [(first + i, vectors[i].tobytes(), doc.label, doc_id) for i in range(len(chunks))])
+        vindex.set_meta(conn, "next_chunk_id", first + len(chunks))
+        vindex.bump_version(conn)
+    return doc_id, (old[0] if old else None)
+
+
+def delete_document(conn: Any, doc_id: int) -> int:
+    """Remove a document with its chunks, FTS rows and vectors; returns the number of chunks."""
+    with db.transaction(conn):
+        n = _delete_rows(conn, doc_id)
+        vindex.bump_version(conn)
+    return n
