@@ -1,0 +1,272 @@
+"""``offline ask`` as a library call: retrieve, pack, prompt, stream, cite, audit.
+
+Modes: ``rag`` (retrieval + base model), ``base`` (model alone), ``finetune`` (model + LoRA
+adapter, no retrieval), ``hybrid`` (adapter + retrieval). Exactly one ``ask`` audit entry is
+written per call, also when the answer is a refusal for lack of evidence (then no model is loaded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..llm import engine as _engine  # noqa: F401  (sets OMP_WAIT_POLICY before torch/llama load)
+from ..llm import prompts
+from ..llm.prompts import SourceBlock
+from . import citations as cit
+from .packing import pack
+
+MODES = ("rag", "base", "finetune", "hybrid")
+DEFAULT_K = 5
+DEFAULT_MAX_TOKENS = 256
+# Relevance floor on the best hit. Hybrid fused scores are reciprocal-rank sums, which say nothing
+# about relevance on their own, so the floor applies to the dense (cosine) similarity when the hit
+# carries one, else to the fused score. 0.0 keeps every hit; raise it to refuse more eagerly.
+DEFAULT_MIN_SCORE = 0.2
+NO_EVIDENCE = "No relevant passages found in your documents for this question."
+
+
+@dataclass
+class Answer:
+    """The outcome of one question."""
+
+    question: str
+    mode: str
+    answer: str
+    refused: bool
+    sources: list[dict[str, Any]]
+    citations: list[dict[str, Any]]
+    retrieved: list[dict[str, Any]]
+    flagged: list[str]
+    model: dict[str, Any] | None
+    adapter: dict[str, Any] | None
+    timings: dict[str, Any]
+    dropped: list[str] = field(default_factory=list)
+    # The exact chat messages sent to the model (benchmarks replay them); never audited or printed.
+    prompt: list[dict[str, str]] | None = field(default=None, repr=False)
+    # The retrieval hits themselves (evaluation checks their text for gold answers); not serialised.
+    hits: list[Any] | None = field(default=None, repr=False)
+
+    @property
+    def valid_citations(self) -> list[int]:
+        return [c["n"] for c in self.citations if c["valid"]]
+
+    @property
+    def invalid_citations(self) -> list[int]:
+        return [c["n"] for c in self.citations if not c["valid"]]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("prompt", "hits")}
+        d["valid_citations"] = self.valid_citations
+        d["invalid_citations"] = self.invalid_citations
+        return d
+
+    def source_list(self) -> str:
+        """The closing ``Sources:`` block (empty when no sources were used)."""
+        if not self.sources:
+            return ""
+        blocks = [SourceBlock(n=s["n"], chunk_id=s["chunk_id"], doc_name=s["doc_name"], page=s["page"],
+                              section=s["section"], text="", flags=s["flags"]) for s in self.sources]
+        return cit.source_list(blocks, set(self.valid_citations))
+
+
+def best_relevance(hits: Sequence[Any]) -> float | None:
+    """The best dense (cosine) similarity among the hits, else the best fused score; None for no hits."""
+    if not hits:
+        return None
+    dense = [float(h.dense_score) for h in hits if getattr(h, "dense_score", None) is not None]
+    return max(dense) if dense else max(float(getattr(h, "score", 0.0) or 0.0) for h in hits)
+
+
+def has_evidence(hits: Sequence[Any], min_score: float) -> bool:
+    """Whether retrieval found anything worth answering from."""
+    best = best_relevance(hits)
+    return best is not None and best >= min_score
+
+
+def candidate_blocks(hits: Sequence[Any]) -> list[SourceBlock]:
+    """Retrieved hits as neutralised, flagged prompt blocks (numbers are assigned by packing)."""
+    blocks = []
+    for h in hits:
+        raw = h.text or ""
+        flags = list(dict.fromkeys([*_as_list(getattr(h, "flags", None)), *prompts.injection_flags(raw)]))
+        blocks.append(SourceBlock(n=0, chunk_id=str(h.chunk_id), doc_name=str(h.doc_name or h.source or h.doc_id),
+                                  page=h.page, section=h.section, text=prompts.neutralise(raw), flags=flags))
+    return blocks
+
+
+def _as_list(flags: Any) -> list[str]:
+    if not flags:
+        return []
+    if isinstance(flags, str):
+        import json
+
+        try:
+            val = json.loads(flags)
+        except ValueError:
+            return [f for f in flags.replace(";", ",").split(",") if f.strip()]
+        return [str(f) for f in val] if isinstance(val, list) else [str(k) for k in val] if isinstance(val, dict) else []
+    if isinstance(flags, dict):
+        return [str(k) for k, v in flags.items() if v]
+    return [str(f) for f in flags]
+
+
+def _audit_question(session: Any, question: str) -> dict[str, Any]:
+    policy = session.setting("audit_questions")
+    if policy == "full":
+        return {"question": question}
+    if policy == "none":
+        return {}
+    return {"question_sha256": hashlib.sha256(question.encode("utf-8")).hexdigest()}
+
+
+@contextlib.contextmanager
+def _engine_for(session: Any, model: str | None, adapter: str | None, n_ctx: int | None) -> Iterator[tuple[Any, Any, dict | None]]:
+    """Resolve the model, open the adapter (decrypted only while llama.cpp loads it), yield the engine."""
+    from ..llm import engine as eng
+    from ..llm.resolve import resolve_generate_model
+
+    if adapter is None:
+        gm = resolve_generate_model(model)
+        yield eng.load(gm.path, n_ctx=n_ctx), gm, None
+        return
+    from ..finetune.store import open_adapter
+
+    with open_adapter(session, adapter) as (path, info):
+        # Without --model, serve the adapter on the base it was trained on.
+        gm = resolve_generate_model(model or info.get("base_model") or None)
+        base = info.get("base_sha256")
+        if base and base != gm.sha256:
+            raise UsageError(f"adapter {adapter!r} was trained on a different base model "
+                             f"(sha256 {base[:12]}...); pass --model with that base")
+        engine = eng.load(gm.path, n_ctx=n_ctx, lora_path=str(path), adapter_sha256=info["sha256"])
+    yield engine, gm, {"name": adapter, "sha256": info["sha256"]}
+
+
+def answer(session: Any, question: str, *, collections: list[str] | None = None, k: int = DEFAULT_K,
+           mode: str = "rag", model: str | None = None, adapter: str | None = None,
+           on_token: Callable[[str], None] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
+           min_score: float = DEFAULT_MIN_SCORE, n_ctx: int | None = None,
+           labels: list[str] | None = None, subjects: list[str] | None = None) -> Answer:
+    """Answer ``question`` for the session's user; stream pieces to ``on_token``; audit once."""
+    question = (question or "").strip()
+    if not question:
+        raise UsageError("the question is empty")
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r} (modes: {', '.join(MODES)})")
+    if mode in ("finetune", "hybrid") and not adapter:
+        raise UsageError(f"--mode {mode} needs --adapter NAME")
+    if mode in ("rag", "base") and adapter:
+        raise UsageError("--adapter is used only with --mode finetune or hybrid")
+    if k < 1 or k > 100:
+        raise UsageError("k must be between 1 and 100")
+    if max_tokens < 1 or max_tokens > 8192:
+        raise UsageError("--max-tokens must be between 1 and 8192")
+
+    t_start = time.perf_counter()
+    timings: dict[str, Any] = {}
+    hits: list[Any] = []
+    retrieving = mode in ("rag", "hybrid")
+    searched = list(collections) if collections else None
+    if retrieving:
+        from ..retrieval import search
+
+        t0 = time.perf_counter()
+        result = search(session, question, collections=collections, k=k, labels=labels, subjects=subjects,
+                        audit=False)
+        timings["retrieval_s"] = round(time.perf_counter() - t0, 4)
+        hits = list(result.hits)
+        if searched is None:
+            from ..vault.collections import readable_collections
+
+            searched = readable_collections(session)
+    retrieved = [{"chunk_id": str(h.chunk_id), "score": round(float(h.score), 6),
+                  "dense_rank": h.dense_rank, "bm25_rank": h.bm25_rank,
+                  **({"dense_score": round(float(h.dense_score), 6)}
+                     if getattr(h, "dense_score", None) is not None else {})} for h in hits]
+    # Hits the vector leg scored under the floor are noise the fusion dragged in to fill k: they do
+    # not go to the model. (BM25-only hits carry no cosine and stay: they matched the words.)
+    usable = [h for h in hits if getattr(h, "dense_score", None) is None or h.dense_score >= min_score]
+    candidates = candidate_blocks(usable)
+    flagged = [b.chunk_id for b in candidate_blocks(hits) if b.flags]
+
+    if retrieving and not has_evidence(hits, min_score):
+        timings["total_s"] = round(time.perf_counter() - t_start, 4)
+        ans = Answer(question=question, mode=mode, answer=NO_EVIDENCE, refused=True, sources=[], citations=[],
+                     retrieved=retrieved, flagged=flagged, model=None, adapter=None, timings=timings, hits=hits)
+        _audit(session, ans, searched, min_score)
+        return ans
+
+    t0 = time.perf_counter()
+    with _engine_for(session, model, adapter, n_ctx) as (engine, gm, adapter_info):
+        pass
+    timings["load_s"] = round(time.perf_counter() - t0, 4)
+
+    dropped: list[str] = []
+    blocks: list[SourceBlock] = []
+    safe_q = prompts.neutralise(question)
+    pieces = engine.special_pieces(safe_q)
+    if pieces:
+        safe_q = prompts.defang_pieces(safe_q, pieces)
+    if retrieving:
+        for b in candidates:  # last line of defence: this tokenizer's own specials, whatever their spelling
+            pieces = engine.special_pieces(b.text)
+            if pieces:
+                b.text = prompts.defang_pieces(b.text, pieces)
+                if "control_token" not in b.flags:
+                    b.flags.append("control_token")
+        flagged = list(dict.fromkeys([*flagged, *(b.chunk_id for b in candidates if b.flags)]))
+        if engine.prompt_tokens(prompts.rag_messages(safe_q, [])) + max_tokens > engine.n_ctx:
+            raise UsageError(f"the question is too long for the model's {engine.n_ctx}-token window")
+        packed = pack(safe_q, candidates, n_ctx=engine.n_ctx, max_tokens=max_tokens,
+                      count=engine.prompt_tokens, count_text=engine.count)
+        messages, blocks, dropped = packed.messages, packed.blocks, packed.dropped
+    else:
+        messages = prompts.base_messages(safe_q)
+        if engine.prompt_tokens(messages) + max_tokens > engine.n_ctx:
+            raise UsageError(f"the question is too long for the model's {engine.n_ctx}-token window")
+    if retrieving and not blocks:
+        raise UsageError(f"no retrieved passage fits the model's {engine.n_ctx}-token window with "
+                         f"--max-tokens {max_tokens}; lower --max-tokens")
+
+    gen = engine.stream_chat(messages, max_tokens=max_tokens, on_token=on_token)
+    timings.update(gen.timings())
+    timings["total_s"] = round(time.perf_counter() - t_start, 4)
+    text = gen.text.strip()
+    hit_by_id = {str(h.chunk_id): h for h in hits}
+    sources = [{"n": b.n, "chunk_id": b.chunk_id, "doc_name": b.doc_name, "page": b.page, "section": b.section,
+                "score": round(float(hit_by_id[b.chunk_id].score), 6), "flags": b.flags} for b in blocks]
+    ans = Answer(question=question, mode=mode, answer=text, refused=False, sources=sources,
+                 citations=cit.map_citations(text, blocks) if retrieving else [], retrieved=retrieved,
+                 flagged=flagged, model={"name": gm.name, "sha256": gm.sha256, "path": str(Path(gm.path).name)},
+                 adapter=adapter_info, timings=timings, dropped=dropped, prompt=messages,
+                 hits=hits)
+    _audit(session, ans, searched, min_score)
+    return ans
+
+
+def _audit(session: Any, ans: Answer, collections: list[str] | None, min_score: float) -> None:
+    payload: dict[str, Any] = {
+        "user": session.user,
+        "mode": ans.mode,
+        "collections": collections,
+        **_audit_question(session, ans.question),
+        "retrieved": [{"chunk_id": r["chunk_id"], "score": r["score"]} for r in ans.retrieved],
+        "used": [s["chunk_id"] for s in ans.sources],
+        "flagged": ans.flagged,
+        "refused": ans.refused,
+        "min_score": min_score,
+        "model_sha256": ans.model["sha256"] if ans.model else None,
+        "adapter": ans.adapter["name"] if ans.adapter else None,
+        "adapter_sha256": ans.adapter["sha256"] if ans.adapter else None,
+        "answer_sha256": hashlib.sha256(ans.answer.encode("utf-8")).hexdigest(),
+        "citations": {"valid": ans.valid_citations, "invalid": ans.invalid_citations},
+        "timings": ans.timings,
+    }
+    session.audit("ask", severity="notice" if ans.flagged else "info", **payload)
