@@ -1,0 +1,224 @@
+"""``offline gdpr export|erase|verify-receipt|record|retention|purpose|break-glass``.
+
+Also attaches ``offline collections break-glass COLLECTION on|off`` to the ``collections`` group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .app import App, table
+
+
+@click.group()
+def gdpr() -> None:
+    """GDPR and HIPAA duties: subject export and erasure, record of processing, retention."""
+
+
+def _export_text(r: dict[str, Any]) -> str:
+    return (f"Exported {r['documents']} document(s), {r['chunks']} passage(s) from {r['collections']} collection(s)"
+            f" about subject {r['subject']} to {r['out']}:\n" + "\n".join(f"  {f}" for f in r["files"])
+            + "\nThese files hold personal data in clear: hand them over securely.")
+
+
+@gdpr.command("export")
+@click.option("--subject", required=True, help="Data-subject id (as given at ingest).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for subject-export.json and subject-export.md (created 0700).")
+@click.option("-c", "--collection", "collections", multiple=True, help="Only this collection (repeatable).")
+@click.pass_obj
+def export_cmd(app: App, subject: str, out_dir: Path, collections: tuple[str, ...]) -> None:
+    """Subject access (GDPR Art 15): all you may read about a subject, as JSON and Markdown."""
+    from ..gdpr.export import export_subject
+
+    app.emit(export_subject(app.session(), subject, out_dir, collections=list(collections) or None), _export_text)
+
+
+def _erase_text(r: dict[str, Any]) -> str:
+    t = r["totals"]
+    lines = [f"Erased {t['documents']} document(s), {t['chunks']} chunk(s), {t['vectors']} vector(s); "
+             f"receipt {r['receipt_id']} (audit entry {r['audit']['seq']}) written to {r['file']}"]
+    for c in r["collections"]:
+        lines.append(f"  {c['collection']}: {c['documents_removed']} document(s)"
+                     + (" (grant limited to labels: " + ", ".join(c["grant_labels"]) + ")" if c["grant_labels"] else ""))
+    if r["adapters_tainted"]:
+        lines.append("Adapters tainted (retrain or override): " + ", ".join(r["adapters_tainted"]))
+    if r["backups_still_holding_data"]:
+        lines.append("Backups made before this erasure still hold the data until they expire:")
+        lines += [f"  {b['dest']} (made {b['made_at']}, expires {b['expires_at'] or 'never: no backup retention set'})"
+                  for b in r["backups_still_holding_data"]]
+    if r.get("collections_not_covered"):
+        lines.append("Not searched (you hold no write grant): " + ", ".join(r["collections_not_covered"]))
+    lines += [f"Warning: {p}" for p in r["problems"]]
+    return "\n".join(lines)
+
+
+@gdpr.command("erase")
+@click.option("--subject", required=True, help="Data-subject id (as given at ingest).")
+@click.option("-c", "--collection", "collections", multiple=True,
+              help="Only this collection (repeatable; default: every collection you may write).")
+@click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the receipt file (default: the current folder).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def erase_cmd(app: App, subject: str, collections: tuple[str, ...], receipt_dir: Path | None, yes: bool) -> None:
+    """Erasure (GDPR Art 17): remove a subject's documents everywhere you may write; write a receipt."""
+    from ..gdpr.erase import erase_subject
+
+    if not yes and not app.as_json:
+        click.confirm(f"Erase every document of subject {subject!r}? This cannot be undone", abort=True)
+    app.emit(erase_subject(app.session(), subject, collections=list(collections) or None, receipt_dir=receipt_dir),
+             _erase_text)
+
+
+@gdpr.command("verify-receipt")
+@click.argument("receipt", type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_obj
+def verify_receipt_cmd(app: App, receipt: Path) -> None:
+    """Check an erasure receipt file against the audit chain (exit 5 if it does not match)."""
+    from ..gdpr.erase import verify_receipt
+
+    app.emit(verify_receipt(app.session(), receipt),
+             lambda r: f"Receipt {r['receipt_id']} matches audit entry {r['audit_seq']}; "
+                       f"chain of {r['chain_entries']} entries verified.")
+
+
+@gdpr.command("record")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write record-of-processing.json and .md into this folder (else print Markdown).")
+@click.pass_obj
+def record_cmd(app: App, out_dir: Path | None) -> None:
+    """Record of processing (GDPR Art 30) generated from the vault (admins and auditors)."""
+    from ..gdpr.record import record_of_processing
+
+    result = record_of_processing(app.session(), out_dir)
+    if app.as_json:
+        app.emit(result["record"] if not result["files"] else {"files": result["files"], "record": result["record"]})
+    elif result["files"]:
+        click.echo("Record of processing written:\n" + "\n".join(f"  {f}" for f in result["files"]))
+    else:
+        click.echo(result["markdown"], nl=False)
+
+
+def _retention_text(p: dict[str, Any]) -> str:
+    rows = [{"scope": "collection", "name": c["collection"], "days": c["days"]} for c in p["collections"] if c["days"]]
+    rows += [{"scope": "label", "name": lb["label"], "days": lb["days"]} for lb in p["labels"]]
+    rows += [{"scope": "backups", "name": "*", "days": p["backups_days"]}] if p["backups_days"] else []
+    return table(rows, ["scope", "name", "days"])
+
+
+def _apply_text(r: dict[str, Any]) -> str:
+    if not r["expired"]:
+        return "Nothing has expired."
+    head = "Would erase:" if r["dry_run"] else "Erased:"
+    lines = [head] + [f"  {e['collection']}: {e['documents']} document(s)" for e in r["expired"]]
+    if r["receipt"]:
+        lines.append(f"Receipt {r['receipt']['receipt_id']} written to {r['receipt']['file']}")
+    return "\n".join(lines)
+
+
+@gdpr.group("retention", invoke_without_command=True)
+@click.option("--apply", "apply_", is_flag=True, help="Erase every document whose retention period has run out.")
+@click.option("--dry-run", is_flag=True, help="With --apply: list what would be erased, erase nothing.")
+@click.option("-c", "--collection", "collections", multiple=True, help="With --apply: only this collection.")
+@click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the receipt file (default: the current folder).")
+@click.pass_context
+def retention(ctx: click.Context, apply_: bool, dry_run: bool, collections: tuple[str, ...],
+              receipt_dir: Path | None) -> None:
+    """Show retention periods; --apply erases what expired (with a receipt); `set` changes them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    app: App = ctx.obj
+    if apply_:
+        from ..gdpr.retention import apply_retention
+
+        app.emit(apply_retention(app.session(), collections=list(collections) or None, receipt_dir=receipt_dir,
+                                 dry_run=dry_run), _apply_text)
+        return
+    if dry_run or collections or receipt_dir:
+        from ..errors import UsageError
+
+        raise UsageError("--dry-run, -c and --receipt-dir go with --apply")
+    from ..gdpr.retention import retention_policy
+
+    app.emit(retention_policy(app.session()), _retention_text)
+
+
+@retention.command("set")
+@click.option("--collection", help="Set the period of this collection.")
+@click.option("--label", help="Set the period of this label (in every collection).")
+@click.option("--backups", is_flag=True, help="Set how long backups are kept (shown in erasure receipts).")
+@click.option("--days", type=int, help="Retention period in days.")
+@click.option("--clear", is_flag=True, help="Remove the period instead.")
+@click.pass_obj
+def retention_set(app: App, collection: str | None, label: str | None, backups: bool, days: int | None,
+                  clear: bool) -> None:
+    """Set or clear a retention period (admin)."""
+    from ..errors import UsageError
+    from ..gdpr.retention import set_backup_retention, set_retention
+
+    if clear == (days is not None):
+        raise UsageError("give --days N or --clear")
+    if backups:
+        if collection or label:
+            raise UsageError("--backups goes alone")
+        result = set_backup_retention(app.session(), None if clear else days)
+    else:
+        result = set_retention(app.session(), collection=collection, label=label, days=None if clear else days)
+    app.emit(result, lambda r: f"Retention of {r.get('collection') or r.get('label') or 'backups'}: "
+                               f"{str(r['days']) + ' days' if r['days'] else 'none'}.")
+
+
+@gdpr.command("purpose")
+@click.argument("collection")
+@click.argument("purpose", required=False)
+@click.option("--legal-basis", help="Legal basis, e.g. 'Art. 9(2)(h) GDPR: provision of health care'.")
+@click.pass_obj
+def purpose_cmd(app: App, collection: str, purpose: str | None, legal_basis: str | None) -> None:
+    """Record the purpose (and legal basis) of processing COLLECTION's data (admin)."""
+    from ..gdpr.purpose import set_purpose
+
+    app.emit(set_purpose(app.session(), collection, purpose, legal_basis),
+             lambda r: f"Purpose of {r['collection']}: {r['purpose'] or '(none)'}"
+                       + (f"; legal basis: {r['legal_basis']}" if r["legal_basis"] else "") + ".")
+
+
+def _bg_text(r: dict[str, Any]) -> str:
+    if r["break_glass"]:
+        text = (f"Break-glass on for {r['collection']}: emergency keys provisioned for "
+                f"{', '.join(r['provisioned']) or 'nobody'}.")
+        if r["vault_setting"] != "on":
+            text += " Note: the vault setting break_glass is off, so no break-glass read works until it is on."
+        return text
+    return f"Break-glass off for {r['collection']}: {r['wraps_removed']} emergency key(s) removed, collection key rotated."
+
+
+@click.command("break-glass")
+@click.argument("collection")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.pass_obj
+def break_glass_cmd(app: App, collection: str, state: str) -> None:
+    """Allow (on) or forbid (off) emergency reads of COLLECTION with a reason (admin)."""
+    from ..gdpr.breakglass import set_break_glass
+
+    app.emit(set_break_glass(app.session(), collection, state == "on"), _bg_text)
+
+
+gdpr.add_command(break_glass_cmd)
+
+
+def _attach_to_collections() -> None:
+    # ``offline collections break-glass`` lives beside create/grant/revoke without editing vault.py.
+    from .vault import collections
+
+    if "break-glass" not in collections.commands:
+        collections.add_command(break_glass_cmd)
+
+
+_attach_to_collections()
+
+commands = [gdpr]

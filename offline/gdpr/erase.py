@@ -1,0 +1,220 @@
+"""Art. 17 erasure: remove a subject's documents everywhere the caller may write, prove it, scrub.
+
+Each document goes with its chunks, FTS rows and vectors through the ingest store's
+``delete_document`` (the same path as ``docs rm``). Then each touched collection is scrubbed: the
+FTS index is merged (``optimize`` drops the deleted entries from its segments), the file is
+``VACUUM``-ed (rebuilt, with ``secure_delete`` on, so no freed page keeps the text) and the WAL is
+checkpointed and truncated. A receipt (what went, counts, content hashes, when, by whom, the
+adapters now tainted and the backups that still hold the data) is written to the audit chain and to
+a 0600 JSON file. The audit copy names the subject only by a vault-specific hash, because the chain
+can never forget; the file names it in clear for the controller to hand over.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from ..audit import chain
+from ..errors import AccessDenied, NotFound, UsageError
+from ..vault import db
+from ..vault.collections import CollectionHandle, open_collection
+from ..vault.core import Session, new_id, utc_now
+from .common import (
+    check_subject, new_file, parse_ts, private_output_dir, subject_documents, subject_ref,
+    utc_now_dt, write_private_json, writable_collections,
+)
+
+RECEIPT_VERSION = 1
+
+
+def erase_subject(session: Session, subject: str, *, collections: list[str] | None = None,
+                  receipt_dir: Path | str | None = None) -> dict[str, Any]:
+    """Erase every document tagged with ``subject`` in ``collections`` (default: all you may write).
+
+    Returns the receipt (with ``file`` and ``audit`` added). A write grant is needed on each named
+    collection; without ``collections`` every writable one is searched, and the receipt lists
+    (for admins) the collections that were not, so completeness can be judged.
+    """
+    subject = check_subject(subject)
+    session.require_role("admin", "member", action="erasing personal data")
+    names = list(dict.fromkeys(collections)) if collections else writable_collections(session)
+    plan = []
+    for name in names:
+        handle = open_collection(session, name, "write")
+        plan.append((handle, [d["doc_id"] for d in subject_documents(handle.conn, subject, handle.labels)]))
+    return erase_documents(session, plan, kind="subject", reason="erasure request of the data subject (GDPR Art. 17)",
+                           subject=subject, receipt_dir=receipt_dir, considered=None if collections else names)
+
+
+def _doc_facts(conn: Any, doc_id: int, subject: str | None) -> dict[str, Any] | None:
+    row = conn.execute("SELECT id, source, name, sha256, size, label, ingested_at, ingested_by FROM documents"
+                       " WHERE id = ?", (doc_id,)).fetchone()
+    if row is None:
+        return None
+    chunk_ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE doc_id = ? ORDER BY ord", (doc_id,))]
+    subjects = [r[0] for r in conn.execute("SELECT subject FROM doc_subjects WHERE doc_id = ?", (doc_id,))]
+    vectors = _count_vectors(conn, chunk_ids)
+    return {"doc_id": row[0], "source": row[1], "name": row[2], "sha256": row[3], "size": row[4], "label": row[5],
+            "ingested_at": row[6], "ingested_by": row[7], "chunk_ids": chunk_ids, "vectors": vectors,
+            "other_subjects": len([s for s in subjects if s != subject])}
+
+
+def _count_vectors(conn: Any, chunk_ids: list[int]) -> int:
+    from ..retrieval import index as vindex
+
+    if not chunk_ids or not vindex.has_vectors(conn):
+        return 0
+    return sum(conn.execute(f"SELECT count(*) FROM {vindex.VEC_TABLE} WHERE rowid = ?", (cid,)).fetchone()[0]
+               for cid in chunk_ids)
+
+
+def scrub_collection(conn: Any) -> dict[str, Any]:
+    """Leave no trace of deleted rows in the file: merge FTS segments, VACUUM, truncate the WAL."""
+    conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('optimize')")
+    conn.execute("VACUUM")
+    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return {"fts_optimize": True, "vacuum": True, "wal_truncated": busy == 0,
+            "secure_delete": bool(conn.execute("PRAGMA secure_delete").fetchone()[0])}
+
+
+def backups_holding_data(session: Session, before: _dt.datetime) -> list[dict[str, Any]]:
+    """Backups made before ``before`` that have not yet expired (from ``vault.backup`` entries)."""
+    from .retention import backup_retention_days
+
+    days = backup_retention_days(session)
+    out = []
+    for e in chain.iter_entries(session.db, "action = ?", ("vault.backup",)):
+        made = parse_ts(e.ts)
+        if made >= before:
+            continue
+        expires = made + _dt.timedelta(days=days) if days else None
+        if expires is not None and expires <= before:
+            continue
+        dest = str(e.payload.get("dest", ""))
+        out.append({"dest": dest, "made_at": e.ts, "made_by": e.user, "audit_seq": e.seq,
+                    "expires_at": expires.isoformat(timespec="seconds") if expires else None,
+                    "present": bool(dest) and Path(dest).exists()})
+    return out
+
+
+def _taint_adapters(session: Session, removed: list[tuple[str, int]], receipt_id: str) -> list[str]:
+    from ..finetune.store import adapters_using_document, mark_tainted
+
+    names: set[str] = set()
+    for cid, doc_id in removed:
+        names.update(adapters_using_document(session, cid, doc_id))
+    for name in sorted(names):
+        mark_tainted(session, name, f"its training data included a document erased under receipt {receipt_id}")
+    return sorted(names)
+
+
+def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[int]]], *, kind: str, reason: str,
+                    subject: str | None = None, receipt_dir: Path | str | None = None,
+                    considered: list[str] | None = None) -> dict[str, Any]:
+    """Remove the given documents of each open (write) collection, scrub, taint, and write a receipt.
+
+    ``plan``: (handle opened for write, document ids). ``considered``: the collection names the
+    caller chose from (only for "everything I may write"), so admins learn which others exist.
+    """
+    folder = private_output_dir(receipt_dir)  # fail before deleting anything
+    receipt_id = new_id()
+    file = new_file(folder, f"erasure-receipt-{receipt_id}.json")
+    for handle, _ in plan:
+        if handle.perm != "write":
+            raise AccessDenied(f"access denied: collection {handle.name!r}")
+    started = utc_now_dt()
+    per_coll, named, removed_docs = [], [], []
+    problems: list[str] = []
+    from ..ingest.store import delete_document
+
+    for handle, doc_ids in plan:
+        docs = []
+        for doc_id in doc_ids:
+            facts = _doc_facts(handle.conn, doc_id, subject)
+            if facts is None or not handle.label_allowed(facts["label"]):
+                continue  # gone meanwhile, or outside the grant: never touched
+            delete_document(handle.conn, doc_id)
+            docs.append(facts)
+            removed_docs.append((handle.id, doc_id))
+        scrub: dict[str, Any] | None = None
+        if docs:
+            try:
+                scrub = scrub_collection(handle.conn)
+            except db.DatabaseError as exc:  # busy reader elsewhere: the rows are gone, the pages not yet
+                scrub = {"fts_optimize": False, "vacuum": False, "error": str(exc).splitlines()[0][:120]}
+                problems.append(f"{handle.name}: scrub incomplete ({scrub['error']}); run the erasure again")
+        chunks = sum(len(d["chunk_ids"]) for d in docs)
+        per_coll.append({
+            "collection": handle.name, "collection_id": handle.id,
+            "grant_labels": sorted(handle.labels) if handle.labels is not None else None,
+            "documents_removed": len(docs), "chunks_removed": chunks, "fts_rows_removed": chunks,
+            "vectors_removed": sum(d["vectors"] for d in docs),
+            "documents": [{"doc_id": d["doc_id"], "sha256": d["sha256"], "size": d["size"], "label": d["label"],
+                           "ingested_at": d["ingested_at"], "chunks": len(d["chunk_ids"]),
+                           "vectors": d["vectors"], "other_subjects": d["other_subjects"]} for d in docs],
+            "scrub": scrub,
+        })
+        named += [{"collection": handle.name, "doc_id": d["doc_id"], "name": d["name"], "source": d["source"],
+                   "ingested_by": d["ingested_by"]} for d in docs]
+    tainted = _taint_adapters(session, removed_docs, receipt_id)
+    not_covered = None
+    if considered is not None and session.role == "admin":
+        touched = {h.name for h, _ in plan}
+        not_covered = [r[0] for r in session.db.execute("SELECT name FROM collections ORDER BY name")
+                       if r[0] not in touched]
+    body: dict[str, Any] = {
+        "receipt_version": RECEIPT_VERSION, "receipt_id": receipt_id, "kind": kind, "reason": reason,
+        "subject_ref": subject_ref(session, subject) if subject is not None else None,
+        "vault_id": session.vault_id, "erased_by": session.user,
+        "started_at": started.isoformat(timespec="seconds"), "erased_at": utc_now(),
+        "collections": per_coll,
+        "totals": {"documents": sum(c["documents_removed"] for c in per_coll),
+                   "chunks": sum(c["chunks_removed"] for c in per_coll),
+                   "vectors": sum(c["vectors_removed"] for c in per_coll)},
+        "adapters_tainted": tainted,
+        "backups_still_holding_data": backups_holding_data(session, started),
+        "collections_not_covered": not_covered,
+        "problems": problems,
+    }
+    entry = session.audit("gdpr.erase", severity="notice", **body)
+    with db.transaction(session.db):
+        session.db.execute("INSERT INTO erasure_receipts(id, created_at, created_by, kind, audit_seq, receipt)"
+                           " VALUES (?, ?, ?, ?, ?, ?)",
+                           (receipt_id, entry.ts, session.user, kind, entry.seq, chain.canonical_json(body).decode()))
+    record = {"receipt": entry.payload, "subject": subject, "documents": named,
+              "audit": {"seq": entry.seq, "hash": entry.hash, "action": entry.action, "ts": entry.ts}}
+    write_private_json(file, record)
+    return {**entry.payload, "file": str(file), "audit": record["audit"]}
+
+
+def verify_receipt(session: Session, path: Path | str) -> dict[str, Any]:
+    """Check a receipt file against the audit chain: same payload, same entry hash, chain intact.
+
+    Raises :class:`~offline.errors.AuditChainBroken` if the chain does not verify and
+    :class:`~offline.errors.IntegrityError` if the file does not match its entry.
+    """
+    from ..errors import IntegrityError
+
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        seq, digest, receipt = int(record["audit"]["seq"]), str(record["audit"]["hash"]), record["receipt"]
+    except FileNotFoundError:
+        raise NotFound(f"no such receipt file: {path}") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{path} is not an erasure receipt") from None
+    entries = list(chain.iter_entries(session.db, "seq = ?", (seq,)))
+    if not entries or entries[0].action != "gdpr.erase":
+        raise IntegrityError(f"receipt {path}: audit entry {seq} is not an erasure receipt")
+    entry = entries[0]
+    if session.role not in ("admin", "auditor") and entry.user != session.user:
+        raise AccessDenied("access denied: only admins, auditors and the eraser verify a receipt")
+    if entry.hash != digest or chain.canonical_json(entry.payload) != chain.canonical_json(receipt):
+        raise IntegrityError(f"receipt {path}: does not match audit entry {seq}")
+    report = chain.verify(session.db)
+    if record.get("subject") is not None and receipt.get("subject_ref") != subject_ref(session, record["subject"]):
+        raise IntegrityError(f"receipt {path}: subject does not match the recorded reference")
+    return {"ok": True, "receipt_id": receipt.get("receipt_id"), "audit_seq": seq, "chain_entries": report.entries,
+            "head_hash": report.head_hash}
