@@ -29,6 +29,8 @@ class OfflineGroup(click.Group):
     """Turns library errors into one-line CLI errors with the contract's exit codes."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
+        # The raw command and its arguments, for forwarding to an unlocked agent (offline.agent).
+        ctx.meta["offline.agent.args"] = [*getattr(ctx, "_protected_args", ()), *ctx.args]
         try:
             return super().invoke(ctx)
         except OfflineError as exc:
@@ -69,6 +71,9 @@ def main(ctx: click.Context, vault: Path | None, user: str | None, passphrase_fi
     app = App(vault=vault, user=user, passphrase_file=passphrase_file, as_json=as_json, verbose=verbose)
     ctx.obj = app
     ctx.call_on_close(app.close)
+    from ..agent.client import route  # stdlib only: runs the command in an unlocked agent if one is up
+
+    route(ctx, app)
 
 
 def _register() -> None:

@@ -26,6 +26,7 @@ class App:
     as_json: bool
     verbose: bool
     _session: Any = field(default=None, repr=False)
+    _borrowed: bool = field(default=False, repr=False)  # session lent by the agent: not ours to close
 
     @property
     def vault_path(self) -> Path:
@@ -74,9 +75,9 @@ class App:
         return self._session
 
     def close(self) -> None:
-        if self._session is not None:
+        if self._session is not None and not self._borrowed:
             self._session.close()
-            self._session = None
+        self._session = None
 
     def emit(self, data: Any, text: Callable[[Any], str | None] | None = None) -> None:
         """Print ``data`` as JSON with ``--json``, else ``text(data)`` (or nothing if it is None)."""
