@@ -11,6 +11,15 @@ _GROUPS = [
     ("vault", "commands"),
     ("audit", "commands"),
     ("models", "commands"),
+    ("ask", "commands"),
+    ("eval", "commands"),
+    ("doctor", "commands"),
+    ("agent", "commands"),
+    ("ingest", "commands"),
+    ("gdpr", "commands"),
+    ("finetune", "commands"),
+    ("compare", "commands"),
+    # ... one line per group module
 ]
 
 for _module, _attr in _GROUPS:

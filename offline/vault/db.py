@@ -18,7 +18,7 @@ from typing import Literal
 import sqlcipher3
 from sqlcipher3 import dbapi2
 
-from ..errors import NotFound, VaultCorrupted
+from ..errors import NotFound, OfflineError, VaultCorrupted
 from .migrations import apply_migrations
 
 Kind = Literal["vault", "collection"]
@@ -44,6 +44,96 @@ def _check_fts5(conn: Connection) -> None:
     _fts5_checked = True
 
 
+# SQLite result texts that mean the file itself is damaged (SQLITE_CORRUPT, SQLITE_NOTADB) or the
+# disk gave out (SQLITE_FULL, SQLITE_IOERR). Anything else (constraints, busy, syntax) passes through.
+_DAMAGED = ("malformed", "not a database", "corrupt")
+_DISK = ("disk is full", "disk i/o error")
+
+
+def _translate(path: Path, exc: Exception) -> Exception:
+    """A page that fails SQLCipher's HMAC mid-query becomes an integrity error naming the file."""
+    text = str(exc).lower()
+    # The plain DatabaseError class is what SQLITE_CORRUPT (and its variants, e.g. a damaged FTS5
+    # or vec0 shadow table: "vtable constructor failed") and SQLITE_NOTADB map to.
+    if type(exc) is DatabaseError or (isinstance(exc, DatabaseError) and any(m in text for m in _DAMAGED)):
+        err = VaultCorrupted(f"{path.name}: damaged or tampered ({_short(exc)})")
+        err.sqlite_message = _short(exc)  # type: ignore[attr-defined]
+        return err
+    if isinstance(exc, DatabaseError) and any(m in text for m in _DISK):
+        return OfflineError(f"{path.name}: cannot write ({_short(exc)}); free some space and retry")
+    return exc
+
+
+class _Cursor(dbapi2.Cursor):
+    """Rows are read lazily: damage can surface on any step, not only in ``execute``."""
+
+    def execute(self, *args):  # type: ignore[override]
+        try:
+            return super().execute(*args)
+        except DatabaseError as exc:
+            raise _translate(self.connection._path, exc) from None
+
+    def executemany(self, *args):  # type: ignore[override]
+        try:
+            return super().executemany(*args)
+        except DatabaseError as exc:
+            raise _translate(self.connection._path, exc) from None
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except DatabaseError as exc:
+            raise _translate(self.connection._path, exc) from None
+
+    def fetchone(self):
+        try:
+            return super().fetchone()
+        except DatabaseError as exc:
+            raise _translate(self.connection._path, exc) from None
+
+    def fetchmany(self, *args):
+        try:
+            return super().fetchmany(*args)
+        except DatabaseError as exc:
+            raise _translate(self.connection._path, exc) from None
+
+    def fetchall(self):
+        try:
+            return super().fetchall()
+        except DatabaseError as exc:
+            raise _translate(self.connection._path, exc) from None
+
+
+class _Connection(dbapi2.Connection):
+    """A connection whose cursors report file damage as :class:`VaultCorrupted` naming the file."""
+
+    _path: Path = Path("?")
+
+    def cursor(self, factory=_Cursor):  # type: ignore[override]
+        return super().cursor(factory)
+
+    def execute(self, *args):  # type: ignore[override]
+        return self.cursor().execute(*args)
+
+    def executemany(self, *args):  # type: ignore[override]
+        return self.cursor().executemany(*args)
+
+
+def _check_wal(path: Path) -> None:
+    """Refuse a database whose -wal vanished after a crash: its committed tail would be lost silently.
+
+    SQLite creates -wal before -shm and deletes -shm before -wal, so a -shm with no -wal never occurs
+    in normal use; it means the write-ahead log (holding committed transactions) was removed.
+    """
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    for _ in range(3):
+        if wal.exists() or not shm.exists():
+            return
+        time.sleep(0.02)
+    raise VaultCorrupted(f"{path.name}: its write-ahead log {wal.name} is missing (committed writes"
+                         " would be lost); restore the file or the vault from a backup")
+
+
 def connect(
     path: Path,
     key: bytes,
@@ -65,9 +155,17 @@ def connect(
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         os.chmod(path, 0o600)
+    if not create:
+        # SQLite takes an empty file for a new database: a vault file truncated to nothing would
+        # silently reopen empty (and be re-migrated) instead of failing.
+        if path.stat().st_size == 0:
+            raise VaultCorrupted(f"{path.name}: the file is empty (truncated); restore it from a backup")
+        _check_wal(path)
     conn = sqlcipher3.connect(
-        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False,
+        factory=_Connection,
     )
+    conn._path = path
     try:
         # SQLCipher would print its own multi-line errors to stderr; ours are one line.
         conn.execute("PRAGMA cipher_log_level = NONE")
@@ -85,9 +183,12 @@ def connect(
         _check_fts5(conn)
         if migrate:
             apply_migrations(conn, kind)
-    except DatabaseError as exc:
+    except (DatabaseError, OfflineError) as exc:
         conn.close()
-        raise VaultCorrupted(f"{path.name}: cannot be opened or authenticated ({_short(exc)})") from None
+        if not isinstance(exc, (DatabaseError, VaultCorrupted)):
+            raise
+        why = getattr(exc, "sqlite_message", None) or _short(exc)
+        raise VaultCorrupted(f"{path.name}: cannot be opened or authenticated ({why})") from None
     return conn
 
 
@@ -125,7 +226,10 @@ def transaction(conn: Connection, *, retries: int = 50) -> Iterator[Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite may already have rolled back (SQLITE_FULL, SQLITE_IOERR): a second ROLLBACK would
+        # raise "no transaction is active" and hide the real error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     else:
         conn.execute("COMMIT")
@@ -138,6 +242,6 @@ def integrity_check(conn: Connection) -> list[str]:
         problems += [r[0] for r in conn.execute("PRAGMA cipher_integrity_check").fetchall()]
         rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
         problems += [r for r in rows if r != "ok"]
-    except DatabaseError as exc:
-        problems.append(_short(exc))
+    except (DatabaseError, VaultCorrupted) as exc:
+        problems.append(getattr(exc, "sqlite_message", None) or _short(exc))
     return problems

@@ -175,9 +175,12 @@ def remove_orphans(session: Session) -> list[str]:
     try:
         with vault_lock(session.vault_dir, blocking=False):
             live = {session.header.db_file}
-            for f in session.vault_dir.glob("vault-*.db"):
-                if f.name not in live:
-                    _remove_db_files(f)
+            # Also "vault-X.db.tmp" (+ its -journal): a re-key killed mid-copy leaves a copy under
+            # the old key that must not outlive the rotation.
+            for f in session.vault_dir.glob("vault-*.db*"):
+                if f.name.split(".db")[0] + ".db" not in live:
+                    with contextlib.suppress(FileNotFoundError):
+                        f.unlink()
                     removed.append(f.name)
             files = {r[0] for r in session.db.execute("SELECT file FROM collections")}
             for f in (session.vault_dir / "collections").glob("*.db*"):

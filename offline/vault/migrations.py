@@ -111,6 +111,38 @@ VAULT_MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        # A random value stored only inside the encrypted vault: `offline doctor` scans every vault
+        # file for it in clear, which would reveal a plaintext copy (temp file, export, broken build).
+        "0004_canary",
+        """
+        INSERT OR IGNORE INTO settings(key, value) VALUES ('canary', lower(hex(randomblob(16))));
+        """,
+    ),
+    (
+        # GDPR/HIPAA duties (offline.gdpr): processing purpose per collection (Art. 30), retention
+        # per label, the kit's GDPR policy (backup retention) and the index of erasure receipts.
+        "0005_gdpr",
+        """
+        ALTER TABLE collections ADD COLUMN purpose TEXT;
+        ALTER TABLE collections ADD COLUMN legal_basis TEXT;
+        CREATE TABLE retention_labels(
+            label TEXT PRIMARY KEY,
+            days INTEGER NOT NULL CHECK (days > 0),
+            set_by TEXT NOT NULL,
+            set_at TEXT NOT NULL
+        );
+        CREATE TABLE gdpr_settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE erasure_receipts(
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            audit_seq INTEGER NOT NULL,
+            receipt TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 COLLECTION_MIGRATIONS: list[tuple[str, str]] = [
