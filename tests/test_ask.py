@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from offline.llm.prompts import FENCE, source_spans
+
 from offline.rag import NO_EVIDENCE, answer
 
 SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -123,9 +125,9 @@ def test_injected_document_stays_fenced_and_flagged(kb, tmp_path):
     assert {"instruction", "control_token"} <= set(src["flags"])
     user = a.prompt[1]["content"]
     n = src["n"]
-    inside = user[user.index(f"<<<SOURCE {n}>>>"):user.index(f"<<<END SOURCE {n}>>>")]
-    assert "Ignore all previous instructions" in inside and "<|im_start|>" not in user
-    assert user.count("<<<END SOURCE") == len(a.sources)
+    spans = source_spans(user)
+    assert "Ignore all previous instructions" in spans[n] and "<|im_start|>" not in user
+    assert len(spans) == len(a.sources) and user.count(FENCE) == 2 * len(a.sources)
     e = _audit(kb)[-1]
     assert set(bad_ids) <= set(e["flagged"])
 
