@@ -1,0 +1,119 @@
+"""``offline finetune create|list|show|rm``: LoRA adapters trained on-prem, stored encrypted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .app import App, table
+
+
+@click.group()
+def finetune() -> None:
+    """Train LoRA adapters on your data and keep them encrypted in the vault."""
+
+
+def _created_text(d: dict[str, Any]) -> str:
+    m = d.get("meta", {})
+    before, after = d.get("eval_loss_before"), d.get("eval_loss_after")
+    ev = f"eval loss {before:.4f} -> {after:.4f}" if before is not None and after is not None else "no eval split"
+    return (f"Created adapter {d['name']} (id {d['id']}) on {d['base_model']}: {m.get('steps')} steps, "
+            f"{m.get('tokens_per_s')} tok/s, {ev}; sha256 {d['sha256'][:16]}...")
+
+
+@finetune.command("create")
+@click.argument("name")
+@click.option("--data", "data", type=click.Path(path_type=Path), help="JSONL: {\"messages\": [...]} or "
+              "{\"prompt\", \"completion\"} per line.")
+@click.option("--from-collection", "from_collection", help="Continued training on a collection's text.")
+@click.option("--base", help="Base model: a registered generate model (default: the kit's default) or a .gguf path.")
+@click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank r.")
+@click.option("--alpha", type=float, default=16.0, show_default=True, help="LoRA alpha (scale = alpha / r).")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--max-steps", type=int, default=None, help="Train exactly this many optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--max-len", type=int, default=512, show_default=True, help="Truncate examples to this many tokens.")
+@click.option("--eval-split", type=float, default=0.1, show_default=True, help="Held-out share for eval loss.")
+@click.option("--targets", default="q_proj,k_proj,v_proj,o_proj", show_default=True,
+              help="Comma-separated module names, or 'all' (attention + MLP projections).")
+@click.option("--dropout", type=float, default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
+@click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+              help="Tensor type of the exported GGUF adapter.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--restart", is_flag=True, help="Discard an interrupted run's checkpoint and start over.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def create(app: App, name: str, data: Path | None, from_collection: str | None, base: str | None, rank: int,
+           alpha: float, epochs: int, lr: float, max_steps: int | None, batch_size: int, max_len: int,
+           eval_split: float, targets: str, dropout: float, seed: int, device: str | None, dtype: str,
+           resume: bool, restart: bool, no_progress: bool) -> None:
+    """Train adapter NAME from --data FILE or --from-collection C and store it encrypted."""
+    from ..finetune.base import DEFAULT_TARGETS, MLP_TARGETS
+    from ..finetune.pipeline import create_adapter
+    from ..finetune.train import TrainConfig
+
+    names = ([*DEFAULT_TARGETS, *MLP_TARGETS] if targets.strip() == "all"
+             else [t.strip() for t in targets.split(",") if t.strip()])
+    cfg = TrainConfig(rank=rank, alpha=alpha, dropout=dropout, targets=names, epochs=epochs, lr=lr,
+                      max_steps=max_steps, batch_size=batch_size, max_len=max_len, eval_split=eval_split, seed=seed)
+    info = create_adapter(app.session(), name, data=data, from_collection=from_collection, base=base, cfg=cfg,
+                          resume=resume, restart=restart, device=device, dtype=dtype,
+                          progress=not no_progress and not app.as_json)
+    app.emit(info, _created_text)
+
+
+@finetune.command("list")
+@click.pass_obj
+def list_cmd(app: App) -> None:
+    """Adapters you may use (admins see all)."""
+    from ..finetune.store import list_adapters
+
+    rows = list_adapters(app.session())
+
+    def text(rs: list[dict[str, Any]]) -> str:
+        view = [{"name": r["name"], "base": r["base_model"], "created_by": r["created_by"],
+                 "created_at": r["created_at"], "eval_after": "" if r["eval_loss_after"] is None
+                 else f"{r['eval_loss_after']:.4f}", "status": "tainted" if r["tainted"] else "ok"} for r in rs]
+        return table(view, ["name", "base", "created_by", "created_at", "eval_after", "status"])
+
+    app.emit(rows, text)
+
+
+@finetune.command("show")
+@click.argument("name")
+@click.pass_obj
+def show(app: App, name: str) -> None:
+    """Lineage, hyperparameters and loss figures of adapter NAME."""
+    from ..finetune.store import show_adapter
+
+    info = show_adapter(app.session(), name)
+
+    def text(d: dict[str, Any]) -> str:
+        keys = ["name", "id", "base_model", "base_sha256", "base_arch", "dataset_sha256", "source_doc_ids",
+                "adapter_sha256", "size", "created_by", "created_at", "eval_loss_before", "eval_loss_after",
+                "hyperparameters", "meta", "tainted_at", "taint_reason", "override_reason"]
+        lines = [f"{k}: {d[k]}" for k in keys if d.get(k) is not None]
+        curve = d.get("loss_curve") or []
+        if curve:
+            lines.append(f"loss_curve: {len(curve)} steps, first {curve[0][1]}, last {curve[-1][1]}")
+        return "\n".join(lines)
+
+    app.emit(info, text)
+
+
+@finetune.command("rm")
+@click.argument("name")
+@click.pass_obj
+def rm(app: App, name: str) -> None:
+    """Delete adapter NAME (admin or its creator)."""
+    from ..finetune.store import remove_adapter
+
+    app.emit(remove_adapter(app.session(), name), lambda d: f"Removed adapter {d['name']}.")
+
+
+commands = [finetune]

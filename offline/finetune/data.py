@@ -1,0 +1,205 @@
+"""Training data: validate JSONL (chat messages or prompt/completion), read collection text, tokenise.
+
+Loss is on completion tokens only: for chat data every assistant turn is learned and everything else
+(system, user, template markup) is masked with -100, found by rendering the model's chat template
+and mapping character spans to tokens. Collection text (continued training) is learned in full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInput, UsageError
+
+ROLES = {"system", "user", "assistant"}
+MAX_FILE_BYTES = 512 * 1024 * 1024
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    """One training item: chat messages, or raw text (continued training)."""
+
+    messages: list[dict[str, str]] | None = None
+    text: str | None = None
+
+
+@dataclass
+class Dataset:
+    """Validated examples plus what lineage needs to know about them."""
+
+    examples: list[Example]
+    sha256: str
+    source: str
+    source_doc_ids: list[dict[str, Any]] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_line(obj: Any, where: str) -> Example:
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"{where}: expected a JSON object with \"messages\" or \"prompt\"/\"completion\"")
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise InvalidInput(f"{where}: \"messages\" must be a non-empty list")
+        clean = []
+        for i, m in enumerate(msgs, 1):
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+                raise InvalidInput(f"{where}: message {i} needs a string \"content\"")
+            if m.get("role") not in ROLES:
+                raise InvalidInput(f"{where}: message {i} has role {m.get('role')!r} (use system, user, assistant)")
+            clean.append({"role": m["role"], "content": m["content"]})
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in clean):
+            raise InvalidInput(f"{where}: no non-empty assistant message to learn from")
+        return Example(messages=clean)
+    if "prompt" in obj or "completion" in obj:
+        p, c = obj.get("prompt"), obj.get("completion")
+        if not isinstance(p, str) or not isinstance(c, str):
+            raise InvalidInput(f"{where}: \"prompt\" and \"completion\" must both be strings")
+        if not c.strip():
+            raise InvalidInput(f"{where}: empty \"completion\"")
+        return Example(messages=[{"role": "user", "content": p}, {"role": "assistant", "content": c}])
+    raise InvalidInput(f"{where}: expected {{\"messages\": [...]}} or {{\"prompt\": ..., \"completion\": ...}}")
+
+
+def load_jsonl(path: str | Path) -> Dataset:
+    """Read and validate a JSONL training file; errors name the file and line."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_FILE_BYTES:
+            raise InvalidInput(f"{p.name}: larger than {MAX_FILE_BYTES // 2**20} MiB")
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"no such data file: {p}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise UsageError(f"cannot read data file {p}: {exc.__class__.__name__}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{p.name}: not UTF-8 text") from None
+    examples = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{p.name} line {n}"
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise InvalidInput(f"{where}: invalid JSON ({exc.msg})") from None
+        examples.append(_parse_line(obj, where))
+    if not examples:
+        raise InvalidInput(f"{p.name}: no training examples")
+    return Dataset(examples, hashlib.sha256(raw).hexdigest(), f"file:{p.name}")
+
+
+def load_collection(session: Any, name: str, *, max_chunks: int | None = None) -> Dataset:
+    """Chunk text of a collection the caller may read (grant and label limits enforced)."""
+    from ..vault.collections import open_collection
+
+    handle = open_collection(session, name, need="read")
+    rows = handle.conn.execute(
+        "SELECT c.doc_id, c.text, d.label FROM chunks c JOIN documents d ON d.id = c.doc_id"
+        " ORDER BY c.doc_id, c.ord").fetchall()
+    texts, doc_ids = [], []
+    for doc_id, text, label in rows:
+        if not handle.label_allowed(label or "") or not text.strip():
+            continue
+        texts.append(text)
+        if not doc_ids or doc_ids[-1] != doc_id:
+            doc_ids.append(doc_id)
+        if max_chunks and len(texts) >= max_chunks:
+            break
+    if not texts:
+        raise InvalidInput(f"collection {name!r} has no text you may read")
+    digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
+    sources = [{"collection": name, "collection_id": handle.id, "doc_ids": sorted(set(doc_ids))}]
+    return Dataset([Example(text=t) for t in texts], digest, f"collection:{name}", sources,
+                   {"chunks": len(texts), "documents": len(set(doc_ids))})
+
+
+def split(examples: list[Any], eval_split: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """Deterministic shuffle, then hold out ``eval_split`` of the items (at least one when > 0)."""
+    if not 0 <= eval_split < 1:
+        raise UsageError("--eval-split must be in [0, 1)")
+    items = list(examples)
+    random.Random(seed).shuffle(items)
+    n_eval = 0 if eval_split == 0 or len(items) < 2 else max(1, round(len(items) * eval_split))
+    return items[n_eval:], items[:n_eval]
+
+
+# -- tokenisation -----------------------------------------------------------------------------
+
+def _render(tok: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _spans(tok: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """Full rendered text and the character spans of every assistant reply (with its end marker)."""
+    full = _render(tok, messages, False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = _render(tok, messages[:i], True)
+        upto = _render(tok, messages[: i + 1], False)
+        if not full.startswith(upto) or not upto.startswith(prompt):
+            raise InvalidInput("the model's chat template does not render conversations incrementally; "
+                               "use {\"prompt\", \"completion\"} data")
+        spans.append((len(prompt), len(upto)))
+    return full, spans
+
+
+def _plain_prompt(messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """Fallback when the tokenizer has no chat template: 'role: text' lines."""
+    text, spans = "", []
+    for m in messages:
+        if m["role"] == "assistant":
+            text += "assistant: "
+            start = len(text)
+            text += m["content"] + "\n"
+            spans.append((start, len(text)))
+        else:
+            text += f"{m['role']}: {m['content']}\n"
+    return text, spans
+
+
+def encode(tok: Any, ex: Example, max_len: int) -> tuple[list[int], list[int]] | None:
+    """(input_ids, labels) with non-learned positions at -100; None when nothing learnable fits."""
+    if ex.text is not None:
+        ids = tok(ex.text, add_special_tokens=False)["input_ids"]
+        if tok.eos_token_id is not None:
+            ids = ids + [tok.eos_token_id]
+        ids = ids[:max_len]
+        return (ids, list(ids)) if len(ids) >= 2 else None
+    assert ex.messages is not None
+    if getattr(tok, "chat_template", None):
+        text, spans = _spans(tok, ex.messages)
+    else:
+        text, spans = _plain_prompt(ex.messages)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE] * len(ids)
+    for j, (s, e) in enumerate(offsets):
+        if e > s and any(a <= s < b for a, b in spans):
+            labels[j] = ids[j]
+    ids, labels = ids[:max_len], labels[:max_len]
+    if all(x == IGNORE for x in labels[1:]):
+        return None
+    return ids, labels
+
+
+def encode_all(tok: Any, examples: list[Example], max_len: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """Encode every example; returns (encoded, number skipped because nothing learnable fit)."""
+    out, skipped = [], 0
+    for ex in examples:
+        r = encode(tok, ex, max_len)
+        if r is None:
+            skipped += 1
+        else:
+            out.append(r)
+    return out, skipped
