@@ -26,12 +26,8 @@ from typing import Any
 
 from ..errors import InvalidInput, NotFound, OfflineError
 
-# llama.cpp's CPU backend runs on OpenMP. With the default (active, spin-waiting) policy, prompt
-# processing collapses as soon as another process wants the same cores: measured here on 2 busy
-# cores, time to first token went from ~0.8 s (passive) to 5-12 s (active). libgomp reads this once,
-# when it is first loaded, so it must be set before llama_cpp (or torch) is imported; the user's own
-# setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY=PASSIVE (spinning OpenMP threads made first tokens 10x slower on busy cores) is
+# set in offline/__init__.py, which runs before anything imports torch or llama_cpp.
 
 DEFAULT_N_CTX = 4096
 # Greedy decoding: grounded answers should be reproducible and stick to the sources. A mild

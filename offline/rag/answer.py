@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..llm import engine as _engine  # noqa: F401  (sets OMP_WAIT_POLICY before torch/llama load)
 from ..llm import prompts
 from ..llm.prompts import SourceBlock
 from . import citations as cit

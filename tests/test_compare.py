@@ -1,0 +1,229 @@
+"""``offline compare`` end to end: real vault, retrieval, llama.cpp (SmolLM2), a real 2-step LoRA."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+import offline  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+from conftest import DATA
+
+SQUAD = DATA / "squad-mini.json"
+MODES = ["base", "rag", "finetune", "hybrid"]
+
+
+def _audit(session, action: str) -> list[dict]:
+    from offline.audit.chain import iter_entries
+
+    return [e.payload for e in iter_entries(session.db, "action = ?", (action,))]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture
+def squad_kb(admin_session):
+    """Collection 'kb' holding the squad-mini paragraphs, ingested with the real pipeline."""
+    from offline.ingest import TextRecord, ingest_records
+    from offline.vault.collections import create_collection
+
+    raw = json.loads(SQUAD.read_text())
+    recs = [TextRecord(source=f"{a['title']}-{i}", name=f"{a['title']}-{i}.txt", text=p["context"])
+            for a in raw["data"] for i, p in enumerate(a["paragraphs"])]
+    create_collection(admin_session, "kb")
+    ingest_records(admin_session, recs, "kb")
+    return admin_session
+
+
+@pytest.fixture
+def tiny_adapter(squad_kb, tmp_path):
+    """A real GGUF LoRA for SmolLM2 (rank 2 on layer 0's q/v projections), stored encrypted in the vault.
+
+    Written with the gguf package rather than trained, to keep the test short: the comparison itself
+    trains a real one (the one-document update) through the full fine-tuning pipeline.
+    """
+    import gguf
+    import numpy as np
+
+    from offline.finetune.store import save_adapter
+    from offline.llm.resolve import resolve_generate_model
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny-lora.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 4.0)
+    for t, out in (("attn_q", 576), ("attn_v", 192)):
+        w.add_tensor(f"blk.0.{t}.weight.lora_a", rng.normal(0, 0.05, (2, 576)).astype(np.float32))
+        w.add_tensor(f"blk.0.{t}.weight.lora_b", rng.normal(0, 0.05, (out, 2)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    save_adapter(squad_kb, "tiny", path.read_bytes(), base_model="smollm2-135m-instruct",
+                 base_sha256=resolve_generate_model(None).sha256, base_arch="llama", dataset_sha256="0" * 64,
+                 hyperparameters={"rank": 2}, loss_curve=[], eval_loss_before=None, eval_loss_after=None)
+    return "tiny"
+
+
+def test_compare_report_json_charts_and_audit(squad_kb, tiny_adapter, cli, tmp_path):
+    from offline.finetune.store import list_adapters
+    from offline.ingest.docs import list_documents
+
+    docs_before = len(list_documents(squad_kb, ["kb"]))
+    out = tmp_path / "report"
+    r = cli(["--json", "compare", "--qa", str(SQUAD), "-c", "kb", "--adapter", tiny_adapter, "--limit", "2",
+             "-k", "2", "--max-tokens", "12", "--update-steps", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.output)
+    res = json.loads((out / "results.json").read_text())
+    assert printed["run"] == res["run"] and printed["modes"] == res["modes"]
+    assert res["qa"]["questions"] == 2 and res["qa"]["format"] == "squad" and res["qa"]["available"] == 36
+    assert res["modes_order"] == MODES and set(res["run_order"]) == set(MODES)
+    for m in MODES:
+        f = res["modes"][m]
+        assert f["status"] == "ok" and f["questions"] == 2 and len(res["per_question"][m]) == 2
+        assert 0 <= f["exact_match"] <= f["f1"] + 1e-9 <= 1 + 1e-9
+        assert f["exact_match"] <= f["answer_contains"] + 1e-9
+        retrieving = m in ("rag", "hybrid")
+        for key in ("citation_hit_rate", "cited_rate", "retrieval_hit_rate"):
+            assert (f[key] is not None) == retrieving
+        if retrieving:
+            assert f["citation_hit_rate"] <= min(f["cited_rate"], f["retrieval_hit_rate"]) + 1e-9
+        assert f["ttft_s"]["n"] >= 1 and 0 < f["ttft_s"]["p50"] <= f["ttft_s"]["p95"]
+        assert f["decode_tok_s"]["mean"] is None or f["decode_tok_s"]["mean"] > 0
+        assert f["peak_rss_mb"] >= f["rss_start_mb"] > 0
+        assert f["disk_bytes"] >= res["disk"]["model_bytes"] > 0
+        assert {r_["id"] for r_ in res["per_question"][m]} == {r_["id"] for r_ in res["per_question"]["base"]}
+        assert "prediction" not in res["per_question"][m][0]  # answers stay out unless --answers
+    d = res["disk"]
+    assert d["adapter_bytes"] > 0 and d["collection_bytes"] > 0 and d["embedder_bytes"] > 0
+    assert d["vault_bytes"] > d["collection_bytes"] + d["adapter_bytes"]
+    assert res["modes"]["hybrid"]["disk_bytes"] == sum(d[k] for k in ("model_bytes", "collection_bytes",
+                                                                     "embedder_bytes", "adapter_bytes"))
+
+    # Update cost and the freshness probe: retrieval finds the new fact only after the ingest;
+    # the frozen adapter (and the base model) answer exactly as before, having no way to see it.
+    upd = res["update"]
+    assert upd["status"] == "ok"
+    cost = upd["update_cost"]
+    assert cost["ingest_s"] > 0 and cost["finetune_s"] > 0 and cost["finetune_steps"] == 1
+    assert cost["ingest_chunks"] >= 1
+    for m in ("rag", "hybrid"):
+        assert not upd["before"][m]["retrieved_fact"] and upd["after"][m]["retrieved_fact"]
+    for m in ("base", "finetune"):
+        assert upd["before"][m]["answer"] == upd["after"][m]["answer"]
+        assert not upd["after"][m]["retrieved_fact"] and not upd["after"][m]["answered"]
+    assert "answered" in upd["finetune_updated"]
+    # ...and the vault is left as it was: probe document removed, update adapter deleted.
+    assert len(list_documents(squad_kb, ["kb"])) == docs_before
+    assert [a["name"] for a in list_adapters(squad_kb)] == ["tiny"]
+
+    report = (out / "report.md").read_text()
+    for row in ("Inference speed", "Cost of an update", "Adaptability", "Accuracy", "Memory"):
+        assert f"| **{row}" in report
+    assert "## Method" in report and "4471-93" in report
+    assert res["charts"] == ["accuracy_latency.png", "update_cost.png", "memory.png"]
+    for c in res["charts"]:
+        w, h = _png_size(out / c)
+        assert 300 <= w <= 1000 and 150 <= h <= 800
+        assert f"]({c})" in report
+    assert not list(out.glob(".*"))  # no temp files left behind
+
+    starts, ends = _audit(squad_kb, "compare.start"), _audit(squad_kb, "compare.end")
+    assert len(starts) == 1 and starts[0]["questions"] == 2 and starts[0]["adapter"] == "tiny"
+    modes = _audit(squad_kb, "compare.mode")
+    assert sorted(e["mode"] for e in modes) == sorted(MODES)
+    for e in modes:
+        assert e["run"] == res["run"] and e["f1"] == res["modes"][e["mode"]]["f1"]
+        assert e["ttft_s"] == res["modes"][e["mode"]]["ttft_s"]
+    assert len(ends) == 1 and ends[0]["status"] == "ok" and ends[0]["update_cost"]["ingest_s"] == cost["ingest_s"]
+    import hashlib
+
+    assert ends[0]["results_sha256"] == hashlib.sha256((out / "results.json").read_bytes()).hexdigest()
+
+
+def test_adapter_modes_skipped_without_adapter_and_jsonl_input(admin_session, cli, tmp_path):
+    from offline.vault.collections import create_collection
+
+    create_collection(admin_session, "empty")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"question": "What is the capital of France?", "answers": ["Paris"]}\n'
+                  '{"question": "Who wrote Hamlet?", "answers": ["Shakespeare", "William Shakespeare"]}\n')
+    out = tmp_path / "o"
+    r = cli(["compare", "--qa", str(qa), "-c", "empty", "--modes", "base,finetune", "--limit", "1",
+             "--max-tokens", "8", "--no-freshness", "--answers", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("Compared base on 1 questions in ") and lines[0].endswith(f"{out}/report.md")
+    assert lines[1].startswith("  base      contains ")
+    assert lines[2:] == ["  finetune  skipped: needs --adapter NAME",
+                         "  update and freshness probe skipped: --no-freshness"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["qa"] == {**res["qa"], "format": "jsonl", "questions": 1, "available": 2}
+    assert res["modes"]["finetune"] == {"status": "skipped", "note": "needs --adapter NAME"}
+    assert res["run_order"] == ["base"] and res["update"]["status"] == "skipped"
+    row = res["per_question"]["base"][0]
+    assert row["question"] == "What is the capital of France?" and row["gold"] == ["Paris"]
+    assert "mode `finetune` skipped: needs --adapter NAME" in (out / "report.md").read_text()
+    assert [e["mode"] for e in _audit(admin_session, "compare.mode")] == ["base"]
+
+
+def test_usage_and_access_errors(admin_session, cli, tmp_path):
+    from offline.vault.collections import create_collection
+
+    create_collection(admin_session, "kb")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"question": "Q?", "answers": ["A"]}\n')
+    out = tmp_path / "never"
+    base = ["compare", "--qa", str(qa), "-c", "kb", "--out", str(out)]
+    r = cli([*base, "--modes", "finetune,hybrid"])
+    assert r.exit_code == 2 and r.output.strip() == "Error: no mode left to run: finetune and hybrid need --adapter NAME"
+    r = cli([*base, "--modes", "base,turbo"])
+    assert r.exit_code == 2 and r.output.strip() == "Error: unknown mode 'turbo' (modes: base, rag, finetune, hybrid)"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Q?", "answers": ["A"]}\n{"question": "no answers"}\n')
+    r = cli(["compare", "--qa", str(bad), "-c", "kb", "--out", str(out)])
+    assert r.exit_code == 1 and r.output.strip() == 'Error: bad.jsonl:2: "answers" must be a non-empty list of strings'
+    r = cli(["compare", "--qa", str(tmp_path / "missing.json"), "-c", "kb", "--out", str(out)])
+    assert r.exit_code == 2 and r.output.strip().startswith("Error: no such QA file")
+    r = cli([*base[:-4], "-c", "secret", "--out", str(out)])
+    assert r.exit_code == 4 and r.output.strip() == "Error: access denied: collection 'secret'"
+    r = cli(base, user="bob")  # bob holds no grant on kb: same message as for a missing collection
+    assert r.exit_code == 4 and r.output.strip() == "Error: access denied: collection 'kb'"
+    r = cli([*base, "--adapter", "nope"])
+    assert r.exit_code == 1 and r.output.strip() == "Error: no such adapter: 'nope'"
+    assert not out.exists()  # nothing written for a run that never started
+    assert _audit(admin_session, "compare.start") == []
+
+
+def test_qa_loader_formats_and_limits(tmp_path):
+    from offline.compare.data import load_qa, load_probe
+    from offline.errors import InvalidInput
+
+    s = load_qa(SQUAD, 5)
+    assert s.format == "squad" and len(s.questions) == 5 and s.total == 36 and s.questions[0].answers
+    p = tmp_path / "one.jsonl"
+    p.write_text('{"id": "x1", "question": "Q?", "answers": "A"}\n\n')
+    q = load_qa(p).questions
+    assert q[0].qid == "x1" and q[0].answers == ("A",)
+    p.write_text("not json\n")
+    with pytest.raises(InvalidInput, match=r"one.jsonl:1: not valid JSON"):
+        load_qa(p)
+    p.write_text('{"data": [{"paragraphs": [{"qas": [{"id": 1, "answers": [{"text": "x"}]}]}]}]}')
+    with pytest.raises(InvalidInput, match="bad article/paragraph/qas layout"):
+        load_qa(p)
+    pr = tmp_path / "probe.json"
+    pr.write_text(json.dumps({"document": "Door code is 9182.", "question": "What is the door code?",
+                              "answers": ["9182"]}))
+    assert load_probe(pr).answers == ("9182",) and load_probe(pr).prompts
+    pr.write_text('{"document": "x"}')
+    with pytest.raises(InvalidInput, match="expected"):
+        load_probe(pr)
