@@ -2,8 +2,8 @@
 """Encrypted vault vs the same schema unencrypted: insert and warm KNN timings, one run.
 
 Both sides use the same engine (sqlcipher3 with sqlite-vec; the plain side simply sets no key)
-and the same connection settings, so the ratio isolates the cost of encryption. The encrypted
-side is opened through offline.vault.db.connect, the kit's one connection function.
+and the same pragmas (WAL, synchronous, secure_delete, cache), so the ratio isolates encryption.
+The encrypted side is opened through offline.vault.db.connect, the kit's one connection function.
 
     python scripts/bench_vault.py [--n 100000] [--dim 384] [--k 10] [--queries 30] [--json]
 """
@@ -36,7 +36,9 @@ def open_plain(path: Path):
     conn.execute("PRAGMA journal_mode = WAL").fetchone()
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA secure_delete = ON")
     conn.execute(f"PRAGMA cache_size = -{db.CACHE_KIB}")
+    conn.execute("PRAGMA foreign_keys = ON")
     conn.enable_load_extension(True)
     sqlite_vec.load(conn)
     return conn

@@ -156,10 +156,12 @@ def connect(
         os.close(fd)
         os.chmod(path, 0o600)
     if not create:
-        # SQLite takes an empty file for a new database: a vault file truncated to nothing would
-        # silently reopen empty (and be re-migrated) instead of failing.
-        if path.stat().st_size == 0:
-            raise VaultCorrupted(f"{path.name}: the file is empty (truncated); restore it from a backup")
+        # SQLCipher takes a file shorter than its 16-byte salt for a new, empty database: a vault
+        # file truncated that far would silently reopen empty (and be re-migrated) instead of
+        # failing. No real database is shorter than one page (512 bytes at the least).
+        size = path.stat().st_size
+        if size < 512:
+            raise VaultCorrupted(f"{path.name}: truncated to {size} bytes; restore it from a backup")
         _check_wal(path)
     conn = sqlcipher3.connect(
         str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False,
