@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import random
-import re
 import resource
 import sys
 import time
@@ -35,22 +34,10 @@ if (REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file():
 
 
 def squad_pairs(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """context window around the answer + question -> short answer."""
-    data = json.loads(SQUAD.read_text())["data"]
-    rows = []
-    for art in data:
-        for p in art["paragraphs"]:
-            sents = re.split(r"(?<=[.!?])\s+", p["context"])
-            for qa in p["qas"]:
-                ans = qa["answers"][0]
-                pos, i = 0, 0
-                for i, s in enumerate(sents):
-                    if pos + len(s) >= ans["answer_start"]:
-                        break
-                    pos += len(s) + 1
-                ctx = " ".join(sents[max(0, i - 1): i + 2])
-                rows.append({"prompt": f"Text: {ctx}\n\nQuestion: {qa['question']}\nAnswer with a short phrase "
-                                       "from the text.", "completion": ans["text"]})
+    """``n`` shuffled context window + question -> short answer pairs."""
+    from offline.finetune.data import squad_answer_pairs
+
+    rows = squad_answer_pairs(json.loads(SQUAD.read_text())["data"])
     random.Random(seed).shuffle(rows)
     return rows[:n]
 

@@ -39,25 +39,6 @@ if (REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file():
     os.environ.setdefault("OFFLINE_MODELS_DIR", str(REPO / "models"))
 
 
-def items(articles: list[dict]) -> list[dict]:
-    out = []
-    for art in articles:
-        for p in art["paragraphs"]:
-            sents = re.split(r"(?<=[.!?])\s+", p["context"])
-            for qa in p["qas"]:
-                ans = qa["answers"][0]
-                pos, i = 0, 0
-                for i, s in enumerate(sents):
-                    if pos + len(s) >= ans["answer_start"]:
-                        break
-                    pos += len(s) + 1
-                ctx = " ".join(sents[max(0, i - 1): i + 2])
-                out.append({"prompt": f"Text: {ctx}\n\nQuestion: {qa['question']}\nAnswer with a short phrase "
-                                      "from the text.", "completion": ans["text"],
-                            "answers": sorted({a["text"] for a in qa["answers"]})})
-    return out
-
-
 def normalize(s: str) -> str:
     """SQuAD's official answer normalisation."""
     s = s.lower()
@@ -108,10 +89,11 @@ def main() -> None:
     import random
 
     from offline import netguard
+    from offline.finetune.data import squad_answer_pairs
 
     netguard.install()
     data = json.loads(SQUAD.read_text())["data"]
-    train, test = items(data[:12]), items(data[12:])
+    train, test = squad_answer_pairs(data[:12]), squad_answer_pairs(data[12:])
     random.Random(0).shuffle(train)
     random.Random(1).shuffle(test)
     train, test = train[: args.train], test[: args.test]

@@ -142,24 +142,9 @@ def test_usage_errors(admin_session, cli):
 
 
 def _tiny_lora(tmp_path: Path) -> bytes:
-    """A real GGUF LoRA for SmolLM2 (rank 2 on layer 0's q/v projections) written with the gguf package."""
-    import gguf
-    import numpy as np
+    from _loras import tiny_smollm2_lora
 
-    rng = np.random.default_rng(0)
-    path = tmp_path / "tiny-lora.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
-    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 4.0)
-    for t, out in (("attn_q", 576), ("attn_v", 192)):
-        w.add_tensor(f"blk.0.{t}.weight.lora_a", rng.normal(0, 0.05, (2, 576)).astype(np.float32))
-        w.add_tensor(f"blk.0.{t}.weight.lora_b", rng.normal(0, 0.05, (out, 2)).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path.read_bytes()
+    return tiny_smollm2_lora(tmp_path / "tiny-lora.gguf")
 
 
 def test_finetune_and_hybrid_modes_serve_the_adapter(kb, cli, tmp_path):

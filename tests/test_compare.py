@@ -48,26 +48,13 @@ def tiny_adapter(squad_kb, tmp_path):
     Written with the gguf package rather than trained, to keep the test short: the comparison itself
     trains a real one (the one-document update) through the full fine-tuning pipeline.
     """
-    import gguf
-    import numpy as np
+    from _loras import tiny_smollm2_lora
 
     from offline.finetune.store import save_adapter
     from offline.llm.resolve import resolve_generate_model
 
-    rng = np.random.default_rng(0)
-    path = tmp_path / "tiny-lora.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
-    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 4.0)
-    for t, out in (("attn_q", 576), ("attn_v", 192)):
-        w.add_tensor(f"blk.0.{t}.weight.lora_a", rng.normal(0, 0.05, (2, 576)).astype(np.float32))
-        w.add_tensor(f"blk.0.{t}.weight.lora_b", rng.normal(0, 0.05, (out, 2)).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    save_adapter(squad_kb, "tiny", path.read_bytes(), base_model="smollm2-135m-instruct",
+    data = tiny_smollm2_lora(tmp_path / "tiny-lora.gguf")
+    save_adapter(squad_kb, "tiny", data, base_model="smollm2-135m-instruct",
                  base_sha256=resolve_generate_model(None).sha256, base_arch="llama", dataset_sha256="0" * 64,
                  hyperparameters={"rank": 2}, loss_curve=[], eval_loss_before=None, eval_loss_after=None)
     return "tiny"

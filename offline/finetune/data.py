@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,24 @@ def encode_all(tok: Any, examples: list[Example], max_len: int) -> tuple[list[tu
         else:
             out.append(r)
     return out, skipped
+
+
+def squad_answer_pairs(articles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SQuAD articles -> {"prompt", "completion", "answers"} rows: the sentences around the answer
+    plus the question, completed by the short gold answer (the worked example and the benchmark)."""
+    out = []
+    for art in articles:
+        for p in art["paragraphs"]:
+            sents = re.split(r"(?<=[.!?])\s+", p["context"])
+            for qa in p["qas"]:
+                ans = qa["answers"][0]
+                pos, i = 0, 0
+                for i, s in enumerate(sents):
+                    if pos + len(s) >= ans["answer_start"]:
+                        break
+                    pos += len(s) + 1
+                ctx = " ".join(sents[max(0, i - 1): i + 2])
+                out.append({"prompt": f"Text: {ctx}\n\nQuestion: {qa['question']}\nAnswer with a short phrase "
+                                      "from the text.", "completion": ans["text"],
+                            "answers": sorted({a["text"] for a in qa["answers"]})})
+    return out
