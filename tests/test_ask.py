@@ -167,6 +167,33 @@ def test_finetune_and_hybrid_modes_serve_the_adapter(kb, cli, tmp_path):
     assert [e["adapter_sha256"] for e in _audit(kb)] == [sha, sha]
 
 
+def test_adapter_decrypted_once_but_checked_every_question(kb, tmp_path):
+    from offline.errors import AccessDenied
+    from offline.finetune.store import mark_tainted, save_adapter
+    from offline.llm import engine
+
+    engine.clear_cache()  # the tiny LoRA is deterministic: an earlier test may have it loaded
+    save_adapter(kb, "once", _tiny_lora(tmp_path), base_model="smollm2-135m-instruct", base_sha256=SMOL_SHA,
+                 base_arch="llama", dataset_sha256="0" * 64, hyperparameters={"rank": 2}, loss_curve=[],
+                 eval_loss_before=None, eval_loss_after=None)
+    opened = []
+    import offline.finetune.store as store
+
+    real_read = store.read_adapter_bytes
+    try:
+        store.read_adapter_bytes = lambda *a, **k: opened.append(1) or real_read(*a, **k)
+        for q in ("Say hello.", "Say goodbye."):
+            answer(kb, q, mode="finetune", adapter="once", max_tokens=4)
+        assert len(opened) == 1  # llama.cpp still holds it: no second decrypt
+        uses = kb.db.execute("SELECT count(*) FROM audit_log WHERE action = 'adapter.open'").fetchone()[0]
+        assert uses == 2  # but every use is audited
+        mark_tainted(kb, "once", "erased document")
+        with pytest.raises(AccessDenied, match="tainted"):
+            answer(kb, "Again?", mode="finetune", adapter="once", max_tokens=4)
+    finally:
+        store.read_adapter_bytes = real_read
+
+
 def test_ingest_search_ask_open_no_socket(admin_session, tmp_path):
     """With the guard on, the whole pipeline attempts no network at all (only AF_UNIX would be allowed)."""
     from offline import netguard

@@ -201,8 +201,8 @@ def show_adapter(session: Session, name: str) -> dict[str, Any]:
     return info
 
 
-def read_adapter_bytes(session: Session, name: str, *, allow_tainted: bool = False) -> tuple[bytes, dict[str, Any]]:
-    """Decrypt an adapter into memory after the access and taint checks; verifies its sha256."""
+def _usable(session: Session, name: str, *, allow_tainted: bool = False) -> tuple[dict[str, Any], str]:
+    """The adapter's row and key wrap once the caller may use it now (access grant, taint)."""
     found = _fetch(session, name)
     if found is None:
         raise NotFound(f"no such adapter: {name!r}")
@@ -212,6 +212,28 @@ def read_adapter_bytes(session: Session, name: str, *, allow_tainted: bool = Fal
         raise AdapterTainted(
             f"adapter {name!r} is tainted ({info['taint_reason'] or 'its training data included an erased document'});"
             " retrain it or have an admin record an override")
+    return info, key_wrap
+
+
+def check_adapter_use(session: Session, name: str) -> dict[str, Any]:
+    """Run every check :func:`open_adapter` runs, without decrypting or auditing: for a caller whose
+    llama.cpp may already hold this adapter (by sha256). Such a caller then records the use with
+    :func:`record_use` (or :func:`open_adapter` does, when it must decrypt after all)."""
+    return _usable(session, name)[0]
+
+
+def record_use(session: Session, info: dict[str, Any]) -> None:
+    """Audit one use: a tainted adapter (served under an admin override) is a high-severity event."""
+    if info["tainted_at"]:
+        session.audit("adapter.use_tainted", severity="high", adapter=info["name"], adapter_id=info["id"],
+                      taint_reason=info["taint_reason"], override_reason=info["override_reason"])
+    else:
+        session.audit("adapter.open", adapter=info["name"], adapter_id=info["id"], adapter_sha256=info["sha256"])
+
+
+def read_adapter_bytes(session: Session, name: str, *, allow_tainted: bool = False) -> tuple[bytes, dict[str, Any]]:
+    """Decrypt an adapter into memory after the access and taint checks; verifies its sha256."""
+    info, key_wrap = _usable(session, name, allow_tainted=allow_tainted)
     root = _root_key(session)
     aid, file = info["id"], info["file"]
     key = crypto.unseal(_derive(root, "adapter-kek", session.vault_id, aid), crypto.b64d(key_wrap),
@@ -238,11 +260,7 @@ def open_adapter(session: Session, name: str) -> Iterator[tuple[Path, dict[str, 
     :class:`AdapterTainted` (an AccessDenied) or an :class:`IntegrityError`.
     """
     data, info = read_adapter_bytes(session, name)
-    if info["tainted_at"]:
-        session.audit("adapter.use_tainted", severity="high", adapter=name, adapter_id=info["id"],
-                      taint_reason=info["taint_reason"], override_reason=info["override_reason"])
-    else:
-        session.audit("adapter.open", adapter=name, adapter_id=info["id"], adapter_sha256=info["sha256"])
+    record_use(session, info)
     tmp = Path(tempfile.mkdtemp(prefix="offline-adapter-", dir=private_tmp_dir(session)))
     try:
         os.chmod(tmp, 0o700)

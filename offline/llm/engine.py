@@ -209,6 +209,14 @@ def _threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def cached(model_path: str | os.PathLike[str], *, n_ctx: int | None = None,
+           adapter_sha256: str | None = None) -> Engine | None:
+    """The engine :func:`load` would return, if it is already loaded; else None."""
+    key = (str(Path(model_path).resolve()), adapter_sha256 or "", int(n_ctx) if n_ctx else 0)
+    with _cache_lock:
+        return _cache.get(key)
+
+
 def load(model_path: str | os.PathLike[str], *, n_ctx: int | None = None, lora_path: str | None = None,
          adapter_sha256: str | None = None, n_threads: int | None = None) -> Engine:
     """The cached engine for (model, adapter, n_ctx), loading it on first use.

@@ -135,16 +135,23 @@ def _engine_for(session: Any, model: str | None, adapter: str | None, n_ctx: int
         gm = resolve_generate_model(model)
         yield eng.load(gm.path, n_ctx=n_ctx), gm, None
         return
-    from ..finetune.store import open_adapter
+    from ..finetune.store import check_adapter_use, open_adapter, record_use
 
-    with open_adapter(session, adapter) as (path, info):
-        # Without --model, serve the adapter on the base it was trained on.
-        gm = resolve_generate_model(model or info.get("base_model") or None)
-        base = info.get("base_sha256")
-        if base and base != gm.sha256:
-            raise UsageError(f"adapter {adapter!r} was trained on a different base model "
-                             f"(sha256 {base[:12]}...); pass --model with that base")
-        engine = eng.load(gm.path, n_ctx=n_ctx, lora_path=str(path), adapter_sha256=info["sha256"])
+    # Access and taint are checked for every question; the adapter is decrypted only when llama.cpp
+    # does not already hold it. Either way the use is audited once.
+    info = check_adapter_use(session, adapter)
+    # Without --model, serve the adapter on the base it was trained on.
+    gm = resolve_generate_model(model or info.get("base_model") or None)
+    base = info.get("base_sha256")
+    if base and base != gm.sha256:
+        raise UsageError(f"adapter {adapter!r} was trained on a different base model "
+                         f"(sha256 {base[:12]}...); pass --model with that base")
+    engine = eng.cached(gm.path, n_ctx=n_ctx, adapter_sha256=info["sha256"])
+    if engine is None:
+        with open_adapter(session, adapter) as (path, opened):
+            engine = eng.load(gm.path, n_ctx=n_ctx, lora_path=str(path), adapter_sha256=opened["sha256"])
+    else:
+        record_use(session, info)
     yield engine, gm, {"name": adapter, "sha256": info["sha256"]}
 
 
