@@ -63,8 +63,16 @@ def test_rag_answer_json_fields_and_audit(kb, cli):
     assert len(entries) == 1
     e = entries[0]
     assert e["user"] == "alice" and e["collections"] == ["kb"] and e["model_sha256"] == SMOL_SHA
-    assert e["question_sha256"] == hashlib.sha256(b"Who won Super Bowl 50?").hexdigest()
-    assert "question" not in e
+    from offline.vault.core import unseal_for_auditors
+
+    assert unseal_for_auditors(kb, e["question_sealed"]) == "Who won Super Bowl 50?"  # admins and auditors only
+    assert "question" not in e and "question_sha256" not in e
+    # What was retrieved was committed before the model produced a token (the answer hash follows).
+    from offline.audit.chain import iter_entries
+
+    seqs = {x.action: x.seq for x in iter_entries(kb.db, "action IN ('ask', 'ask.retrieve')")}
+    assert seqs["ask.retrieve"] < seqs["ask"]
+    assert _audit(kb, "ask.retrieve")[-1]["used"] == e["used"]
     assert e["answer_sha256"] == hashlib.sha256(d["answer"].encode()).hexdigest()
     assert [x["chunk_id"] for x in e["retrieved"]] == [x["chunk_id"] for x in d["retrieved"]]
     assert e["adapter_sha256"] is None and "ttft_s" in e["timings"]

@@ -359,15 +359,19 @@ def test_whole_log_rebuilt_with_new_keys(log):
         insert(conn, forge(conn, 1, "alice", "vault.init", {**real, "ed25519": fake.public_key().public_bytes_raw().hex()},
                            fake, prev=chain.GENESIS))
         chain.verify(conn)  # internally consistent...
-        with pytest.raises(AuditChainBroken) as info:  # ...but not with alice's keyslot
+        with pytest.raises(AuditChainBroken) as info:  # ...but not with alice's keyslot or users row
             verify_chain(alice)
-        assert info.value.seq == 1 and "keyslot" in str(info.value)
+        assert info.value.seq == 1 and "alice" in str(info.value)
 
 
 def test_truncation_that_drops_an_enrolment_is_seen_without_checkpoint(log):
     alice, _ = log
     with mutated(alice.db) as conn:
         conn.execute("DELETE FROM audit_log WHERE seq >= 3")  # carol's user.add is entry 3
+        with pytest.raises(AuditChainBroken) as info:
+            verify_chain(alice)  # alice's client saw later entries: truncated
+        assert info.value.seq == 3 and "truncated" in str(info.value)
+        alice.verifier.seq, alice.verifier.prev = 0, chain.GENESIS  # a client that never saw the tail
         with pytest.raises(AuditChainBroken) as info:
             verify_chain(alice)
         assert info.value.seq == 3 and "carol" in str(info.value)
@@ -431,8 +435,9 @@ def test_truncate_then_regrow_past_checkpoint(checkpointed):
     alice, bob, cp, n = checkpointed
     conn = alice.db
     conn.execute("DELETE FROM audit_log WHERE seq > ?", (n - 4,))
-    for i in range(10):
-        bob.audit("test.regrow", i=i)
+    for i in range(10):  # raw appends by a real user (bob's own client would refuse: it saw more)
+        chain.append(conn, "bob", bob.keys.ed25519, "test.regrow", {"i": i})
+    alice.verifier.seq, alice.verifier.prev = 0, chain.GENESIS  # only the checkpoint remembers
     with pytest.raises(AuditChainBroken) as info:
         verify_log(alice, cp)
     assert info.value.seq == n

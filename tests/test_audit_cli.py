@@ -96,9 +96,15 @@ def test_checkpoint_then_truncate(log, cli, tmp_path: Path):
     r = cli(["audit", "checkpoint", "--out", str(cp)])
     assert r.exit_code == 1 and r.output == f"Error: {cp} already exists (use --force to replace it)\n"
     log.db.execute("DELETE FROM audit_log WHERE seq > ?", (n - 3,))
-    # A shorter chain alone still verifies (and that verification appends entry n-2)...
-    assert cli(["audit", "verify"]).exit_code == 0
-    r = cli(["audit", "verify", "--checkpoint", str(cp)])  # ...the checkpoint names what is gone
+    # Every client that saw the lost entries catches the truncation on its next command...
+    r = cli(["audit", "verify"])
+    assert r.exit_code == 5 and f"Error: audit entry {n - 2}: missing; the audit log was truncated" in r.output
+    # ...and a client that never saw them still has the checkpoint, which names what is gone.
+    import shutil
+
+    shutil.rmtree(log.vault_dir / "clients")
+    assert cli(["audit", "verify"]).exit_code == 0  # appends entry n-2
+    r = cli(["audit", "verify", "--checkpoint", str(cp)])
     assert r.exit_code == 5
     assert r.output == (f"Error: audit entry {n - 1}: missing; the log was truncated "
                         f"(checkpoint has {n} entries, the log only {n - 2})\n")

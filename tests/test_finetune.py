@@ -118,12 +118,20 @@ def test_collection_trained_adapter_needs_a_read_grant(admin_session, open_as):
     assert store.adapters_using_document(admin_session, c["id"], 5) == ["from-clinic"]
     assert store.adapters_using_document(admin_session, c["id"], 4) == []
     bob = open_as("bob")
+    # A file-trained adapter belongs to its creator until shared with a signed grant.
+    assert store.list_adapters(bob) == []
+    with pytest.raises(AccessDenied, match="access denied: adapter 'plain'"):
+        store.read_adapter_bytes(bob, "plain")
+    store.share_adapter(admin_session, "plain", "bob")
+    bob = open_as("bob")
     assert [a["name"] for a in store.list_adapters(bob)] == ["plain"]
     with pytest.raises(AccessDenied, match="access denied: adapter 'from-clinic'"):
         with store.open_adapter(bob, "from-clinic"):
             pass
     with store.open_adapter(bob, "plain"):
         pass
+    with pytest.raises(NotFound):
+        store.share_adapter(admin_session, "plain", "nobody")
     carol = open_as("carol")
     with pytest.raises(AccessDenied):
         store.read_adapter_bytes(carol, "plain")

@@ -214,7 +214,8 @@ def test_from_collection_records_lineage_and_respects_grants(admin_session, open
     bob = open_as("bob")
     cfg = TrainConfig(rank=2, alpha=4, max_steps=1, batch_size=4, eval_split=0.0)
     info = create_adapter(bob, "ward-bob", from_collection="ward", base=str(tiny_base), cfg=cfg, progress=False)
-    assert info["source_doc_ids"] == [{"collection": "ward", "collection_id": cid, "doc_ids": [1]}]
+    assert info["source_doc_ids"] == [{"collection": "ward", "collection_id": cid, "doc_ids": [1],
+                                       "labels": ["public"]}]
     assert info["meta"]["train_examples"] == 2  # the two public chunks, not the secret one
     assert store.adapters_using_document(admin_session, cid, 1) == ["ward-bob"]
     assert store.adapters_using_document(admin_session, cid, 2) == []

@@ -330,7 +330,7 @@ def test_record_of_processing(admin_session, cli, tmp_path):
     assert cipher["cipher_version"].startswith("4.") and cipher["secure_delete"] and cipher["use_hmac"]
     kdf = rec["security_measures"]["key_management"]["kdf"]
     assert kdf and kdf[0]["alg"] == "argon2id" and kdf[0]["memory_kib"] >= 19456
-    assert rec["security_measures"]["audit"]["questions_logged_as"] == "hash"
+    assert rec["security_measures"]["audit"]["questions_logged_as"] == "sealed"
     assert rec["last_verification"]["vault.check"]["result"]["ok"] is True
     assert rec["last_verification"]["audit.verify"]["result"]["ok"] is True
     assert {lb["label"] for lb in rec["categories_of_data"]["labels"]} == {"phi", "notes"}
@@ -365,8 +365,15 @@ def test_break_glass(admin_session, open_as, cli):
     assert r.exit_code == 4
     result = set_break_glass(s, "clinic", True)
     assert set(result["provisioned"]) == {"alice", "bob"}
+    code = result["emergency_code"]
     bob2 = open_as("bob")
-    names = open_break_glass(bob2, ["clinic"], "patient unconscious in ER")
+    # The wrap alone opens nothing: the emergency code from the envelope is needed too.
+    with pytest.raises(UsageError, match="emergency code"):
+        open_break_glass(bob2, ["clinic"], "patient unconscious in ER")
+    wrong = "AAAA-AAAA-AAAA-AAAA-AAAA" if code != "AAAA-AAAA-AAAA-AAAA-AAAA" else "BBBB-BBBB-BBBB-BBBB-BBBB"
+    with pytest.raises(AccessDenied):
+        open_break_glass(bob2, ["clinic"], "patient unconscious in ER", lambda: wrong)
+    names = open_break_glass(bob2, ["clinic"], "patient unconscious in ER", lambda: code)
     hits = search(bob2, "knee pain", collections=names, k=3).hits
     assert hits
     r = cli(["--json", "audit", "tail", "--severity", "high"], user="carol")
@@ -375,14 +382,14 @@ def test_break_glass(admin_session, open_as, cli):
     assert entries[-1]["severity"] == "high"
     # Auditors never read documents, break-glass or not.
     with pytest.raises(AccessDenied):
-        open_break_glass(open_as("carol"), ["clinic"], "curious")
+        open_break_glass(open_as("carol"), ["clinic"], "curious", lambda: code)
 
     # Off again: wraps gone, key rotated, so the emergency path is closed.
     r = cli(["collections", "break-glass", "clinic", "off"])
     assert r.exit_code == 0 and "rotated" in r.output
     assert s.db.execute("SELECT count(*) FROM vault_keys WHERE purpose LIKE 'break-glass:%'").fetchone()[0] == 0
     with pytest.raises(AccessDenied):
-        open_break_glass(open_as("bob"), ["clinic"], "patient unconscious in ER")
+        open_break_glass(open_as("bob"), ["clinic"], "patient unconscious in ER", lambda: code)
 
 
 def test_break_glass_cli_flags(admin_session, cli):
@@ -395,13 +402,16 @@ def test_break_glass_cli_flags(admin_session, cli):
     assert r.exit_code == 2 and "Error: break-glass needs a reason: --reason TEXT" in r.output
     r = cli(["search", "knee", "-c", "clinic", "--break-glass", "--reason", "ER"], user="bob")
     assert r.exit_code == 4 and "Error: access denied: collection 'clinic'" in r.output
-    set_break_glass(admin_session, "clinic", True)
-    r = cli(["--json", "search", "knee pain", "-c", "clinic", "--break-glass", "--reason", "ER"], user="bob")
+    code = set_break_glass(admin_session, "clinic", True)["emergency_code"]
+    r = cli(["search", "knee", "-c", "clinic", "--break-glass", "--reason", "ER"], user="bob")
+    assert r.exit_code == 2 and "Error: break-glass needs the emergency code" in r.output
+    env = {"OFFLINE_BREAK_GLASS_CODE": code}
+    r = cli(["--json", "search", "knee pain", "-c", "clinic", "--break-glass", "--reason", "ER"], user="bob", env=env)
     assert r.exit_code == 0, r.output
     assert "knee" in r.output
     # ask: a min-score no passage reaches refuses before any model loads, but the read happened.
     r = cli(["--json", "ask", "knee pain?", "-c", "clinic", "--break-glass", "--reason", "ER", "--min-score", "1.5"],
-            user="bob")
+            user="bob", env=env)
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["refused"] is True
     reads = admin_session.db.execute("SELECT count(*) FROM audit_log WHERE action = 'break_glass.read'"

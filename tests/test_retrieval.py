@@ -196,7 +196,10 @@ def test_search_audit_entry_follows_setting(kb):
 
     res = search(kb, "secret question about bees", k=2)
     entry = list(iter_entries(kb.db, "action = 'search'"))[-1]
-    assert "query" not in entry.payload and len(entry.payload["query_sha256"]) == 64
+    from offline.vault.core import unseal_for_auditors
+
+    assert "query" not in entry.payload and "query_sha256" not in entry.payload
+    assert unseal_for_auditors(kb, entry.payload["query_sealed"]) == "secret question about bees"
     assert [h["chunk_id"] for h in entry.payload["hits"]] == [h.chunk_id for h in res.hits]
     assert "total_ms" in entry.payload["timings"]
     kb.set_setting("audit_questions", "full")
@@ -205,8 +208,8 @@ def test_search_audit_entry_follows_setting(kb):
     kb.set_setting("audit_questions", "none")
     search(kb, "another", k=2)
     p = list(iter_entries(kb.db, "action = 'search'"))[-1].payload
-    assert "query" not in p and "query_sha256" not in p
-    kb.set_setting("audit_questions", "hash")
+    assert "query" not in p and "query_sealed" not in p
+    kb.set_setting("audit_questions", "sealed")
     n = len(list(iter_entries(kb.db, "action = 'search'")))
     search(kb, "x", audit=False)
     assert len(list(iter_entries(kb.db, "action = 'search'"))) == n

@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import datetime as _dt
 import fcntl
-import hmac
 import io
 import json
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import netguard
-from ..errors import OfflineError, VaultLocked
+from ..errors import OfflineError
 from . import inproc, paths, protocol
 
 _PR_SET_DUMPABLE = 4
@@ -240,59 +239,14 @@ class Agent:
                     self.session.audit("agent.denied", severity="warning", peer_uid=creds[1], peer_pid=creds[0])
 
     def refresh(self) -> None:
-        """Before each command: the user must still hold a keyslot, and the vault key be the same.
-
-        A removed user, a changed keyslot or a vault re-keyed by another process locks the agent
-        rather than serving from a stale session.
-        """
-        from ..vault import header as hdr
-
-        s = self.session
-        h = hdr.load(s.vault_dir)
-        slot = h.slots.get(self.user)
-        if slot is None or slot.get("x25519") != s.keys.x25519_pub.hex():
-            raise VaultLocked("user removed")
-        # Compare keys, not ciphertexts: a passphrase change re-wraps the same vault key.
-        from ..vault import crypto
-        from ..vault.core import vault_key_context
-
-        try:
-            key = crypto.unwrap_with(s.keys.x25519, slot["vault_key"], vault_key_context(h, self.user))
-        except Exception:
-            raise VaultLocked("keyslot changed") from None
-        if not hmac.compare_digest(key, s.vault_key) or h.db_file != s.header.db_file:
-            self._reopen(h, key)  # re-keyed by another process: follow it with our own keys
-        row = s.db.execute("SELECT role, removed_at FROM users WHERE name = ?", (self.user,)).fetchone()
-        if row is None or row[1] is not None:
-            raise VaultLocked("user removed")
-        s.header = h
-        s.role = row[0]
-
-    def _reopen(self, h: Any, key: bytes) -> None:
-        """Switch the session to the re-keyed vault database (the old file is gone)."""
-        from ..vault import db
-
-        s = self.session
-        conn = db.connect(s.vault_dir / h.db_file, key, "vault")
-        self._forget_collections()
-        with contextlib.suppress(Exception):
-            s.db.close()
-        for i in range(len(s._vault_key)):
-            s._vault_key[i] = 0
-        s._vault_key = bytearray(key)
-        s.db = conn
-        s.header = h
+        """Before each command: the vault as it is now (removed user, re-key, tampering: see Session.refresh)."""
+        self.session.refresh()
 
     def _forget_collections(self) -> None:
         # Grants are checked when a collection is opened: never carry an open handle (or a
         # break-glass key) from one command to the next.
-        s = self.session
-        if s is None:
-            return
-        for handle in list(s._collections.values()):
-            with contextlib.suppress(Exception):
-                handle.close()
-        s._collections.clear()
+        if self.session is not None:
+            self.session.forget_handles()
 
     def run(self, conn: socket.socket, request: dict[str, Any]) -> None:
         with self._req:

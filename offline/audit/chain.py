@@ -79,21 +79,27 @@ def append(conn: Any, user: str, key: Ed25519PrivateKey, action: str, payload: d
     """Append one signed entry at the head of the chain, atomically (``BEGIN IMMEDIATE``)."""
     from ..vault.db import transaction
 
+    with transaction(conn):
+        return append_in_transaction(conn, user, key, action, payload, severity)
+
+
+def append_in_transaction(conn: Any, user: str, key: Ed25519PrivateKey, action: str, payload: dict[str, Any],
+                          severity: str = "info") -> Entry:
+    """Append one signed entry inside the caller's open write transaction (commits with it)."""
     if severity not in SEVERITIES:
         raise ValueError(f"unknown severity {severity!r}")
     payload = json.loads(canonical_json(payload))  # normalise types now, so verify sees the same
-    with transaction(conn):
-        row = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-        entry = Entry(seq, _utc_now(), user, action, severity, payload, prev, "", "")
-        entry.hash = entry_hash(prev, entry.body())
-        entry.sig = sign_hash(key, entry.hash)
-        conn.execute(
-            "INSERT INTO audit_log(seq, ts, user, action, severity, payload, prev_hash, hash, sig)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (entry.seq, entry.ts, entry.user, entry.action, entry.severity,
-             canonical_json(entry.payload).decode(), entry.prev_hash, entry.hash, entry.sig),
-        )
+    row = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+    entry = Entry(seq, _utc_now(), user, action, severity, payload, prev, "", "")
+    entry.hash = entry_hash(prev, entry.body())
+    entry.sig = sign_hash(key, entry.hash)
+    conn.execute(
+        "INSERT INTO audit_log(seq, ts, user, action, severity, payload, prev_hash, hash, sig)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (entry.seq, entry.ts, entry.user, entry.action, entry.severity,
+         canonical_json(entry.payload).decode(), entry.prev_hash, entry.hash, entry.sig),
+    )
     return entry
 
 
@@ -162,6 +168,8 @@ class VerifyReport:
     roles: dict[str, str] = field(default_factory=dict)  # user -> role, as the chain recorded it
     introduced: dict[str, int] = field(default_factory=dict)  # user -> seq that introduced their key
     key_history: dict[str, list[str]] = field(default_factory=dict)  # user -> every key ever enrolled (hex)
+    root: dict[str, str] | None = None  # vault id, founding admin and their key, audit key (vault.init)
+    policy: Any = None  # the authorization state the chain defines (offline.vault.authz.Policy)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": True, "entries": self.entries, "head_hash": self.head_hash,
@@ -176,24 +184,58 @@ def _broken(seq: int, why: str) -> AuditChainBroken:
     return AuditChainBroken(f"audit entry {seq}: {why}", seq)
 
 
-def verify_entries(entries: Iterable[Entry]) -> VerifyReport:
-    """Recompute every hash, link and signature; raise :class:`AuditChainBroken` at the first bad one.
+class Verifier:
+    """Verifies entries one at a time and can be saved and resumed (a client's last-seen head).
 
-    Beyond hash and signature: sequence numbers run 1, 2, 3... with no gap; the stored payload must be
-    the canonical JSON of an object; ``vault.init`` is entry 1 and nowhere else; ``user.add`` and
-    ``user.remove`` count only when an admin signed them, and one signed by anyone else is itself a
-    forgery (no code path writes it for a non-admin).
+    Per entry: sequence numbers run 1, 2, 3... with no gap; it links to its predecessor; the stored
+    payload is the canonical JSON of an object; the hash matches; the signature is the signer's key
+    as the chain enrolled it (``vault.init`` for the founding admin, ``user.add`` by an admin for
+    everyone else). ``user.add``/``user.remove`` and every ``authz`` change count only when their
+    signer may make them; one signed by anyone else is itself a forgery (no code path writes it).
+    A failed :meth:`feed` leaves the verifier as it was.
     """
-    report = VerifyReport()
-    prev = GENESIS
-    expected_seq = 1
-    keys: dict[str, Ed25519PublicKey] = {}
-    roles = report.roles
-    for e in entries:
-        if e.seq != expected_seq:
-            raise AuditChainBroken(
-                f"audit entry {expected_seq}: missing or out of order (found {e.seq} next)", expected_seq)
-        if e.prev_hash != prev:
+
+    def __init__(self, policy: Any = None):
+        self.prev = GENESIS
+        self.seq = 0
+        self.keys: dict[str, str] = {}  # user -> ed25519 hex, for users enrolled now
+        self.roles: dict[str, str] = {}
+        self.introduced: dict[str, int] = {}
+        self.key_history: dict[str, list[str]] = {}
+        self.audit_public_key: str | None = None
+        self.root: dict[str, str] | None = None
+        self.policy = policy
+
+    # -- persistence ----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"prev": self.prev, "seq": self.seq, "keys": self.keys, "roles": self.roles,
+                "introduced": self.introduced, "key_history": self.key_history,
+                "audit_public_key": self.audit_public_key, "root": self.root,
+                "policy": self.policy.to_json() if self.policy is not None else None}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], policy_cls: Any = None) -> Verifier:
+        v = cls()
+        v.prev, v.seq = str(doc["prev"]), int(doc["seq"])
+        v.keys, v.roles = dict(doc["keys"]), dict(doc["roles"])
+        v.introduced, v.key_history = dict(doc["introduced"]), {u: list(k) for u, k in doc["key_history"].items()}
+        v.audit_public_key, v.root = doc["audit_public_key"], doc["root"]
+        if policy_cls is not None and doc.get("policy") is not None:
+            v.policy = policy_cls.from_json(doc["policy"])
+        return v
+
+    def clone(self) -> Verifier:
+        v = Verifier.from_json(json.loads(json.dumps(self.to_json())))
+        v.policy = self.policy.copy() if self.policy is not None else None
+        return v
+
+    # -- verification ---------------------------------------------------------------------
+    def feed(self, e: Entry) -> None:
+        """Verify ``e`` as the next entry and fold it in; raise :class:`AuditChainBroken` if it is bad."""
+        expected = self.seq + 1
+        if e.seq != expected:
+            raise AuditChainBroken(f"audit entry {expected}: missing or out of order (found {e.seq} next)", expected)
+        if e.prev_hash != self.prev:
             raise _broken(e.seq, "does not link to the entry before it")
         if not e.hash.startswith(HASH_VERSION + ":"):
             raise _broken(e.seq, "unknown hash version")
@@ -201,7 +243,7 @@ def verify_entries(entries: Iterable[Entry]) -> VerifyReport:
             raise _broken(e.seq, "payload is not a JSON object")
         try:
             canonical = canonical_json(e.payload).decode()
-            digest = entry_hash(prev, e.body())
+            digest = entry_hash(self.prev, e.body())
         except (TypeError, ValueError):  # NaN/Infinity smuggled into the stored JSON
             raise _broken(e.seq, "payload is not canonical JSON") from None
         if e.raw_payload is not None and e.raw_payload != canonical:
@@ -210,20 +252,27 @@ def verify_entries(entries: Iterable[Entry]) -> VerifyReport:
             raise _broken(e.seq, "content does not match its hash")
         if e.severity not in SEVERITIES:
             raise _broken(e.seq, f"unknown severity {e.severity!r}")
+        keys, roles, introduced = dict(self.keys), dict(self.roles), dict(self.introduced)
+        history = {u: list(k) for u, k in self.key_history.items()}
+        audit_public_key, root = self.audit_public_key, self.root
         if e.action == "vault.init":
             if e.seq != 1:
                 raise _broken(e.seq, "a second vault.init entry")
-            _learn_key(keys, e.user, e.payload.get("ed25519"), e.seq, report.key_history)
+            keys[e.user] = _key_hex(e.payload.get("ed25519"), e.seq)
+            history.setdefault(e.user, []).append(keys[e.user])
             roles[e.user] = "admin"
-            report.introduced[e.user] = 1
-            report.audit_public_key = e.payload.get("audit_public_key")
+            introduced[e.user] = 1
+            audit_public_key = e.payload.get("audit_public_key")
+            root = {"vault_id": str(e.payload.get("vault_id")), "founder": e.user,
+                    "founder_ed25519": keys[e.user], "audit_public_key": str(audit_public_key)}
         elif e.seq == 1:
             raise AuditChainBroken("audit entry 1: chain does not start with vault.init", 1)
-        key = keys.get(e.user)
-        if key is None:
+        key_hex = keys.get(e.user)
+        if key_hex is None:
             raise _broken(e.seq, f"signer {e.user!r} was never enrolled in the chain")
         try:
-            key.verify(bytes.fromhex(e.sig), SIG_DOMAIN + e.hash.encode())
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_hex)).verify(
+                bytes.fromhex(e.sig), SIG_DOMAIN + e.hash.encode())
         except (InvalidSignature, ValueError):
             raise _broken(e.seq, f"bad signature for {e.user!r}") from None
         if e.action in KEY_ACTIONS:
@@ -231,29 +280,59 @@ def verify_entries(entries: Iterable[Entry]) -> VerifyReport:
                 raise _broken(e.seq, f"{e.action} signed by {e.user!r}, who is not an admin")
             name = str(e.payload.get("name"))
             if e.action == "user.add":
-                _learn_key(keys, name, e.payload.get("ed25519"), e.seq, report.key_history)
+                keys[name] = _key_hex(e.payload.get("ed25519"), e.seq)
+                history.setdefault(name, []).append(keys[name])
                 roles[name] = str(e.payload.get("role"))
-                report.introduced[name] = e.seq
+                introduced[name] = e.seq
             else:
                 keys.pop(name, None)
                 roles.pop(name, None)
-                report.introduced.pop(name, None)
-        prev = e.hash
-        expected_seq += 1
-        report.entries += 1
-    report.head_hash = prev
-    report.users = {u: k.public_bytes_raw().hex() for u, k in keys.items()}
-    return report
+                introduced.pop(name, None)
+        policy = self.policy
+        if policy is not None:
+            if "authz" in e.payload:
+                policy = policy.copy()
+                policy.apply(e.seq, e.user, e.action, e.payload["authz"], self.roles.get(e.user))
+            if policy.started:
+                self._check_policy(e, policy, keys)
+        # Everything checked: commit the new state.
+        self.keys, self.roles, self.introduced, self.key_history = keys, roles, introduced, history
+        self.audit_public_key, self.root, self.policy = audit_public_key, root, policy
+        self.prev, self.seq = e.hash, e.seq
+
+    @staticmethod
+    def _check_policy(e: Entry, policy: Any, keys: dict[str, str]) -> None:
+        # Once the chain carries the authorization state, its signers and its users table agree:
+        # every signer is an enrolled user whose row holds the very key the chain enrolled.
+        row = policy.row("users", e.user)
+        if row is None or row.get("removed_at") is not None:
+            raise _broken(e.seq, f"signed by {e.user!r}, who is not an enrolled user")
+        if e.action in ("vault.init", "user.add"):
+            name = e.user if e.action == "vault.init" else str(e.payload.get("name"))
+            enrolled = policy.user(name)
+            if enrolled is None or enrolled.get("ed25519_pub") != keys.get(name):
+                raise _broken(e.seq, f"the key it enrols for {name!r} is not the one in the users table")
+
+    def report(self) -> VerifyReport:
+        return VerifyReport(entries=self.seq, head_hash=self.prev, users=dict(self.keys),
+                            audit_public_key=self.audit_public_key, roles=dict(self.roles),
+                            introduced=dict(self.introduced), key_history=self.key_history,
+                            root=self.root, policy=self.policy)
 
 
-def _learn_key(keys: dict[str, Ed25519PublicKey], user: str, hex_key: Any, seq: int,
-               history: dict[str, list[str]] | None = None) -> None:
+def verify_entries(entries: Iterable[Entry], policy: Any = None) -> VerifyReport:
+    """Verify a whole chain from its first entry; raise :class:`AuditChainBroken` at the first bad one."""
+    v = Verifier(policy)
+    for e in entries:
+        v.feed(e)
+    return v.report()
+
+
+def _key_hex(hex_key: Any, seq: int) -> str:
     try:
-        keys[user] = Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(hex_key)))
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(hex_key))).public_bytes_raw().hex()
     except ValueError:
         raise AuditChainBroken(f"audit entry {seq}: carries an invalid public key", seq) from None
-    if history is not None:
-        history.setdefault(user, []).append(keys[user].public_bytes_raw().hex())
 
 
 def verify(conn: Any) -> VerifyReport:

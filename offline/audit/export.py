@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import AuditChainBroken, UsageError
+from ..vault import trust
 from . import chain, formats, signing
 from .files import check_targets, staged
 from .query import Filters
@@ -90,6 +91,12 @@ def export_log(session: Session, fmt: str, out: Path, *, since: str | None = Non
                 "entry_sig_rule": 'Ed25519 by the acting user over "offline/audit/sig/v1\\0" + hash',
                 "signers": report.key_history,
                 "audit_public_key": pub, "audit_key_fingerprint": signing.fingerprint(pub),
+                # The chain's root: compare vault_fingerprint with the one recorded at set-up.
+                "founder": report.root["founder"], "founder_ed25519": report.root["founder_ed25519"],
+                "vault_fingerprint": trust.fingerprint(report.root),
+                "vault_fingerprint_rule": ('sha256("offline-vault-fingerprint/v1|" + vault_id + "|" + '
+                                           'founder_ed25519 + "|" + audit_public_key); shown as its first 32 hex '
+                                           "digits in groups of four"),
                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "exporter": {"user": session.user, "role": session.role, "tool": f"offline {__version__}"},
             }

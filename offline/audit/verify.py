@@ -14,13 +14,24 @@ if TYPE_CHECKING:
 
 
 def verify_chain(session: Session) -> chain.VerifyReport:
-    """Verify every entry, then check the chain agrees with the vault's own records.
+    """Verify every entry from the root, then check the chain against the vault and the client's pins.
 
-    The chain is its own root of trust (keys come from its vault.init/user.add entries); these checks
-    catch a chain rebuilt wholesale with new keys, and an enrolled user whose enrolment entry is gone
-    (a truncated tail), without any checkpoint.
+    Steps: (1) every hash, link and signature, and every authorization change by a signer allowed
+    to make it; (2) the chain starts at the root pinned in the caller's keyslot (vault id, founding
+    admin key, audit key: the vault fingerprint); (3) it still holds the head the caller's client saw
+    last; (4) the audit key it records is the vault's; (5) every keyslot belongs to a user the chain
+    enrolled, with that key; (6) the protected tables equal the authorization state the chain signs.
     """
-    report = chain.verify(session.db)
+    from ..vault import authz, trust
+    from ..vault.core import check_seen
+
+    report = chain.verify_entries(chain.iter_entries(session.db), authz.Policy())
+    if not trust.same_root(session.root, report.root):
+        raise AuditChainBroken(
+            "audit entry 1: the log does not start at this vault's pinned root (vault fingerprint "
+            f"{trust.show_fingerprint(session.root)}); the whole history was replaced", 1)
+    seen = session.verifier
+    check_seen(session.db, session.user, seen.seq, seen.prev)
     stored = session.db.execute("SELECT value FROM settings WHERE key = 'audit_public_key'").fetchone()
     if stored is None or stored[0] != report.audit_public_key:
         raise AuditChainBroken(
@@ -35,6 +46,10 @@ def verify_chain(session: Session) -> chain.VerifyReport:
             seq = report.introduced.get(user, 1)
             raise AuditChainBroken(
                 f"audit entry {seq}: the signing key it enrols for {user!r} is not the key in their keyslot", seq)
+    if report.policy is not None and report.policy.started:
+        bad = authz.first_difference(report.policy.image, authz.read_image(session.db))
+        if bad:
+            raise AuditChainBroken(f"audit entry {report.entries}: the vault's {bad}", report.entries)
     return report
 
 
@@ -56,7 +71,11 @@ def verify_log(session: Session, checkpoint: Path | None = None) -> dict[str, An
             session.audit("audit.verify", severity="high", ok=False, first_bad_seq=exc.seq, error=str(exc),
                           checkpoint=cp["statement"]["entries"] if cp else None)
         raise
-    result: dict[str, Any] = {"ok": True, "entries": report.entries, "head_hash": report.head_hash}
+    from ..vault import trust
+
+    result: dict[str, Any] = {"ok": True, "entries": report.entries, "head_hash": report.head_hash,
+                              "vault_fingerprint": trust.show_fingerprint(session.root),
+                              "vault_fingerprint_sha256": trust.fingerprint(session.root)}
     if cp is not None:
         result["checkpoint"] = {"entries": cp["statement"]["entries"], "head_hash": cp["statement"]["head_hash"],
                                 "created": cp["statement"]["created"]}

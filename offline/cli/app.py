@@ -66,6 +66,19 @@ class App:
             raise UsageError("passphrase too short: use at least 8 characters")
         return value
 
+    def break_glass_code(self) -> str:
+        """The emergency code: ``OFFLINE_BREAK_GLASS_CODE_FILE``, ``OFFLINE_BREAK_GLASS_CODE``, else a prompt."""
+        path = os.environ.get("OFFLINE_BREAK_GLASS_CODE_FILE")
+        if path:
+            return config.read_secret_file(path)
+        env = os.environ.get("OFFLINE_BREAK_GLASS_CODE")
+        if env:
+            return env
+        if not sys.stdin.isatty():
+            raise UsageError("break-glass needs the emergency code: set OFFLINE_BREAK_GLASS_CODE_FILE "
+                             "or OFFLINE_BREAK_GLASS_CODE, or run it at a terminal")
+        return click.prompt("Emergency code (from the break-glass envelope)", hide_input=True)
+
     def session(self) -> Any:
         """The unlocked vault session for this user (opened once per command)."""
         if self._session is None:

@@ -63,7 +63,7 @@ def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str
 
     from ..gdpr.breakglass import break_glass_scope
 
-    with break_glass_scope(app.session(), break_glass, list(collections), reason):
+    with break_glass_scope(app.session(), break_glass, list(collections), reason, app.break_glass_code):
         result = answer(app.session(), question, collections=list(collections) or None, k=k, mode=mode,
                         model=model, adapter=adapter, max_tokens=max_tokens,
                         min_score=DEFAULT_MIN_SCORE if min_score is None else min_score,

@@ -64,7 +64,8 @@ def verify(app: App, checkpoint: Path | None, as_json: bool) -> None:
         raise
 
     def text(r: dict[str, Any]) -> str:
-        out = f"audit log OK: {r['entries']} entries verified, head {r['head_hash']}"
+        out = (f"audit log OK: {r['entries']} entries verified, head {r['head_hash']}\n"
+               f"vault fingerprint {r['vault_fingerprint']} (compare with the one recorded at set-up)")
         if "checkpoint" in r:
             out += f"\nextends checkpoint of {r['checkpoint']['created']} ({r['checkpoint']['entries']} entries)"
         return out

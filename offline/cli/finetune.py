@@ -116,4 +116,27 @@ def rm(app: App, name: str) -> None:
     app.emit(remove_adapter(app.session(), name), lambda d: f"Removed adapter {d['name']}.")
 
 
+@finetune.command("share")
+@click.argument("name")
+@click.argument("user")
+@click.pass_obj
+def share(app: App, name: str, user: str) -> None:
+    """Let USER use adapter NAME (its creator or an admin who holds it; a signed key wrap)."""
+    from ..finetune.store import share_adapter
+
+    app.emit(share_adapter(app.session(), name, user), lambda d: f"Shared adapter {d['adapter']} with {d['user']}.")
+
+
+@finetune.command("override-taint")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why serving the tainted adapter is justified (audited, high).")
+@click.pass_obj
+def override_taint_cmd(app: App, name: str, reason: str) -> None:
+    """Allow tainted adapter NAME to be served anyway (admin; audited at high severity)."""
+    from ..finetune.store import override_taint
+
+    override_taint(app.session(), name, reason)
+    app.emit({"adapter": name, "override_reason": reason}, lambda d: f"Override recorded for adapter {d['adapter']}.")
+
+
 commands = [finetune]

@@ -190,7 +190,9 @@ def purpose_cmd(app: App, collection: str, purpose: str | None, legal_basis: str
 def _bg_text(r: dict[str, Any]) -> str:
     if r["break_glass"]:
         text = (f"Break-glass on for {r['collection']}: emergency keys provisioned for "
-                f"{', '.join(r['provisioned']) or 'nobody'}.")
+                f"{', '.join(r['provisioned']) or 'nobody'}.\n"
+                f"Emergency code (shown once; seal it in an envelope kept off this laptop): {r['emergency_code']}\n"
+                "A break-glass read needs this code and the reader's own key.")
         if r["vault_setting"] != "on":
             text += " Note: the vault setting break_glass is off, so no break-glass read works until it is on."
         return text
@@ -200,12 +202,16 @@ def _bg_text(r: dict[str, Any]) -> str:
 @click.command("break-glass")
 @click.argument("collection")
 @click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--to", "users", multiple=True, help="Only these users may break the glass (repeatable; default: "
+              "every admin and member).")
 @click.pass_obj
-def break_glass_cmd(app: App, collection: str, state: str) -> None:
-    """Allow (on) or forbid (off) emergency reads of COLLECTION with a reason (admin)."""
+def break_glass_cmd(app: App, collection: str, state: str, users: tuple[str, ...]) -> None:
+    """Allow (on) or forbid (off) emergency reads of COLLECTION with a reason and the code (admin)."""
     from ..gdpr.breakglass import set_break_glass
 
-    app.emit(set_break_glass(app.session(), collection, state == "on"), _bg_text)
+    if users and state == "off":
+        raise click.UsageError("--to goes with on")
+    app.emit(set_break_glass(app.session(), collection, state == "on", list(users) or None), _bg_text)
 
 
 gdpr.add_command(break_glass_cmd)

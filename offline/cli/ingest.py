@@ -171,7 +171,7 @@ def search(app: App, query: str, collections: tuple[str, ...], k: int, labels: t
 
     from ..gdpr.breakglass import break_glass_scope
 
-    with break_glass_scope(app.session(), break_glass, list(collections), reason):
+    with break_glass_scope(app.session(), break_glass, list(collections), reason, app.break_glass_code):
         result = run_search(app.session(), query, collections=list(collections) or None, k=k,
                             labels=list(labels) or None, subjects=list(subjects) or None, mode=mode,
                             weights=FusionWeights(rrf_k, w_dense, w_bm25))

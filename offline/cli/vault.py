@@ -22,9 +22,14 @@ def init(app: App, new_passphrase_file: str | None) -> None:
 
     passphrase = app.new_passphrase(new_passphrase_file)
     session = create_vault(app.vault_path, app.user_name, passphrase)
+    fingerprint = session.fingerprint
     session.close()
-    app.emit({"vault": str(app.vault_path), "admin": app.user_name, "vault_id": session.vault_id},
-             lambda d: f"Created vault {d['vault']} (id {d['vault_id']}) with admin {d['admin']}.")
+    app.emit({"vault": str(app.vault_path), "admin": app.user_name, "vault_id": session.vault_id,
+              "vault_fingerprint": fingerprint},
+             lambda d: f"Created vault {d['vault']} (id {d['vault_id']}) with admin {d['admin']}.\n"
+                       f"Vault fingerprint: {d['vault_fingerprint']}\n"
+                       "Record it off this laptop: `audit verify`, `doctor` and every audit export show it, "
+                       "and a reviewer compares them with this one.")
 
 
 @click.group()
@@ -69,9 +74,10 @@ def vault_rekey(app: App) -> None:
 @click.argument("value")
 @click.pass_obj
 def vault_set(app: App, key: str, value: str) -> None:
-    """Change a vault setting (admin): audit_questions full|hash|none, idle_timeout_s, break_glass on|off."""
-    app.session().set_setting(key, value)
-    app.emit({key: value}, lambda d: f"{key} = {value}")
+    """Change a vault setting (admin): audit_questions sealed|none|full, idle_timeout_s (90s, 15m, 1h),
+    break_glass on|off (off removes every emergency key and rotates those collections)."""
+    stored = app.session().set_setting(key, value)
+    app.emit({key: stored}, lambda d: f"{key} = {stored}")
 
 
 @click.group()
@@ -111,7 +117,8 @@ def users_remove(app: App, name: str) -> None:
     from ..vault import remove_user
 
     result = remove_user(app.session(), name)
-    app.emit(result, lambda r: f"Removed {r['name']}; rotated keys of {len(r['rotated_collections'])} collection(s).")
+    app.emit(result, lambda r: f"Removed {r['name']}; rotated the vault key and the keys of "
+                               f"{len(r['rotated_collections'])} collection(s).")
 
 
 @users.command("passwd")
@@ -180,6 +187,29 @@ def collections_revoke(app: App, collection: str, user: str) -> None:
 
     result = revoke(app.session(), collection, user)
     app.emit(result, lambda r: f"Revoked {r['user']} on {r['collection']}; collection key rotated.")
+
+
+@collections.command("holders")
+@click.argument("collection")
+@click.pass_obj
+def collections_holders(app: App, collection: str) -> None:
+    """List everyone who holds a wrap of COLLECTION's key, and why (admin)."""
+    from ..vault.collections import key_holders
+
+    rows = key_holders(app.session(), collection)
+    app.emit(rows, lambda r: table(r, ["user", "holds", "why"]))
+
+
+@collections.command("grants")
+@click.argument("collection", required=False)
+@click.pass_obj
+def collections_grants(app: App, collection: str | None) -> None:
+    """List grants as the signed audit log records them (admins: all; others: their own)."""
+    from ..vault.collections import list_grants
+
+    rows = [{**g, "labels": ",".join(g["labels"]) if g["labels"] else "(all)"}
+            for g in list_grants(app.session(), collection)]
+    app.emit(rows, lambda r: table(r, ["collection", "user", "perm", "labels", "granted_by", "granted_at"]))
 
 
 @collections.command("drop")

@@ -157,19 +157,22 @@ def check_kdf(vault_dir: Path) -> Check:
 
 
 def check_audit(session: Any | None) -> Check:
-    """The vault's audit chain verifies end to end (hashes, links, signatures)."""
-    from ..audit import chain
+    """The audit chain verifies from the pinned root, and the signed authorization state matches the tables."""
+    from ..audit.verify import verify_chain
     from ..errors import AuditChainBroken
+    from ..vault import trust
 
     name = "audit chain"
     if session is None:
         return skipped(name, "vault locked: the audit log is inside the encrypted vault")
     try:
-        rep = chain.verify(session.db)
+        rep = verify_chain(session)
     except AuditChainBroken as exc:
         return failed(name, str(exc), seq=exc.seq)
-    return passed(name, f"{rep.entries} entries verified, head {rep.head_hash[:19]}...",
-                  entries=rep.entries, head_hash=rep.head_hash)
+    fp = trust.show_fingerprint(session.root)
+    return passed(name, f"{rep.entries} entries verified, head {rep.head_hash[:19]}..., vault fingerprint {fp} "
+                        "(compare with the one recorded at set-up)",
+                  entries=rep.entries, head_hash=rep.head_hash, vault_fingerprint=fp)
 
 
 VAULT_CHECKS = ("vault encryption", "plaintext canary", "file permissions", "KDF parameters", "audit chain")

@@ -106,19 +106,22 @@ def load_collection(session: Any, name: str, *, max_chunks: int | None = None) -
     rows = handle.conn.execute(
         "SELECT c.doc_id, c.text, d.label FROM chunks c JOIN documents d ON d.id = c.doc_id"
         " ORDER BY c.doc_id, c.ord").fetchall()
-    texts, doc_ids = [], []
+    texts, doc_ids, labels = [], [], set()
     for doc_id, text, label in rows:
         if not handle.label_allowed(label or "") or not text.strip():
             continue
         texts.append(text)
         if not doc_ids or doc_ids[-1] != doc_id:
             doc_ids.append(doc_id)
+        labels.add(label or "")
         if max_chunks and len(texts) >= max_chunks:
             break
     if not texts:
         raise InvalidInput(f"collection {name!r} has no text you may read")
     digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
-    sources = [{"collection": name, "collection_id": handle.id, "doc_ids": sorted(set(doc_ids))}]
+    # The labels trained on decide who may use the adapter: a reader limited to other labels may not.
+    sources = [{"collection": name, "collection_id": handle.id, "doc_ids": sorted(set(doc_ids)),
+                "labels": sorted(labels)}]
     return Dataset([Example(text=t) for t in texts], digest, f"collection:{name}", sources,
                    {"chunks": len(texts), "documents": len(set(doc_ids))})
 

@@ -1,19 +1,20 @@
 """The adapter registry: encrypted GGUF LoRA files under ``VAULT/adapters/`` with lineage in vault.db.
 
-Key choice (documented in the README):
+Keys (documented in the README):
 
 - every adapter gets its own random 256-bit key; the file is ``seal(key, gguf_bytes, aad)`` with the
   aad binding vault id, adapter id and file name, so a file swapped between adapters or vaults fails;
-- that key is sealed (``key_wrap``) under ``HKDF(adapter root key, "adapter-kek|<vault>|<id>")``;
-- the adapter root key is a random key that lives only inside vault.db (table ``adapter_keyring``),
-  which SQLCipher encrypts under the vault key. So adapters are exactly as protected at rest as the
-  vault catalog, survive ``vault rekey`` (vault.db is re-encrypted as a whole) and ``finetune rm``
-  crypto-shreds: once the row is gone (``secure_delete=ON``) the ciphertext cannot be opened.
+- that key is wrapped (X25519 + HKDF + AES-GCM, like a collection key) to each **reader** in
+  ``adapter_keys``. Readers of an adapter trained on collections are the users who may read *all*
+  its sources, collection and labels, when it is made; one trained from a file belongs to its
+  creator, who may share it with an explicit grant (``finetune share``). Rows are authorization
+  state: they count only as the signed audit chain recorded them (offline.vault.authz), so the
+  auditor or a member without the grants holds nothing that decrypts an adapter, raw tools or not.
+- ``finetune rm`` crypto-shreds: the wraps go with the row (``secure_delete=ON``).
 
-Who may use an adapter: any enrolled member or admin, except that an adapter trained on a
-collection needs a current read grant on that collection (it may have memorised its text), and
-auditors never use adapters (they never read documents). Tainted adapters (lineage includes an
-erased document) are refused unless an admin recorded an override.
+Who may use an adapter: a reader whose grants (signed policy) still cover every source; auditors
+never. Tainted adapters (lineage includes an erased document) are refused unless an admin recorded
+an override (``adapters override-taint``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .. import config
 from ..errors import AccessDenied, AlreadyExists, IntegrityError, NotFound, UsageError
-from ..vault import crypto, db
-from ..vault.core import Session, check_name, new_id, utc_now
+from ..vault import crypto
+from ..vault.core import Session, check_name, new_id, signed_wrap, utc_now
 
 ADAPTER_DIR = "adapters"
 RUNS_DIR = ".runs"  # encrypted training checkpoints, one 0700 folder per run
@@ -52,25 +53,35 @@ class AdapterTainted(AccessDenied):
 
 # -- keys -------------------------------------------------------------------------------------
 
-def _root_key(session: Session, *, create: bool = False) -> bytes:
-    row = session.db.execute("SELECT root_key FROM adapter_keyring WHERE id = 1").fetchone()
-    if row is not None:
-        return bytes.fromhex(row[0])
-    if not create:
-        raise NotFound("no adapters in this vault")
-    with db.transaction(session.db):
-        session.db.execute("INSERT OR IGNORE INTO adapter_keyring(id, root_key) VALUES (1, ?)",
-                           (crypto.random_key().hex(),))
-    return bytes.fromhex(session.db.execute("SELECT root_key FROM adapter_keyring WHERE id = 1").fetchone()[0])
+def _wrap_context(vault_id: str, adapter_id: str, user: str) -> str:
+    return f"adapter-key|{vault_id}|{adapter_id}|{user}"
+
+
+def _wrap_rows(session: Session, aid: str, key: bytes, users: list[str]) -> None:
+    pubs = session.policy.users()
+    for u in users:
+        session.db.execute("INSERT OR REPLACE INTO adapter_keys(adapter_id, user, wrapped) VALUES (?, ?, ?)",
+                           (aid, u, crypto.wrap_to(bytes.fromhex(pubs[u]["x25519_pub"]), key,
+                                                   _wrap_context(session.vault_id, aid, u))))
+
+
+def _readers(session: Session, sources: list[dict[str, Any]] | None) -> list[str]:
+    """Who may read an adapter now: with sources, everyone whose grants cover them all; else its creator."""
+    if not sources:
+        return [session.user]
+    return [u for u in session.policy.users("admin", "member") if session.policy.may_read_sources(u, sources)]
+
+
+def _adapter_key(session: Session, info: dict[str, Any]) -> bytes:
+    wrapped = signed_wrap(session, "adapter_keys", info["id"], session.user)
+    if wrapped is None:
+        raise AccessDenied(f"access denied: adapter {info['name']!r}")
+    return crypto.unwrap_with(session.keys.x25519, wrapped, _wrap_context(session.vault_id, info["id"], session.user))
 
 
 def _derive(root: bytes, purpose: str, vault_id: str, ident: str) -> bytes:
     info = f"offline/v1/{purpose}|{vault_id}|{ident}".encode()
     return HKDF(algorithm=hashes.SHA256(), length=crypto.KEY_BYTES, salt=None, info=info).derive(root)
-
-
-def _key_aad(vault_id: str, adapter_id: str) -> bytes:
-    return f"offline/v1/adapter-key|{vault_id}|{adapter_id}".encode()
 
 
 def _file_aad(vault_id: str, adapter_id: str, file: str) -> bytes:
@@ -79,7 +90,9 @@ def _file_aad(vault_id: str, adapter_id: str, file: str) -> bytes:
 
 def checkpoint_key(session: Session, run_name: str) -> bytes:
     """Key for a training run's encrypted checkpoints (stable per run name, so --resume finds it)."""
-    return _derive(_root_key(session, create=True), "checkpoint", session.vault_id, run_name)
+    # Derived from the trainer's own private key: only they can read or resume their checkpoints.
+    return _derive(crypto.private_bytes(session.keys.x25519), "checkpoint", session.vault_id,
+                   f"{session.user}|{run_name}")
 
 
 def runs_dir(session: Session, run_name: str) -> Path:
@@ -122,16 +135,15 @@ def _source_collections(info: dict[str, Any]) -> list[str]:
 
 
 def _check_use(session: Session, info: dict[str, Any], action: str) -> None:
-    """Fail closed: auditors never use adapters; collection-trained ones need a read grant."""
-    from ..vault.collections import readable_collections
-
-    if session.role == "auditor":
-        session.audit("access.denied", severity="warning", adapter=info["name"], reason="auditor")
-        raise AccessDenied(f"access denied: adapter {info['name']!r}")
-    missing = set(_source_collections(info)) - set(readable_collections(session))
-    if missing:
+    """Fail closed: auditors never use adapters; a collection-trained one needs grants covering its
+    sources (collections and labels, as the signed policy holds them); every use needs a key wrap."""
+    sources = info.get("source_doc_ids") or []
+    ok = session.role in ("admin", "member") and (
+        session.policy.may_read_sources(session.user, sources) if sources else True)
+    ok = ok and session.policy.row("adapter_keys", info["id"], session.user) is not None
+    if not ok:
         session.audit("access.denied", severity="warning", adapter=info["name"], what=action,
-                      reason="no read grant on a source collection")
+                      reason="auditor" if session.role == "auditor" else "no grant covering its sources")
         raise AccessDenied(f"access denied: adapter {info['name']!r}")
 
 
@@ -144,21 +156,18 @@ def save_adapter(session: Session, name: str, gguf_bytes: bytes, *, base_model: 
     check_name("adapter", name)
     if session.role == "auditor":
         raise AccessDenied("access denied: auditors cannot create adapters")
-    if session.db.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone():
-        raise AlreadyExists(f"adapter {name!r} already exists")
     aid = new_id()
     file = f"{aid}.bin"
     key = crypto.random_key()
-    root = _root_key(session, create=True)
-    key_wrap = crypto.b64e(crypto.seal(_derive(root, "adapter-kek", session.vault_id, aid), key,
-                                       _key_aad(session.vault_id, aid)))
     sha = hashlib.sha256(gguf_bytes).hexdigest()
     folder = config.ensure_private_dir(session.vault_dir / ADAPTER_DIR)
     path = folder / file
     config.write_private_file(path, crypto.seal(key, gguf_bytes, _file_aad(session.vault_id, aid, file)))
     now = utc_now()
     try:
-        with db.transaction(session.db):
+        with session.change("adapter.save", adapter=name, adapter_id=aid, adapter_sha256=sha) as extra:
+            if session.db.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone():
+                raise AlreadyExists(f"adapter {name!r} already exists")
             session.db.execute(
                 "INSERT INTO adapters(id, name, file, base_model, base_sha256, base_arch, dataset_sha256,"
                 " source_doc_ids, hyperparameters, loss_curve, eval_loss_before, eval_loss_after, created_by,"
@@ -166,7 +175,10 @@ def save_adapter(session: Session, name: str, gguf_bytes: bytes, *, base_model: 
                 (aid, name, file, base_model, base_sha256, base_arch, dataset_sha256,
                  json.dumps(source_doc_ids) if source_doc_ids else None, json.dumps(hyperparameters),
                  json.dumps(loss_curve), eval_loss_before, eval_loss_after, session.user, now, sha,
-                 len(gguf_bytes), key_wrap, json.dumps(meta or {})))
+                 len(gguf_bytes), "", json.dumps(meta or {})))
+            readers = _readers(session, source_doc_ids)
+            _wrap_rows(session, aid, key, readers)
+            extra["readers"] = readers
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -174,15 +186,39 @@ def save_adapter(session: Session, name: str, gguf_bytes: bytes, *, base_model: 
     return info
 
 
+def share_adapter(session: Session, name: str, user: str) -> dict[str, Any]:
+    """Let ``user`` use adapter ``name`` (its creator, or an admin who can read it): a signed key wrap.
+
+    An adapter trained on collections is shared only with users whose grants cover all its sources.
+    """
+    found = _fetch(session, name)
+    if found is None:
+        raise NotFound(f"no such adapter: {name!r}")
+    info = found[0]
+    if session.role != "admin" and info["created_by"] != session.user:
+        session.audit("access.denied", severity="warning", adapter=name, what="finetune.share")
+        raise AccessDenied(f"access denied: sharing adapter {name!r} needs admin or its creator")
+    if session.policy.role(user) not in ("admin", "member"):
+        raise NotFound(f"no such user: {user!r}" if session.policy.user(user) is None
+                       else f"{user!r} is an auditor: auditors never use adapters")
+    sources = info.get("source_doc_ids") or []
+    if sources and not session.policy.may_read_sources(user, sources):
+        raise AccessDenied(f"access denied: {user!r} may not read every source adapter {name!r} was trained on")
+    key = _adapter_key(session, info)
+    with session.change("adapter.share", adapter=name, adapter_id=info["id"], user=user):
+        _wrap_rows(session, info["id"], key, [user])
+    return {"adapter": name, "user": user, "shared": True}
+
+
 def list_adapters(session: Session) -> list[dict[str, Any]]:
     """Adapters the caller may use (admins see all, with a ``usable`` flag)."""
-    from ..vault.collections import readable_collections
-
-    readable = set(readable_collections(session))
     out = []
     for row in session.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM adapters ORDER BY name"):
         info = _row_to_info(row)
-        usable = session.role != "auditor" and set(_source_collections(info)) <= readable
+        sources = info.get("source_doc_ids") or []
+        usable = (session.role in ("admin", "member")
+                  and session.policy.row("adapter_keys", info["id"], session.user) is not None
+                  and (not sources or session.policy.may_read_sources(session.user, sources)))
         if not usable and session.role != "admin":
             continue
         info["usable"] = usable
@@ -211,7 +247,7 @@ def _usable(session: Session, name: str, *, allow_tainted: bool = False) -> tupl
     if info["tainted_at"] and not info["override_reason"] and not allow_tainted:
         raise AdapterTainted(
             f"adapter {name!r} is tainted ({info['taint_reason'] or 'its training data included an erased document'});"
-            " retrain it or have an admin record an override")
+            " retrain it, or an admin runs `offline finetune override-taint NAME --reason TEXT`")
     return info, key_wrap
 
 
@@ -233,11 +269,9 @@ def record_use(session: Session, info: dict[str, Any]) -> None:
 
 def read_adapter_bytes(session: Session, name: str, *, allow_tainted: bool = False) -> tuple[bytes, dict[str, Any]]:
     """Decrypt an adapter into memory after the access and taint checks; verifies its sha256."""
-    info, key_wrap = _usable(session, name, allow_tainted=allow_tainted)
-    root = _root_key(session)
+    info, _ = _usable(session, name, allow_tainted=allow_tainted)
     aid, file = info["id"], info["file"]
-    key = crypto.unseal(_derive(root, "adapter-kek", session.vault_id, aid), crypto.b64d(key_wrap),
-                        _key_aad(session.vault_id, aid))
+    key = _adapter_key(session, info)
     path = session.vault_dir / ADAPTER_DIR / file
     try:
         blob = path.read_bytes()
@@ -287,10 +321,10 @@ def remove_adapter(session: Session, name: str) -> dict[str, Any]:
     if session.role != "admin" and info["created_by"] != session.user:
         session.audit("access.denied", severity="warning", adapter=name, what="finetune.rm")
         raise AccessDenied(f"access denied: removing adapter {name!r} needs admin or its creator")
-    with db.transaction(session.db):
+    with session.change("finetune.rm", adapter=name, adapter_id=info["id"], adapter_sha256=info["sha256"]):
+        session.db.execute("DELETE FROM adapter_keys WHERE adapter_id = ?", (info["id"],))
         session.db.execute("DELETE FROM adapters WHERE id = ?", (info["id"],))
     (session.vault_dir / ADAPTER_DIR / info["file"]).unlink(missing_ok=True)
-    session.audit("finetune.rm", adapter=name, adapter_id=info["id"], adapter_sha256=info["sha256"])
     return {"name": name, "id": info["id"], "removed": True}
 
 
@@ -311,12 +345,11 @@ def mark_tainted(session: Session, name: str, reason: str) -> None:
     """Record that ``name`` was trained on since-erased data (the GDPR erase flow calls this)."""
     if not reason.strip():
         raise UsageError("a taint needs a reason")
-    with db.transaction(session.db):
+    with session.change("adapter.taint", severity="notice", adapter=name, reason=reason):
         cur = session.db.execute("UPDATE adapters SET tainted_at = ?, taint_reason = ?, override_reason = NULL"
                                  " WHERE name = ?", (utc_now(), reason, name))
-    if cur.rowcount == 0:
-        raise NotFound(f"no such adapter: {name!r}")
-    session.audit("adapter.taint", severity="notice", adapter=name, reason=reason)
+        if cur.rowcount == 0:
+            raise NotFound(f"no such adapter: {name!r}")
 
 
 def override_taint(session: Session, name: str, reason: str) -> None:
@@ -324,10 +357,9 @@ def override_taint(session: Session, name: str, reason: str) -> None:
     session.require_role("admin", action="overriding an adapter taint")
     if not reason.strip():
         raise UsageError("an override needs a reason")
-    with db.transaction(session.db):
+    with session.change("adapter.taint_override", severity="high", adapter=name, reason=reason):
         cur = session.db.execute("UPDATE adapters SET override_reason = ? WHERE name = ? AND tainted_at IS NOT NULL",
                                  (reason, name))
-    if cur.rowcount == 0:
-        raise NotFound(f"no tainted adapter named {name!r}")
-    session.audit("adapter.taint_override", severity="high", adapter=name, reason=reason)
+        if cur.rowcount == 0:
+            raise NotFound(f"no tainted adapter named {name!r}")
 

@@ -25,13 +25,25 @@ def check_subject(subject: str) -> str:
 
 
 def subject_ref(session: Session, subject: str) -> str:
-    """A vault-specific pseudonym for ``subject``, used in the audit log instead of the id itself.
+    """How the audit log names ``subject``: sealed to the admins' and auditors' audit seal key.
 
     The audit chain cannot be edited (so it cannot forget); it records that a subject was exported
-    or erased without keeping the identifier in clear. Whoever holds the id can recompute this.
+    or erased without the identifier in clear. A hash would not do: any member who guesses the id
+    could confirm it. Old entries may hold ``s1:`` hashes (see :func:`subject_ref_matches`).
     """
-    data = f"offline/gdpr/subject/v1|{session.vault_id}|{subject}".encode()
-    return "s1:" + hashlib.sha256(data).hexdigest()
+    from ..vault.core import seal_for_auditors
+
+    return seal_for_auditors(session, subject)
+
+
+def subject_ref_matches(session: Session, ref: str, subject: str) -> bool:
+    """Whether a recorded reference names ``subject`` (admins and auditors open sealed ones)."""
+    if ref.startswith("s1:"):
+        data = f"offline/gdpr/subject/v1|{session.vault_id}|{subject}".encode()
+        return ref == "s1:" + hashlib.sha256(data).hexdigest()
+    from ..vault.core import unseal_for_auditors
+
+    return unseal_for_auditors(session, ref) == subject
 
 
 def writable_collections(session: Session) -> list[str]:

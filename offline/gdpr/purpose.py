@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NotFound, UsageError
-from ..vault import db
 from ..vault.core import Session
 
 MAX_TEXT = 500
@@ -27,13 +26,12 @@ def set_purpose(session: Session, collection: str, purpose: str | None,
     """Record why a collection's data is processed, and on which legal basis (admin)."""
     session.require_role("admin", action="setting processing purposes")
     purpose, legal_basis = _clean("purpose", purpose), _clean("legal basis", legal_basis)
-    with db.transaction(session.db):
+    with session.change("gdpr.purpose.set", severity="notice", collection=collection, purpose=purpose,
+                        legal_basis=legal_basis):
         cur = session.db.execute("UPDATE collections SET purpose = ?, legal_basis = ? WHERE name = ?",
                                  (purpose, legal_basis, collection))
-    if cur.rowcount == 0:
-        raise NotFound(f"no such collection: {collection!r}")
-    session.audit("gdpr.purpose.set", severity="notice", collection=collection, purpose=purpose,
-                  legal_basis=legal_basis)
+        if cur.rowcount == 0:
+            raise NotFound(f"no such collection: {collection!r}")
     return {"collection": collection, "purpose": purpose, "legal_basis": legal_basis}
 
 

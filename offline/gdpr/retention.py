@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFound, UsageError
-from ..vault import db
 from ..vault.core import Session, check_name, utc_now
 from .common import parse_ts, utc_now_dt, writable_collections
 
@@ -35,22 +34,19 @@ def set_retention(session: Session, *, collection: str | None = None, label: str
     if (collection is None) == (label is None):
         raise UsageError("give exactly one of --collection or --label")
     days = _check_days(days)
-    if collection is not None:
-        with db.transaction(session.db):
+    target = {"collection": collection} if collection is not None else {"label": label}
+    if label is not None:
+        check_name("label", label)
+    with session.change("gdpr.retention.set", severity="notice", days=days, **target):
+        if collection is not None:
             cur = session.db.execute("UPDATE collections SET retention_days = ? WHERE name = ?", (days, collection))
-        if cur.rowcount == 0:
-            raise NotFound(f"no such collection: {collection!r}")
-        target = {"collection": collection}
-    else:
-        check_name("label", label)  # type: ignore[arg-type]
-        with db.transaction(session.db):
-            if days is None:
-                session.db.execute("DELETE FROM retention_labels WHERE label = ?", (label,))
-            else:
-                session.db.execute("INSERT OR REPLACE INTO retention_labels(label, days, set_by, set_at)"
-                                   " VALUES (?, ?, ?, ?)", (label, days, session.user, utc_now()))
-        target = {"label": label}
-    session.audit("gdpr.retention.set", severity="notice", days=days, **target)
+            if cur.rowcount == 0:
+                raise NotFound(f"no such collection: {collection!r}")
+        elif days is None:
+            session.db.execute("DELETE FROM retention_labels WHERE label = ?", (label,))
+        else:
+            session.db.execute("INSERT OR REPLACE INTO retention_labels(label, days, set_by, set_at)"
+                               " VALUES (?, ?, ?, ?)", (label, days, session.user, utc_now()))
     return {**target, "days": days}
 
 
@@ -58,19 +54,18 @@ def set_backup_retention(session: Session, days: int | None) -> dict[str, Any]:
     """How long backups are kept (admin): erasure receipts say until when a backup still holds data."""
     session.require_role("admin", action="setting backup retention")
     days = _check_days(days)
-    with db.transaction(session.db):
+    with session.change("gdpr.retention.set", severity="notice", backups=True, days=days):
         if days is None:
             session.db.execute("DELETE FROM gdpr_settings WHERE key = ?", (BACKUP_RETENTION_KEY,))
         else:
             session.db.execute("INSERT OR REPLACE INTO gdpr_settings(key, value) VALUES (?, ?)",
                                (BACKUP_RETENTION_KEY, str(days)))
-    session.audit("gdpr.retention.set", severity="notice", backups=True, days=days)
     return {"backups": True, "days": days}
 
 
 def backup_retention_days(session: Session) -> int | None:
-    row = session.db.execute("SELECT value FROM gdpr_settings WHERE key = ?", (BACKUP_RETENTION_KEY,)).fetchone()
-    return int(row[0]) if row else None
+    row = session.policy.row("gdpr_settings", BACKUP_RETENTION_KEY)
+    return int(row["value"]) if row else None
 
 
 def retention_policy(session: Session) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from ..errors import AccessDenied, InvalidInput, OfflineError, UsageError
 from ..retrieval import index as vindex
 from ..retrieval.embed import get_embedder
 from ..vault.collections import open_collection
-from ..vault.core import check_name
+from ..vault.core import check_name, seal_for_auditors
 from . import loaders
 from .chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, Chunk, chunk_segments
 from .store import DocRecord, find_document, write_document
@@ -229,7 +229,8 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
     if group:
         flush()
     report["seconds"] = round(time.perf_counter() - started, 3)
-    session.audit("ingest", collection=collection, label=label, subjects=subject_list,
+    session.audit("ingest", collection=collection, label=label,
+                  subjects_sealed=seal_for_auditors(session, "\n".join(subject_list)) if subject_list else None,
                   added=[d["doc_id"] for d in report["added"]], updated=[d["doc_id"] for d in report["updated"]],
                   unchanged=len(report["unchanged"]), skipped=len(skipped), failed=len(failed),
                   chunks=report["chunks"])

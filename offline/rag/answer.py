@@ -117,12 +117,23 @@ def _as_list(flags: Any) -> list[str]:
 
 
 def _audit_question(session: Any, question: str) -> dict[str, Any]:
+    from ..vault.core import seal_for_auditors
+
     policy = session.setting("audit_questions")
     if policy == "full":
         return {"question": question}
     if policy == "none":
         return {}
-    return {"question_sha256": hashlib.sha256(question.encode("utf-8")).hexdigest()}
+    return {"question_sealed": seal_for_auditors(session, question)}
+
+
+def _audit_retrieval(session: Any, question: str, mode: str, collections: list[str] | None,
+                     retrieved: list[dict[str, Any]], blocks: list[Any], model: Any, adapter: Any) -> None:
+    """Committed before the model sees a passage: an answer never reaches anyone unlogged."""
+    session.audit("ask.retrieve", mode=mode, collections=collections, **_audit_question(session, question),
+                  retrieved=[{"chunk_id": r["chunk_id"], "score": r["score"]} for r in retrieved],
+                  used=[b.chunk_id for b in blocks], model_sha256=model.sha256,
+                  adapter_sha256=adapter["sha256"] if adapter else None)
 
 
 @contextlib.contextmanager
@@ -241,6 +252,7 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
         raise UsageError(f"no retrieved passage fits the model's {engine.n_ctx}-token window with "
                          f"--max-tokens {max_tokens}; lower --max-tokens")
 
+    _audit_retrieval(session, question, mode, searched, retrieved, blocks, gm, adapter_info)
     gen = engine.stream_chat(messages, max_tokens=max_tokens, on_token=on_token)
     timings.update(gen.timings())
     timings["total_s"] = round(time.perf_counter() - t_start, 4)

@@ -11,13 +11,13 @@ across collections: one embedding model), then fused by reciprocal rank (see :mo
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import UsageError
 from ..vault.collections import CollectionHandle, open_collection, readable_collections
+from ..vault.core import seal_for_auditors
 from . import index as vindex
 from .fts import bm25_search
 from .fusion import FusionWeights, rrf
@@ -246,10 +246,10 @@ def search_audit_payload(session: Any, query: str, collections: list[str], mode:
     if labels is not None:
         payload["labels"] = labels
     if subjects is not None:
-        payload["subjects"] = subjects
+        payload["subjects_sealed"] = seal_for_auditors(session, "\n".join(subjects))
     policy = session.setting("audit_questions")
     if policy == "full":
         payload["query"] = query
-    elif policy != "none":  # "hash" and anything unrecognised: the safer middle
-        payload["query_sha256"] = hashlib.sha256(query.encode()).hexdigest()
+    elif policy != "none":  # "sealed" and anything unrecognised: the safer middle
+        payload["query_sealed"] = seal_for_auditors(session, query)
     return payload

@@ -13,12 +13,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 from .. import config
-from ..errors import AccessDenied, AlreadyExists, NotFound, UsageError
+from ..errors import AccessDenied, AlreadyExists, NotFound, OfflineError, UsageError
 from . import crypto, db
-from .core import Session, check_name, new_id, utc_now, vault_lock
+from .core import Session, check_name, new_id, signed_wrap, utc_now, vault_lock
 
 Perm = Literal["read", "write"]
 
@@ -48,8 +49,9 @@ class CollectionHandle:
 
 
 def _row(session: Session, name: str) -> tuple[str, str] | None:
-    r = session.db.execute("SELECT id, file FROM collections WHERE name = ?", (name,)).fetchone()
-    return (r[0], r[1]) if r else None
+    """(id, file) of collection ``name`` as the signed policy has it."""
+    found = session.policy.collection(name)
+    return (found[0], found[1]["file"]) if found else None
 
 
 def _denied(session: Session, name: str, why: str) -> AccessDenied:
@@ -59,18 +61,16 @@ def _denied(session: Session, name: str, why: str) -> AccessDenied:
 
 
 def _holder_pubs(session: Session, collection_id: str) -> dict[str, bytes]:
-    rows = session.db.execute(
-        "SELECT k.user, u.x25519_pub FROM collection_keys k JOIN users u ON u.name = k.user"
-        " WHERE k.collection_id = ? AND u.removed_at IS NULL", (collection_id,)).fetchall()
-    return {u: bytes.fromhex(p) for u, p in rows}
+    """Who gets the key at a rotation: the policy's holders, never whoever has a row in the table."""
+    users = session.policy.users()
+    return {u: bytes.fromhex(users[u]["x25519_pub"]) for u in session.policy.key_holders(collection_id)}
 
 
 def _unwrap_key(session: Session, collection_id: str, file: str) -> bytes | None:
-    row = session.db.execute("SELECT wrapped FROM collection_keys WHERE collection_id = ? AND user = ?",
-                             (collection_id, session.user)).fetchone()
-    if row is None:
+    wrapped = signed_wrap(session, "collection_keys", collection_id, session.user)
+    if wrapped is None:
         return None
-    return crypto.unwrap_with(session.keys.x25519, row[0],
+    return crypto.unwrap_with(session.keys.x25519, wrapped,
                               collection_key_context(session.vault_id, collection_id, file, session.user))
 
 
@@ -83,9 +83,7 @@ def _insert_wraps(session: Session, collection_id: str, file: str, key: bytes, p
 
 
 def _admin_pubs(session: Session) -> dict[str, bytes]:
-    rows = session.db.execute(
-        "SELECT name, x25519_pub FROM users WHERE role = 'admin' AND removed_at IS NULL").fetchall()
-    return {u: bytes.fromhex(p) for u, p in rows}
+    return {u: bytes.fromhex(r["x25519_pub"]) for u, r in session.policy.users("admin").items()}
 
 
 def create_collection(session: Session, name: str) -> dict[str, Any]:
@@ -103,7 +101,9 @@ def create_collection(session: Session, name: str) -> dict[str, Any]:
         conn = db.connect(path, key, "collection", create=True)
         conn.close()
         try:
-            with db.transaction(session.db):
+            with session.change("collection.create", collection=name, collection_id=cid):
+                if _row(session, name):
+                    raise AlreadyExists(f"collection {name!r} already exists")
                 session.db.execute(
                     "INSERT INTO collections(id, name, file, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
                     (cid, name, file, utc_now(), session.user))
@@ -114,64 +114,104 @@ def create_collection(session: Session, name: str) -> dict[str, Any]:
         except BaseException:
             _remove_db_files(path)
             raise
-    session.audit("collection.create", collection=name, collection_id=cid)
     return {"name": name, "id": cid}
 
 
+def _labels(text: str | None) -> list[str] | None:
+    return json.loads(text) if text else None
+
+
 def list_collections(session: Session) -> list[dict[str, Any]]:
-    """Collections the caller may see: admins all, others only those granted to them."""
-    rows = session.db.execute(
-        "SELECT c.id, c.name, c.created_at, c.created_by, c.retention_days, c.break_glass,"
-        " g.perm, g.labels FROM collections c"
-        " LEFT JOIN grants g ON g.collection_id = c.id AND g.user = ? ORDER BY c.name",
-        (session.user,)).fetchall()
+    """Collections the caller may see (admins all, others those granted to them), from the policy."""
+    pol = session.policy
+    mine = pol.grants_of(session.user)
     out = []
-    for cid, name, created, by, retention, bg, perm, labels in rows:
-        if session.role != "admin" and perm is None:
+    for key, row in sorted(pol.image["collections"].items(), key=lambda kv: kv[1]["name"]):
+        cid = json.loads(key)[0]
+        g = mine.get(cid)
+        if session.role != "admin" and (g is None or session.role == "auditor"):
             continue
-        item = {"name": name, "id": cid, "created_at": created, "created_by": by,
-                "access": perm or "none", "labels": json.loads(labels) if labels else None,
-                "retention_days": retention, "break_glass": bool(bg)}
+        item = {"name": row["name"], "id": cid, "created_at": row["created_at"], "created_by": row["created_by"],
+                "access": g["perm"] if g else "none", "labels": _labels(g["labels"]) if g else None,
+                "retention_days": row["retention_days"], "break_glass": bool(row["break_glass"])}
         if session.role == "admin":
-            item["grants"] = [
-                {"user": u, "perm": p, "labels": json.loads(lb) if lb else None}
-                for u, p, lb in session.db.execute(
-                    "SELECT user, perm, labels FROM grants WHERE collection_id = ? ORDER BY user", (cid,))]
+            item["grants"] = list_grants(session, row["name"])
+            item["key_holders"] = key_holders(session, row["name"])
         out.append(item)
     return out
 
 
+def list_grants(session: Session, name: str | None = None) -> list[dict[str, Any]]:
+    """Grants as the signed policy holds them (admins: every grant; others: their own)."""
+    pol = session.policy
+    out = []
+    for key, g in pol.image["grants"].items():
+        cid, user = json.loads(key)
+        crow = pol.row("collections", cid)
+        if crow is None or pol.user(user) is None or (name is not None and crow["name"] != name):
+            continue
+        if session.role != "admin" and user != session.user:
+            continue
+        out.append({"collection": crow["name"], "user": user, "perm": g["perm"], "labels": _labels(g["labels"]),
+                    "granted_by": g["granted_by"], "granted_at": g["granted_at"]})
+    return sorted(out, key=lambda g: (g["collection"], g["user"]))
+
+
+def key_holders(session: Session, name: str) -> list[dict[str, str]]:
+    """Everyone who holds a wrap of the collection's key, and why (admin): grant, custodian, break-glass."""
+    from .emergency import provisioned_users
+
+    session.require_role("admin", action="listing key holders")
+    row = _row(session, name)
+    if row is None:
+        raise NotFound(f"no such collection: {name!r}")
+    cid = row[0]
+    pol = session.policy
+    out = []
+    for key in pol.image["collection_keys"]:
+        c, user = json.loads(key)
+        if c == cid:
+            why = "grant" if pol.grant(cid, user) else ("custodian" if pol.role(user) == "admin" else "unexplained")
+            out.append({"user": user, "holds": "collection key", "why": why})
+    for user in provisioned_users(session, cid):
+        out.append({"user": user, "holds": "break-glass wrap (needs the emergency code)", "why": "break-glass"})
+    return sorted(out, key=lambda d: (d["user"], d["holds"]))
+
+
 def readable_collections(session: Session) -> list[str]:
-    """Names of the collections the caller holds a read or write grant on."""
-    if session.role == "auditor":
+    """Names of the collections the caller holds a read or write grant on (signed policy)."""
+    if session.role not in ("admin", "member"):
         return []
-    return [r[0] for r in session.db.execute(
-        "SELECT c.name FROM collections c JOIN grants g ON g.collection_id = c.id WHERE g.user = ?"
-        " ORDER BY c.name", (session.user,))]
+    pol = session.policy
+    names = [pol.row("collections", cid)["name"] for cid in pol.grants_of(session.user)
+             if pol.row("collections", cid) is not None]
+    return sorted(names)
 
 
 def open_collection(session: Session, name: str, need: Perm = "read", *,
-                    break_glass_reason: str | None = None) -> CollectionHandle:
-    """Open a collection for reading or writing, enforcing the caller's grant (fail closed).
+                    break_glass_reason: str | None = None,
+                    break_glass_code: str | Callable[[], str | None] | None = None) -> CollectionHandle:
+    """Open a collection for reading or writing, enforcing the caller's signed grant (fail closed).
 
-    ``break_glass_reason`` lets an enrolled member read without a grant, once, with a high-severity
-    audit entry; admins can disable it per collection.
+    ``break_glass_reason`` (with the emergency code) lets a provisioned member read without a
+    grant, with a high-severity audit entry committed before the key is used.
     """
     cached = session._collections.get(name)
     if cached is not None and (need == "read" or cached.perm == "write"):
         return cached
-    if session.role == "auditor":
-        raise _denied(session, name, "auditors never read documents")
-    row = session.db.execute(
-        "SELECT c.id, c.file, g.perm, g.labels, c.break_glass FROM collections c"
-        " LEFT JOIN grants g ON g.collection_id = c.id AND g.user = ? WHERE c.name = ?",
-        (session.user, name)).fetchone()
-    if row is None:
+    if session.role not in ("admin", "member"):
+        raise _denied(session, name, "auditors never read documents" if session.role == "auditor" else "not enrolled")
+    found = session.policy.collection(name)
+    if found is None:
         raise _denied(session, name, "no grant")
-    cid, file, perm, labels, break_glass = row
+    cid, crow = found
+    file = crow["file"]
+    g = session.policy.grant(cid, session.user)
+    perm, labels = (g["perm"], g["labels"]) if g else (None, None)
     key = None
     if perm is None and break_glass_reason is not None and need == "read":
-        key = _break_glass_key(session, name, cid, file, bool(break_glass), break_glass_reason)
+        key = _break_glass_key(session, name, cid, file, bool(crow["break_glass"]), break_glass_reason,
+                               break_glass_code)
         perm, labels = "read", None
     elif perm is None or (need == "write" and perm != "write"):
         raise _denied(session, name, "no grant" if perm is None else "read-only grant")
@@ -186,19 +226,23 @@ def open_collection(session: Session, name: str, need: Perm = "read", *,
     return handle
 
 
-def _break_glass_key(session: Session, name: str, cid: str, file: str, allowed: bool, reason: str) -> bytes:
+def _break_glass_key(session: Session, name: str, cid: str, file: str, allowed: bool, reason: str,
+                     code: str | Callable[[], str | None] | None) -> bytes:
+    from .emergency import emergency_key, user_purpose
+
     if not reason.strip():
         raise UsageError("break-glass needs a reason")
     if not allowed or session.setting("break_glass") != "on":
         raise _denied(session, name, "break-glass disabled")
-    # The member holds no wrap for this collection; an emergency read is served with a custodian's
-    # key only when an admin pre-authorised break-glass by leaving a wrap in vault_keys.
-    row = session.db.execute("SELECT wrapped FROM vault_keys WHERE purpose = ? AND user = ?",
-                             (f"break-glass:{cid}", session.user)).fetchone()
-    if row is None:
+    if session.policy.row("vault_keys", user_purpose(cid), session.user) is None:
         raise _denied(session, name, "no break-glass key provisioned")
-    key = crypto.unwrap_with(session.keys.x25519, row[0],
-                             collection_key_context(session.vault_id, cid, file, session.user))
+    if callable(code):
+        code = code()  # asked only once the emergency path is open to this user
+    try:
+        key = emergency_key(session, cid, file, code)
+    except AccessDenied as exc:
+        raise _denied(session, name, str(exc).removeprefix("access denied: ")) from None
+    # Committed before the key opens anything: no emergency read through the kit goes unlogged.
     session.audit("break_glass.read", severity="high", collection=name, reason=reason)
     return key
 
@@ -208,57 +252,72 @@ def grant(session: Session, name: str, user: str, perm: Perm, labels: list[str] 
     session.require_role("admin", action="granting access")
     if perm not in ("read", "write"):
         raise UsageError("permission must be read or write")
-    row = _row(session, name)
-    if row is None:
-        raise NotFound(f"no such collection: {name!r}")
-    cid, file = row
-    target = session.db.execute("SELECT role, x25519_pub FROM users WHERE name = ? AND removed_at IS NULL",
-                                (user,)).fetchone()
-    if target is None:
-        raise NotFound(f"no such user: {user!r}")
-    if target[0] == "auditor":
-        raise UsageError(f"{user!r} is an auditor: auditors read the audit log, never documents")
-    key = _unwrap_key(session, cid, file)
-    if key is None:
-        raise AccessDenied(f"access denied: you hold no key for collection {name!r}")
     clean_labels = sorted({check_name("label", lb) for lb in labels}) if labels else None
-    with db.transaction(session.db):
-        _insert_wraps(session, cid, file, key, {user: bytes.fromhex(target[1])})
+    with session.change("grant.add", collection=name, user=user, perm=perm, labels=clean_labels):
+        row = _row(session, name)
+        if row is None:
+            raise NotFound(f"no such collection: {name!r}")
+        cid, file = row
+        target = session.policy.user(user)
+        if target is None:
+            raise NotFound(f"no such user: {user!r}")
+        if target["role"] == "auditor":
+            raise UsageError(f"{user!r} is an auditor: auditors read the audit log, never documents")
+        key = _unwrap_key(session, cid, file)
+        if key is None:
+            raise AccessDenied(f"access denied: you hold no key for collection {name!r}")
+        _insert_wraps(session, cid, file, key, {user: bytes.fromhex(target["x25519_pub"])})
         session.db.execute(
             "INSERT OR REPLACE INTO grants(collection_id, user, perm, labels, granted_by, granted_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (cid, user, perm, json.dumps(clean_labels) if clean_labels else None, session.user, utc_now()))
-    session.audit("grant.add", collection=name, user=user, perm=perm, labels=clean_labels)
     return {"collection": name, "user": user, "perm": perm, "labels": clean_labels}
 
 
 def revoke(session: Session, name: str, user: str) -> dict[str, Any]:
-    """Remove ``user``'s grant and key on ``name``, then rotate the collection key (admin)."""
+    """Remove ``user``'s grant and key on ``name``, then rotate the collection key (admin).
+
+    Whether ``user`` stays a key custodian is decided by the signed policy, never by their users row;
+    adapter keys they held only through this grant go too.
+    """
     session.require_role("admin", action="revoking access")
-    row = _row(session, name)
-    if row is None:
-        raise NotFound(f"no such collection: {name!r}")
-    cid, _ = row
-    had = session.db.execute("SELECT 1 FROM grants WHERE collection_id = ? AND user = ?", (cid, user)).fetchone()
-    if had is None:
-        raise NotFound(f"{user!r} has no grant on {name!r}")
-    is_admin = session.db.execute("SELECT role FROM users WHERE name = ?", (user,)).fetchone()[0] == "admin"
-    with db.transaction(session.db):
+    with session.change("grant.revoke", collection=name, user=user) as extra:
+        row = _row(session, name)
+        if row is None:
+            raise NotFound(f"no such collection: {name!r}")
+        cid, _ = row
+        if session.policy.row("grants", cid, user) is None:
+            raise NotFound(f"{user!r} has no grant on {name!r}")
         session.db.execute("DELETE FROM grants WHERE collection_id = ? AND user = ?", (cid, user))
-        if not is_admin:  # admins stay key custodians; their read right is the grant just removed
+        if session.policy.role(user) != "admin":  # admins stay custodians; their read right was the grant
             session.db.execute("DELETE FROM collection_keys WHERE collection_id = ? AND user = ?", (cid, user))
-            session.db.execute("DELETE FROM vault_keys WHERE purpose = ? AND user = ?", (f"break-glass:{cid}", user))
-    session.audit("grant.revoke", collection=name, user=user)
+        extra["adapter_keys_removed"] = _drop_adapter_wraps(session, user, cid)
     rotate_collection_key(session, name, reason=f"revoked {user}")
     return {"collection": name, "user": user, "revoked": True, "key_rotated": True}
 
 
+def _drop_adapter_wraps(session: Session, user: str, collection_id: str) -> list[str]:
+    """Inside a change: delete ``user``'s wraps of adapters trained on ``collection_id``."""
+    dropped = []
+    for aid, name, src in session.db.execute(
+            "SELECT a.id, a.name, a.source_doc_ids FROM adapters a JOIN adapter_keys k ON k.adapter_id = a.id"
+            " WHERE k.user = ?", (user,)).fetchall():
+        if any(s.get("collection_id") == collection_id for s in json.loads(src or "[]")):
+            session.db.execute("DELETE FROM adapter_keys WHERE adapter_id = ? AND user = ?", (aid, user))
+            dropped.append(name)
+    return dropped
+
+
 def rotate_collection_key(session: Session, name: str, *, reason: str) -> None:
-    """Copy the collection under a new random key, re-wrap it for its holders, switch atomically.
+    """Copy the collection under a new random key, wrap it to the policy's holders, switch atomically.
 
     The copy is made with SQLCipher's online backup and re-keyed with ``PRAGMA rekey`` before the
     catalog points at it, so a crash at any point leaves the old file and key, or the new ones.
+    The new key is wrapped only to principals the signed policy names (every admin and every
+    grantee): a planted ``collection_keys`` row gets nothing, and is refused on open anyway.
     """
+    from .emergency import reseal
+
     row = _row(session, name)
     if row is None:
         raise NotFound(f"no such collection: {name!r}")
@@ -274,26 +333,20 @@ def rotate_collection_key(session: Session, name: str, *, reason: str) -> None:
     new_key = crypto.random_key()
     with vault_lock(session.vault_dir):
         copy_encrypted(coll_dir / old_file, old_key, coll_dir / new_file, new_key, "collection")
-        pubs = _holder_pubs(session, cid)
-        bg_users = [r[0] for r in session.db.execute(
-            "SELECT user FROM vault_keys WHERE purpose = ?", (f"break-glass:{cid}",))]
         try:
-            with db.transaction(session.db):
+            with session.change("collection.rekey", collection=name, reason=reason) as extra:
+                if _row(session, name) != (cid, old_file):
+                    raise OfflineError(f"collection {name!r} changed while it was being re-keyed; try again")
+                pubs = _holder_pubs(session, cid)
                 session.db.execute("UPDATE collections SET file = ? WHERE id = ?", (new_file, cid))
                 session.db.execute("DELETE FROM collection_keys WHERE collection_id = ?", (cid,))
                 _insert_wraps(session, cid, new_file, new_key, pubs)
-                for u in bg_users:
-                    pub = session.db.execute("SELECT x25519_pub FROM users WHERE name = ?", (u,)).fetchone()
-                    session.db.execute(
-                        "UPDATE vault_keys SET wrapped = ? WHERE purpose = ? AND user = ?",
-                        (crypto.wrap_to(bytes.fromhex(pub[0]), new_key,
-                                        collection_key_context(session.vault_id, cid, new_file, u)),
-                         f"break-glass:{cid}", u))
+                reseal(session, cid, new_file, new_key)
+                extra["holders"] = sorted(pubs)
         except BaseException:
             _remove_db_files(coll_dir / new_file)
             raise
         _remove_db_files(coll_dir / old_file)
-    session.audit("collection.rekey", collection=name, reason=reason)
 
 
 def copy_encrypted(src: Path, src_key: bytes, dst: Path, dst_key: bytes | None, kind: str) -> None:
@@ -333,30 +386,33 @@ def _remove_db_files(path: Path) -> None:
 
 def drop_collection(session: Session, name: str) -> dict[str, Any]:
     """Delete a collection, its keys and its file (admin)."""
+    from .emergency import code_purpose, user_purpose
+
     session.require_role("admin", action="dropping collections")
-    row = _row(session, name)
-    if row is None:
-        raise NotFound(f"no such collection: {name!r}")
-    cid, file = row
-    cached = session._collections.pop(name, None)
-    if cached is not None:
-        cached.close()
-    with db.transaction(session.db):
+    with session.change("collection.drop", collection=name) as extra:
+        row = _row(session, name)
+        if row is None:
+            raise NotFound(f"no such collection: {name!r}")
+        cid, file = row
+        extra["collection_id"] = cid
+        cached = session._collections.pop(name, None)
+        if cached is not None:
+            cached.close()
         session.db.execute("DELETE FROM collection_keys WHERE collection_id = ?", (cid,))
         session.db.execute("DELETE FROM grants WHERE collection_id = ?", (cid,))
-        session.db.execute("DELETE FROM vault_keys WHERE purpose = ?", (f"break-glass:{cid}",))
+        session.db.execute("DELETE FROM vault_keys WHERE purpose IN (?, ?)", (user_purpose(cid), code_purpose(cid)))
         session.db.execute("DELETE FROM collections WHERE id = ?", (cid,))
     _remove_db_files(session.vault_dir / "collections" / file)
-    session.audit("collection.drop", collection=name, collection_id=cid)
     return {"name": name, "dropped": True}
 
 
 def wrap_all_collection_keys_for(session: Session, user: str, x25519_pub: bytes) -> None:
     """Give a new admin a custodian wrap of every collection key the acting admin holds."""
-    for cid, file in session.db.execute("SELECT id, file FROM collections").fetchall():
-        key = _unwrap_key(session, cid, file)
-        if key is not None:
-            _insert_wraps(session, cid, file, key, {user: x25519_pub})
+    for key, row in session.policy.image["collections"].items():
+        cid = json.loads(key)[0]
+        ckey = _unwrap_key(session, cid, row["file"])
+        if ckey is not None:
+            _insert_wraps(session, cid, row["file"], ckey, {user: x25519_pub})
 
 
 def collection_key_for_admin(session: Session, name: str) -> tuple[str, str, bytes]:

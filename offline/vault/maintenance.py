@@ -10,13 +10,14 @@ references are removed the next time the vault is opened with nobody else holdin
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import AccessDenied, UsageError, VaultCorrupted
-from . import crypto, db, header as hdr
+from ..errors import OfflineError, UsageError, VaultCorrupted
+from . import crypto, db, header as hdr, trust
 from .collections import _remove_db_files, collection_key_context, collection_key_for_admin, copy_encrypted
 from .core import Session, new_id, vault_key_context, vault_lock
 
@@ -68,18 +69,21 @@ def backup_vault(session: Session, dest: Path) -> dict[str, Any]:
         raise UsageError(f"backup destination {dest} must be a new or empty folder")
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("", "collections", "adapters"):
+    for sub in ("", "collections", "adapters", trust.CLIENTS_DIR):
         (tmp / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
     count = 0
     try:
         # The lock keeps key rotations out so catalog and collection files match.
         with vault_lock(session.vault_dir):
             h = hdr.load(session.vault_dir)
+            # Client states before the databases: each then names a head the copied chain holds.
+            for f in (session.vault_dir / trust.CLIENTS_DIR).glob("*.state"):
+                shutil.copy2(f, tmp / trust.CLIENTS_DIR / f.name)
             shutil.copy2(session.vault_dir / hdr.HEADER, tmp / hdr.HEADER)
             os.chmod(tmp / hdr.HEADER, 0o600)
             copy_encrypted(session.vault_dir / h.db_file, session.vault_key, tmp / h.db_file, None, "vault")
             count += 2
-            for name, file in session.db.execute("SELECT name, file FROM collections").fetchall():
+            for name, file in [(r["name"], r["file"]) for r in session.policy.image["collections"].values()]:
                 _, _, key = collection_key_for_admin(session, name)
                 copy_encrypted(session.vault_dir / "collections" / file, key, tmp / "collections" / file,
                                None, "collection")
@@ -100,13 +104,20 @@ def backup_vault(session: Session, dest: Path) -> dict[str, Any]:
 
 
 def rekey_vault(session: Session) -> dict[str, Any]:
-    """Rotate the vault database key and every collection key; re-wrap every keyslot (admin)."""
+    """Rotate the vault database key and every collection key; re-wrap every keyslot (admin).
+
+    Collections first: each is copied under a new key, then one signed ``vault.rekey`` change points
+    the catalog at the copies and wraps the new keys to the policy's holders only. Then the vault
+    database itself moves to a new key (:func:`rotate_vault_db_key`).
+    """
+    from .emergency import reseal
+
     session.require_role("admin", action="re-keying the vault")
     vault_dir = session.vault_dir
     coll_dir = vault_dir / "collections"
     with vault_lock(vault_dir):
-        h = hdr.load(vault_dir)
-        rows = session.db.execute("SELECT id, name, file FROM collections").fetchall()
+        rows = [(cid, r["name"], r["file"]) for cid, r in
+                ((json.loads(k)[0], r) for k, r in session.policy.image["collections"].items())]
         new_files: list[Path] = []
         try:
             plan = []
@@ -115,58 +126,73 @@ def rekey_vault(session: Session) -> dict[str, Any]:
                 new_key, new_file = crypto.random_key(), f"{cid}-{new_id()[:8]}.db"
                 copy_encrypted(coll_dir / file, old_key, coll_dir / new_file, new_key, "collection")
                 new_files.append(coll_dir / new_file)
-                plan.append((cid, new_file, new_key))
-            new_vault_key = crypto.random_key()
-            new_db_file = f"vault-{new_id()[:8]}.db"
-            copy_encrypted(vault_dir / h.db_file, session.vault_key, vault_dir / new_db_file, new_vault_key, "vault")
-            new_files.append(vault_dir / new_db_file)
-            _rewrap_catalog(session, vault_dir / new_db_file, new_vault_key, plan)
-            new_h = hdr.Header(vault_id=h.vault_id, db_file=new_db_file, created_at=h.created_at,
-                               slots={u: dict(s) for u, s in h.slots.items()}, version=h.version)
-            for user, slot in new_h.slots.items():
-                slot["vault_key"] = crypto.wrap_to(bytes.fromhex(slot["x25519"]), new_vault_key,
-                                                   vault_key_context(new_h, user))
-            new_h.save(vault_dir)  # the commit point
+                plan.append((cid, file, new_file, new_key))
+            for handle in session._collections.values():
+                handle.close()
+            session._collections.clear()
+            with session.change("vault.rekey", collections=len(rows)):
+                for cid, old_file, new_file, key in plan:
+                    if session.policy.row("collections", cid)["file"] != old_file:
+                        raise OfflineError("a collection changed while the vault was being re-keyed; try again")
+                    holders = session.policy.key_holders(cid)
+                    users = session.policy.users()
+                    session.db.execute("UPDATE collections SET file = ? WHERE id = ?", (new_file, cid))
+                    session.db.execute("DELETE FROM collection_keys WHERE collection_id = ?", (cid,))
+                    for user in holders:
+                        session.db.execute(
+                            "INSERT INTO collection_keys(collection_id, user, wrapped) VALUES (?, ?, ?)",
+                            (cid, user, crypto.wrap_to(bytes.fromhex(users[user]["x25519_pub"]), key,
+                                                       collection_key_context(session.vault_id, cid, new_file,
+                                                                              user))))
+                    reseal(session, cid, new_file, key)
         except BaseException:
             for f in new_files:
                 _remove_db_files(f)
             raise
-        old_files = [vault_dir / h.db_file] + [coll_dir / file for _, _, file in rows]
-        for handle in session._collections.values():
-            handle.close()
-        session._collections.clear()
-        session.db.close()
-        for f in old_files:
-            _remove_db_files(f)
-        session.header = new_h
-        session._vault_key = bytearray(new_vault_key)
-        session.db = db.connect(vault_dir / new_db_file, new_vault_key, "vault")
-    session.audit("vault.rekey", collections=len(rows))
+        for _, old_file, _, _ in plan:
+            _remove_db_files(coll_dir / old_file)
+        new_db_file = _switch_vault_key(session)
     return {"collections": len(rows), "db_file": new_db_file}
 
 
-def _rewrap_catalog(session: Session, new_db: Path, new_vault_key: bytes,
-                    plan: list[tuple[str, str, bytes]]) -> None:
-    conn = db.connect(new_db, new_vault_key, "vault")
+def rotate_vault_db_key(session: Session, *, reason: str) -> dict[str, Any]:
+    """Move the vault database to a new key and re-wrap it to the keyslots that remain (admin).
+
+    Used when a user is removed: the key they held then opens nothing written afterwards.
+    """
+    session.require_role("admin", action="re-keying the vault")
+    session.audit("vault.rekey_db", severity="notice", reason=reason)
+    with vault_lock(session.vault_dir):
+        new_db_file = _switch_vault_key(session)
+    return {"db_file": new_db_file}
+
+
+def _switch_vault_key(session: Session) -> str:
+    """Under the vault lock: copy vault.db under a new key, then swap ``header.json`` (the commit point)."""
+    vault_dir = session.vault_dir
+    h = hdr.load(vault_dir)
+    new_vault_key = crypto.random_key()
+    new_db_file = f"vault-{new_id()[:8]}.db"
     try:
-        pubs = {u: bytes.fromhex(p) for u, p in conn.execute("SELECT name, x25519_pub FROM users")}
-        with db.transaction(conn):
-            for cid, new_file, key in plan:
-                holders = [r[0] for r in conn.execute(
-                    "SELECT user FROM collection_keys WHERE collection_id = ?", (cid,))]
-                conn.execute("UPDATE collections SET file = ? WHERE id = ?", (new_file, cid))
-                conn.execute("DELETE FROM collection_keys WHERE collection_id = ?", (cid,))
-                for user in holders:
-                    conn.execute("INSERT INTO collection_keys(collection_id, user, wrapped) VALUES (?, ?, ?)",
-                                 (cid, user, crypto.wrap_to(pubs[user], key, collection_key_context(
-                                     session.vault_id, cid, new_file, user))))
-                for (user,) in conn.execute("SELECT user FROM vault_keys WHERE purpose = ?",
-                                            (f"break-glass:{cid}",)).fetchall():
-                    conn.execute("UPDATE vault_keys SET wrapped = ? WHERE purpose = ? AND user = ?",
-                                 (crypto.wrap_to(pubs[user], key, collection_key_context(
-                                     session.vault_id, cid, new_file, user)), f"break-glass:{cid}", user))
-    finally:
-        conn.close()
+        copy_encrypted(vault_dir / h.db_file, session.vault_key, vault_dir / new_db_file, new_vault_key, "vault")
+        new_h = hdr.Header(vault_id=h.vault_id, db_file=new_db_file, created_at=h.created_at,
+                           slots={u: dict(s) for u, s in h.slots.items()}, version=h.version)
+        for user, slot in new_h.slots.items():
+            slot["vault_key"] = crypto.wrap_to(bytes.fromhex(slot["x25519"]), new_vault_key,
+                                               vault_key_context(new_h, user))
+        new_h.save(vault_dir)  # the commit point
+    except BaseException:
+        _remove_db_files(vault_dir / new_db_file)
+        raise
+    for handle in session._collections.values():
+        handle.close()
+    session._collections.clear()
+    session.db.close()
+    _remove_db_files(vault_dir / h.db_file)
+    session.header = new_h
+    session._vault_key = bytearray(new_vault_key)
+    session.db = db.connect(vault_dir / new_db_file, new_vault_key, "vault")
+    return new_db_file
 
 
 def remove_orphans(session: Session) -> list[str]:

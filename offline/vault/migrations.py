@@ -143,6 +143,21 @@ VAULT_MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        # Signed authorization (offline.vault.authz): adapters get a key per adapter wrapped to each
+        # reader (the shared root key in adapter_keyring let every member decrypt every adapter), and
+        # a collection's break-glass blob, which also needs the emergency code an admin keeps.
+        "0006_signed_authz",
+        """
+        CREATE TABLE adapter_keys(
+            adapter_id TEXT NOT NULL REFERENCES adapters(id) ON DELETE CASCADE,
+            user TEXT NOT NULL REFERENCES users(name),
+            wrapped TEXT NOT NULL,
+            PRIMARY KEY (adapter_id, user)
+        );
+        ALTER TABLE collections ADD COLUMN emergency TEXT;
+        """,
+    ),
 ]
 
 COLLECTION_MIGRATIONS: list[tuple[str, str]] = [

@@ -1,0 +1,44 @@
+"""Vault settings: their defaults and the one validator every change goes through.
+
+A value is stored in canonical form (``idle_timeout_s 10m`` is stored as ``600``), so whatever
+reads it later never has to parse a unit or guess at a typo: ``banana`` is refused when it is set.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import UsageError
+
+DEFAULTS = {"audit_questions": "sealed", "idle_timeout_s": "900", "break_glass": "on"}
+# Old vaults stored "hash" (an unsalted sha256 that a member could confirm by guessing): it now
+# means "sealed", which keeps the question readable only by admins and auditors.
+LEGACY = {("audit_questions", "hash"): "sealed"}
+CHOICES = {"audit_questions": ("sealed", "none", "full"), "break_glass": ("on", "off")}
+IDLE_MIN_S, IDLE_MAX_S = 30, 24 * 3600
+_DURATION = re.compile(r"^\s*(\d{1,7})\s*(s|m|h|d)?\s*$", re.IGNORECASE)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration_s(text: str) -> int:
+    """``90``, ``90s``, ``15m``, ``1h`` -> seconds; anything else raises :class:`UsageError`."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise UsageError(f"not a duration: {text!r} (use e.g. 90s, 15m, 1h)")
+    return int(m.group(1)) * _UNIT_S[(m.group(2) or "s").lower()]
+
+
+def normalise(key: str, value: str) -> str:
+    """The canonical stored form of ``value`` for ``key``, or :class:`UsageError` saying why not."""
+    if key not in DEFAULTS:
+        raise UsageError(f"unknown setting {key!r} (known: {', '.join(sorted(DEFAULTS))})")
+    value = str(value).strip()
+    value = LEGACY.get((key, value), value)
+    if key == "idle_timeout_s":
+        seconds = parse_duration_s(value)
+        if not IDLE_MIN_S <= seconds <= IDLE_MAX_S:
+            raise UsageError(f"idle_timeout_s must be between {IDLE_MIN_S}s and {IDLE_MAX_S // 3600}h")
+        return str(seconds)
+    if value not in CHOICES[key]:
+        raise UsageError(f"{key} must be one of {', '.join(CHOICES[key])} (got {value!r})")
+    return value
