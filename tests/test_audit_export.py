@@ -253,13 +253,27 @@ def run_doc_openssl(out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", cmd], cwd=out.parent, capture_output=True, text=True, check=False)
 
 
-def run_doc_script(out: Path, exp: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_doc_script(out: Path, exp: Path, env: dict | None = None, *extra: str) -> subprocess.CompletedProcess:
     script = exp / "verify_audit_export.py"
     script.write_text(_doc_python(), encoding="utf-8")
     import os
 
-    return subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, check=False,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run([sys.executable, str(script), str(out), *extra], capture_output=True, text=True,
+                          check=False, env={**os.environ, **(env or {})})
+
+
+def test_reviewer_compares_the_recorded_fingerprint(populated, exp: Path):
+    out = exp / "audit.jsonl"
+    export_log(populated, "jsonl", out)
+    recorded = populated.fingerprint  # what `offline init` printed
+    ok = run_doc_script(out, exp, None, recorded)
+    assert ok.returncode == 0 and recorded in ok.stdout, ok.stdout + ok.stderr
+    other = "0000 1111 2222 3333 4444 5555 6666 7777"
+    bad = run_doc_script(out, exp, None, other)
+    assert bad.returncode != 0 and "not the vault whose fingerprint you recorded" in bad.stderr
+    cmd = next(line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith("python3 -c 'import hashlib"))
+    r = subprocess.run(["bash", "-c", cmd.replace("audit.jsonl", out.name)], cwd=exp, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"{recorded} OK", r.stdout + r.stderr
 
 
 def test_manifest_contents(populated, exp: Path):

@@ -42,7 +42,15 @@ def tail(app: App, n: int, user_filter: str | None, action: str | None, since: s
     rows = tail_entries(app.session(), n, user=user_filter, action=action, since=since, until=until,
                         severity=severity)
     app.emit(rows, lambda r: table(
-        [{**x, "payload": _short(x["payload"])} for x in r], ["seq", "ts", "user", "severity", "action", "payload"]))
+        [{**x, "user": _who(x), "payload": _short(x["payload"])} for x in r],
+        ["seq", "ts", "user", "severity", "action", "payload"]))
+
+
+def _who(entry: dict[str, Any]) -> str:
+    # A failed unlock is signed by whoever unlocked next (the failing process had no key): say so.
+    if entry.get("action") == "unlock.failed":
+        return f"{entry['payload'].get('attempted_user')} (logged by {entry['user']})"
+    return str(entry["user"])
 
 
 @audit.command("verify")

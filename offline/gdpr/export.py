@@ -78,12 +78,13 @@ def export_subject(session: Session, subject: str, out_dir: Path | str, *,
     data = collect_subject_data(session, subject, collections)
     folder = private_output_dir(out_dir)
     json_path, md_path = new_file(folder, JSON_NAME), new_file(folder, MD_NAME)
-    write_private_json(json_path, data)
-    write_private_text(md_path, render_markdown(data))
+    # Committed before a byte of personal data is written out: no export goes unlogged.
     session.audit("gdpr.export", severity="notice", subject_ref=subject_ref(session, data["subject"]),
                   collections=[c["collection"] for c in data["collections"]],
                   documents=data["totals"]["documents"], chunks=data["totals"]["chunks"],
                   out=str(folder.resolve()))
+    write_private_json(json_path, data)
+    write_private_text(md_path, render_markdown(data))
     return {"subject": data["subject"], "out": str(folder), "files": [str(json_path), str(md_path)],
             **data["totals"]}
 
