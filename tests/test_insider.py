@@ -433,3 +433,23 @@ def test_ask_commits_what_it_retrieved_before_the_first_token(vault4, tmp_path):
     assert not ans.refused and seen == [True]
     retrieve = [e.payload for e in iter_entries(vault4.db, "action = 'ask.retrieve'")][-1]
     assert retrieve["used"] == [s["chunk_id"] for s in ans.sources]
+
+
+def test_removal_interrupted_before_the_key_rotation_is_finished(vault4, vault_dir, monkeypatch):
+    from offline.vault import maintenance, open_session, remove_user
+
+    old_file = hdr.load(vault_dir).db_file
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # the process dies after the removal entry, before the key rotation
+
+    monkeypatch.setattr(maintenance, "rotate_vault_db_key", killed)
+    with pytest.raises(KeyboardInterrupt):
+        remove_user(vault4, "bob")
+    monkeypatch.undo()
+    assert "bob" in hdr.load(vault_dir).slots  # the slot is still there, the key not yet rotated
+    with pytest.raises(Exception):
+        open_session(vault_dir, "bob", PASSPHRASES["bob"]).close()  # already refused by the signed state
+    open_session(vault_dir, "alice", PASSPHRASES["alice"]).close()  # the next admin open finishes it
+    h = hdr.load(vault_dir)
+    assert "bob" not in h.slots and h.db_file != old_file and not (vault_dir / old_file).exists()

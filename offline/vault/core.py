@@ -449,9 +449,10 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
     session = Session(vault_dir, h, user, keys, vault_key, conn, verifier, root)
     session.remember()
     _flush_failed_unlocks(session)
-    from .maintenance import remove_orphans
+    from .maintenance import finish_removals, remove_orphans
 
     remove_orphans(session)
+    finish_removals(session)
     return session
 
 
@@ -689,7 +690,6 @@ def remove_user(session: Session, name: str) -> dict[str, Any]:
     """
     session.require_role("admin", action="removing users")
     with vault_lock(session.vault_dir):
-        h = hdr.load(session.vault_dir)
         with session.change("user.remove", name=name) as extra:
             target = session.policy.user(name)
             if target is None:
@@ -704,9 +704,8 @@ def remove_user(session: Session, name: str) -> dict[str, Any]:
                 session.db.execute(f"DELETE FROM {table} WHERE user = ?", (name,))  # noqa: S608
             session.db.execute("UPDATE users SET removed_at = ? WHERE name = ?", (utc_now(), name))
             extra["rotated_collections"] = held
-            h.slots.pop(name, None)
-            h.save(session.vault_dir)
-        session.header = h
+    # The keyslot goes with the vault key rotation below (one atomic header swap). Should this
+    # process die first, the next admin to open the vault finishes it (see finish_removals).
     from .collections import rotate_collection_key
     from .maintenance import rotate_vault_db_key
 

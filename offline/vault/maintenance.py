@@ -167,16 +167,34 @@ def rotate_vault_db_key(session: Session, *, reason: str) -> dict[str, Any]:
     return {"db_file": new_db_file}
 
 
+def finish_removals(session: Session) -> list[str]:
+    """An admin's open: keyslots of users the signed state no longer enrols go, with a vault key rotation.
+
+    ``users remove`` drops the keyslot in the same header swap that rotates the vault key; a process
+    killed between the removal entry and that swap leaves the slot, and this completes it.
+    """
+    stale = [u for u in session.header.slots if session.policy.user(u) is None]
+    if stale and session.role == "admin":
+        rotate_vault_db_key(session, reason=f"finishing the removal of {', '.join(sorted(stale))}")
+    return stale
+
+
 def _switch_vault_key(session: Session) -> str:
-    """Under the vault lock: copy vault.db under a new key, then swap ``header.json`` (the commit point)."""
+    """Under the vault lock: copy vault.db under a new key, then swap ``header.json`` (the commit point).
+
+    The new header keeps only the keyslots of users the signed state enrols, so a removed user's slot
+    disappears in the same atomic rename that retires the key it opens.
+    """
     vault_dir = session.vault_dir
     h = hdr.load(vault_dir)
+    session.sync()
     new_vault_key = crypto.random_key()
     new_db_file = f"vault-{new_id()[:8]}.db"
     try:
         copy_encrypted(vault_dir / h.db_file, session.vault_key, vault_dir / new_db_file, new_vault_key, "vault")
         new_h = hdr.Header(vault_id=h.vault_id, db_file=new_db_file, created_at=h.created_at,
-                           slots={u: dict(s) for u, s in h.slots.items()}, version=h.version)
+                           slots={u: dict(s) for u, s in h.slots.items() if session.policy.user(u) is not None},
+                           version=h.version)
         for user, slot in new_h.slots.items():
             slot["vault_key"] = crypto.wrap_to(bytes.fromhex(slot["x25519"]), new_vault_key,
                                                vault_key_context(new_h, user))
