@@ -68,7 +68,9 @@ def main() -> None:
         sys.stderr.write("Error: interrupted\n")
         sys.exit(130)
     except Exception as exc:  # an OfflineError from forward(): the agent died mid-command
-        sys.stderr.write(f"Error: {exc}\n")
+        from ..textsafe import one_line
+
+        sys.stderr.write(f"Error: {one_line(exc)}\n")
         sys.exit(getattr(exc, "exit_code", 1))
     if code is not None:
         sys.stdout.flush()

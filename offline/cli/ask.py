@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..textsafe import StreamSanitizer
 from .app import App
 
 MODES = ("rag", "base", "finetune", "hybrid")  # mirrors offline.rag.MODES without importing it
@@ -56,9 +57,11 @@ def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str
     from ..rag import DEFAULT_MIN_SCORE, answer
 
     streamed = not app.as_json
+    # The model may copy escape sequences out of a passage: the stream is cleaned like all output.
+    clean = StreamSanitizer()
 
     def on_token(piece: str) -> None:
-        sys.stdout.write(piece)
+        sys.stdout.write(clean.feed(piece))
         sys.stdout.flush()
 
     from ..gdpr.breakglass import break_glass_scope
@@ -69,7 +72,7 @@ def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str
                         min_score=DEFAULT_MIN_SCORE if min_score is None else min_score,
                         on_token=on_token if streamed else None)
     if streamed and not result.refused:
-        click.echo()
+        click.echo(clean.flush())
     app.emit(result.to_dict(), lambda d: _text(d, streamed))
 
 

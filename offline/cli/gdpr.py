@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ..textsafe import terminal_safe
 from .app import App, table
 
 
@@ -98,9 +99,9 @@ def record_cmd(app: App, out_dir: Path | None) -> None:
     if app.as_json:
         app.emit(result["record"] if not result["files"] else {"files": result["files"], "record": result["record"]})
     elif result["files"]:
-        click.echo("Record of processing written:\n" + "\n".join(f"  {f}" for f in result["files"]))
+        click.echo(terminal_safe("Record of processing written:\n" + "\n".join(f"  {f}" for f in result["files"])))
     else:
-        click.echo(result["markdown"], nl=False)
+        click.echo(terminal_safe(result["markdown"]), nl=False)
 
 
 def _retention_text(p: dict[str, Any]) -> str:

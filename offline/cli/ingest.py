@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..textsafe import one_line
 from .app import App, table
 
 
@@ -41,8 +42,8 @@ def _ingest_text(r: dict[str, Any]) -> str:
     lines = [f"Collection {r['collection']}: {len(r['added'])} added, {len(r['updated'])} updated, "
              f"{len(r['unchanged'])} unchanged, {len(r['skipped'])} skipped, {len(r['failed'])} failed; "
              f"{r['chunks']} chunks in {r.get('seconds', 0):.1f} s"]
-    lines += [f"  skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
-    lines += [f"  failed  {f['path']}: {f['reason']}" for f in r["failed"]]
+    lines += [one_line(f"  skipped {s['path']}: {s['reason']}") for s in r["skipped"]]
+    lines += [one_line(f"  failed  {f['path']}: {f['reason']}") for f in r["failed"]]
     return "\n".join(lines)
 
 
@@ -101,14 +102,17 @@ def docs_list(app: App, collections: tuple[str, ...], label: str | None, subject
 
 
 def _show_text(d: dict[str, Any]) -> str:
-    head = [f"{d['name']}  (collection {d['collection']}, id {d['id']})", f"  source   {d['source']}",
-            f"  sha256   {d['sha256']}", f"  size     {d['size']} bytes", f"  label    {d['label'] or '-'}",
-            f"  subjects {', '.join(d['subjects']) or '-'}", f"  ingested {d['ingested_at']} by {d['ingested_by']}",
-            f"  chunks   {d['chunks']}"]
+    # Every field came from a document or a user: one clean line each.
+    f = {k: one_line(d[k]) for k in ("name", "collection", "id", "source", "sha256", "size", "ingested_at",
+                                     "ingested_by", "chunks")}
+    head = [f"{f['name']}  (collection {f['collection']}, id {f['id']})", f"  source   {f['source']}",
+            f"  sha256   {f['sha256']}", f"  size     {f['size']} bytes", f"  label    {one_line(d['label'] or '-')}",
+            f"  subjects {one_line(', '.join(d['subjects']) or '-')}",
+            f"  ingested {f['ingested_at']} by {f['ingested_by']}", f"  chunks   {f['chunks']}"]
     for c in d["chunk_list"]:
         where = f"p. {c['page']}" if c["page"] is not None else (f"§ {c['section']}" if c["section"] else "")
         flags = f" [{','.join(c['flags'])}]" if c["flags"] else ""
-        head.append(f"  {c['chunk_id']:<14} {where:<24} {c['tokens']:>4} tok{flags}  {c['preview'][:60]}")
+        head.append(one_line(f"  {c['chunk_id']:<14} {where:<24} {c['tokens']:>4} tok{flags}  {c['preview'][:60]}"))
     return "\n".join(head)
 
 
@@ -144,8 +148,8 @@ def _search_text(r: dict[str, Any]) -> str:
         ranks = ", ".join(x for x in (f"dense #{h['dense_rank']}" if h["dense_rank"] else "",
                                       f"bm25 #{h['bm25_rank']}" if h["bm25_rank"] else "") if x)
         flags = f" [{','.join(h['flags'])}]" if h["flags"] else ""
-        out.append(f"{i:>2}. {h['score']:.4f}  {h['citation']}  ({h['chunk_id']}; {ranks}){flags}")
-        out.append("    " + " ".join(h["text"].split())[:240])
+        out.append(one_line(f"{i:>2}. {h['score']:.4f}  {h['citation']}  ({h['chunk_id']}; {ranks}){flags}"))
+        out.append("    " + one_line(" ".join(h["text"].split()))[:240])
     return "\n".join(out)
 
 
