@@ -14,7 +14,10 @@ headings, table cells, error messages): no line breaks of any kind either, so a 
 
 from __future__ import annotations
 
+import math
 import re
+
+from .errors import UsageError
 
 # Whole escape sequences first (so their printable tails go too), 7-bit and 8-bit (C1) forms:
 # CSI, OSC (ended by BEL or ST), DCS/SOS/PM/APC strings (ended by ST), then any other ESC + final.
@@ -69,6 +72,30 @@ def one_line(text: object, *, limit: int | None = None) -> str:
     if limit is not None and len(s) > limit:
         s = s[: max(0, limit - 1)] + "…"
     return s
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if it is valid Unicode text; else a :class:`UsageError` naming ``what``.
+
+    The shell hands Python bytes that are not UTF-8 as lone surrogates (``surrogateescape``);
+    they would fail much later, when the text is embedded, indexed or audited.
+    """
+    try:
+        str(value).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid UTF-8 text") from None
+    return value
+
+
+def check_number(value: float, what: str, low: float, high: float) -> float:
+    """``value`` if it is a finite number in [``low``, ``high``]; else a :class:`UsageError`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{what} must be a number") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise UsageError(f"{what} must be a finite number between {low:g} and {high:g}")
+    return number
 
 
 class StreamSanitizer:

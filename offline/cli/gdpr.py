@@ -12,6 +12,7 @@ import click
 
 from ..textsafe import terminal_safe
 from .app import App, table
+from .params import TEXT
 
 
 @click.group()
@@ -26,10 +27,10 @@ def _export_text(r: dict[str, Any]) -> str:
 
 
 @gdpr.command("export")
-@click.option("--subject", required=True, help="Data-subject id (as given at ingest).")
+@click.option("--subject", type=TEXT, required=True, help="Data-subject id (as given at ingest).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for subject-export.json and subject-export.md (created 0700).")
-@click.option("-c", "--collection", "collections", multiple=True, help="Only this collection (repeatable).")
+@click.option("-c", "--collection", "collections", type=TEXT, multiple=True, help="Only this collection (repeatable).")
 @click.pass_obj
 def export_cmd(app: App, subject: str, out_dir: Path, collections: tuple[str, ...]) -> None:
     """Subject access (GDPR Art 15): all you may read about a subject, as JSON and Markdown."""
@@ -58,8 +59,8 @@ def _erase_text(r: dict[str, Any]) -> str:
 
 
 @gdpr.command("erase")
-@click.option("--subject", required=True, help="Data-subject id (as given at ingest).")
-@click.option("-c", "--collection", "collections", multiple=True,
+@click.option("--subject", type=TEXT, required=True, help="Data-subject id (as given at ingest).")
+@click.option("-c", "--collection", "collections", type=TEXT, multiple=True,
               help="Only this collection (repeatable; default: every collection you may write).")
 @click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the receipt file (default: the current folder).")
@@ -153,7 +154,7 @@ def retention(ctx: click.Context, apply_: bool, dry_run: bool, collections: tupl
 @click.option("--collection", help="Set the period of this collection.")
 @click.option("--label", help="Set the period of this label (in every collection).")
 @click.option("--backups", is_flag=True, help="Set how long backups are kept (shown in erasure receipts).")
-@click.option("--days", type=int, help="Retention period in days.")
+@click.option("--days", type=int, help="Retention period in days.")  # range checked by the library
 @click.option("--clear", is_flag=True, help="Remove the period instead.")
 @click.pass_obj
 def retention_set(app: App, collection: str | None, label: str | None, backups: bool, days: int | None,

@@ -11,6 +11,7 @@ import click
 
 from ..textsafe import one_line
 from .app import App, table
+from .params import TEXT, Number
 
 
 @contextlib.contextmanager
@@ -49,12 +50,12 @@ def _ingest_text(r: dict[str, Any]) -> str:
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("-c", "--collection", required=True, help="Collection to add the documents to.")
-@click.option("--label", help="Label every document (e.g. phi, legal-hold); grants may be limited to labels.")
-@click.option("--subject", "subjects", multiple=True, help="Data-subject id (repeatable), for GDPR requests.")
-@click.option("--max-mb", type=click.FloatRange(min=0, min_open=True), default=50, show_default=True,
+@click.option("-c", "--collection", type=TEXT, required=True, help="Collection to add the documents to.")
+@click.option("--label", type=TEXT, help="Label every document (e.g. phi, legal-hold); grants may be limited to labels.")
+@click.option("--subject", "subjects", type=TEXT, multiple=True, help="Data-subject id (repeatable), for GDPR requests.")
+@click.option("--max-mb", type=Number(0, 100_000, min_open=True), default=50, show_default=True,
               help="Per-file size limit in MB.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120, show_default=True,
+@click.option("--timeout", type=Number(0, 86_400, min_open=True), default=120, show_default=True,
               help="Per-file parsing time limit in seconds.")
 @click.option("--subject-field", help="CSV column or JSON field (dotted path) holding each row's subject id:"
               " every row becomes its own document tagged with it (see offline.gdpr.subjects).")
@@ -154,18 +155,19 @@ def _search_text(r: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("query")
-@click.option("-c", "--collection", "collections", multiple=True, help="Collection (repeatable; default: all readable).")
+@click.argument("query", type=TEXT)
+@click.option("-c", "--collection", "collections", type=TEXT, multiple=True,
+              help="Collection (repeatable; default: all readable).")
 @click.option("-k", "k", type=click.IntRange(1, 4096), default=5, show_default=True)
-@click.option("--label", "labels", multiple=True, help="Only chunks with this label (repeatable).")
-@click.option("--subject", "subjects", multiple=True, help="Only documents of this data subject (repeatable).")
+@click.option("--label", "labels", type=TEXT, multiple=True, help="Only chunks with this label (repeatable).")
+@click.option("--subject", "subjects", type=TEXT, multiple=True, help="Only documents of this data subject (repeatable).")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
-@click.option("--rrf-k", type=click.FloatRange(min=0), default=60.0, show_default=True, help="RRF constant.")
-@click.option("--w-dense", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Weight of the vector leg.")
-@click.option("--w-bm25", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Weight of the BM25 leg.")
+@click.option("--rrf-k", type=Number(0, 1e6), default=60.0, show_default=True, help="RRF constant.")
+@click.option("--w-dense", type=Number(0, 1e6), default=1.0, show_default=True, help="Weight of the vector leg.")
+@click.option("--w-bm25", type=Number(0, 1e6), default=1.0, show_default=True, help="Weight of the BM25 leg.")
 @click.option("--break-glass", is_flag=True,
               help="Emergency read of -c COLLECTION you hold no grant on (needs --reason; audited, high severity).")
-@click.option("--reason", help="Why the break-glass read is needed (recorded in the audit log).")
+@click.option("--reason", type=TEXT, help="Why the break-glass read is needed (recorded in the audit log).")
 @click.pass_obj
 def search(app: App, query: str, collections: tuple[str, ...], k: int, labels: tuple[str, ...],
            subjects: tuple[str, ...], mode: str, rrf_k: float, w_dense: float, w_bm25: float,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..textsafe import check_number, check_text
 from ..llm import prompts
 from ..llm.prompts import SourceBlock
 from . import citations as cit
@@ -28,6 +29,8 @@ DEFAULT_MAX_TOKENS = 256
 # about relevance on their own, so the floor applies to the dense (cosine) similarity when the hit
 # carries one, else to the fused score. 0.0 keeps every hit; raise it to refuse more eagerly.
 DEFAULT_MIN_SCORE = 0.2
+# Cosine similarity lies in [-1, 1]; a floor above 1 refuses everything (allowed, and audited).
+MIN_SCORE_RANGE = (-1.0, 10.0)
 NO_EVIDENCE = "No relevant passages found in your documents for this question."
 
 
@@ -160,8 +163,12 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
            on_token: Callable[[str], None] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
            min_score: float = DEFAULT_MIN_SCORE, n_ctx: int | None = None,
            labels: list[str] | None = None, subjects: list[str] | None = None) -> Answer:
-    """Answer ``question`` for the session's user; stream pieces to ``on_token``; audit once."""
-    question = (question or "").strip()
+    """Answer ``question`` for the session's user; stream pieces to ``on_token``; audit once.
+
+    Every argument is checked before anything is retrieved or loaded: a bad value is a
+    :class:`UsageError`, never a failure after the answer was streamed.
+    """
+    question = check_text(question or "", "the question").strip()
     if not question:
         raise UsageError("the question is empty")
     if mode not in MODES:
@@ -174,6 +181,7 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
         raise UsageError("k must be between 1 and 100")
     if max_tokens < 1 or max_tokens > 8192:
         raise UsageError("--max-tokens must be between 1 and 8192")
+    min_score = check_number(min_score, "--min-score", *MIN_SCORE_RANGE)
 
     t_start = time.perf_counter()
     timings: dict[str, Any] = {}

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from ..textsafe import check_text
 from ..vault.collections import CollectionHandle, open_collection, readable_collections
 from . import index as vindex
 from .fts import bm25_search
@@ -113,6 +114,7 @@ def search(session: Any, query: str, *, collections: list[str] | None = None, k:
     written; the query text is logged per the vault's ``audit_questions`` setting.
     """
     t_start = time.perf_counter()
+    check_text(query, "the query")
     if mode not in MODES:
         raise UsageError(f"unknown search mode {mode!r} (modes: {', '.join(MODES)})")
     if not 1 <= int(k) <= MAX_K:
