@@ -62,6 +62,10 @@ def try_forward(argv: list[str]) -> int | None:
 
 def main() -> None:
     """Console entry point: forward if an agent is up, else the full CLI."""
+    # Second network layer first, while this process has one thread (see offline.netguard).
+    from .. import netguard
+
+    netguard.enter_network_namespace()
     try:
         code = try_forward(sys.argv[1:])
     except KeyboardInterrupt:
