@@ -9,7 +9,7 @@ import click
 
 from ..textsafe import StreamSanitizer
 from .app import App
-from .params import TEXT, Number
+from .params import TEXT, Count, Number
 
 MODES = ("rag", "base", "finetune", "hybrid")  # mirrors offline.rag.MODES without importing it
 MIN_SCORE_RANGE = (-1.0, 10.0)  # mirrors offline.rag.answer.MIN_SCORE_RANGE
@@ -40,12 +40,12 @@ def _text(d: dict[str, Any], streamed: bool) -> str:
 @click.command()
 @click.argument("question", type=TEXT)
 @click.option("-c", "--collection", "collections", type=TEXT, multiple=True, help="Collection to search (repeatable).")
-@click.option("-k", "k", type=click.IntRange(1, 100), default=5, show_default=True, help="Passages to retrieve.")
+@click.option("-k", "k", type=Count(1, 100), default=5, show_default=True, help="Passages to retrieve.")
 @click.option("--mode", type=click.Choice(MODES), default="rag", show_default=True,
               help="rag: retrieval+model; base: model only; finetune: adapter only; hybrid: adapter+retrieval.")
 @click.option("--model", type=TEXT, help="Generation model name (default: the registry's default).")
 @click.option("--adapter", type=TEXT, help="Fine-tuned adapter name (finetune/hybrid modes).")
-@click.option("--max-tokens", type=click.IntRange(1, 8192), default=256, show_default=True)
+@click.option("--max-tokens", type=Count(1, 8192), default=256, show_default=True)
 @click.option("--min-score", type=Number(MIN_SCORE_RANGE[0], MIN_SCORE_RANGE[1]), default=None,
               help="Refuse when the best passage scores below this (dense cosine). [default: 0.2]")
 @click.option("--break-glass", is_flag=True,

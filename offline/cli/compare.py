@@ -41,10 +41,10 @@ def _text(r: dict[str, Any]) -> str:
 @click.option("--limit", type=Count(1), default=None, help="Ask only the first N questions.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for report.md, results.json and the charts.")
-@click.option("-k", "k", type=click.IntRange(1, 100), default=None, help="Chunks retrieved (default 5).")
-@click.option("--max-tokens", type=click.IntRange(1, 2048), default=48, show_default=True)
+@click.option("-k", "k", type=Count(1, 100), default=None, help="Chunks retrieved (default 5).")
+@click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
 @click.option("--model", type=TEXT, help="Generation model (default: the kit's default).")
-@click.option("--update-steps", type=click.IntRange(1, 10000), default=10, show_default=True,
+@click.option("--update-steps", type=Count(1, 10000), default=10, show_default=True,
               help="Steps of the one-document fine-tune that measures the cost of an update.")
 @click.option("--probe", "probe", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON {\"document\", \"question\", \"answers\"} for the freshness probe (default: a made-up fact).")

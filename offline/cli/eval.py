@@ -42,8 +42,8 @@ def _qa_text(r: dict[str, Any]) -> str:
               help="SQuAD v1.1 JSON file.")
 @click.option("--limit", type=Count(1), default=100, show_default=True, help="Questions to ask.")
 @click.option("--mode", type=click.Choice(["rag", "base"]), default="rag", show_default=True)
-@click.option("-k", "k", type=click.IntRange(1, 100), default=5, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(1, 2048), default=48, show_default=True)
+@click.option("-k", "k", type=Count(1, 100), default=5, show_default=True)
+@click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
 @click.option("--model", type=TEXT, help="Generation model name.")
 @click.pass_obj
 def eval_qa(app: App, squad: Path, limit: int, mode: str, k: int, max_tokens: int, model: str | None) -> None:

@@ -5,7 +5,8 @@ lets ``nan`` through (every comparison with it is false); such values then faile
 retrieval, the model or the audit log (JSON has no infinity) -- after the answer was printed.
 Text arguments arrive through the shell decoded with ``surrogateescape``: bytes that are not
 UTF-8 become lone surrogates that fail later when encoded. Every numeric option uses
-:class:`Number` or :func:`Count`; every free-text argument uses :data:`TEXT`.
+:class:`Number` or :class:`Count`; every free-text argument uses :data:`TEXT`. Their messages
+follow the library's wording (``--rank must be between 1 and 1024``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,18 @@ from typing import Any
 import click
 
 from ..textsafe import one_line
+
+
+def _name(param: click.Parameter | None) -> str:
+    """How the user typed it: ``--max-tokens`` (the long form) or ``QUERY``."""
+    if isinstance(param, click.Option) and param.opts:
+        return max(param.opts, key=len)
+    return param.human_readable_name if param is not None else "the value"
+
+
+def _refuse(message: str) -> None:
+    # A plain UsageError: the message already names the option, in the library's own wording.
+    raise click.UsageError(message)
 
 
 class Number(click.ParamType):
@@ -30,31 +43,56 @@ class Number(click.ParamType):
     def _range(self) -> str:
         lo = "" if self.min is None else f"{'>' if self.min_open else '>='} {self.min:g}"
         hi = "" if self.max is None else f"{'<' if self.max_open else '<='} {self.max:g}"
-        return " and ".join(x for x in (lo, hi) if x)
+        if self.min is not None and self.max is not None and not (self.min_open or self.max_open):
+            return f" between {self.min:g} and {self.max:g}"
+        return (" " + " and ".join(x for x in (lo, hi) if x)) if (lo or hi) else ""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        want = f"{_name(param)} must be a finite number{self._range()}"
         if isinstance(value, bool):
-            self.fail(f"{value!r} is not a number", param, ctx)
+            _refuse(want)
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):
-            self.fail(f"{one_line(value, limit=40)!r} is not a number", param, ctx)
+            _refuse(f"{want}, not {one_line(value, limit=40)!r}")
         if not math.isfinite(number):
-            self.fail(f"{one_line(value, limit=40)!r} is not a finite number", param, ctx)
+            _refuse(f"{want}, not {one_line(value, limit=40)!r}")
         low_bad = self.min is not None and (number <= self.min if self.min_open else number < self.min)
         high_bad = self.max is not None and (number >= self.max if self.max_open else number > self.max)
         if low_bad or high_bad:
-            self.fail(f"{number:g} is out of range (must be {self._range()})", param, ctx)
+            _refuse(want)
         return number
 
     def __repr__(self) -> str:
-        return f"Number({self._range() or 'finite'})"
+        return f"Number({self._range().strip() or 'finite'})"
 
 
-def Count(min: int = 0, max: int = 1_000_000) -> click.IntRange:  # noqa: N802 - reads like a type
-    """An integer between ``min`` and ``max`` inclusive: never unbounded, so a 400-digit number
-    is refused here rather than overflowing a C library later."""
-    return click.IntRange(min, max)
+class Count(click.ParamType):
+    """A whole number between ``min`` and ``max`` inclusive: never unbounded, so a 400-digit
+    number is refused here rather than overflowing a C library (or looping for ever) later."""
+
+    name = "integer"
+
+    def __init__(self, min: int = 0, max: int = 1_000_000):
+        self.min, self.max = min, max
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        want = f"{_name(param)} must be between {self.min} and {self.max}"
+        if isinstance(value, bool):
+            _refuse(want)
+        if isinstance(value, int):
+            number = value
+        else:
+            text = str(value).strip()
+            if len(text) > 24 or not text.lstrip("+-").isdigit():  # no 400-digit parse, no "1e3", no "nan"
+                _refuse(f"{_name(param)} must be a whole number between {self.min} and {self.max}")
+            number = int(text)
+        if not self.min <= number <= self.max:
+            _refuse(want)
+        return number
+
+    def __repr__(self) -> str:
+        return f"Count({self.min}..{self.max})"
 
 
 class Text(click.ParamType):
@@ -67,9 +105,9 @@ class Text(click.ParamType):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            self.fail(f"{one_line(text, limit=60)!r} is not valid UTF-8 text", param, ctx)
+            _refuse(f"{_name(param)} is not valid UTF-8 text: {one_line(text, limit=60)!r}")
         if "\x00" in text:
-            self.fail("text may not contain NUL characters", param, ctx)
+            _refuse(f"{_name(param)} may not contain NUL characters")
         return text
 
 
