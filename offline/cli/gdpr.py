@@ -54,6 +54,12 @@ def _erase_text(r: dict[str, Any]) -> str:
                   for b in r["backups_still_holding_data"]]
     if r.get("collections_not_covered"):
         lines.append("Not searched (you hold no write grant): " + ", ".join(r["collections_not_covered"]))
+    if r.get("coverage"):
+        from ..gdpr.erase import describe_gaps
+
+        cov = r["coverage"]
+        state = "complete" if cov["complete"] else "PARTIAL: " + describe_gaps(cov)
+        lines.append(f"Coverage: {state} ({cov['collections_covered']} collection(s) covered)")
     lines += [f"Warning: {p}" for p in r["problems"]]
     return "\n".join(lines)
 
@@ -65,15 +71,27 @@ def _erase_text(r: dict[str, Any]) -> str:
 @click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the receipt file (default: the current folder).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--partial", is_flag=True,
+              help="Accept an erasure that cannot cover every collection (the receipt states what it missed).")
 @click.pass_obj
-def erase_cmd(app: App, subject: str, collections: tuple[str, ...], receipt_dir: Path | None, yes: bool) -> None:
-    """Erasure (GDPR Art 17): remove a subject's documents everywhere you may write; write a receipt."""
-    from ..gdpr.erase import erase_subject
+def erase_cmd(app: App, subject: str, collections: tuple[str, ...], receipt_dir: Path | None, yes: bool,
+              partial: bool) -> None:
+    """Erasure (GDPR Art 17): remove a subject's documents everywhere you may write; write a receipt.
+
+    Exits 4 if you may write no collection (nothing is erased) and 1 if some collections were
+    out of reach (the rest is erased and receipted), unless --partial is given.
+    """
+    from ..gdpr.erase import ErasureIncomplete, erase_subject
 
     if not yes and not app.as_json:
         click.confirm(f"Erase every document of subject {subject!r}? This cannot be undone", abort=True)
-    app.emit(erase_subject(app.session(), subject, collections=list(collections) or None, receipt_dir=receipt_dir),
-             _erase_text)
+    try:
+        receipt = erase_subject(app.session(), subject, collections=list(collections) or None,
+                                receipt_dir=receipt_dir, partial=partial)
+    except ErasureIncomplete as exc:
+        app.emit(exc.receipt, _erase_text)  # what was erased, then the one-line error (exit 1)
+        raise
+    app.emit(receipt, _erase_text)
 
 
 @gdpr.command("verify-receipt")
