@@ -63,16 +63,24 @@ def test_split_is_deterministic_and_keeps_one_for_eval():
 
 # -- store ------------------------------------------------------------------------------------
 
-def test_adapter_is_ciphertext_and_opens_to_a_private_temp_file(admin_session):
+def test_adapter_is_ciphertext_and_opens_to_a_private_temp_file(admin_session, monkeypatch):
     info = _save(admin_session)
     blob = (admin_session.vault_dir / "adapters" / info["file"]).read_bytes()
     assert b"GGUF" not in blob and len(blob) == len(FAKE_GGUF) + 29
     assert oct((admin_session.vault_dir / "adapters" / info["file"]).stat().st_mode)[-3:] == "600"
+    # An anonymous memory file: no name in any folder, reached only through this process's fd.
+    with store.open_adapter(admin_session, "a1") as (path, got):
+        assert path.read_bytes() == FAKE_GGUF
+        assert str(path).startswith("/proc/self/fd/") and os.readlink(path).startswith("/memfd:")
+        assert oct(path.stat().st_mode)[-3:] == "600"
+        assert got["sha256"] == info["adapter_sha256"] and got["base_sha256"] == "b" * 64
+        assert got["name"] == "a1"
+    assert not path.exists()  # the descriptor is closed
+    # Only where memfd does not exist: a 0600 file in a private 0700 temp dir, removed on exit.
+    monkeypatch.delattr(os, "memfd_create")
     with store.open_adapter(admin_session, "a1") as (path, got):
         assert path.read_bytes() == FAKE_GGUF
         assert oct(path.stat().st_mode)[-3:] == "600" and oct(path.parent.stat().st_mode)[-3:] == "700"
-        assert got["sha256"] == info["adapter_sha256"] and got["base_sha256"] == "b" * 64
-        assert got["name"] == "a1"
     assert not path.exists() and not path.parent.exists()
     with pytest.raises(AlreadyExists):
         _save(admin_session)

@@ -180,3 +180,191 @@ def test_ingest_search_and_ask_open_no_socket(tmp_path: Path):
     assert result["codes"] == [0] * len(argvs), (result, out.stderr[-2000:])
     assert result["events"] == []
     assert result["blocked"] == []
+
+
+# -- every Python path, in a fresh process (issue: gethostbyname, sendto, _socket bypassed it) ---
+
+_BYPASS_SCRIPT = r"""
+import _socket, asyncio, json, socket, sys
+reached = []  # CPython audit events fire inside the C functions, just before the system call
+
+def hook(event, args):
+    if event.startswith("socket.") and event not in ("socket.__new__",):
+        reached.append([event, repr(args)[:120]])
+sys.addaudithook(hook)
+
+import offline.cli  # the CLI installs the guard on import
+from offline.errors import NetworkBlocked
+
+async def _lookup():
+    return await asyncio.get_running_loop().getaddrinfo("example.com", 80)
+
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+raw_udp = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+tcp = socket.socket()
+attempts = {
+    "udp sendto": lambda: udp.sendto(b"x", ("192.0.2.1", 53)),
+    "udp sendto flags": lambda: udp.sendto(b"x", 0, ("192.0.2.1", 53)),
+    "udp sendmsg": lambda: udp.sendmsg([b"x"], [], 0, ("192.0.2.1", 53)),
+    "udp6 sendto": lambda: udp6.sendto(b"x", ("2001:db8::1", 53)),
+    "udp connect": lambda: udp.connect(("192.0.2.1", 53)),
+    "_socket sendto": lambda: raw_udp.sendto(b"x", ("192.0.2.1", 53)),
+    "_socket sendmsg": lambda: raw_udp.sendmsg([b"x"], [], 0, ("192.0.2.1", 53)),
+    "_socket connect": lambda: _socket.socket().connect(("192.0.2.1", 80)),
+    "tcp connect_ex": lambda: tcp.connect_ex(("192.0.2.1", 80)),
+    "create_connection": lambda: socket.create_connection(("192.0.2.1", 80), timeout=0.2),
+    "bind all interfaces": lambda: socket.socket().bind(("0.0.0.0", 0)),
+    "gethostbyname": lambda: socket.gethostbyname("example.com"),
+    "gethostbyname_ex": lambda: socket.gethostbyname_ex("example.com"),
+    "gethostbyaddr": lambda: socket.gethostbyaddr("192.0.2.1"),
+    "getnameinfo": lambda: socket.getnameinfo(("192.0.2.1", 80), 0),
+    "getaddrinfo": lambda: socket.getaddrinfo("example.com", 443),
+    "getaddrinfo kw": lambda: socket.getaddrinfo(host="example.com", port=443, type=socket.SOCK_STREAM),
+    "_socket getaddrinfo": lambda: _socket.getaddrinfo("example.com", 443),
+    "_socket gethostbyname": lambda: _socket.gethostbyname("example.com"),
+    "_socket gethostbyname_ex": lambda: _socket.gethostbyname_ex("example.com"),
+    "asyncio getaddrinfo": lambda: asyncio.run(_lookup()),
+    "asyncio open_connection": lambda: asyncio.run(asyncio.open_connection("example.com", 80)),
+}
+refused = {}
+for name, fn in attempts.items():
+    try:
+        fn()
+        refused[name] = "NOT REFUSED"
+    except NetworkBlocked:
+        refused[name] = "refused"
+    except Exception as exc:
+        refused[name] = f"{exc.__class__.__name__}: {exc}"
+leaked = [e for e in reached]
+reached.clear()
+
+# Loopback still works, with real packets: a UDP datagram and a TCP exchange.
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("127.0.0.1", 0))
+udp.sendto(b"ping", rx.getsockname())
+loop_udp = rx.recv(4).decode()
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+c = socket.create_connection(srv.getsockname(), timeout=2)
+conn, _ = srv.accept()
+c.sendall(b"pong")
+loop_tcp = conn.recv(4).decode()
+names = [socket.gethostbyname("localhost"), socket.getaddrinfo("localhost", 80)[0][4][0]]
+print("RESULT=" + json.dumps({"refused": refused, "leaked": leaked, "udp": loop_udp, "tcp": loop_tcp,
+                              "names": names}))
+"""
+
+
+def test_every_python_path_to_the_network_is_refused_before_the_system_call():
+    out = subprocess.run([sys.executable, "-c", _BYPASS_SCRIPT], capture_output=True, text=True, cwd=REPO,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT=")]
+    assert line, out.stderr[-3000:]
+    result = json.loads(line[-1][len("RESULT="):])
+    bad = {k: v for k, v in result["refused"].items() if v != "refused"}
+    assert bad == {}, bad
+    # No attempt reached CPython's socket layer at all: nothing was sent, no DNS packet either.
+    assert result["leaked"] == []
+    assert result["udp"] == "ping" and result["tcp"] == "pong"
+    assert all(n.startswith("127.") for n in result["names"])
+
+
+# -- the second layer: a private network namespace ---------------------------------------------
+
+def _namespaces_permitted() -> bool:
+    """Whether this machine lets a fresh process unshare its network namespace at all."""
+    probe = ("import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+             "ok = libc.unshare(0x40000000) == 0 or libc.unshare(0x50000000) == 0\nsys.exit(0 if ok else 1)")
+    return subprocess.run([sys.executable, "-c", probe], timeout=30).returncode == 0
+
+
+_NAMESPACE_SCRIPT = r"""
+import json, os, socket, sys, threading, time
+from offline import netguard
+entered = netguard.enter_network_namespace()
+netguard.uninstall()  # layer 2 alone must stop packets (native code never sees layer 1)
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 9))
+    kernel = "sent"
+except OSError as exc:
+    kernel = exc.__class__.__name__ + ":" + str(exc.errno)
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+c = socket.create_connection(srv.getsockname(), timeout=2); conn, _ = srv.accept(); c.sendall(b"lo")
+path = sys.argv[1]
+us = socket.socket(socket.AF_UNIX); us.bind(path); us.listen(1)
+print("RESULT=" + json.dumps({"entered": entered, "layers": netguard.layers(), "kernel": kernel,
+                              "loopback": conn.recv(2).decode(), "uid": os.getuid()}), flush=True)
+a, _ = us.accept(); a.sendall(b"unix"); a.close()
+"""
+
+
+def test_network_namespace_leaves_only_loopback_and_unix_sockets_work(tmp_path: Path):
+    if not _namespaces_permitted():
+        pytest.skip("this machine does not allow network namespaces (the Python guard still holds)")
+    path = str(tmp_path / "ns.sock")
+    proc = subprocess.Popen([sys.executable, "-c", _NAMESPACE_SCRIPT, path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("RESULT="), proc.stderr.read()[-3000:]
+        result = json.loads(line[len("RESULT="):])
+        # From this (host) namespace, a path-bound Unix socket in the child's namespace still answers.
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(path)
+        assert c.recv(4) == b"unix"
+        c.close()
+    finally:
+        proc.wait(timeout=30)
+    assert result["entered"] is True
+    ns = result["layers"]["network_namespace"]
+    assert ns["active"] and ns["interfaces"] == ["lo"]
+    assert result["kernel"].startswith("OSError:")  # ENETUNREACH: nothing to route it through
+    assert result["loopback"] == "lo" and result["uid"] == os.getuid()
+
+
+_DEGRADE_SCRIPT = r"""
+import ctypes, json, os, socket, threading, time, encodings.idna
+from offline import netguard
+from offline.errors import NetworkBlocked
+threading.Thread(target=time.sleep, args=(3,), daemon=True).start()  # a threaded process: no CLONE_NEWUSER
+if os.getuid() == 0:  # as an ordinary user (no CAP_SYS_ADMIN, so no plain CLONE_NEWNET either)
+    os.setgid(65534)
+    os.setuid(65534)
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, as a normally started process is
+ok = netguard.enter_network_namespace()
+netguard.install()
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 9))
+    guard = "not refused"
+except NetworkBlocked:
+    guard = "refused"
+print(json.dumps({"ok": ok, "reason": netguard.layers()["network_namespace"]["reason"], "guard": guard}))
+"""
+
+
+def test_namespace_degrades_silently_when_not_permitted():
+    out = subprocess.run([sys.executable, "-c", _DEGRADE_SCRIPT], capture_output=True, text=True, cwd=REPO,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["ok"] is False and result["reason"].startswith("not permitted here"), result
+    assert result["guard"] == "refused"  # layer 1 holds on its own
+
+
+def test_doctor_reports_both_layers_through_the_real_entry_point(tmp_path: Path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OFFLINE_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", "from offline.agent.fast import main; main()", "--json", "doctor"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    report = json.loads(out.stdout)
+    check = next(c for c in report["checks"] if c["name"] == "network guard")
+    assert check["status"] == "PASS", check
+    assert "python socket guard" in check["reason"] and "network namespace" in check["reason"]
+    layers = check["detail"]["layers"]
+    assert layers["python_guard"]["active"] is True
+    if _namespaces_permitted():
+        assert layers["network_namespace"]["active"] is True, layers
+        assert "network namespace: active" in check["reason"]
+    else:
+        assert "network namespace: not active" in check["reason"]

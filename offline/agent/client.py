@@ -30,6 +30,7 @@ LOCAL_SUBCOMMANDS = frozenset({("users", "add"), ("users", "passwd")})
 START_TIMEOUT_S = 300.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_IDLE_S = 7 * 24 * 3600.0  # automatic logoff exists to happen: a week at most
 
 
 class AgentError(OfflineError):
@@ -48,6 +49,8 @@ def parse_duration(text: str) -> float:
     value = float(m.group(1)) * _UNITS[(m.group(2) or "s").lower()]
     if value <= 0:
         raise UsageError("the idle time must be greater than zero")
+    if value > MAX_IDLE_S:  # also catches a 400-digit number, which float() makes infinite
+        raise UsageError(f"the idle time must be at most {MAX_IDLE_S // 3600:.0f}h")
     return value
 
 

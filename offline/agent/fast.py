@@ -62,13 +62,19 @@ def try_forward(argv: list[str]) -> int | None:
 
 def main() -> None:
     """Console entry point: forward if an agent is up, else the full CLI."""
+    # Second network layer first, while this process has one thread (see offline.netguard).
+    from .. import netguard
+
+    netguard.enter_network_namespace()
     try:
         code = try_forward(sys.argv[1:])
     except KeyboardInterrupt:
         sys.stderr.write("Error: interrupted\n")
         sys.exit(130)
     except Exception as exc:  # an OfflineError from forward(): the agent died mid-command
-        sys.stderr.write(f"Error: {exc}\n")
+        from ..textsafe import one_line
+
+        sys.stderr.write(f"Error: {one_line(exc)}\n")
         sys.exit(getattr(exc, "exit_code", 1))
     if code is not None:
         sys.stdout.flush()

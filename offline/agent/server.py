@@ -357,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=None)
     parser.add_argument("--no-preload", action="store_true")
     opts = parser.parse_args(argv)
+    # Before hardening (a non-dumpable process cannot write its own uid_map) and before the
+    # serving threads start (a threaded one cannot enter a user namespace): see offline.netguard.
+    netguard.enter_network_namespace()
     harden_process()
     netguard.install()
     handshake = os.fdopen(os.dup(1), "w", buffering=1)

@@ -13,6 +13,7 @@ import click
 
 from .. import __version__, netguard
 from ..errors import OfflineError
+from ..textsafe import one_line
 from .app import App
 
 # The guard goes on before any command module can import something that phones home.
@@ -21,12 +22,31 @@ netguard.install()
 
 class _Failure(click.ClickException):
     def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
+        # Messages quote names and values users typed or documents carried: one clean line.
+        super().__init__(one_line(message))
         self.exit_code = exit_code
+
+
+# ``offline`` alone prints the help (click signals that with this UsageError subclass).
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _clean(exc: click.ClickException) -> click.ClickException:
+    """Click's own errors as the contract's one ``Error: ...`` line (no usage banner), cleaned:
+    they quote what was typed (an unknown option, a bad value), which may hold escapes."""
+    if isinstance(exc, _HELP):
+        return exc
+    return _Failure(exc.format_message(), exc.exit_code)
 
 
 class OfflineGroup(click.Group):
     """Turns library errors into one-line CLI errors with the contract's exit codes."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as exc:
+            raise _clean(exc) from None
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         # The raw command and its arguments, for forwarding to an unlocked agent (offline.agent).
@@ -36,7 +56,9 @@ class OfflineGroup(click.Group):
         except OfflineError as exc:
             self._trace(ctx)
             raise _Failure(str(exc), exc.exit_code) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+        except click.ClickException as exc:
+            raise _clean(exc) from None
+        except (click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
             raise _Failure("interrupted", 130) from None

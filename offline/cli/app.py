@@ -14,6 +14,7 @@ import click
 
 from .. import config
 from ..errors import UsageError
+from ..textsafe import one_line, terminal_safe
 
 
 @dataclass
@@ -93,19 +94,29 @@ class App:
         self._session = None
 
     def emit(self, data: Any, text: Callable[[Any], str | None] | None = None) -> None:
-        """Print ``data`` as JSON with ``--json``, else ``text(data)`` (or nothing if it is None)."""
+        """Print ``data`` as JSON with ``--json``, else ``text(data)`` (or nothing if it is None).
+
+        Text goes through :func:`~offline.textsafe.terminal_safe`: names, headings and passages
+        come from documents and users and may hold escape sequences. JSON needs nothing more:
+        ``json.dumps`` writes every control character as a ``\\u`` escape.
+        """
         if self.as_json:
             click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
         elif text is not None:
             out = text(data)
             if out:
-                click.echo(out)
+                click.echo(terminal_safe(out))
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A plain aligned text table (no colour codes, so it pipes cleanly)."""
+    """A plain aligned text table (no colour codes, so it pipes cleanly).
+
+    Every cell is put on one line (:func:`~offline.textsafe.one_line`): a document name holding a
+    newline must not print a row of its own.
+    """
     if not rows:
         return "(none)"
+    rows = [{c: one_line(r.get(c, "")) for c in columns} for r in rows]
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     head = "  ".join(c.upper().ljust(widths[c]) for c in columns)
     body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]

@@ -7,9 +7,12 @@ from typing import Any
 
 import click
 
+from ..textsafe import StreamSanitizer
 from .app import App
+from .params import TEXT, Count, Number
 
 MODES = ("rag", "base", "finetune", "hybrid")  # mirrors offline.rag.MODES without importing it
+MIN_SCORE_RANGE = (-1.0, 10.0)  # mirrors offline.rag.answer.MIN_SCORE_RANGE
 
 
 def _text(d: dict[str, Any], streamed: bool) -> str:
@@ -35,19 +38,19 @@ def _text(d: dict[str, Any], streamed: bool) -> str:
 
 
 @click.command()
-@click.argument("question")
-@click.option("-c", "--collection", "collections", multiple=True, help="Collection to search (repeatable).")
-@click.option("-k", "k", type=click.IntRange(1, 100), default=5, show_default=True, help="Passages to retrieve.")
+@click.argument("question", type=TEXT)
+@click.option("-c", "--collection", "collections", type=TEXT, multiple=True, help="Collection to search (repeatable).")
+@click.option("-k", "k", type=Count(1, 100), default=5, show_default=True, help="Passages to retrieve.")
 @click.option("--mode", type=click.Choice(MODES), default="rag", show_default=True,
               help="rag: retrieval+model; base: model only; finetune: adapter only; hybrid: adapter+retrieval.")
-@click.option("--model", help="Generation model name (default: the registry's default).")
-@click.option("--adapter", help="Fine-tuned adapter name (finetune/hybrid modes).")
-@click.option("--max-tokens", type=click.IntRange(1, 8192), default=256, show_default=True)
-@click.option("--min-score", type=float, default=None,
+@click.option("--model", type=TEXT, help="Generation model name (default: the registry's default).")
+@click.option("--adapter", type=TEXT, help="Fine-tuned adapter name (finetune/hybrid modes).")
+@click.option("--max-tokens", type=Count(1, 8192), default=256, show_default=True)
+@click.option("--min-score", type=Number(MIN_SCORE_RANGE[0], MIN_SCORE_RANGE[1]), default=None,
               help="Refuse when the best passage scores below this (dense cosine). [default: 0.2]")
 @click.option("--break-glass", is_flag=True,
               help="Emergency read of -c COLLECTION you hold no grant on (needs --reason; audited, high severity).")
-@click.option("--reason", help="Why the break-glass read is needed (recorded in the audit log).")
+@click.option("--reason", type=TEXT, help="Why the break-glass read is needed (recorded in the audit log).")
 @click.pass_obj
 def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str, model: str | None,
         adapter: str | None, max_tokens: int, min_score: float | None, break_glass: bool,
@@ -56,9 +59,11 @@ def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str
     from ..rag import DEFAULT_MIN_SCORE, answer
 
     streamed = not app.as_json
+    # The model may copy escape sequences out of a passage: the stream is cleaned like all output.
+    clean = StreamSanitizer()
 
     def on_token(piece: str) -> None:
-        sys.stdout.write(piece)
+        sys.stdout.write(clean.feed(piece))
         sys.stdout.flush()
 
     from ..gdpr.breakglass import break_glass_scope
@@ -69,7 +74,7 @@ def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str
                         min_score=DEFAULT_MIN_SCORE if min_score is None else min_score,
                         on_token=on_token if streamed else None)
     if streamed and not result.refused:
-        click.echo()
+        click.echo(clean.flush())
     app.emit(result.to_dict(), lambda d: _text(d, streamed))
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from .app import App, table
+from .params import Count
 
 SEVERITIES = ["info", "notice", "warning", "high"]
 FORMATS = ["jsonl", "csv", "cef", "syslog"]
@@ -25,7 +26,7 @@ def _short(payload: dict[str, Any], width: int = 80) -> str:
 
 
 @audit.command("tail")
-@click.option("-n", "n", type=int, default=20, show_default=True, help="How many entries (newest last).")
+@click.option("-n", "n", type=Count(1, 100_000), default=20, show_default=True, help="How many entries (newest last).")
 @click.option("--user", "user_filter", help="Only this user's entries (members: only their own).")
 @click.option("--action", help="Only this action, or a family: 'grant' matches grant.add and grant.revoke.")
 @click.option("--since", help="From this time: ISO 8601 (2025-01-31, 2025-01-31T09:30Z) or an age (15m, 2h, 7d).")

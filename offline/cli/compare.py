@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .app import App
+from .params import TEXT, Count
 
 
 def _text(r: dict[str, Any]) -> str:
@@ -34,16 +35,16 @@ def _text(r: dict[str, Any]) -> str:
 @click.command("compare")
 @click.option("--qa", "qa", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Questions: SQuAD v1.1 JSON, or JSONL of {\"question\", \"answers\": [...]}.")
-@click.option("-c", "--collection", required=True, help="Collection holding the documents the questions are about.")
-@click.option("--adapter", help="LoRA adapter for the finetune and hybrid modes.")
+@click.option("-c", "--collection", type=TEXT, required=True, help="Collection holding the documents the questions are about.")
+@click.option("--adapter", type=TEXT, help="LoRA adapter for the finetune and hybrid modes.")
 @click.option("--modes", default="base,rag,finetune,hybrid", show_default=True, help="Comma-separated modes.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="Ask only the first N questions.")
+@click.option("--limit", type=Count(1), default=None, help="Ask only the first N questions.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for report.md, results.json and the charts.")
-@click.option("-k", "k", type=click.IntRange(1, 100), default=None, help="Chunks retrieved (default 5).")
-@click.option("--max-tokens", type=click.IntRange(1, 2048), default=48, show_default=True)
-@click.option("--model", help="Generation model (default: the kit's default).")
-@click.option("--update-steps", type=click.IntRange(1, 10000), default=10, show_default=True,
+@click.option("-k", "k", type=Count(1, 100), default=None, help="Chunks retrieved (default 5).")
+@click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
+@click.option("--model", type=TEXT, help="Generation model (default: the kit's default).")
+@click.option("--update-steps", type=Count(1, 10000), default=10, show_default=True,
               help="Steps of the one-document fine-tune that measures the cost of an update.")
 @click.option("--probe", "probe", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON {\"document\", \"question\", \"answers\"} for the freshness probe (default: a made-up fact).")

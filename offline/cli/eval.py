@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .app import App
+from .params import TEXT, Count, Number
 
 
 @click.group("eval")
@@ -39,11 +40,11 @@ def _qa_text(r: dict[str, Any]) -> str:
 @eval_group.command("qa")
 @click.option("--squad", "squad", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="SQuAD v1.1 JSON file.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Questions to ask.")
+@click.option("--limit", type=Count(1), default=100, show_default=True, help="Questions to ask.")
 @click.option("--mode", type=click.Choice(["rag", "base"]), default="rag", show_default=True)
-@click.option("-k", "k", type=click.IntRange(1, 100), default=5, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(1, 2048), default=48, show_default=True)
-@click.option("--model", help="Generation model name.")
+@click.option("-k", "k", type=Count(1, 100), default=5, show_default=True)
+@click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
+@click.option("--model", type=TEXT, help="Generation model name.")
 @click.pass_obj
 def eval_qa(app: App, squad: Path, limit: int, mode: str, k: int, max_tokens: int, model: str | None) -> None:
     """Exact match, F1, retrieval hit rate and latencies on SQuAD paragraphs."""
@@ -74,10 +75,10 @@ def _beir_text(r: dict[str, Any]) -> str:
 @eval_group.command("retrieval")
 @click.option("--beir", "beir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate at most N queries.")
-@click.option("--rrf-k", type=click.FloatRange(min=0), default=60.0, show_default=True)
-@click.option("--w-dense", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--w-bm25", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--limit", type=Count(1), default=None, help="Evaluate at most N queries.")
+@click.option("--rrf-k", type=Number(0, 1e6), default=60.0, show_default=True)
+@click.option("--w-dense", type=Number(0, 1e6), default=1.0, show_default=True)
+@click.option("--w-bm25", type=Number(0, 1e6), default=1.0, show_default=True)
 @click.pass_obj
 def eval_retrieval(app: App, beir: Path, limit: int | None, rrf_k: float, w_dense: float, w_bm25: float) -> None:
     """nDCG@10, Recall@100 and MRR@10 of dense, BM25 and hybrid retrieval on a BEIR folder."""

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .app import App, table
+from .params import SEED, TEXT, Count, Number
 
 
 @click.group()
@@ -27,20 +28,20 @@ def _created_text(d: dict[str, Any]) -> str:
 @click.argument("name")
 @click.option("--data", "data", type=click.Path(path_type=Path), help="JSONL: {\"messages\": [...]} or "
               "{\"prompt\", \"completion\"} per line.")
-@click.option("--from-collection", "from_collection", help="Continued training on a collection's text.")
+@click.option("--from-collection", "from_collection", type=TEXT, help="Continued training on a collection's text.")
 @click.option("--base", help="Base model: a registered generate model (default: the kit's default) or a .gguf path.")
-@click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank r.")
-@click.option("--alpha", type=float, default=16.0, show_default=True, help="LoRA alpha (scale = alpha / r).")
-@click.option("--epochs", type=int, default=1, show_default=True)
-@click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak learning rate (AdamW).")
-@click.option("--max-steps", type=int, default=None, help="Train exactly this many optimizer steps (overrides --epochs).")
-@click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--max-len", type=int, default=512, show_default=True, help="Truncate examples to this many tokens.")
-@click.option("--eval-split", type=float, default=0.1, show_default=True, help="Held-out share for eval loss.")
+@click.option("--rank", type=Count(1, 1024), default=8, show_default=True, help="LoRA rank r.")
+@click.option("--alpha", type=Number(0, 1e4, min_open=True), default=16.0, show_default=True, help="LoRA alpha (scale = alpha / r).")
+@click.option("--epochs", type=Count(1, 10_000), default=1, show_default=True)
+@click.option("--lr", type=Number(0, 1, min_open=True, max_open=True), default=2e-4, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--max-steps", type=Count(1, 10_000_000), default=None, help="Train exactly this many optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=Count(1, 4096), default=4, show_default=True)
+@click.option("--max-len", type=Count(8, 131_072), default=512, show_default=True, help="Truncate examples to this many tokens.")
+@click.option("--eval-split", type=Number(0, 1, max_open=True), default=0.1, show_default=True, help="Held-out share for eval loss.")
 @click.option("--targets", default="q_proj,k_proj,v_proj,o_proj", show_default=True,
               help="Comma-separated module names, or 'all' (attention + MLP projections).")
-@click.option("--dropout", type=float, default=0.05, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dropout", type=Number(0, 1, max_open=True), default=0.05, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
 @click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
               help="Tensor type of the exported GGUF adapter.")

@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
+from ..textsafe import terminal_safe
 from .app import App, table
+from .params import TEXT
 
 
 @click.group()
@@ -25,10 +27,10 @@ def _export_text(r: dict[str, Any]) -> str:
 
 
 @gdpr.command("export")
-@click.option("--subject", required=True, help="Data-subject id (as given at ingest).")
+@click.option("--subject", type=TEXT, required=True, help="Data-subject id (as given at ingest).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for subject-export.json and subject-export.md (created 0700).")
-@click.option("-c", "--collection", "collections", multiple=True, help="Only this collection (repeatable).")
+@click.option("-c", "--collection", "collections", type=TEXT, multiple=True, help="Only this collection (repeatable).")
 @click.pass_obj
 def export_cmd(app: App, subject: str, out_dir: Path, collections: tuple[str, ...]) -> None:
     """Subject access (GDPR Art 15): all you may read about a subject, as JSON and Markdown."""
@@ -52,26 +54,44 @@ def _erase_text(r: dict[str, Any]) -> str:
                   for b in r["backups_still_holding_data"]]
     if r.get("collections_not_covered"):
         lines.append("Not searched (you hold no write grant): " + ", ".join(r["collections_not_covered"]))
+    if r.get("coverage"):
+        from ..gdpr.erase import describe_gaps
+
+        cov = r["coverage"]
+        state = "complete" if cov["complete"] else "PARTIAL: " + describe_gaps(cov)
+        lines.append(f"Coverage: {state} ({cov['collections_covered']} collection(s) covered)")
     lines += [f"Warning: {p}" for p in r["problems"]]
     return "\n".join(lines)
 
 
 @gdpr.command("erase")
-@click.option("--subject", required=True, help="Data-subject id (as given at ingest).")
-@click.option("-c", "--collection", "collections", multiple=True,
+@click.option("--subject", type=TEXT, required=True, help="Data-subject id (as given at ingest).")
+@click.option("-c", "--collection", "collections", type=TEXT, multiple=True,
               help="Only this collection (repeatable; default: every collection you may write).")
 @click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the receipt file (default: the current folder).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--partial", is_flag=True,
+              help="Accept an erasure that cannot cover every collection (the receipt states what it missed).")
 @click.pass_obj
-def erase_cmd(app: App, subject: str, collections: tuple[str, ...], receipt_dir: Path | None, yes: bool) -> None:
-    """Erasure (GDPR Art 17): remove a subject's documents everywhere you may write; write a receipt."""
-    from ..gdpr.erase import erase_subject
+def erase_cmd(app: App, subject: str, collections: tuple[str, ...], receipt_dir: Path | None, yes: bool,
+              partial: bool) -> None:
+    """Erasure (GDPR Art 17): remove a subject's documents everywhere you may write; write a receipt.
+
+    Exits 4 if you may write no collection (nothing is erased) and 1 if some collections were
+    out of reach (the rest is erased and receipted), unless --partial is given.
+    """
+    from ..gdpr.erase import ErasureIncomplete, erase_subject
 
     if not yes and not app.as_json:
         click.confirm(f"Erase every document of subject {subject!r}? This cannot be undone", abort=True)
-    app.emit(erase_subject(app.session(), subject, collections=list(collections) or None, receipt_dir=receipt_dir),
-             _erase_text)
+    try:
+        receipt = erase_subject(app.session(), subject, collections=list(collections) or None,
+                                receipt_dir=receipt_dir, partial=partial)
+    except ErasureIncomplete as exc:
+        app.emit(exc.receipt, _erase_text)  # what was erased, then the one-line error (exit 1)
+        raise
+    app.emit(receipt, _erase_text)
 
 
 @gdpr.command("verify-receipt")
@@ -98,9 +118,9 @@ def record_cmd(app: App, out_dir: Path | None) -> None:
     if app.as_json:
         app.emit(result["record"] if not result["files"] else {"files": result["files"], "record": result["record"]})
     elif result["files"]:
-        click.echo("Record of processing written:\n" + "\n".join(f"  {f}" for f in result["files"]))
+        click.echo(terminal_safe("Record of processing written:\n" + "\n".join(f"  {f}" for f in result["files"])))
     else:
-        click.echo(result["markdown"], nl=False)
+        click.echo(terminal_safe(result["markdown"]), nl=False)
 
 
 def _retention_text(p: dict[str, Any]) -> str:
@@ -152,7 +172,7 @@ def retention(ctx: click.Context, apply_: bool, dry_run: bool, collections: tupl
 @click.option("--collection", help="Set the period of this collection.")
 @click.option("--label", help="Set the period of this label (in every collection).")
 @click.option("--backups", is_flag=True, help="Set how long backups are kept (shown in erasure receipts).")
-@click.option("--days", type=int, help="Retention period in days.")
+@click.option("--days", type=int, help="Retention period in days.")  # range checked by the library
 @click.option("--clear", is_flag=True, help="Remove the period instead.")
 @click.pass_obj
 def retention_set(app: App, collection: str | None, label: str | None, backups: bool, days: int | None,

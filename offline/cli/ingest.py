@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 
+from ..textsafe import one_line
 from .app import App, table
+from .params import TEXT, Count, Number
 
 
 @contextlib.contextmanager
@@ -41,19 +43,19 @@ def _ingest_text(r: dict[str, Any]) -> str:
     lines = [f"Collection {r['collection']}: {len(r['added'])} added, {len(r['updated'])} updated, "
              f"{len(r['unchanged'])} unchanged, {len(r['skipped'])} skipped, {len(r['failed'])} failed; "
              f"{r['chunks']} chunks in {r.get('seconds', 0):.1f} s"]
-    lines += [f"  skipped {s['path']}: {s['reason']}" for s in r["skipped"]]
-    lines += [f"  failed  {f['path']}: {f['reason']}" for f in r["failed"]]
+    lines += [one_line(f"  skipped {s['path']}: {s['reason']}") for s in r["skipped"]]
+    lines += [one_line(f"  failed  {f['path']}: {f['reason']}") for f in r["failed"]]
     return "\n".join(lines)
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("-c", "--collection", required=True, help="Collection to add the documents to.")
-@click.option("--label", help="Label every document (e.g. phi, legal-hold); grants may be limited to labels.")
-@click.option("--subject", "subjects", multiple=True, help="Data-subject id (repeatable), for GDPR requests.")
-@click.option("--max-mb", type=click.FloatRange(min=0, min_open=True), default=50, show_default=True,
+@click.option("-c", "--collection", type=TEXT, required=True, help="Collection to add the documents to.")
+@click.option("--label", type=TEXT, help="Label every document (e.g. phi, legal-hold); grants may be limited to labels.")
+@click.option("--subject", "subjects", type=TEXT, multiple=True, help="Data-subject id (repeatable), for GDPR requests.")
+@click.option("--max-mb", type=Number(0, 100_000, min_open=True), default=50, show_default=True,
               help="Per-file size limit in MB.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120, show_default=True,
+@click.option("--timeout", type=Number(0, 86_400, min_open=True), default=120, show_default=True,
               help="Per-file parsing time limit in seconds.")
 @click.option("--subject-field", help="CSV column or JSON field (dotted path) holding each row's subject id:"
               " every row becomes its own document tagged with it (see offline.gdpr.subjects).")
@@ -101,14 +103,17 @@ def docs_list(app: App, collections: tuple[str, ...], label: str | None, subject
 
 
 def _show_text(d: dict[str, Any]) -> str:
-    head = [f"{d['name']}  (collection {d['collection']}, id {d['id']})", f"  source   {d['source']}",
-            f"  sha256   {d['sha256']}", f"  size     {d['size']} bytes", f"  label    {d['label'] or '-'}",
-            f"  subjects {', '.join(d['subjects']) or '-'}", f"  ingested {d['ingested_at']} by {d['ingested_by']}",
-            f"  chunks   {d['chunks']}"]
+    # Every field came from a document or a user: one clean line each.
+    f = {k: one_line(d[k]) for k in ("name", "collection", "id", "source", "sha256", "size", "ingested_at",
+                                     "ingested_by", "chunks")}
+    head = [f"{f['name']}  (collection {f['collection']}, id {f['id']})", f"  source   {f['source']}",
+            f"  sha256   {f['sha256']}", f"  size     {f['size']} bytes", f"  label    {one_line(d['label'] or '-')}",
+            f"  subjects {one_line(', '.join(d['subjects']) or '-')}",
+            f"  ingested {f['ingested_at']} by {f['ingested_by']}", f"  chunks   {f['chunks']}"]
     for c in d["chunk_list"]:
         where = f"p. {c['page']}" if c["page"] is not None else (f"§ {c['section']}" if c["section"] else "")
         flags = f" [{','.join(c['flags'])}]" if c["flags"] else ""
-        head.append(f"  {c['chunk_id']:<14} {where:<24} {c['tokens']:>4} tok{flags}  {c['preview'][:60]}")
+        head.append(one_line(f"  {c['chunk_id']:<14} {where:<24} {c['tokens']:>4} tok{flags}  {c['preview'][:60]}"))
     return "\n".join(head)
 
 
@@ -144,24 +149,25 @@ def _search_text(r: dict[str, Any]) -> str:
         ranks = ", ".join(x for x in (f"dense #{h['dense_rank']}" if h["dense_rank"] else "",
                                       f"bm25 #{h['bm25_rank']}" if h["bm25_rank"] else "") if x)
         flags = f" [{','.join(h['flags'])}]" if h["flags"] else ""
-        out.append(f"{i:>2}. {h['score']:.4f}  {h['citation']}  ({h['chunk_id']}; {ranks}){flags}")
-        out.append("    " + " ".join(h["text"].split())[:240])
+        out.append(one_line(f"{i:>2}. {h['score']:.4f}  {h['citation']}  ({h['chunk_id']}; {ranks}){flags}"))
+        out.append("    " + one_line(" ".join(h["text"].split()))[:240])
     return "\n".join(out)
 
 
 @click.command()
-@click.argument("query")
-@click.option("-c", "--collection", "collections", multiple=True, help="Collection (repeatable; default: all readable).")
-@click.option("-k", "k", type=click.IntRange(1, 4096), default=5, show_default=True)
-@click.option("--label", "labels", multiple=True, help="Only chunks with this label (repeatable).")
-@click.option("--subject", "subjects", multiple=True, help="Only documents of this data subject (repeatable).")
+@click.argument("query", type=TEXT)
+@click.option("-c", "--collection", "collections", type=TEXT, multiple=True,
+              help="Collection (repeatable; default: all readable).")
+@click.option("-k", "k", type=Count(1, 4096), default=5, show_default=True)
+@click.option("--label", "labels", type=TEXT, multiple=True, help="Only chunks with this label (repeatable).")
+@click.option("--subject", "subjects", type=TEXT, multiple=True, help="Only documents of this data subject (repeatable).")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
-@click.option("--rrf-k", type=click.FloatRange(min=0), default=60.0, show_default=True, help="RRF constant.")
-@click.option("--w-dense", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Weight of the vector leg.")
-@click.option("--w-bm25", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Weight of the BM25 leg.")
+@click.option("--rrf-k", type=Number(0, 1e6), default=60.0, show_default=True, help="RRF constant.")
+@click.option("--w-dense", type=Number(0, 1e6), default=1.0, show_default=True, help="Weight of the vector leg.")
+@click.option("--w-bm25", type=Number(0, 1e6), default=1.0, show_default=True, help="Weight of the BM25 leg.")
 @click.option("--break-glass", is_flag=True,
               help="Emergency read of -c COLLECTION you hold no grant on (needs --reason; audited, high severity).")
-@click.option("--reason", help="Why the break-glass read is needed (recorded in the audit log).")
+@click.option("--reason", type=TEXT, help="Why the break-glass read is needed (recorded in the audit log).")
 @click.pass_obj
 def search(app: App, query: str, collections: tuple[str, ...], k: int, labels: tuple[str, ...],
            subjects: tuple[str, ...], mode: str, rrf_k: float, w_dense: float, w_bm25: float,

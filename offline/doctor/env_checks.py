@@ -25,12 +25,19 @@ PACKAGES = ("offline-kit", "sqlcipher3", "sqlite-vec", "llama-cpp-python", "cryp
 
 
 def check_network_guard() -> Check:
-    """The guard is installed and refuses a connection to a non-loopback address."""
+    """The Python guard is installed and refuses a connection, a datagram and a lookup; the line
+    also says whether the second layer (a private network namespace) holds in this process."""
     name = "network guard"
+    layers = netguard.layers()
+    ns = layers["network_namespace"]
+    ns_text = (f"network namespace: active ({ns['reason']})" if ns["active"]
+               else f"network namespace: not active ({ns['reason']})")
     if not netguard.active():
-        return failed(name, "the network guard is not installed in this process")
+        return failed(name, f"the network guard is not installed in this process; {ns_text}", layers=layers)
     ok, why = netguard.self_test()
-    return passed(name, f"active: {why}") if ok else failed(name, f"installed but ineffective: {why}")
+    if not ok:
+        return failed(name, f"installed but ineffective: {why}; {ns_text}", layers=layers)
+    return passed(name, f"active: python socket guard: {why}; {ns_text}", layers=layers)
 
 
 def check_hf_offline() -> Check:

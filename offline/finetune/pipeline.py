@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import resource
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from .. import config
+from .. import config, memfile
 from ..errors import AccessDenied, AlreadyExists, UsageError
 from ..vault import crypto
 from ..vault.core import Session, check_name
@@ -123,13 +122,11 @@ def create_adapter(session: Session, name: str, *, data: str | Path | None = Non
     resume_blob = ckpt.load() if resume else None
     result = train_lora(peft_model, train_enc, eval_enc, cfg, pad_id=tok.pad_token_id, device=dev,
                         save=ckpt.save, resume_blob=resume_blob, fingerprint=fingerprint, progress=progress)
-    tmp = Path(tempfile.mkdtemp(prefix="offline-export-", dir=store.private_tmp_dir(session)))
-    try:
-        out = write_lora_gguf(tmp / "adapter.gguf", result.state, base_model.info, alpha=cfg.alpha,
-                              name=name, dtype=dtype)
+    # The exported adapter is plaintext: written to a nameless memory file, never to /dev/shm,
+    # so a `finetune create` killed here leaves nothing behind (see offline.memfile).
+    with memfile.scratch_path(lambda: store.private_tmp_dir(session), "adapter.gguf") as scratch:
+        out = write_lora_gguf(scratch, result.state, base_model.info, alpha=cfg.alpha, name=name, dtype=dtype)
         gguf_bytes = out.read_bytes()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     duration = round(time.time() - t_start, 2)
     peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     meta = {"source": dataset.source, "train_examples": len(train_enc), "eval_examples": len(eval_enc),

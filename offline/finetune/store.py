@@ -285,16 +285,31 @@ def read_adapter_bytes(session: Session, name: str, *, allow_tainted: bool = Fal
 
 @contextlib.contextmanager
 def open_adapter(session: Session, name: str) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Decrypt adapter ``name`` to a 0600 GGUF file in a private 0700 temp dir; remove it on exit.
+    """Decrypt adapter ``name`` for llama.cpp to load; nothing of it remains once the block ends.
 
     Yields ``(path, info)``; ``info`` has at least ``name``, ``sha256`` (of the GGUF plaintext) and
-    ``base_sha256``. The temp dir is on /dev/shm (RAM) when available, else the vault's private tmp.
-    llama.cpp reads a LoRA completely at load (mmap is off with a LoRA), so callers may leave the
-    block as soon as ``Llama(...)`` returns. Raises :class:`NotFound`, :class:`AccessDenied`,
-    :class:`AdapterTainted` (an AccessDenied) or an :class:`IntegrityError`.
+    ``base_sha256``. The plaintext never gets a name: it goes into an anonymous, sealed 0600
+    memory file (:mod:`offline.memfile`) and ``path`` is ``/proc/self/fd/N``, which only this
+    process resolves; a process killed at any moment (SIGKILL included) leaves nothing behind,
+    since the kernel frees the file with its last descriptor. Only where memfd is unavailable
+    does it fall back to a 0600 file in a private 0700 temp dir (/dev/shm when usable, else the
+    vault's tmp), removed on exit. llama.cpp reads a LoRA completely at load (mmap is off with a
+    LoRA), so callers leave the block as soon as ``Llama(...)`` returns, which closes the
+    descriptor. Raises :class:`NotFound`, :class:`AccessDenied`, :class:`AdapterTainted` (an
+    AccessDenied) or an :class:`IntegrityError`.
     """
+    from .. import memfile
+
     data, info = read_adapter_bytes(session, name)
     record_use(session, info)
+    fd = memfile.anonymous_copy(data, "offline-adapter")
+    if fd is not None:
+        del data
+        try:
+            yield memfile.fd_path(fd), info
+        finally:
+            os.close(fd)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="offline-adapter-", dir=private_tmp_dir(session)))
     try:
         os.chmod(tmp, 0o700)

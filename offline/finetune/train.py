@@ -56,6 +56,10 @@ class TrainConfig:
     grad_clip: float = 1.0
 
     def validate(self) -> None:
+        # nan slips through every comparison below and inf through most: refuse both first.
+        for name in ("alpha", "lr", "eval_split", "dropout"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number")
         if self.rank < 1 or self.rank > 1024:
             raise UsageError("--rank must be between 1 and 1024")
         if self.alpha <= 0:

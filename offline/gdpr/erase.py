@@ -8,6 +8,14 @@ checkpointed and truncated. A receipt (what went, counts, content hashes, when, 
 adapters now tainted and the backups that still hold the data) is written to the audit chain and to
 a 0600 JSON file. The audit copy names the subject only by a vault-specific hash, because the chain
 can never forget; the file names it in clear for the controller to hand over.
+
+A receipt also states what it did **not** cover (``coverage``): how many collections the caller
+could not write (without a grant, or read-only) and how many it covered only for the labels of
+a label-limited grant, by count only, so nobody learns the names of collections they may not
+see. An erasure that cannot cover everything fails closed unless the caller accepts it
+(``partial=True``, ``--partial``): with nothing writable it erases nothing (AccessDenied, exit 4);
+with some collections out of reach it erases what it may, writes the receipt and raises
+:class:`ErasureIncomplete` (exit 1).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import chain
-from ..errors import AccessDenied, NotFound, UsageError
+from ..errors import AccessDenied, NotFound, OfflineError, UsageError
 from ..vault import db
 from ..vault.collections import CollectionHandle, open_collection
 from ..vault.core import Session, new_id, utc_now
@@ -30,13 +38,62 @@ from .common import (
 RECEIPT_VERSION = 1
 
 
+class ErasureIncomplete(OfflineError):
+    """The erasure ran but could not cover every collection; ``receipt`` records what it did."""
+
+    def __init__(self, message: str, receipt: dict[str, Any]):
+        super().__init__(message)
+        self.receipt = receipt
+
+
+def erasure_coverage(session: Session, covered: list[CollectionHandle], *, requested: bool) -> dict[str, Any]:
+    """What an erasure over ``covered`` leaves out, by count (names never: see the module notes).
+
+    ``requested``: the caller named the collections (others are out of scope by choice, and
+    counted as such); otherwise every collection of the vault is in scope.
+    """
+    from ..vault.collections import readable_collections
+
+    total = session.db.execute("SELECT count(*) FROM collections").fetchone()[0]
+    names = {h.name for h in covered}
+    label_limited = sum(1 for h in covered if h.labels is not None)
+    if requested:
+        read_only = no_grant = 0
+        outside = max(0, total - len(names))
+    else:
+        read_only = len(set(readable_collections(session)) - names)
+        no_grant = max(0, total - len(names) - read_only)
+        outside = 0
+    return {"scope": "requested" if requested else "all", "collections_in_vault": total,
+            "collections_covered": len(names), "not_covered_no_grant": no_grant,
+            "not_covered_read_only": read_only, "covered_only_for_grant_labels": label_limited,
+            "outside_requested_scope": outside,
+            "complete": no_grant == 0 and read_only == 0 and label_limited == 0}
+
+
+def describe_gaps(coverage: dict[str, Any]) -> str:
+    """The receipt's coverage in words: ``2 of 3 collection(s) not covered (1 without ...)``."""
+    missed = coverage["not_covered_no_grant"] + coverage["not_covered_read_only"]
+    parts = []
+    if missed:
+        why = [f"{n} {what}" for n, what in ((coverage["not_covered_no_grant"], "without a grant"),
+                                             (coverage["not_covered_read_only"], "read-only")) if n]
+        parts.append(f"{missed} of {coverage['collections_in_vault']} collection(s) not covered "
+                     f"({', '.join(why)})")
+    if coverage["covered_only_for_grant_labels"]:
+        parts.append(f"{coverage['covered_only_for_grant_labels']} covered only for the labels of your grant")
+    return "; ".join(parts) or "complete"
+
+
 def erase_subject(session: Session, subject: str, *, collections: list[str] | None = None,
-                  receipt_dir: Path | str | None = None) -> dict[str, Any]:
+                  receipt_dir: Path | str | None = None, partial: bool = False) -> dict[str, Any]:
     """Erase every document tagged with ``subject`` in ``collections`` (default: all you may write).
 
     Returns the receipt (with ``file`` and ``audit`` added). A write grant is needed on each named
-    collection; without ``collections`` every writable one is searched, and the receipt lists
-    (for admins) the collections that were not, so completeness can be judged.
+    collection; without ``collections`` every writable one is searched. The receipt's
+    ``coverage`` says what was out of reach; unless ``partial``, an incomplete erasure raises
+    (AccessDenied before anything is erased when nothing is writable, else
+    :class:`ErasureIncomplete` once the reachable part is erased and receipted).
     """
     subject = check_subject(subject)
     session.require_role("admin", "member", action="erasing personal data")
@@ -45,8 +102,22 @@ def erase_subject(session: Session, subject: str, *, collections: list[str] | No
     for name in names:
         handle = open_collection(session, name, "write")
         plan.append((handle, [d["doc_id"] for d in subject_documents(handle.conn, subject, handle.labels)]))
-    return erase_documents(session, plan, kind="subject", reason="erasure request of the data subject (GDPR Art. 17)",
-                           subject=subject, receipt_dir=receipt_dir, considered=None if collections else names)
+    coverage = erasure_coverage(session, [h for h, _ in plan], requested=bool(collections))
+    if not plan and not coverage["complete"] and not partial:
+        session.audit("access.denied", severity="warning", what="gdpr.erase", subject_ref=subject_ref(session, subject),
+                      reason="no writable collection", coverage=coverage)
+        raise AccessDenied(f"access denied: you may write none of the {coverage['collections_in_vault']} "
+                           "collection(s) of this vault, so nothing was erased; ask an admin for write "
+                           "access (or pass --partial to record an empty receipt)")
+    receipt = erase_documents(session, plan, kind="subject",
+                              reason="erasure request of the data subject (GDPR Art. 17)", subject=subject,
+                              receipt_dir=receipt_dir, considered=None if collections else names,
+                              coverage=coverage)
+    if not coverage["complete"] and not partial:
+        raise ErasureIncomplete(
+            f"erasure incomplete: {describe_gaps(coverage)}; receipt {receipt['receipt_id']} records what was "
+            "erased. Ask an admin to cover the rest, or pass --partial to accept a partial erasure", receipt)
+    return receipt
 
 
 def _doc_facts(conn: Any, doc_id: int, subject: str | None) -> dict[str, Any] | None:
@@ -113,11 +184,12 @@ def _taint_adapters(session: Session, removed: list[tuple[str, int]], receipt_id
 
 def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[int]]], *, kind: str, reason: str,
                     subject: str | None = None, receipt_dir: Path | str | None = None,
-                    considered: list[str] | None = None) -> dict[str, Any]:
+                    considered: list[str] | None = None, coverage: dict[str, Any] | None = None) -> dict[str, Any]:
     """Remove the given documents of each open (write) collection, scrub, taint, and write a receipt.
 
     ``plan``: (handle opened for write, document ids). ``considered``: the collection names the
     caller chose from (only for "everything I may write"), so admins learn which others exist.
+    ``coverage``: what the erasure could not reach (:func:`erasure_coverage`), put in the receipt.
     """
     folder = private_output_dir(receipt_dir)  # fail before deleting anything
     receipt_id = new_id()
@@ -178,6 +250,7 @@ def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[in
         "backups_still_holding_data": backups_holding_data(session, started),
         "collections_not_covered": not_covered,
         "problems": problems,
+        **({"coverage": coverage} if coverage is not None else {}),
     }
     entry = session.audit("gdpr.erase", severity="notice", **body)
     with db.transaction(session.db):

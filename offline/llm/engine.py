@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput, NotFound, OfflineError
+from .prompts import defang_pieces
+from .specials import Specials, is_special, vocab_specials
 
 # OMP_WAIT_POLICY=PASSIVE (spinning OpenMP threads made first tokens 10x slower on busy cores) is
 # set in offline/__init__.py, which runs before anything imports torch or llama_cpp.
@@ -93,6 +95,7 @@ class Engine:
     n_ctx: int
     load_s: float
     _formatter: Any = field(default=None, repr=False)
+    _specials: Specials | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- tokenizer ---------------------------------------------------------------------------
@@ -103,19 +106,46 @@ class Engine:
     def count(self, text: str) -> int:
         return len(self.tokenize(text))
 
+    def special_ids(self, text: str) -> list[int]:
+        """The special tokens (see :func:`offline.llm.specials.is_special`) ``text`` tokenizes to,
+        with special parsing on, as llama.cpp tokenizes a rendered prompt."""
+        model = self.llm._model
+        return [t for t in self.tokenize(text, special=True)
+                if is_special(model.token_get_attr(t), model.token_get_text(t))]
+
     def special_pieces(self, text: str) -> list[str]:
-        """Substrings of ``text`` that this model's tokenizer turns into control/user-defined tokens."""
+        """Substrings of ``text`` that this model's tokenizer turns into special tokens."""
         with_special = self.tokenize(text, special=True)
         if with_special == self.tokenize(text, special=False):
             return []
-        import llama_cpp
+        model = self.llm._model
+        return [model.token_get_text(t) for t in self.special_ids(text)]
 
-        mask = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
-        pieces = []
-        for tok in with_special:
-            if self.llm._model.token_get_attr(tok) & mask:
-                pieces.append(self.llm._model.token_get_text(tok))
-        return [p for p in pieces if p]
+    @property
+    def specials(self) -> Specials:
+        """Every special-token string of this model's vocabulary (read once per engine)."""
+        if self._specials is None:
+            self._specials = Specials.of(vocab_specials(self.llm._model))
+        return self._specials
+
+    def defang(self, text: str) -> str:
+        """``text`` with every special token of this model's vocabulary made inert, confirmed by
+        the tokenizer itself; fails closed if it cannot be made clean."""
+        text = self.specials.defang(text)
+        for _ in range(3):  # the vocabulary pass should leave nothing; the tokenizer has the last word
+            pieces = self.special_pieces(text)
+            if not pieces:
+                return text
+            text = defang_pieces(text, pieces)
+        raise InvalidInput("text holds this model's control tokens that could not be neutralised; refused")
+
+    def check_prompt(self, messages: list[dict[str, str]]) -> None:
+        """Fail closed unless the rendered prompt holds exactly the special tokens the chat template
+        itself writes (the same messages with placeholder content): none may come from the content,
+        not even one formed across the boundary of two pieces of text."""
+        own = [{**m, "content": "x"} for m in messages]
+        if sorted(self.special_ids(self.render(messages))) != sorted(self.special_ids(self.render(own))):
+            raise InvalidInput("the prompt would carry control tokens from its content; refused")
 
     # -- chat template -------------------------------------------------------------------------
     @property

@@ -3,14 +3,19 @@
 Three defences, in order:
 
 1. :func:`neutralise` rewrites anything in untrusted text that a chat template or tokenizer could
-   read as structure: chat control tokens (``<|im_start|>``, ``<start_of_turn>``, ``[INST]``,
-   ``<s>`` ...) and this module's own fence delimiters. Look-alike characters keep the text readable
-   while guaranteeing the tokenizer sees plain text (the engine double-checks with the model's own
-   tokenizer, see :meth:`offline.llm.engine.Engine.special_pieces`).
-2. Each chunk sits under a ``[n] document, place`` header between ``\"\"\"`` fence lines that the chunk
-   cannot forge (runs of three or more double quotes in untrusted text are rewritten). The bracket
-   style doubles as the citation style: tiny models (SmolLM2 135M) answered 0.67 of 12 multi-source
-   SQuAD questions with it, 0.00 with ``<<<SOURCE n>>>`` fences they echoed back.
+   read as structure: chat control tokens of the common families (``<|im_start|>``,
+   ``<start_of_turn>``, ``[INST]``, ``<s>`` ...) and this module's own fence delimiters. Look-alike
+   characters keep the text readable while the tokenizer sees plain text. That list is generic; the
+   engine then defangs every special token of the *loaded* model's vocabulary and confirms the
+   result with its tokenizer (:mod:`offline.llm.specials`, :meth:`offline.llm.engine.Engine.defang`).
+2. Each chunk sits under a ``[n] "document", p. N, "section"`` header between ``\"\"\"`` fence lines
+   that the chunk cannot forge (runs of three or more double quotes in untrusted text are
+   rewritten). Document metadata is untrusted too (a file name can hold a newline, a heading can
+   hold control tokens): :func:`source_meta` puts each value on the header line in double quotes it
+   cannot close, with every line break and control character removed, so it can neither start a
+   line of its own nor end the header. The bracket style doubles as the citation style: tiny
+   models (SmolLM2 135M) answered 0.67 of 12 multi-source SQuAD questions with it, 0.00 with
+   ``<<<SOURCE n>>>`` fences they echoed back.
 3. :func:`injection_flags` marks chunks that *look* like instructions (``ignore previous
    instructions``, fake system prompts, fake citation markers, control tokens). They stay in the
    prompt as data, and the flags surface in the answer, in ``--json`` and in the audit entry.
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+from ..textsafe import one_line
 
 FENCE = '"""'
 SOURCE_HEADER = "[{n}] "
@@ -73,6 +80,16 @@ def _defang(match: re.Match[str]) -> str:
     return match.group(0).translate(_LOOKALIKE)
 
 
+def defang_piece(piece: str) -> str:
+    """One special-token string made inert: brackets swapped for look-alikes, or, for a token
+    with no bracket (``</s>`` has them, some vocabularies' specials do not), a visible middle dot
+    after its first character."""
+    broken = piece.translate(_LOOKALIKE)
+    if broken == piece:
+        broken = piece[0] + "·" + piece[1:] if len(piece) > 1 else "·"
+    return broken
+
+
 def neutralise(text: str) -> str:
     """Rewrite control tokens and fence delimiters in untrusted ``text`` so they are inert."""
     text = text.replace("\x00", "")
@@ -83,13 +100,38 @@ def neutralise(text: str) -> str:
 def defang_pieces(text: str, pieces: list[str]) -> str:
     """Break specific token strings the model's tokenizer still reads as special (last line of defence)."""
     for piece in sorted(set(pieces), key=len, reverse=True):
-        if not piece:
-            continue
-        broken = piece.translate(_LOOKALIKE)
-        if broken == piece:  # no bracket characters to swap: split it with a visible middle dot
-            broken = piece[0] + "·" + piece[1:] if len(piece) > 1 else "·"
-        text = text.replace(piece, broken)
+        if piece:
+            text = text.replace(piece, defang_piece(piece))
     return text
+
+
+META_LIMIT = 160  # characters of one metadata value in a header: names and headings, not text
+
+
+def meta_field(value: object, limit: int = META_LIMIT) -> str:
+    """One metadata value (file name, heading) as it may appear inside the double quotes of a
+    source header: one line, no control characters or escapes, no control tokens, no ``"``."""
+    text = one_line(value, limit=limit)
+    return neutralise(text).replace('"', "″")
+
+
+def source_meta(doc_name: object, page: object = None, section: object = None) -> str:
+    """The header line's metadata: ``"report.pdf", p. 4, "Methods"`` (each value fenced in quotes)."""
+    parts = [f'"{meta_field(doc_name)}"']
+    if page not in (None, "", 0):
+        parts.append(f"p. {meta_field(page, 12)}")
+    if section:
+        parts.append(f'"{meta_field(section)}"')
+    return ", ".join(parts)
+
+
+def metadata_flags(doc_name: object, section: object) -> list[str]:
+    """Why a chunk's metadata looks hostile: the text flags, plus line breaks or control characters."""
+    raw = f"{doc_name or ''}\n{section or ''}"
+    flags = injection_flags(raw.replace("\n", " "))
+    if one_line(doc_name or "") != str(doc_name or "") or one_line(section or "") != str(section or ""):
+        flags.append("metadata_control_chars")
+    return flags
 
 
 def injection_flags(text: str) -> list[str]:
@@ -119,6 +161,9 @@ class SourceBlock:
     section: str | None
     text: str  # already neutralised
     flags: list[str] = field(default_factory=list)
+    # The header's metadata once the engine has defanged it for its own vocabulary (None: use
+    # :func:`source_meta` of the fields as they are).
+    meta: str | None = None
 
     def locator(self) -> str:
         """Human location inside the document: ``p. 4, Methods`` (empty when unknown)."""
@@ -130,11 +175,8 @@ class SourceBlock:
         return ", ".join(parts)
 
     def render(self) -> str:
-        head = SOURCE_HEADER.format(n=self.n) + neutralise(self.doc_name)
-        loc = self.locator()
-        if loc:
-            head += f", {neutralise(loc)}"
-        return f"{head}\n{FENCE}\n{self.text}\n{FENCE}"
+        meta = self.meta if self.meta is not None else source_meta(self.doc_name, self.page, self.section)
+        return f"{SOURCE_HEADER.format(n=self.n)}{meta}\n{FENCE}\n{self.text}\n{FENCE}"
 
 
 def source_spans(user_text: str) -> dict[int, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..textsafe import check_number, check_text
 from ..llm import prompts
 from ..llm.prompts import SourceBlock
 from . import citations as cit
@@ -28,6 +29,8 @@ DEFAULT_MAX_TOKENS = 256
 # about relevance on their own, so the floor applies to the dense (cosine) similarity when the hit
 # carries one, else to the fused score. 0.0 keeps every hit; raise it to refuse more eagerly.
 DEFAULT_MIN_SCORE = 0.2
+# Cosine similarity lies in [-1, 1]; a floor above 1 refuses everything (allowed, and audited).
+MIN_SCORE_RANGE = (-1.0, 10.0)
 NO_EVIDENCE = "No relevant passages found in your documents for this question."
 
 
@@ -90,11 +93,16 @@ def has_evidence(hits: Sequence[Any], min_score: float) -> bool:
 
 
 def candidate_blocks(hits: Sequence[Any]) -> list[SourceBlock]:
-    """Retrieved hits as neutralised, flagged prompt blocks (numbers are assigned by packing)."""
+    """Retrieved hits as neutralised, flagged prompt blocks (numbers are assigned by packing).
+
+    The flags cover the document's metadata as well as its text: a file name or heading is
+    untrusted input like the passage itself.
+    """
     blocks = []
     for h in hits:
         raw = h.text or ""
-        flags = list(dict.fromkeys([*_as_list(getattr(h, "flags", None)), *prompts.injection_flags(raw)]))
+        flags = list(dict.fromkeys([*_as_list(getattr(h, "flags", None)), *prompts.injection_flags(raw),
+                                    *prompts.metadata_flags(h.doc_name or h.source or h.doc_id, h.section)]))
         blocks.append(SourceBlock(n=0, chunk_id=str(h.chunk_id), doc_name=str(h.doc_name or h.source or h.doc_id),
                                   page=h.page, section=h.section, text=prompts.neutralise(raw), flags=flags))
     return blocks
@@ -171,8 +179,12 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
            on_token: Callable[[str], None] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
            min_score: float = DEFAULT_MIN_SCORE, n_ctx: int | None = None,
            labels: list[str] | None = None, subjects: list[str] | None = None) -> Answer:
-    """Answer ``question`` for the session's user; stream pieces to ``on_token``; audit once."""
-    question = (question or "").strip()
+    """Answer ``question`` for the session's user; stream pieces to ``on_token``; audit once.
+
+    Every argument is checked before anything is retrieved or loaded: a bad value is a
+    :class:`UsageError`, never a failure after the answer was streamed.
+    """
+    question = check_text(question or "", "the question").strip()
     if not question:
         raise UsageError("the question is empty")
     if mode not in MODES:
@@ -185,6 +197,7 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
         raise UsageError("k must be between 1 and 100")
     if max_tokens < 1 or max_tokens > 8192:
         raise UsageError("--max-tokens must be between 1 and 8192")
+    min_score = check_number(min_score, "--min-score", *MIN_SCORE_RANGE)
 
     t_start = time.perf_counter()
     timings: dict[str, Any] = {}
@@ -227,17 +240,17 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
 
     dropped: list[str] = []
     blocks: list[SourceBlock] = []
-    safe_q = prompts.neutralise(question)
-    pieces = engine.special_pieces(safe_q)
-    if pieces:
-        safe_q = prompts.defang_pieces(safe_q, pieces)
+    # Everything untrusted that enters the prompt (question, passages, their metadata) loses every
+    # special token of *this* model's vocabulary, whatever its spelling; check_prompt confirms it.
+    safe_q = engine.defang(prompts.neutralise(question))
     if retrieving:
-        for b in candidates:  # last line of defence: this tokenizer's own specials, whatever their spelling
-            pieces = engine.special_pieces(b.text)
-            if pieces:
-                b.text = prompts.defang_pieces(b.text, pieces)
-                if "control_token" not in b.flags:
-                    b.flags.append("control_token")
+        for b in candidates:
+            text = engine.defang(b.text)
+            meta = prompts.source_meta(b.doc_name, b.page, b.section)
+            b.meta = engine.defang(meta)
+            if (text != b.text or b.meta != meta) and "control_token" not in b.flags:
+                b.flags.append("control_token")
+            b.text = text
         flagged = list(dict.fromkeys([*flagged, *(b.chunk_id for b in candidates if b.flags)]))
         if engine.prompt_tokens(prompts.rag_messages(safe_q, [])) + max_tokens > engine.n_ctx:
             raise UsageError(f"the question is too long for the model's {engine.n_ctx}-token window")
@@ -251,6 +264,7 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
     if retrieving and not blocks:
         raise UsageError(f"no retrieved passage fits the model's {engine.n_ctx}-token window with "
                          f"--max-tokens {max_tokens}; lower --max-tokens")
+    engine.check_prompt(messages)  # fail closed: no control token may come from the content
 
     _audit_retrieval(session, question, mode, searched, retrieved, blocks, gm, adapter_info)
     gen = engine.stream_chat(messages, max_tokens=max_tokens, on_token=on_token)

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from ..llm.prompts import SourceBlock
+from ..textsafe import one_line
 
 _MARK_RE = re.compile(r"\[\s*(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\s*\]")
 
@@ -33,11 +34,14 @@ def map_citations(text: str, blocks: list[SourceBlock]) -> list[dict[str, Any]]:
 
 
 def source_list(blocks: list[SourceBlock], cited: set[int] | None = None) -> str:
-    """The closing ``Sources:`` list: ``[n] document, page/section (chunk id)``; cited ones starred."""
+    """The closing ``Sources:`` list: ``[n] document, page/section (chunk id)``; cited ones starred.
+
+    Each entry is one line whatever the document's name or heading holds (``one_line``).
+    """
     lines = ["Sources:"]
     for b in blocks:
         loc = b.locator()
         mark = "*" if cited and b.n in cited else " "
         flag = f"  [flagged: {', '.join(b.flags)}]" if b.flags else ""
-        lines.append(f"{mark}[{b.n}] {b.doc_name}{', ' + loc if loc else ''} (chunk {b.chunk_id}){flag}")
+        lines.append(one_line(f"{mark}[{b.n}] {b.doc_name}{', ' + loc if loc else ''} (chunk {b.chunk_id}){flag}"))
     return "\n".join(lines)

@@ -44,7 +44,8 @@ def pack(question: str, candidates: Sequence[SourceBlock], *, n_ctx: int, max_to
             dropped.append(cand.chunk_id)
             continue
         block = SourceBlock(n=len(chosen) + 1, chunk_id=cand.chunk_id, doc_name=cand.doc_name,
-                            page=cand.page, section=cand.section, text=cand.text, flags=list(cand.flags))
+                            page=cand.page, section=cand.section, text=cand.text, flags=list(cand.flags),
+                            meta=cand.meta)
         cost = count_text(block.render()) + SEPARATOR_TOKENS
         if used + cost > budget:
             dropped.append(cand.chunk_id)

@@ -13,8 +13,11 @@ better single-leg rank, then by key, so results are deterministic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+
+from ..errors import UsageError
 
 RRF_K = 60.0
 
@@ -26,8 +29,10 @@ class FusionWeights:
     w_bm25: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.rrf_k < 0 or self.w_dense < 0 or self.w_bm25 < 0:
-            raise ValueError("rrf_k and weights must be non-negative")
+        # nan passes every "< 0" test, and inf turns every score into inf or nan: refuse both.
+        values = (self.rrf_k, self.w_dense, self.w_bm25)
+        if not all(math.isfinite(v) and v >= 0 for v in values):
+            raise UsageError("rrf_k and weights must be finite and non-negative")
 
 
 def rrf(dense: Sequence[Hashable], bm25: Sequence[Hashable],

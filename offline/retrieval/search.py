@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import UsageError
+from ..textsafe import check_text
 from ..vault.collections import CollectionHandle, open_collection, readable_collections
 from ..vault.core import seal_for_auditors
 from . import index as vindex
@@ -113,6 +114,7 @@ def search(session: Any, query: str, *, collections: list[str] | None = None, k:
     written; the query text is logged per the vault's ``audit_questions`` setting.
     """
     t_start = time.perf_counter()
+    check_text(query, "the query")
     if mode not in MODES:
         raise UsageError(f"unknown search mode {mode!r} (modes: {', '.join(MODES)})")
     if not 1 <= int(k) <= MAX_K:
