@@ -103,6 +103,9 @@ def test_checkpoint_then_truncate(log, cli, tmp_path: Path):
     import shutil
 
     shutil.rmtree(log.vault_dir / "clients")
+    from offline import config
+
+    shutil.rmtree(config.home() / "seen")
     assert cli(["audit", "verify"]).exit_code == 0  # appends entry n-2
     r = cli(["audit", "verify", "--checkpoint", str(cp)])
     assert r.exit_code == 5

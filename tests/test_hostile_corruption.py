@@ -39,8 +39,12 @@ def _build(session, n_docs: int = 40) -> None:
 
 
 @pytest.fixture
-def pristine(admin_session, vault_dir, tmp_path):
-    """A closed, checkpointed vault (no -wal) kept aside; ``restore()`` puts a fresh copy in place."""
+def pristine(admin_session, vault_dir, tmp_path, offline_home):
+    """A closed, checkpointed vault (no -wal) kept aside; ``restore()`` puts a fresh copy in place.
+
+    Putting an older copy back is a rollback the clients' own memory would report (and should):
+    each restore here is an accepted one, so that memory, kept outside the vault, goes too.
+    """
     _build(admin_session)
     admin_session.close()
     keep = tmp_path / "pristine"
@@ -49,6 +53,7 @@ def pristine(admin_session, vault_dir, tmp_path):
     def restore() -> None:
         shutil.rmtree(vault_dir)
         shutil.copytree(keep, vault_dir)
+        shutil.rmtree(offline_home / "seen", ignore_errors=True)
 
     return restore
 

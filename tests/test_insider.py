@@ -118,7 +118,7 @@ def _forge_chain(bob: Raw) -> None:
     chain.verify(bob.conn)  # internally consistent: the first build's checks all said OK here
 
 
-def test_whole_chain_rewritten_from_init_is_caught(vault4, cli, vault_dir):
+def test_whole_chain_rewritten_from_init_is_caught(vault4, cli, vault_dir, offline_home):
     before = cli(["audit", "verify"])
     assert before.exit_code == 0 and "vault fingerprint" in before.output
     bob = Raw(vault_dir, "bob")
@@ -127,6 +127,7 @@ def test_whole_chain_rewritten_from_init_is_caught(vault4, cli, vault_dir):
     _fails_closed(cli(["audit", "verify"]), "audit entry", "audit log")
     # Even a client that forgot everything it saw (state files deleted) has the root pinned in its keyslot.
     shutil.rmtree(vault_dir / "clients")
+    shutil.rmtree(offline_home / "seen")  # and the copies outside the vault folder
     for user in ("alice", "carol", "dave"):
         _fails_closed(cli(["users", "list"], user=user, env={"OFFLINE_PASSPHRASE": PASSPHRASES[user]}),
                       "pinned root", "replaced")
@@ -453,3 +454,114 @@ def test_removal_interrupted_before_the_key_rotation_is_finished(vault4, vault_d
     open_session(vault_dir, "alice", PASSPHRASES["alice"]).close()  # the next admin open finishes it
     h = hdr.load(vault_dir)
     assert "bob" not in h.slots and h.db_file != old_file and not (vault_dir / old_file).exists()
+
+
+# -- found by attacking the first version of this design --------------------------------------
+
+def test_planted_trigger_never_fires_inside_an_admins_change(vault4, cli, vault_dir):
+    bob = Raw(vault_dir, "bob")
+    bob.sql("CREATE TRIGGER zz AFTER INSERT ON grants BEGIN UPDATE users SET role = 'admin' WHERE name = 'bob'; END")
+    _fails_closed(cli(["collections", "grant", "shared", "dave"]), "trigger 'zz' is not part of this kit's schema")
+    assert Raw(vault_dir, "alice").sql("SELECT role FROM users WHERE name = 'bob'") == [("member",)]
+    bob.sql("DROP TRIGGER zz")
+    bob.sql("CREATE VIEW v AS SELECT * FROM users")
+    _fails_closed(cli(["users", "list"], user="carol"), "view 'v'")
+
+
+def test_header_slot_pointing_at_another_key_is_refused(vault4, cli, vault_dir):
+    doc = json.loads((vault_dir / "header.json").read_text())
+    doc["slots"]["carol"]["x25519"] = doc["slots"]["bob"]["x25519"]  # next rotation would wrap to bob
+    (vault_dir / "header.json").write_text(json.dumps(doc))
+    _fails_closed(cli(["users", "remove", "dave"]), "keyslot of 'carol' does not match the signed users table")
+
+
+def test_old_state_files_put_back_with_a_truncated_log(vault4, cli, vault_dir, offline_home):
+    saved = {p.name: p.read_bytes() for p in (vault_dir / "clients").glob("*.state")}
+    n = Raw(vault_dir, "bob").sql("SELECT max(seq) FROM audit_log")[0][0]
+    for _ in range(3):
+        assert cli(["search", "x", "-c", "shared"], user="bob").exit_code == 0
+    assert cli(["users", "list"]).exit_code == 0  # alice sees the new head
+    bob = Raw(vault_dir, "bob")
+    bob.sql("DELETE FROM audit_log WHERE seq > ?", (n,))
+    for name, blob in saved.items():  # every state file in the vault folder rolled back too
+        (vault_dir / "clients" / name).write_bytes(blob)
+    # alice's copy outside the vault folder still knows the newer head.
+    _fails_closed(cli(["users", "list"]), "truncated", "accept-restore")
+    r = cli(["vault", "accept-restore"])
+    assert r.exit_code == 0 and "Accepted the restored vault" in r.output
+    assert cli(["users", "list"]).exit_code == 0
+    acts = [a for (a,) in Raw(vault_dir, "alice").sql("SELECT action FROM audit_log WHERE severity = 'high'")]
+    assert "vault.restore_accepted" in acts
+
+
+def test_member_adapter_row_cannot_name_another_path(vault4, vault_dir, tmp_path):
+    from offline.finetune import store
+    from offline.vault import open_session
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    bob = open_session(vault_dir, "bob", PASSPHRASES["bob"])
+    with pytest.raises(AccessDenied, match="not an admin"):
+        with bob.change("adapter.save", adapter="evil"):
+            bob.db.execute(
+                "INSERT INTO adapters(id, name, file, base_model, base_sha256, base_arch, dataset_sha256, hyperparameters,"
+                " loss_curve, created_by, created_at, adapter_sha256, size, key_wrap) VALUES ('0123456789abcdef', 'evil',"
+                " ?, 'm', 's', 'a', 'd', '{}', '[]', 'bob', 't', 'x', 1, '')", (str(victim),))
+    bob.close()
+    with pytest.raises(Exception, match="not the kit's"):
+        store.adapter_path(vault4, {"id": "0123456789abcdef", "file": "../../victim.txt", "name": "evil"})
+    assert victim.read_text() == "keep me"
+
+
+def test_narrowed_grant_loses_the_adapter_key_and_only_writers_taint(vault4, vault_dir):
+    from offline.finetune import store
+    from offline.vault import open_session
+    from offline.vault.collections import grant
+
+    cid = vault4.policy.collection("secret")[0]
+    grant(vault4, "secret", "dave", "read")
+    store.save_adapter(vault4, "conf", b"GGUF-conf", base_model="m", base_sha256="0" * 64, base_arch="llama",
+                       dataset_sha256="1" * 64, hyperparameters={}, loss_curve=[], eval_loss_before=None,
+                       eval_loss_after=None, source_doc_ids=[{"collection": "secret", "collection_id": cid,
+                                                              "doc_ids": [1], "labels": ["confidential"]}])
+    assert Raw(vault_dir, "dave").sql("SELECT count(*) FROM adapter_keys WHERE user = 'dave'")[0][0] == 1
+    grant(vault4, "secret", "dave", "read", labels=["public"])  # narrowed: the wrap must go
+    assert Raw(vault_dir, "dave").sql("SELECT count(*) FROM adapter_keys WHERE user = 'dave'")[0][0] == 0
+    dave = open_session(vault_dir, "dave", PASSPHRASES["dave"])
+    with pytest.raises(AccessDenied):
+        store.mark_tainted(dave, "conf", "block every adapter")  # no write grant on its source
+    dave.close()
+
+
+def test_a_blob_key_is_named_not_a_crash(vault4, cli, vault_dir):
+    Raw(vault_dir, "bob").sql("INSERT INTO vault_keys(purpose, user, wrapped) VALUES (x'6175646974', 'bob', 'x')")
+    _fails_closed(cli(["users", "list"]), "table vault_keys", "added outside")
+
+
+def test_tampered_legacy_vault_is_not_adopted(tmp_path, cli, vault_dir):
+    """A vault made by the version before signed authorization, edited by a member before the upgrade."""
+    repo = Path(__file__).resolve().parent.parent
+    old = tmp_path / "old"
+    made = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(old), "d77a659"],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("the pre-upgrade revision is not in this clone's history")
+    try:
+        script = (f"from pathlib import Path\nfrom offline.vault import create_vault, add_user\n"
+                  f"from offline.vault.collections import create_collection, grant\n"
+                  f"s = create_vault(Path({str(vault_dir)!r}), 'alice', {PASSPHRASES['alice']!r})\n"
+                  f"add_user(s, 'bob', 'member', {PASSPHRASES['bob']!r})\n"
+                  f"create_collection(s, 'shared'); grant(s, 'shared', 'bob', 'read'); s.close()\n")
+        import os
+
+        subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(old)})
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(old)], capture_output=True)
+    Raw(vault_dir, "bob").sql("UPDATE users SET role = 'admin' WHERE name = 'bob'")
+    _fails_closed(cli(["users", "list"]), "cannot adopt this older vault", 'table users, row ["bob"]')
+    Raw(vault_dir, "bob").sql("UPDATE users SET role = 'member' WHERE name = 'bob'")
+    r = cli(["users", "list"])  # the untouched tables are adopted and signed by alice
+    assert r.exit_code == 0 and "bob" in r.output
+    assert cli(["search", "x", "-c", "shared"], user="bob").exit_code == 0
+    assert cli(["audit", "verify"]).exit_code == 0

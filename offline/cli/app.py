@@ -88,6 +88,10 @@ class App:
             self._session = open_session(self.vault_path, self.user_name, self.passphrase)
         return self._session
 
+    def use_session(self, session: Any) -> None:
+        """Adopt a session a command opened itself (with options ``session()`` does not take)."""
+        self._session = session
+
     def close(self) -> None:
         if self._session is not None and not self._borrowed:
             self._session.close()

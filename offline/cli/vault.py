@@ -59,6 +59,19 @@ def vault_backup(app: App, dest: Path) -> None:
                                f"Restore: copy the folder back and open it with --vault.")
 
 
+@vault.command("accept-restore")
+@click.pass_obj
+def vault_accept_restore(app: App) -> None:
+    """After restoring a backup in place on purpose: accept its older audit log (audited, high)."""
+    from ..vault import open_session
+
+    session = open_session(app.vault_path, app.user_name, app.passphrase, accept_restore=True)
+    app.use_session(session)
+    app.emit({"accepted": True, "head_seq": session.verifier.seq},
+             lambda d: f"Accepted the restored vault at audit entry {d['head_seq']} for {app.user_name}; "
+                       "every other user who used it runs this too.")
+
+
 @vault.command("rekey")
 @click.pass_obj
 def vault_rekey(app: App) -> None:

@@ -281,9 +281,13 @@ def update_and_probe(session: Any, *, run_id: str, collection: str, modes: list[
 
 
 def _adapter_file_bytes(session: Any, info: dict[str, Any]) -> int | None:
-    from ..finetune.store import ADAPTER_DIR
+    from ..errors import IntegrityError
+    from ..finetune.store import adapter_path
 
-    p = session.vault_dir / ADAPTER_DIR / info["file"]
+    try:
+        p = adapter_path(session, info)
+    except IntegrityError:
+        return None
     return p.stat().st_size if p.is_file() else None
 
 

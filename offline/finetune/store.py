@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -82,6 +83,14 @@ def _adapter_key(session: Session, info: dict[str, Any]) -> bytes:
 def _derive(root: bytes, purpose: str, vault_id: str, ident: str) -> bytes:
     info = f"offline/v1/{purpose}|{vault_id}|{ident}".encode()
     return HKDF(algorithm=hashes.SHA256(), length=crypto.KEY_BYTES, salt=None, info=info).derive(root)
+
+
+def adapter_path(session: Session, info: dict[str, Any]) -> Path:
+    """``VAULT/adapters/<id>.bin``, refusing any other name: a row's ``file`` is never a path to follow."""
+    aid, file = str(info["id"]), str(info["file"])
+    if not re.fullmatch(r"[0-9a-f]{16}", aid) or file != f"{aid}.bin":
+        raise IntegrityError(f"adapter {info.get('name')!r}: its file name {file!r} is not the kit's")
+    return session.vault_dir / ADAPTER_DIR / file
 
 
 def _file_aad(vault_id: str, adapter_id: str, file: str) -> bytes:
@@ -271,8 +280,8 @@ def read_adapter_bytes(session: Session, name: str, *, allow_tainted: bool = Fal
     """Decrypt an adapter into memory after the access and taint checks; verifies its sha256."""
     info, _ = _usable(session, name, allow_tainted=allow_tainted)
     aid, file = info["id"], info["file"]
+    path = adapter_path(session, info)
     key = _adapter_key(session, info)
-    path = session.vault_dir / ADAPTER_DIR / file
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
@@ -339,7 +348,8 @@ def remove_adapter(session: Session, name: str) -> dict[str, Any]:
     with session.change("finetune.rm", adapter=name, adapter_id=info["id"], adapter_sha256=info["sha256"]):
         session.db.execute("DELETE FROM adapter_keys WHERE adapter_id = ?", (info["id"],))
         session.db.execute("DELETE FROM adapters WHERE id = ?", (info["id"],))
-    (session.vault_dir / ADAPTER_DIR / info["file"]).unlink(missing_ok=True)
+    with contextlib.suppress(IntegrityError):  # a row naming another path deletes nothing but itself
+        adapter_path(session, info).unlink(missing_ok=True)
     return {"name": name, "id": info["id"], "removed": True}
 
 

@@ -40,8 +40,7 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "adapter_keys": (("adapter_id", "user"), ("wrapped",)),
 }
 # Columns recorded as "sha256:<hex>" of their text: key wraps and bulky lineage.
-DIGESTED = frozenset({"wrapped", "emergency", "loss_curve", "hyperparameters", "meta", "source_doc_ids",
-                      "key_wrap"})
+DIGESTED = frozenset({"wrapped", "emergency", "loss_curve", "hyperparameters", "meta", "key_wrap"})
 # Rows that are not authorization state: the doctor's canary is random per vault, set by migration.
 UNPROTECTED = {("settings", '["canary"]')}
 # Fields an eraser (any reader or writer, not only an admin) may set on someone else's adapter.
@@ -69,7 +68,7 @@ def read_image(conn: Any) -> Image:
     for table, (keys, cols) in TABLES.items():
         rows: dict[str, dict[str, Any]] = {}
         for r in conn.execute(f"SELECT {', '.join(keys + cols)} FROM {table}"):  # noqa: S608 (fixed names)
-            k = row_key(r[: len(keys)])
+            k = row_key([cell(c, v) for c, v in zip(keys, r[: len(keys)])])  # a BLOB key is named, not a crash
             if (table, k) in UNPROTECTED:
                 continue
             rows[k] = {c: cell(c, v) for c, v in zip(cols, r[len(keys):])}
@@ -232,17 +231,24 @@ class Policy:
 
     def _member_may(self, signer: str, role: str | None, table: str, key: str, new: Image,
                     value: dict[str, Any] | None) -> bool:
-        """Members change only adapters they own (and their key wraps), or mark any adapter tainted."""
+        """Members change only adapters they own (and their key wraps), or taint one they could erase from."""
         if role not in ("member",):
             return False
         if table == "adapters":
+            aid = json.loads(key)[0]
             old = new["adapters"].get(key)
+            if value is not None and value.get("file") != f"{aid}.bin":
+                return False  # a row's file is never a path of the member's choosing
             if all(r is None or r.get("created_by") == signer for r in (old, value)):
                 return True
-            # A taint (never an override) by whoever erased the data it was trained on.
+            # A taint (never an override) by someone who may write a collection it was trained on:
+            # the eraser of a document in its lineage.
             if old is not None and value is not None and value.get("override_reason") is None \
-                    and value.get("tainted_at") is not None:
-                return all(old.get(c) == value.get(c) for c in old if c not in TAINT_FIELDS)
+                    and value.get("tainted_at") is not None \
+                    and all(old.get(c) == value.get(c) for c in old if c not in TAINT_FIELDS):
+                sources = json.loads(old.get("source_doc_ids") or "[]")
+                return any((self.grant(str(src.get("collection_id")), signer) or {}).get("perm") == "write"
+                           for src in sources)
             return False
         if table == "adapter_keys":
             aid = row_key([json.loads(key)[0]])

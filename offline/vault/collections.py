@@ -253,7 +253,7 @@ def grant(session: Session, name: str, user: str, perm: Perm, labels: list[str] 
     if perm not in ("read", "write"):
         raise UsageError("permission must be read or write")
     clean_labels = sorted({check_name("label", lb) for lb in labels}) if labels else None
-    with session.change("grant.add", collection=name, user=user, perm=perm, labels=clean_labels):
+    with session.change("grant.add", collection=name, user=user, perm=perm, labels=clean_labels) as extra:
         row = _row(session, name)
         if row is None:
             raise NotFound(f"no such collection: {name!r}")
@@ -271,6 +271,7 @@ def grant(session: Session, name: str, user: str, perm: Perm, labels: list[str] 
             "INSERT OR REPLACE INTO grants(collection_id, user, perm, labels, granted_by, granted_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (cid, user, perm, json.dumps(clean_labels) if clean_labels else None, session.user, utc_now()))
+        extra["adapter_keys_removed"] = _drop_uncovered_adapter_wraps(session, user)
     return {"collection": name, "user": user, "perm": perm, "labels": clean_labels}
 
 
@@ -294,6 +295,25 @@ def revoke(session: Session, name: str, user: str) -> dict[str, Any]:
         extra["adapter_keys_removed"] = _drop_adapter_wraps(session, user, cid)
     rotate_collection_key(session, name, reason=f"revoked {user}")
     return {"collection": name, "user": user, "revoked": True, "key_rotated": True}
+
+
+def _drop_uncovered_adapter_wraps(session: Session, user: str) -> list[str]:
+    """Inside a change that narrows ``user``'s grants: drop wraps of adapters they may no longer read.
+
+    Judged on the tables as this change leaves them (a grant narrowed to other labels counts).
+    """
+    from .authz import Policy, read_image
+
+    after = Policy(read_image(session.db), started=True)
+    dropped = []
+    for aid, name, src in session.db.execute(
+            "SELECT a.id, a.name, a.source_doc_ids FROM adapters a JOIN adapter_keys k ON k.adapter_id = a.id"
+            " WHERE k.user = ?", (user,)).fetchall():
+        sources = json.loads(src or "[]")
+        if sources and not after.may_read_sources(user, sources):
+            session.db.execute("DELETE FROM adapter_keys WHERE adapter_id = ? AND user = ?", (aid, user))
+            dropped.append(name)
+    return dropped
 
 
 def _drop_adapter_wraps(session: Session, user: str, collection_id: str) -> list[str]:

@@ -28,6 +28,7 @@ from ..errors import (
     OfflineError, UsageError, VaultCorrupted, VaultLocked,
 )
 from . import authz, crypto, db, header as hdr, settings as vsettings, trust
+from .migrations import check_schema
 
 ROLES = ("admin", "member", "auditor")
 FAILED_UNLOCKS = "unlock-failures.jsonl"
@@ -205,7 +206,9 @@ class Session:
         self.verifier = new
 
     def check_tables(self) -> None:
-        """Raise :class:`VaultCorrupted` naming the first protected row the signed policy does not hold."""
+        """Raise :class:`VaultCorrupted` naming a planted schema object or the first protected row the
+        signed policy does not hold."""
+        check_schema(self.db, self.header.db_file)
         bad = authz.first_difference(self.policy.image, authz.read_image(self.db))
         if bad:
             raise VaultCorrupted(f"{self.header.db_file}: {bad}")
@@ -224,6 +227,7 @@ class Session:
         saved = self.verifier
         with db.transaction(self.db):
             self.sync()
+            check_schema(self.db, self.header.db_file)  # a planted trigger would fire inside this change
             before = authz.read_image(self.db)
             bad = authz.first_difference(self.policy.image, before)
             if bad:
@@ -312,6 +316,7 @@ class Session:
         if self.policy.user(self.user) is None:
             raise VaultLocked("user removed")
         self.check_tables()
+        check_slots(h, self.policy)
 
     def forget_handles(self) -> None:
         """Close every open collection (the agent does so between commands)."""
@@ -402,8 +407,12 @@ def audit_key_context(vault_id: str, user: str) -> str:
     return f"audit-key|{vault_id}|{user}"
 
 
-def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]) -> Session:
+def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str], *,
+                 accept_restore: bool = False) -> Session:
     """Unlock ``vault_dir`` as ``user``. ``passphrase`` may be a callable, asked only if needed.
+
+    ``accept_restore``: this vault was restored from a backup on purpose, so the newer head the
+    user's client remembers outside the vault folder is set aside (recorded, severity high).
 
     Steps, each failing closed: (1) unseal the keyslot: keys and pinned root; (2) open the vault
     database; (3) the chain still holds the head this user's client saw last; (4) verify the entries
@@ -424,7 +433,8 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
         raise VaultCorrupted("header.json: the vault key in this keyslot does not open") from None
     conn = db.connect(vault_dir / h.db_file, vault_key, "vault")
     try:
-        verifier = _verified_chain(vault_dir, h, user, keys, conn)
+        check_schema(conn, h.db_file)
+        verifier = _verified_chain(vault_dir, h, user, keys, conn, use_anchor=not accept_restore)
         if root is None:  # a keyslot made before roots were pinned: pin this chain's root now
             root = _pin_root(vault_dir, user, secret, keys, verifier)
         if not trust.same_root(root, verifier.root):
@@ -443,10 +453,16 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
         bad = authz.first_difference(verifier.policy.image, authz.read_image(conn))
         if bad:
             raise VaultCorrupted(f"{h.db_file}: {bad}")
+        check_slots(h, verifier.policy)
     except BaseException:
         conn.close()
         raise
     session = Session(vault_dir, h, user, keys, vault_key, conn, verifier, root)
+    if accept_restore:
+        anchor = trust.load_state(vault_dir, user, keys.x25519, h.vault_id)
+        seen = int(anchor["verifier"]["seq"]) if anchor else 0
+        session.audit("vault.restore_accepted", severity="high", head_seq=verifier.seq, previously_seen_seq=seen)
+        trust.forget_anchor(vault_dir, user, h.vault_id)
     session.remember()
     _flush_failed_unlocks(session)
     from .maintenance import finish_removals, remove_orphans
@@ -456,9 +472,10 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
     return session
 
 
-def _verified_chain(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, conn: db.Connection) -> chain.Verifier:
+def _verified_chain(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, conn: db.Connection, *,
+                    use_anchor: bool = True) -> chain.Verifier:
     """Resume from this user's last-seen head (checked still to be in the chain), verify the rest."""
-    state = trust.load_state(vault_dir, user, keys.x25519, h.vault_id)
+    state = trust.load_state(vault_dir, user, keys.x25519, h.vault_id, use_anchor=use_anchor)
     if state is None:
         verifier = chain.Verifier(authz.Policy())
     else:
@@ -475,6 +492,19 @@ def _verified_chain(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, c
     return verifier
 
 
+def check_slots(h: hdr.Header, policy: authz.Policy) -> None:
+    """Every keyslot's public keys are the ones the signed users table holds for that user.
+
+    ``header.json`` is not authenticated; a slot naming someone else's keys would get the vault key
+    wrapped to its author at the next rotation. (Slots of users the policy no longer enrols are
+    finished off by an admin's open, see ``maintenance.finish_removals``.)
+    """
+    for user, slot in h.slots.items():
+        row = policy.user(user)
+        if row is not None and (slot.get("x25519") != row["x25519_pub"] or slot.get("ed25519") != row["ed25519_pub"]):
+            raise VaultCorrupted(f"header.json: keyslot of {user!r} does not match the signed users table")
+
+
 def check_seen(conn: Any, user: str, seq: int, digest: str) -> None:
     """The chain still holds entry ``seq`` with hash ``digest`` (the last one ``user``'s client saw)."""
     if not seq:
@@ -483,23 +513,33 @@ def check_seen(conn: Any, user: str, seq: int, digest: str) -> None:
     if row is None:
         first = chain.head(conn)[0] + 1
         raise AuditChainBroken(f"audit entry {first}: missing; the audit log was truncated (it ends before "
-                               f"entry {seq}, which {user} already saw)", first)
+                               f"entry {seq}, which {user} already saw; a backup restored on purpose: "
+                               "`offline vault accept-restore`)", first)
     if row[0] != digest:
         raise AuditChainBroken(f"audit entry {seq}: not the entry {user} saw there (the audit log was "
                                "rewritten)", seq)
 
 
 def _adopt_legacy(conn: db.Connection, user: str, keys: UserKeys, verifier: chain.Verifier) -> None:
-    """A vault from before signed authorization: its first admin to open it signs the tables as they are."""
+    """A vault from before signed authorization: its first admin to open it signs its tables.
+
+    Not as they are: a member may have edited them while they were unprotected. Users, roles and
+    keys must be the ones the old chain enrolled, grants and settings what its (admin-signed)
+    entries set, and key wraps held only by admins, grantees and (audit key) auditors; anything else
+    is refused, naming the row. Old break-glass wraps, which any holder could use unlogged, are
+    dropped: break-glass must be turned on again, with an emergency code.
+    """
     if verifier.roles.get(user) != "admin":
         return
+    from .legacy import check_legacy_tables
+
     with db.transaction(conn):
+        check_legacy_tables(conn, verifier)
         if conn.execute("SELECT 1 FROM settings WHERE key = 'audit_seal_public_key'").fetchone() is None:
             holders = {n: bytes.fromhex(p) for n, p in conn.execute(
                 "SELECT name, x25519_pub FROM users WHERE removed_at IS NULL AND role IN ('admin', 'auditor')")}
             vault_id = str(verifier.root["vault_id"]) if verifier.root else ""
             _install_seal_key(conn, vault_id, X25519PrivateKey.generate(), holders)
-        conn.execute("UPDATE settings SET value = 'sealed' WHERE key = 'audit_questions' AND value = 'hash'")
         changes = authz.diff(authz.Policy().image, authz.read_image(conn))
         entry = chain.append_in_transaction(conn, user, keys.ed25519, "authz.adopt", {"authz": changes}, "notice")
         verifier.feed(entry)

@@ -196,8 +196,12 @@ def _switch_vault_key(session: Session) -> str:
                            slots={u: dict(s) for u, s in h.slots.items() if session.policy.user(u) is not None},
                            version=h.version)
         for user, slot in new_h.slots.items():
-            slot["vault_key"] = crypto.wrap_to(bytes.fromhex(slot["x25519"]), new_vault_key,
-                                               vault_key_context(new_h, user))
+            # To the key the signed users table holds: header.json is not authenticated, and a
+            # member could have put their own public key in someone else's slot.
+            pub = session.policy.user(user)["x25519_pub"]
+            if slot.get("x25519") != pub:
+                raise VaultCorrupted(f"header.json: keyslot of {user!r} does not match the signed users table")
+            slot["vault_key"] = crypto.wrap_to(bytes.fromhex(pub), new_vault_key, vault_key_context(new_h, user))
         new_h.save(vault_dir)  # the commit point
     except BaseException:
         _remove_db_files(vault_dir / new_db_file)

@@ -12,8 +12,11 @@ A member can rewrite every table and the whole audit chain, but not two things:
   user's own X25519 private key: the last chain position the user's client verified, and the
   verifier's state there. The next command checks the chain still holds that entry with that
   hash, so a truncated or rewritten chain is caught by anyone who saw the old head, and it only
-  verifies entries written since. Deleting the file only makes that client verify from the root
-  again (rolling the whole folder back to an older copy is what no local design can detect).
+  verifies entries written since. A second copy lives outside the vault folder, in the user's own
+  kit home (``OFFLINE_HOME/seen/``), and the newer of the two counts: putting back an older state
+  file together with a truncated log is caught as long as that home is out of the attacker's
+  reach. A backup restored in place looks exactly like such a rollback; ``offline vault
+  accept-restore`` says so on purpose (audited, high).
 """
 
 from __future__ import annotations
@@ -74,9 +77,22 @@ def state_path(vault_dir: Path, user: str) -> Path:
     return Path(vault_dir) / CLIENTS_DIR / f"{user}.state"
 
 
-def load_state(vault_dir: Path, user: str, x25519: X25519PrivateKey, vault_id: str) -> dict[str, Any] | None:
-    """The user's sealed client state, or None if they have none yet; exit 5 if it was altered."""
-    path = state_path(vault_dir, user)
+def anchor_path(vault_dir: Path, user: str, vault_id: str) -> Path:
+    """The copy outside the vault folder, per vault location (a backup opened where it lies is another)."""
+    where = hashlib.sha256(str(Path(vault_dir).resolve()).encode()).hexdigest()[:16]
+    return config.home() / "seen" / f"{vault_id}-{where}" / f"{user}.state"
+
+
+def load_state(vault_dir: Path, user: str, x25519: X25519PrivateKey, vault_id: str, *,
+               use_anchor: bool = True) -> dict[str, Any] | None:
+    """The newer of the user's two sealed client states, or None; exit 5 if either was altered."""
+    found = [d for d in (_load(state_path(vault_dir, user), user, x25519, vault_id),
+                         _load(anchor_path(vault_dir, user, vault_id), user, x25519, vault_id) if use_anchor
+                         else None) if d is not None]
+    return max(found, key=lambda d: int(d["verifier"]["seq"])) if found else None
+
+
+def _load(path: Path, user: str, x25519: X25519PrivateKey, vault_id: str) -> dict[str, Any] | None:
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
@@ -109,11 +125,19 @@ def save_state(vault_dir: Path, user: str, x25519: X25519PrivateKey, vault_id: s
 
     Two processes of one user may close in any order: the later save of an earlier head is skipped.
     """
+    doc = {"version": STATE_VERSION, "vault_id": vault_id, "user": user, "verifier": verifier}
+    blob = crypto.seal(_state_key(x25519, vault_id, user), json.dumps(doc).encode(), _aad(vault_id, user))
     with _state_lock(vault_dir, user):
-        with contextlib.suppress(VaultCorrupted):
-            old = load_state(vault_dir, user, x25519, vault_id)
-            if old is not None and int(old["verifier"]["seq"]) >= int(verifier["seq"]):
-                return
-        doc = {"version": STATE_VERSION, "vault_id": vault_id, "user": user, "verifier": verifier}
-        blob = crypto.seal(_state_key(x25519, vault_id, user), json.dumps(doc).encode(), _aad(vault_id, user))
-        config.write_private_file(state_path(vault_dir, user), blob)
+        for path in (state_path(vault_dir, user), anchor_path(vault_dir, user, vault_id)):
+            with contextlib.suppress(VaultCorrupted):
+                old = _load(path, user, x25519, vault_id)
+                if old is not None and int(old["verifier"]["seq"]) >= int(verifier["seq"]):
+                    continue
+            with contextlib.suppress(OSError):  # a read-only home must not stop the vault
+                config.ensure_private_dir(path.parent)
+                config.write_private_file(path, blob)
+
+
+def forget_anchor(vault_dir: Path, user: str, vault_id: str) -> None:
+    """Drop the out-of-folder copy (``vault accept-restore``): the vault's own state counts again."""
+    anchor_path(vault_dir, user, vault_id).unlink(missing_ok=True)
