@@ -134,7 +134,7 @@ def test_bad_input_errors(two_collections, cli):
         add_user(two_collections, "bob", "member", "whatever-123")
     r = cli(["collections", "grant", "legal", "zed"])
     assert r.exit_code == 1 and r.output == "Error: no such user: 'zed'\n"
-    r = cli(["users", "remove", "alice"])
+    r = cli(["users", "remove", "alice", "--yes"])
     assert r.exit_code == 2 and r.output == "Error: cannot remove the last admin\n"
     r = cli(["collections", "grant", "legal", "bob", "--write"], user="bob")
     assert r.exit_code == 4 and r.output == "Error: access denied: granting access needs role admin\n"
@@ -145,7 +145,7 @@ def test_removed_user_old_passphrase_fails(two_collections, vault_dir, cli):
     with pytest.raises(AuthenticationFailed):
         open_session(vault_dir, "bob", PASSPHRASES["bob"])
     r = cli(["collections", "list"], user="bob")
-    assert r.exit_code == 3 and r.output == "Error: authentication failed: unknown user or wrong passphrase\n"
+    assert r.exit_code == 3 and r.output == "Error: authentication failed for user 'bob': unknown user or wrong passphrase\n"
 
 
 def test_label_limited_grant_is_recorded(two_collections, open_as):

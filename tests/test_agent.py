@@ -170,7 +170,7 @@ def test_unlock_status_lock_cli(cli, vault_dir: Path, agents):
 def test_wrong_passphrase_fails_at_once(cli, vault_dir: Path, admin_session):
     r = cli(["unlock", "--no-preload"], env={"OFFLINE_PASSPHRASE": "wrong-passphrase"})
     assert r.exit_code == 3
-    assert r.output == "Error: authentication failed: unknown user or wrong passphrase\n"
+    assert r.output == "Error: authentication failed for user 'alice': unknown user or wrong passphrase\n"
     assert not client.status(vault_dir, "alice")["unlocked"]
     assert cli(["unlock", "--idle", "soon"]).exit_code == 2
 
@@ -237,7 +237,7 @@ CASES = [
     ("bob", ["users", "list"]),
     ("bob", ["collections", "list"]),
     ("bob", ["collections", "create", "secret"]),          # exit 4, one line
-    ("bob", ["users", "remove", "carol"]),                   # exit 4, one line
+    ("bob", ["users", "remove", "carol", "--yes"]),                   # exit 4, one line
     ("alice", ["collections", "grant", "nosuch", "bob"]),    # exit 1, one line (admins see everything)
     ("alice", ["users", "list", "--bogus"]),                 # exit 2, click usage error
     ("alice", ["vault", "set", "nosuch", "1"]),              # exit 2, one line

@@ -243,7 +243,7 @@ def test_docs_rm_removes_doc_chunks_vectors_and_fts(coll, tmp_path, cli):
     r = cli(["--json", "docs", "rm", str(tmp_path / "b.txt"), "-c", "kb"])
     assert r.exit_code == 0, r.output
     assert counts(coll) == {"docs": 0, "chunks": 0, "vec": 0, "subjects": 0}
-    r = cli(["docs", "rm", "b.txt", "-c", "kb"])
+    r = cli(["docs", "rm", "b.txt", "-c", "kb", "--yes"])
     assert r.exit_code == 1 and r.output.strip() == "Error: no such document in collection 'kb': b.txt"
 
 

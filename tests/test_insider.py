@@ -216,7 +216,7 @@ def test_removed_user_cannot_come_back(vault4, cli, vault_dir):
     old_header = (vault_dir / "header.json").read_text()
     bob = Raw(vault_dir, "bob")
     old_key = bob.vault_key
-    r = cli(["users", "remove", "bob"])
+    r = cli(["users", "remove", "bob", "--yes"])
     assert r.exit_code == 0 and "rotated the vault key" in r.output, r.output
     current = hdr.load(vault_dir).db_file
     assert current != bob.db_file and not (vault_dir / bob.db_file).exists()
@@ -472,7 +472,7 @@ def test_header_slot_pointing_at_another_key_is_refused(vault4, cli, vault_dir):
     doc = json.loads((vault_dir / "header.json").read_text())
     doc["slots"]["carol"]["x25519"] = doc["slots"]["bob"]["x25519"]  # next rotation would wrap to bob
     (vault_dir / "header.json").write_text(json.dumps(doc))
-    _fails_closed(cli(["users", "remove", "dave"]), "keyslot of 'carol' does not match the signed users table")
+    _fails_closed(cli(["users", "remove", "dave", "--yes"]), "keyslot of 'carol' does not match the signed users table")
 
 
 def test_old_state_files_put_back_with_a_truncated_log(vault4, cli, vault_dir, offline_home):

@@ -66,7 +66,7 @@ def test_wrong_passphrase_and_unknown_user_cost_the_same(admin_session, vault_di
     for user, pw in [("bob", "wrong-passphrase"), ("nobody", "whatever-pass")]:
         with pytest.raises(AuthenticationFailed) as exc:
             open_session(vault_dir, user, pw)
-        assert str(exc.value) == "authentication failed: unknown user or wrong passphrase"
+        assert str(exc.value) == f"authentication failed for user {user!r}: unknown user or wrong passphrase"
     assert len(calls) == 2
     # The unknown user paid for a real slot's parameters, not a cheaper dummy.
     assert calls[1].memory_kib == calls[0].memory_kib and calls[1].iterations == calls[0].iterations
@@ -315,6 +315,6 @@ def test_cli_init_and_errors(tmp_path, cli, vault_dir):
     r = cli(["init"], env={"OFFLINE_NEW_PASSPHRASE": PASSPHRASES["alice"]})
     assert r.exit_code == 1 and r.output == f"Error: a vault already exists at {vault_dir}\n"
     r = cli(["users", "list"], env={"OFFLINE_PASSPHRASE": "nope-nope-nope"})
-    assert r.exit_code == 3 and r.output == "Error: authentication failed: unknown user or wrong passphrase\n"
+    assert r.exit_code == 3 and r.output == "Error: authentication failed for user 'alice': unknown user or wrong passphrase\n"
     r = cli(["--vault", str(tmp_path / "nowhere"), "users", "list"])
     assert r.exit_code == 1 and r.output == f"Error: no vault at {tmp_path / 'nowhere'} (create one with `offline init`)\n"

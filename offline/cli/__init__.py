@@ -39,10 +39,25 @@ def _clean(exc: click.ClickException) -> click.ClickException:
     return _Failure(exc.format_message(), exc.exit_code)
 
 
+GLOBAL_FLAGS = ("--json", "--verbose")
+
+
+def _global_flags_first(args: list[str]) -> list[str]:
+    """``offline search Q --json`` means ``offline --json search Q``: people type flags after the command.
+
+    Only the flags that take no value move, and nothing after a ``--`` (a query may be "--json").
+    """
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return [*dict.fromkeys(flags), *(a for a in args[:end] if a not in GLOBAL_FLAGS), *args[end:]]
+
+
 class OfflineGroup(click.Group):
     """Turns library errors into one-line CLI errors with the contract's exit codes."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            args = _global_flags_first(args)
         try:
             return super().parse_args(ctx, args)
         except click.ClickException as exc:

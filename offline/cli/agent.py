@@ -51,6 +51,9 @@ def lock(app: App) -> None:
 def status(app: App) -> None:
     """Whether an agent holds this vault unlocked for you, and for how long."""
     from ..agent.client import status as agent_status
+    from ..vault.header import check_vault_dir
+
+    check_vault_dir(app.vault_path)  # "no vault at ...", not "Locked"
 
     app.emit(agent_status(app.vault_path, app.user_name), _status_text)
 

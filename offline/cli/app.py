@@ -81,12 +81,31 @@ class App:
         return click.prompt("Emergency code (from the break-glass envelope)", hide_input=True)
 
     def session(self) -> Any:
-        """The unlocked vault session for this user (opened once per command)."""
+        """The unlocked vault session for this user (opened once per command).
+
+        At a terminal a mistyped passphrase is asked again, three tries in all; from a file or the
+        environment one wrong passphrase is final.
+        """
         if self._session is None:
+            from ..errors import AuthenticationFailed
             from ..vault import open_session
 
-            self._session = open_session(self.vault_path, self.user_name, self.passphrase)
+            interactive = not self.passphrase_file and not os.environ.get(config.ENV_PASSPHRASE) \
+                and sys.stdin.isatty()
+            for attempt in range(3 if interactive else 1):
+                try:
+                    self._session = open_session(self.vault_path, self.user_name, self.passphrase)
+                    break
+                except AuthenticationFailed as exc:
+                    if attempt == 2 or not interactive:
+                        raise
+                    click.echo(f"{exc}; try again.", err=True)
         return self._session
+
+    def confirm(self, question: str, yes: bool) -> None:
+        """The one rule for destructive commands: ask, unless ``--yes`` or ``--json`` (scripts)."""
+        if not yes and not self.as_json:
+            click.confirm(question, abort=True)
 
     def use_session(self, session: Any) -> None:
         """Adopt a session a command opened itself (with options ``session()`` does not take)."""

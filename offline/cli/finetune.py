@@ -140,4 +140,11 @@ def override_taint_cmd(app: App, name: str, reason: str) -> None:
     app.emit({"adapter": name, "override_reason": reason}, lambda d: f"Override recorded for adapter {d['adapter']}.")
 
 
-commands = [finetune]
+@click.group()
+def adapters() -> None:
+    """Adapter housekeeping an admin does (the adapters themselves: `offline finetune`)."""
+
+
+adapters.add_command(override_taint_cmd)
+
+commands = [finetune, adapters]

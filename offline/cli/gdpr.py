@@ -1,6 +1,6 @@
-"""``offline gdpr export|erase|verify-receipt|record|retention|purpose|break-glass``.
+"""``offline gdpr export|erase|verify-receipt|record|retention|purpose``.
 
-Also attaches ``offline collections break-glass COLLECTION on|off`` to the ``collections`` group.
+Also attaches ``offline collections break-glass COLLECTION on|off`` (its one home) to ``collections``.
 """
 
 from __future__ import annotations
@@ -234,7 +234,6 @@ def break_glass_cmd(app: App, collection: str, state: str, users: tuple[str, ...
     app.emit(set_break_glass(app.session(), collection, state == "on", list(users) or None), _bg_text)
 
 
-gdpr.add_command(break_glass_cmd)
 
 
 def _attach_to_collections() -> None:

@@ -131,11 +131,13 @@ def docs_show(app: App, doc: str, collection: str) -> None:
 @docs.command("rm")
 @click.argument("doc_refs", nargs=-1, required=True)
 @click.option("-c", "--collection", required=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-def docs_rm(app: App, doc_refs: tuple[str, ...], collection: str) -> None:
+def docs_rm(app: App, doc_refs: tuple[str, ...], collection: str, yes: bool) -> None:
     """Remove documents (with their chunks, vectors and full-text rows)."""
     from ..ingest.docs import remove_document
 
+    app.confirm(f"Remove {len(doc_refs)} document(s) from {collection}? This cannot be undone", yes)
     removed = [remove_document(app.session(), collection, ref) for ref in doc_refs]
     app.emit(removed, lambda r: "\n".join(f"Removed {d['name']} (id {d['id']}, {d['chunks_removed']} chunks)"
                                           for d in r))

@@ -109,7 +109,16 @@ def users_add(app: App, name: str, role: str, new_passphrase_file: str | None) -
 
     session = app.session()
     result = add_user(session, name, role, app.new_passphrase(new_passphrase_file, who=name))
-    app.emit(result, lambda r: f"Added {r['role']} {r['name']}.")
+
+    def text(r: dict) -> str:
+        out = f"Added {r['role']} {r['name']}."
+        if r["break_glass_provisioned"]:
+            out += f" Break-glass wraps for: {', '.join(r['break_glass_provisioned'])} (they still need the code)."
+        elif r["role"] == "auditor":
+            out += " Auditors get no break-glass wrap: they never read documents."
+        return out
+
+    app.emit(result, text)
 
 
 @users.command("list")
@@ -124,11 +133,13 @@ def users_list(app: App) -> None:
 
 @users.command("remove")
 @click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-def users_remove(app: App, name: str) -> None:
+def users_remove(app: App, name: str, yes: bool) -> None:
     """Remove NAME: their keyslot and grants go, and the keys they held are rotated (admin)."""
     from ..vault import remove_user
 
+    app.confirm(f"Remove user {name}? Their keyslot and grants go and every key they held is rotated", yes)
     result = remove_user(app.session(), name)
     app.emit(result, lambda r: f"Removed {r['name']}; rotated the vault key and the keys of "
                                f"{len(r['rotated_collections'])} collection(s).")
@@ -233,10 +244,22 @@ def collections_drop(app: App, collection: str, yes: bool) -> None:
     """Delete COLLECTION, its documents and its keys (admin)."""
     from ..vault.collections import drop_collection
 
-    if not yes and not app.as_json:
-        click.confirm(f"Drop collection {collection} and all its documents?", abort=True)
+    app.confirm(f"Drop collection {collection} and all its documents?", yes)
     result = drop_collection(app.session(), collection)
     app.emit(result, lambda r: f"Dropped collection {r['name']}.")
 
 
-commands = [init, vault, users, collections]
+@click.group()
+def grants() -> None:
+    """Who may read or write what, as the signed audit log records it."""
+
+
+@grants.command("list")
+@click.option("-c", "--collection", help="Only this collection.")
+@click.pass_obj
+def grants_list(app: App, collection: str | None) -> None:
+    """List grants (admins: all; others: their own)."""
+    collections_grants.callback(collection)  # type: ignore[misc]  (same command, its usual name)
+
+
+commands = [init, vault, users, collections, grants]

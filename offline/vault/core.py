@@ -106,18 +106,23 @@ def open_slot(h: hdr.Header, user: str, passphrase: str) -> tuple[UserKeys, dict
         params = (crypto.KdfParams.from_dict(any_slot["kdf"]) if any_slot
                   else crypto.KdfParams.fresh(crypto.MIN_MEMORY_KIB, crypto.MIN_ITERATIONS))
         crypto.derive_kek(passphrase, params)
-        raise AuthenticationFailed("authentication failed: unknown user or wrong passphrase")
+        raise auth_failed(user)
     try:
         kek = crypto.derive_kek(passphrase, crypto.KdfParams.from_dict(slot["kdf"]))
         secret = json.loads(crypto.unseal(kek, crypto.b64d(slot["sealed_keys"]), _slot_aad(h.vault_id, user)))
         keys = UserKeys(X25519PrivateKey.from_private_bytes(bytes.fromhex(secret["x25519"])),
                         Ed25519PrivateKey.from_private_bytes(bytes.fromhex(secret["ed25519"])))
     except (DecryptionError, KeyError, ValueError, TypeError):
-        raise AuthenticationFailed("authentication failed: unknown user or wrong passphrase") from None
+        raise auth_failed(user) from None
     if keys.x25519_pub.hex() != slot.get("x25519") or keys.ed25519_pub.hex() != slot.get("ed25519"):
         raise VaultCorrupted("header.json: keyslot does not match its keys")
     root = secret.get("root")
     return keys, (dict(root) if isinstance(root, dict) else None)
+
+
+def auth_failed(user: str) -> AuthenticationFailed:
+    """The one message for an unknown user and a wrong passphrase; it names only the user *tried*."""
+    return AuthenticationFailed(f"authentication failed for user {user[:64]!r}: unknown user or wrong passphrase")
 
 
 def kdf_params_for_new_slot() -> crypto.KdfParams:
@@ -447,7 +452,7 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
         row = verifier.policy.user(user)
         if row is None:
             _record_failed_unlock(vault_dir, user)
-            raise AuthenticationFailed("authentication failed: unknown user or wrong passphrase")
+            raise auth_failed(user)
         if row["x25519_pub"] != keys.x25519_pub.hex() or row["ed25519_pub"] != keys.ed25519_pub.hex():
             raise VaultCorrupted(f"{h.db_file}: user record does not match the keyslot for {user!r}")
         bad = authz.first_difference(verifier.policy.image, authz.read_image(conn))
