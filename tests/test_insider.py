@@ -561,7 +561,106 @@ def test_tampered_legacy_vault_is_not_adopted(tmp_path, cli, vault_dir):
     Raw(vault_dir, "bob").sql("UPDATE users SET role = 'admin' WHERE name = 'bob'")
     _fails_closed(cli(["users", "list"]), "cannot adopt this older vault", 'table users, row ["bob"]')
     Raw(vault_dir, "bob").sql("UPDATE users SET role = 'member' WHERE name = 'bob'")
+    bob = Raw(vault_dir, "bob")  # a seal key of bob's own, so that questions would be sealed to him
+    bob.sql("INSERT INTO settings(key, value) VALUES ('audit_seal_public_key', ?)", (bob.keys.x25519_pub.hex(),))
+    _fails_closed(cli(["users", "list"]), "table settings", "an audit seal key in a vault made before")
+    bob.sql("DELETE FROM settings WHERE key = 'audit_seal_public_key'")
     r = cli(["users", "list"])  # the untouched tables are adopted and signed by alice
     assert r.exit_code == 0 and "bob" in r.output
+    confirmed = lambda: Raw(vault_dir, "alice").sql("SELECT keys_confirmed FROM users WHERE name = 'bob'")[0][0]
+    assert confirmed() == 0  # bob's X25519 key came from an editable table: unproven, nothing wrapped to it
     assert cli(["search", "x", "-c", "shared"], user="bob").exit_code == 0
+    assert confirmed() == 1  # his own open proved it
     assert cli(["audit", "verify"]).exit_code == 0
+
+
+# -- found by the second round of attacks ------------------------------------------------------
+
+def test_blob_twin_of_a_grant_is_refused(vault4, cli, vault_dir):
+    bob = Raw(vault_dir, "bob")
+    cid = bob.sql("SELECT id FROM collections WHERE name = 'shared'")[0][0]
+    # A write grant keyed by the BLOB spelling of the same id, first in table order.
+    bob.sql("INSERT INTO grants(rowid, collection_id, user, perm, labels, granted_by, granted_at)"
+            " VALUES (-1, ?, 'bob', 'write', NULL, 'alice', 't')", (cid.encode(),))
+    _fails_closed(cli(["collections", "revoke", "shared", "bob"]), "table grants", "not text")
+
+
+def test_trigger_in_a_collection_file_is_refused(vault4, cli, vault_dir, tmp_path):
+    (tmp_path / "a.txt").write_text("Ward 7 visiting hours are 2 pm to 8 pm.")
+    assert cli(["ingest", str(tmp_path / "a.txt"), "-c", "shared"]).exit_code == 0
+    bob = Raw(vault_dir, "bob")
+    cid, file = bob.sql("SELECT id, file FROM collections WHERE name = 'shared'")[0]
+    from offline.vault.collections import _unwrap_key
+    from offline.vault import open_session
+
+    s = open_session(vault_dir, "bob", PASSPHRASES["bob"])
+    key = _unwrap_key(s, cid, file)
+    s.close()
+    coll = raw_connect(vault_dir / "collections" / file, key)  # bob's read grant is the key itself
+    coll.execute("CREATE TABLE stash(t TEXT)")
+    coll.execute("CREATE TRIGGER keep BEFORE DELETE ON chunks BEGIN INSERT INTO stash VALUES (old.text); END")
+    coll.close()
+    _fails_closed(cli(["search", "visiting", "-c", "shared"]), file, "is not part of this kit's schema")
+    _fails_closed(cli(["gdpr", "erase", "--subject", "x", "--yes"]), "is not part of this kit's schema")
+
+
+def test_owner_cannot_lift_a_taint(vault4, vault_dir):
+    from offline.finetune import store
+    from offline.vault import open_session
+
+    bob = open_session(vault_dir, "bob", PASSPHRASES["bob"])
+    store.save_adapter(bob, "mine", b"GGUF-mine", base_model="m", base_sha256="0" * 64, base_arch="llama",
+                       dataset_sha256="1" * 64, hyperparameters={}, loss_curve=[], eval_loss_before=None,
+                       eval_loss_after=None)
+    bob.close()
+    store.mark_tainted(vault4, "mine", "document 4 erased")
+    bob = open_session(vault_dir, "bob", PASSPHRASES["bob"])
+    with pytest.raises(AccessDenied, match="not an admin"):
+        with bob.change("adapter.untaint"):
+            bob.db.execute("UPDATE adapters SET tainted_at = NULL, taint_reason = NULL WHERE name = 'mine'")
+    with pytest.raises(store.AdapterTainted):
+        store.read_adapter_bytes(bob, "mine")
+    bob.close()
+
+
+def test_write_on_a_file_retired_by_a_rotation_fails_loudly(vault4, vault_dir, tmp_path):
+    from offline.vault import db, open_session
+    from offline.vault.collections import open_collection, revoke
+
+    alice2 = open_session(vault_dir, "alice", PASSPHRASES["alice"])
+    handle = open_collection(alice2, "shared", "write")  # opened before the rotation
+    revoke(vault4, "shared", "bob")  # copies, switches, retires the old file
+    with pytest.raises(Exception, match="re-keyed while this command ran"):
+        with db.transaction(handle.conn):
+            handle.conn.execute("INSERT INTO meta(key, value) VALUES ('x', 'lost?')")
+    alice2.close()
+
+
+def test_symlinked_rollback_still_meets_the_clients_memory(vault4, cli, vault_dir, tmp_path):
+    old = tmp_path / "older-copy"
+    shutil.copytree(vault_dir, old)
+    for _ in range(2):
+        assert cli(["audit", "verify"]).exit_code == 0  # the log grows past the copy
+    shutil.rmtree(vault_dir)
+    vault_dir.symlink_to(old)  # the path alice opens now leads to the older copy
+    _fails_closed(cli(["users", "list"]), "truncated")
+
+
+def test_break_glass_to_named_users_only_and_reissue_rotates(vault4, cli, vault_dir):
+    from offline.gdpr.breakglass import set_break_glass
+
+    first = set_break_glass(vault4, "secret", True, ["dave"])
+    assert first["provisioned"] == ["alice", "dave"] and first["key_rotated"] is False
+    r = cli(["--json", "users", "add", "erin"], env={"OFFLINE_NEW_PASSPHRASE": PASSPHRASES["erin"]})
+    assert json.loads(r.output)["break_glass_provisioned"] == []  # not one of the named users
+    file_before = vault4.policy.collection("secret")[1]["file"]
+    again = set_break_glass(vault4, "secret", True, ["dave"])
+    assert again["key_rotated"] is True and again["emergency_code"] != first["emergency_code"]
+    assert vault4.policy.collection("secret")[1]["file"] != file_before
+
+
+def test_audit_tail_checks_the_entries_it_shows(vault4, cli, vault_dir):
+    bob = Raw(vault_dir, "bob")
+    seq, payload = bob.sql("SELECT seq, payload FROM audit_log WHERE action = 'grant.add'")[0]
+    bob.sql("UPDATE audit_log SET payload = ? WHERE seq = ?", (payload.replace('"read"', '"write"'), seq))
+    _fails_closed(cli(["audit", "tail", "-n", "100"], user="carol"), f"audit entry {seq}")

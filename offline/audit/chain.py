@@ -320,6 +320,27 @@ class Verifier:
                             root=self.root, policy=self.policy)
 
 
+def check_entry(e: Entry, signer_keys: list[str]) -> None:
+    """One entry on its own: canonical payload, hash over its content and link, a signature by one of
+    ``signer_keys`` (hex). For entries shown without re-verifying the whole chain (``audit tail``):
+    an old entry rewritten below every client's head is caught where it is read."""
+    try:
+        canonical = canonical_json(e.payload).decode()
+        digest = entry_hash(e.prev_hash, e.body())
+    except (TypeError, ValueError):
+        raise _broken(e.seq, "payload is not canonical JSON") from None
+    if (e.raw_payload is not None and e.raw_payload != canonical) or digest != e.hash:
+        raise _broken(e.seq, "content does not match its hash")
+    for hex_key in signer_keys:
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_key)).verify(
+                bytes.fromhex(e.sig), SIG_DOMAIN + e.hash.encode())
+            return
+        except (InvalidSignature, ValueError):
+            continue
+    raise _broken(e.seq, f"bad signature for {e.user!r}")
+
+
 def verify_entries(entries: Iterable[Entry], policy: Any = None) -> VerifyReport:
     """Verify a whole chain from its first entry; raise :class:`AuditChainBroken` at the first bad one."""
     v = Verifier(policy)

@@ -121,5 +121,8 @@ def tail(session: Session, n: int = 20, **filters: str | None) -> list[dict[str,
     f = Filters.parse(**filters)
     entries = select_entries(session, f, limit=n, newest_first=True)
     entries.reverse()
+    history = session.verifier.key_history
+    for e in entries:  # what is shown is checked, even below the head the client verified
+        chain.check_entry(e, history.get(e.user, []))
     session.audit("audit.tail", count=len(entries), filters=f.to_dict())
     return [e.to_dict() for e in entries]

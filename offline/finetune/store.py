@@ -59,11 +59,12 @@ def _wrap_context(vault_id: str, adapter_id: str, user: str) -> str:
 
 
 def _wrap_rows(session: Session, aid: str, key: bytes, users: list[str]) -> None:
-    pubs = session.policy.users()
     for u in users:
+        pub = session.policy.wrap_pub(u)
+        if pub is None:  # keys not confirmed yet (an upgraded vault): nothing is wrapped to them
+            continue
         session.db.execute("INSERT OR REPLACE INTO adapter_keys(adapter_id, user, wrapped) VALUES (?, ?, ?)",
-                           (aid, u, crypto.wrap_to(bytes.fromhex(pubs[u]["x25519_pub"]), key,
-                                                   _wrap_context(session.vault_id, aid, u))))
+                           (aid, u, crypto.wrap_to(pub, key, _wrap_context(session.vault_id, aid, u))))
 
 
 def _readers(session: Session, sources: list[dict[str, Any]] | None) -> list[str]:

@@ -28,12 +28,15 @@ def set_break_glass(session: Session, collection: str, enabled: bool,
     cid, file, key = collection_key_for_admin(session, collection)
     if enabled:
         vault_wide = session.setting("break_glass")
+        again = bool(session.policy.row("collections", cid).get("emergency"))
         with session.change("break_glass.enable", severity="warning", collection=collection,
                             vault_setting=vault_wide) as extra:
             code, provisioned = emergency.enable(session, cid, file, key, users)
             extra["provisioned"] = provisioned
+        if again:  # an old code and blob copied earlier would still open the current key
+            rotate_collection_key(session, collection, reason="break-glass re-issued")
         return {"collection": collection, "break_glass": True, "provisioned": provisioned,
-                "vault_setting": vault_wide, "key_rotated": False, "emergency_code": code}
+                "vault_setting": vault_wide, "key_rotated": again, "emergency_code": code}
     with session.change("break_glass.disable", severity="notice", collection=collection) as extra:
         removed = emergency.disable(session, cid)
         extra["wraps_removed"] = removed

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OfflineError
+from ..vault.migrations import VEC_DDL, VEC_TABLE  # the vector table is part of the collection schema
 
-VEC_TABLE = "vec_chunks"
 KNN_MAX = 4096  # sqlite-vec's limit on k
 # A cold collection is served by sqlite-vec; it is loaded into memory when queried again.
 WARM_AFTER_QUERIES = 2
@@ -63,9 +63,7 @@ def ensure_vec_table(conn: Any, collection: str, model_name: str, model_sha: str
     """Create ``vec_chunks`` for ``dim`` and record the model (call inside the write transaction)."""
     check_model(conn, collection, model_name, model_sha)
     if not has_vectors(conn):
-        conn.execute(
-            f"CREATE VIRTUAL TABLE {VEC_TABLE} USING vec0("
-            f"embedding float[{int(dim)}] distance_metric=cosine, label text, doc_id integer)")
+        conn.execute(VEC_DDL.format(dim=int(dim)))
         set_meta(conn, "embed_model", model_name)
         set_meta(conn, "embed_model_sha256", model_sha)
         set_meta(conn, "embed_dim", int(dim))

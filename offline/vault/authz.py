@@ -20,11 +20,12 @@ import hashlib
 import json
 from typing import Any
 
-from ..errors import AuditChainBroken
+from ..errors import AuditChainBroken, VaultCorrupted
 
 # table -> (key columns, value columns). Order is the column order read from the database.
 TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "users": (("name",), ("role", "x25519_pub", "ed25519_pub", "created_at", "created_by", "removed_at")),
+    "users": (("name",), ("role", "x25519_pub", "ed25519_pub", "created_at", "created_by", "removed_at",
+                          "keys_confirmed")),
     "collections": (("id",), ("name", "file", "created_at", "created_by", "break_glass", "retention_days",
                               "purpose", "legal_basis", "emergency")),
     "collection_keys": (("collection_id", "user"), ("wrapped",)),
@@ -68,7 +69,14 @@ def read_image(conn: Any) -> Image:
     for table, (keys, cols) in TABLES.items():
         rows: dict[str, dict[str, Any]] = {}
         for r in conn.execute(f"SELECT {', '.join(keys + cols)} FROM {table}"):  # noqa: S608 (fixed names)
-            k = row_key([cell(c, v) for c, v in zip(keys, r[: len(keys)])])  # a BLOB key is named, not a crash
+            raw_key = r[: len(keys)]
+            k = row_key([cell(c, v) for c, v in zip(keys, raw_key)])
+            if not all(isinstance(v, str) for v in raw_key):
+                # Every key column is TEXT. A BLOB (or number) twin of a real key would look the same
+                # here yet escape the kit's own WHERE clauses: a revoke that deletes nothing.
+                raise VaultCorrupted(f"table {table}, row {k}: a key that is not text (added outside the kit)")
+            if k in rows:
+                raise VaultCorrupted(f"table {table}, row {k}: stored twice (added outside the kit)")
             if (table, k) in UNPROTECTED:
                 continue
             rows[k] = {c: cell(c, v) for c, v in zip(cols, r[len(keys):])}
@@ -128,6 +136,14 @@ class Policy:
         """The user's row while they are enrolled (None once removed)."""
         r = self.row("users", name)
         return r if r is not None and r.get("removed_at") is None else None
+
+    def wrap_pub(self, name: str) -> bytes | None:
+        """The X25519 key to wrap secrets to, or None while the user has not confirmed it (an
+        upgraded vault's users, until their first open) or is not enrolled."""
+        r = self.user(name)
+        if r is None or r.get("keys_confirmed", 1) != 1:
+            return None
+        return bytes.fromhex(r["x25519_pub"])
 
     def role(self, name: str) -> str | None:
         r = self.user(name)
@@ -219,7 +235,8 @@ class Policy:
                 raise AuditChainBroken(f"audit entry {seq}: malformed authorization change", seq) from None
             if table not in TABLES or (value is not None and not isinstance(value, dict)):
                 raise AuditChainBroken(f"audit entry {seq}: change to unknown table {table!r}", seq)
-            if role != "admin" and not self._member_may(signer, role, table, key, new, value):
+            if role != "admin" and not self._confirms_own_keys(signer, table, key, new, value) \
+                    and not self._member_may(signer, role, table, key, new, value):
                 raise AuditChainBroken(
                     f"audit entry {seq}: changes {table} {key} but {signer!r} is not an admin", seq)
             if value is None:
@@ -228,6 +245,15 @@ class Policy:
                 new[table][key] = value
         self.image = new
         self.started = True
+
+    @staticmethod
+    def _confirms_own_keys(signer: str, table: str, key: str, new: Image, value: dict[str, Any] | None) -> bool:
+        """Anyone may mark their *own* keys confirmed (0 -> 1), and change nothing else doing so."""
+        old = new[table].get(key) if table == "users" else None
+        if old is None or value is None or key != row_key([signer]):
+            return False
+        return old.get("keys_confirmed") == 0 and value.get("keys_confirmed") == 1 and all(
+            old.get(c) == value.get(c) for c in old if c != "keys_confirmed")
 
     def _member_may(self, signer: str, role: str | None, table: str, key: str, new: Image,
                     value: dict[str, Any] | None) -> bool:
@@ -240,7 +266,12 @@ class Policy:
             if value is not None and value.get("file") != f"{aid}.bin":
                 return False  # a row's file is never a path of the member's choosing
             if all(r is None or r.get("created_by") == signer for r in (old, value)):
-                return True
+                # Their own adapter, but a taint (an erasure's) is not theirs to lift: only an admin
+                # records an override; deleting the adapter is always allowed.
+                lifted = old is not None and value is not None and old.get("tainted_at") is not None and (
+                    value.get("tainted_at") is None
+                    or value.get("override_reason") not in (None, old.get("override_reason")))
+                return not lifted
             # A taint (never an override) by someone who may write a collection it was trained on:
             # the eraser of a document in its lineage.
             if old is not None and value is not None and value.get("override_reason") is None \

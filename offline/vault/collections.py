@@ -62,8 +62,8 @@ def _denied(session: Session, name: str, why: str) -> AccessDenied:
 
 def _holder_pubs(session: Session, collection_id: str) -> dict[str, bytes]:
     """Who gets the key at a rotation: the policy's holders, never whoever has a row in the table."""
-    users = session.policy.users()
-    return {u: bytes.fromhex(users[u]["x25519_pub"]) for u in session.policy.key_holders(collection_id)}
+    pol = session.policy
+    return {u: pub for u in pol.key_holders(collection_id) if (pub := pol.wrap_pub(u)) is not None}
 
 
 def _unwrap_key(session: Session, collection_id: str, file: str) -> bytes | None:
@@ -83,7 +83,8 @@ def _insert_wraps(session: Session, collection_id: str, file: str, key: bytes, p
 
 
 def _admin_pubs(session: Session) -> dict[str, bytes]:
-    return {u: bytes.fromhex(r["x25519_pub"]) for u, r in session.policy.users("admin").items()}
+    pol = session.policy
+    return {u: pub for u in pol.users("admin") if (pub := pol.wrap_pub(u)) is not None}
 
 
 def create_collection(session: Session, name: str) -> dict[str, Any]:
@@ -266,7 +267,10 @@ def grant(session: Session, name: str, user: str, perm: Perm, labels: list[str] 
         key = _unwrap_key(session, cid, file)
         if key is None:
             raise AccessDenied(f"access denied: you hold no key for collection {name!r}")
-        _insert_wraps(session, cid, file, key, {user: bytes.fromhex(target["x25519_pub"])})
+        pub = session.policy.wrap_pub(user)
+        if pub is None:
+            raise UsageError(f"{user!r} must open the vault once with this version to confirm their keys")
+        _insert_wraps(session, cid, file, key, {user: pub})
         session.db.execute(
             "INSERT OR REPLACE INTO grants(collection_id, user, perm, labels, granted_by, granted_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -351,7 +355,7 @@ def rotate_collection_key(session: Session, name: str, *, reason: str) -> None:
     coll_dir = session.vault_dir / "collections"
     new_file = f"{cid}-{new_id()[:8]}.db"
     new_key = crypto.random_key()
-    with vault_lock(session.vault_dir):
+    with vault_lock(session.vault_dir), db.write_locked(coll_dir / old_file, old_key, "collection"):
         copy_encrypted(coll_dir / old_file, old_key, coll_dir / new_file, new_key, "collection")
         try:
             with session.change("collection.rekey", collection=name, reason=reason) as extra:
@@ -372,6 +376,11 @@ def rotate_collection_key(session: Session, name: str, *, reason: str) -> None:
 def copy_encrypted(src: Path, src_key: bytes, dst: Path, dst_key: bytes | None, kind: str) -> None:
     """A consistent copy of an encrypted database (online backup), re-keyed if ``dst_key`` is given."""
     src_conn = db.connect(src, src_key, kind, migrate=False)  # type: ignore[arg-type]
+    try:
+        db.check_schema(src_conn, kind, src.name)  # type: ignore[arg-type]  (never copy a planted trigger)
+    except BaseException:
+        src_conn.close()
+        raise
     tmp = dst.with_name(dst.name + ".tmp")
     _remove_db_files(tmp)
     try:

@@ -28,7 +28,6 @@ from ..errors import (
     OfflineError, UsageError, VaultCorrupted, VaultLocked,
 )
 from . import authz, crypto, db, header as hdr, settings as vsettings, trust
-from .migrations import check_schema
 
 ROLES = ("admin", "member", "auditor")
 FAILED_UNLOCKS = "unlock-failures.jsonl"
@@ -213,7 +212,7 @@ class Session:
     def check_tables(self) -> None:
         """Raise :class:`VaultCorrupted` naming a planted schema object or the first protected row the
         signed policy does not hold."""
-        check_schema(self.db, self.header.db_file)
+        db.check_schema(self.db, "vault", self.header.db_file)
         bad = authz.first_difference(self.policy.image, authz.read_image(self.db))
         if bad:
             raise VaultCorrupted(f"{self.header.db_file}: {bad}")
@@ -232,7 +231,7 @@ class Session:
         saved = self.verifier
         with db.transaction(self.db):
             self.sync()
-            check_schema(self.db, self.header.db_file)  # a planted trigger would fire inside this change
+            db.check_schema(self.db, "vault", self.header.db_file)  # a planted trigger would fire in here
             before = authz.read_image(self.db)
             bad = authz.first_difference(self.policy.image, before)
             if bad:
@@ -438,7 +437,6 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
         raise VaultCorrupted("header.json: the vault key in this keyslot does not open") from None
     conn = db.connect(vault_dir / h.db_file, vault_key, "vault")
     try:
-        check_schema(conn, h.db_file)
         verifier = _verified_chain(vault_dir, h, user, keys, conn, use_anchor=not accept_restore)
         if root is None:  # a keyslot made before roots were pinned: pin this chain's root now
             root = _pin_root(vault_dir, user, secret, keys, verifier)
@@ -463,6 +461,9 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
         conn.close()
         raise
     session = Session(vault_dir, h, user, keys, vault_key, conn, verifier, root)
+    if row.get("keys_confirmed", 1) == 0:  # an upgraded vault: this open proves our own keys
+        with session.change("user.confirm_keys", name=user):
+            session.db.execute("UPDATE users SET keys_confirmed = 1 WHERE name = ?", (user,))
     if accept_restore:
         anchor = trust.load_state(vault_dir, user, keys.x25519, h.vault_id)
         seen = int(anchor["verifier"]["seq"]) if anchor else 0
@@ -470,10 +471,10 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
         trust.forget_anchor(vault_dir, user, h.vault_id)
     session.remember()
     _flush_failed_unlocks(session)
-    from .maintenance import finish_removals, remove_orphans
+    from .maintenance import finish_pending, remove_orphans
 
     remove_orphans(session)
-    finish_removals(session)
+    finish_pending(session)
     return session
 
 
@@ -539,12 +540,11 @@ def _adopt_legacy(conn: db.Connection, user: str, keys: UserKeys, verifier: chai
     from .legacy import check_legacy_tables
 
     with db.transaction(conn):
-        check_legacy_tables(conn, verifier)
-        if conn.execute("SELECT 1 FROM settings WHERE key = 'audit_seal_public_key'").fetchone() is None:
-            holders = {n: bytes.fromhex(p) for n, p in conn.execute(
-                "SELECT name, x25519_pub FROM users WHERE removed_at IS NULL AND role IN ('admin', 'auditor')")}
-            vault_id = str(verifier.root["vault_id"]) if verifier.root else ""
-            _install_seal_key(conn, vault_id, X25519PrivateKey.generate(), holders)
+        check_legacy_tables(conn, verifier, user)
+        # Sealed to the adopter only: the others' keys are unproven until they open the vault; an
+        # admin shares it with them afterwards (maintenance.finish_pending).
+        vault_id = str(verifier.root["vault_id"]) if verifier.root else ""
+        _install_seal_key(conn, vault_id, X25519PrivateKey.generate(), {user: keys.x25519_pub})
         changes = authz.diff(authz.Policy().image, authz.read_image(conn))
         entry = chain.append_in_transaction(conn, user, keys.ed25519, "authz.adopt", {"authz": changes}, "notice")
         verifier.feed(entry)
@@ -634,6 +634,11 @@ def add_user(session: Session, name: str, role: str, passphrase: str) -> dict[st
             h.save(session.vault_dir)
         session.header = h
     return {"name": name, "role": role, "break_glass_provisioned": provisioned}
+
+
+def share_seal_key(session: Session, name: str, x25519_pub: bytes) -> None:
+    """Give an admin or auditor the audit seal key (inside a change)."""
+    _install_seal_key(session.db, session.vault_id, _load_seal_key(session), {name: x25519_pub})
 
 
 def _share_audit_key(session: Session, name: str, x25519_pub: bytes) -> None:

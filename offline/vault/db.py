@@ -13,13 +13,13 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import sqlcipher3
 from sqlcipher3 import dbapi2
 
 from ..errors import NotFound, OfflineError, VaultCorrupted
-from .migrations import apply_migrations
+from .migrations import VEC_DDL, VEC_TABLE, apply_migrations
 
 Kind = Literal["vault", "collection"]
 Connection = dbapi2.Connection
@@ -168,6 +168,7 @@ def connect(
         factory=_Connection,
     )
     conn._path = path
+    conn._file_id = _file_id(path)
     try:
         # SQLCipher would print its own multi-line errors to stderr; ours are one line.
         conn.execute("PRAGMA cipher_log_level = NONE")
@@ -191,7 +192,92 @@ def connect(
             raise
         why = getattr(exc, "sqlite_message", None) or _short(exc)
         raise VaultCorrupted(f"{path.name}: cannot be opened or authenticated ({why})") from None
+    if migrate:
+        try:
+            check_schema(conn, kind, path.name)
+        except BaseException:
+            conn.close()
+            raise
     return conn
+
+
+_EXPECTED: dict[tuple[str, int | None], set[tuple[str, str, str, str | None]]] = {}
+
+
+def _schema(conn: Any) -> set[tuple[str, str, str, str | None]]:
+    rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    return {(str(t), str(n), str(tb), None if q is None else " ".join(str(q).split())) for t, n, tb, q in rows}
+
+
+def expected_schema(kind: Kind, vec_dim: int | None = None) -> set[tuple[str, str, str, str | None]]:
+    """The schema the kit's migrations (and, for a collection, its vector table) produce, built once
+    in memory from the same SQL by the same SQLite."""
+    key = (kind, vec_dim)
+    if key not in _EXPECTED:
+        mem = sqlcipher3.connect(":memory:", isolation_level=None, factory=_Connection)
+        try:
+            _load_vec(mem)
+            apply_migrations(mem, kind)
+            if vec_dim is not None:
+                mem.execute(VEC_DDL.format(dim=int(vec_dim)))
+            _EXPECTED[key] = _schema(mem)
+        finally:
+            mem.close()
+    return _EXPECTED[key]
+
+
+def check_schema(conn: Connection, kind: Kind, label: str) -> None:
+    """Refuse a database whose schema is not exactly the kit's: no planted trigger, view or index.
+
+    Every member holds the vault key, and every reader a collection's key, so either can run
+    ``CREATE TRIGGER``. A trigger on ``grants`` would fire inside an admin's own signed change; one
+    on ``documents`` could keep a copy of what an erasure deletes. Checked at every open, and
+    around every authorization change.
+    """
+    dim = None
+    if kind == "collection":
+        has_vec = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (VEC_TABLE,)).fetchone()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'embed_dim'").fetchone() if has_vec else None
+        try:
+            dim = int(row[0]) if row else (0 if has_vec else None)
+        except (TypeError, ValueError):
+            dim = 0
+    have = _schema(conn)
+    try:
+        want = expected_schema(kind, dim or None) if dim != 0 else None
+    except DatabaseError:
+        want = None
+    if want is None:
+        raise VaultCorrupted(f"{label}: its vector table does not match its recorded dimension")
+    extra = sorted(have - want, key=lambda r: (r[0], r[1]))
+    missing = sorted(want - have, key=lambda r: (r[0], r[1]))
+    if extra:
+        raise VaultCorrupted(f"{label}: {extra[0][0]} {extra[0][1]!r} is not part of this kit's schema "
+                             "(added outside the kit)")
+    if missing:
+        raise VaultCorrupted(f"{label}: {missing[0][0]} {missing[0][1]!r} of this kit's schema is missing or changed")
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def write_locked(path: Path, key: bytes, kind: Kind) -> Iterator[None]:
+    """Hold ``path``'s write lock (``BEGIN IMMEDIATE``) for a rotation: nobody commits to the old
+    file while it is copied and retired; writers waiting then find it replaced (see transaction)."""
+    conn = connect(path, key, kind, migrate=False)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            conn.execute("ROLLBACK")
+        conn.close()
 
 
 def _load_vec(conn: Connection) -> None:
@@ -225,6 +311,13 @@ def transaction(conn: Connection, *, retries: int = 50) -> Iterator[Connection]:
             time.sleep(min(0.05 * (attempt + 1), 1.0))
     else:
         conn.execute("BEGIN IMMEDIATE")
+    path, opened = getattr(conn, "_path", None), getattr(conn, "_file_id", None)
+    if path is not None and opened is not None and _file_id(path) != opened:
+        # A key rotation held this lock, copied the file under a new key and removed this one:
+        # whatever we wrote now would land in a deleted file and be lost.
+        conn.execute("ROLLBACK")
+        raise OfflineError(f"{Path(path).name} was re-keyed while this command ran; nothing was written, "
+                           "run it again")
     try:
         yield conn
     except BaseException:

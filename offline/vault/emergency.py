@@ -68,11 +68,12 @@ def _box_aad(vault_id: str, collection_id: str, file: str, what: str) -> bytes:
 
 
 def _seal_blob(session: Session, cid: str, file: str, key: bytes, k_bg: bytes, k_e: bytes,
-               salt: bytes, code_box: str) -> str:
+               salt: bytes, code_box: str, to: list[str] | None) -> str:
     kek = _hkdf(k_bg + k_e, salt, f"break-glass-key|{session.vault_id}|{cid}")
     key_box = crypto.b64e(crypto.seal(kek, key, _box_aad(session.vault_id, cid, file, "key")))
+    # ``to``: the users an admin chose (None: every admin and member, later enrolments included).
     return json.dumps({"v": 1, "salt": base64.b64encode(salt).decode(), "code_box": code_box,
-                       "key_box": key_box}, sort_keys=True)
+                       "key_box": key_box, "to": to}, sort_keys=True)
 
 
 def provisioned_users(session: Session, cid: str) -> list[str]:
@@ -99,15 +100,19 @@ def enable(session: Session, cid: str, file: str, key: bytes, users: list[str] |
     db = session.db
     db.execute("DELETE FROM vault_keys WHERE purpose IN (?, ?)", (user_purpose(cid), code_purpose(cid)))
     for u in sorted(set(chosen) | set(pol.users("admin"))):  # admins keep K_bg to provision later users
-        pub = bytes.fromhex(eligible[u]["x25519_pub"])
+        pub = pol.wrap_pub(u)
+        if pub is None:
+            continue
         db.execute("INSERT INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
                    (user_purpose(cid), u, crypto.wrap_to(pub, k_bg, _ctx(session.vault_id, cid, u, "user"))))
-    for u, row in pol.users("admin").items():
+    for u in pol.users("admin"):
+        pub = pol.wrap_pub(u)
+        if pub is None:
+            continue
         db.execute("INSERT INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
-                   (code_purpose(cid), u, crypto.wrap_to(bytes.fromhex(row["x25519_pub"]), k_e,
-                                                         _ctx(session.vault_id, cid, u, "code"))))
+                   (code_purpose(cid), u, crypto.wrap_to(pub, k_e, _ctx(session.vault_id, cid, u, "code"))))
     db.execute("UPDATE collections SET break_glass = 1, emergency = ? WHERE id = ?",
-               (_seal_blob(session, cid, file, key, k_bg, k_e, salt, code_box), cid))
+               (_seal_blob(session, cid, file, key, k_bg, k_e, salt, code_box, None if users is None else chosen), cid))
     return code, sorted(set(chosen) | set(pol.users("admin")))
 
 
@@ -138,7 +143,7 @@ def reseal(session: Session, cid: str, new_file: str, new_key: bytes) -> None:
     k_bg, k_e = _custodian_keys(session, cid)
     session.db.execute("UPDATE collections SET emergency = ? WHERE id = ?",
                        (_seal_blob(session, cid, new_file, new_key, k_bg, k_e,
-                                   base64.b64decode(blob["salt"]), blob["code_box"]), cid))
+                                   base64.b64decode(blob["salt"]), blob["code_box"], blob.get("to")), cid))
 
 
 def provision_user(session: Session, name: str, x25519_pub: bytes) -> list[str]:
@@ -149,6 +154,9 @@ def provision_user(session: Session, name: str, x25519_pub: bytes) -> list[str]:
         if not row.get("emergency"):
             continue
         cid = json.loads(k)[0]
+        stored = session.db.execute("SELECT emergency FROM collections WHERE id = ?", (cid,)).fetchone()
+        if role != "admin" and json.loads(stored[0]).get("to") is not None:
+            continue  # break-glass was given to named users only: a new member is not one of them
         k_bg, k_e = _custodian_keys(session, cid)
         session.db.execute("INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
                            (user_purpose(cid), name,

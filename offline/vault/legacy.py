@@ -55,7 +55,7 @@ def _replay(conn: Any, verifier: chain.Verifier) -> tuple[dict[tuple[str, str], 
     return grants, settings
 
 
-def check_legacy_tables(conn: Any, verifier: chain.Verifier) -> None:
+def check_legacy_tables(conn: Any, verifier: chain.Verifier, adopter: str) -> None:
     """Inside the adopt transaction: refuse tampered rows; drop old break-glass wraps."""
     enrolled = {u: k for u, k in verifier.keys.items()}
     active = {}
@@ -90,5 +90,13 @@ def check_legacy_tables(conn: Any, verifier: chain.Verifier) -> None:
             fixed = DEFAULTS[key]
         if fixed != value:
             conn.execute("UPDATE settings SET value = ? WHERE key = ?", (fixed, key))
+    # The old kit had no audit seal key: one here was planted, to have every question sealed to it.
+    for table, where in (("settings", "key = 'audit_seal_public_key'"), ("vault_keys", "purpose = 'audit-seal'")):
+        if conn.execute(f"SELECT 1 FROM {table} WHERE {where}").fetchone():  # noqa: S608 (fixed names)
+            raise _refuse(table, ["audit_seal_public_key" if table == "settings" else "audit-seal"],
+                          "an audit seal key in a vault made before there were any")
     conn.execute("DELETE FROM vault_keys WHERE purpose LIKE 'break-glass:%'")
+    # Nobody but the adopting admin has proved their X25519 key (the old chain never recorded it):
+    # each confirms at their first open; until then no new key is wrapped to them.
+    conn.execute("UPDATE users SET keys_confirmed = 0 WHERE name != ?", (adopter,))
     conn.execute("UPDATE collections SET break_glass = 0")

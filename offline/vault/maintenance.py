@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import OfflineError, UsageError, VaultCorrupted
 from . import crypto, db, header as hdr, trust
 from .collections import _remove_db_files, collection_key_context, collection_key_for_admin, copy_encrypted
-from .core import Session, new_id, vault_key_context, vault_lock
+from .core import SEAL_PURPOSE, Session, new_id, share_seal_key, vault_key_context, vault_lock
 
 
 def check_vault(session: Session) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def rekey_vault(session: Session) -> dict[str, Any]:
     session.require_role("admin", action="re-keying the vault")
     vault_dir = session.vault_dir
     coll_dir = vault_dir / "collections"
-    with vault_lock(vault_dir):
+    with vault_lock(vault_dir), contextlib.ExitStack() as locks:
         rows = [(cid, r["name"], r["file"]) for cid, r in
                 ((json.loads(k)[0], r) for k, r in session.policy.image["collections"].items())]
         new_files: list[Path] = []
@@ -123,6 +123,8 @@ def rekey_vault(session: Session) -> dict[str, Any]:
             plan = []
             for cid, name, file in rows:
                 _, _, old_key = collection_key_for_admin(session, name)
+                # No write may commit to the old file between its copy and its retirement.
+                locks.enter_context(db.write_locked(coll_dir / file, old_key, "collection"))
                 new_key, new_file = crypto.random_key(), f"{cid}-{new_id()[:8]}.db"
                 copy_encrypted(coll_dir / file, old_key, coll_dir / new_file, new_key, "collection")
                 new_files.append(coll_dir / new_file)
@@ -135,15 +137,16 @@ def rekey_vault(session: Session) -> dict[str, Any]:
                     if session.policy.row("collections", cid)["file"] != old_file:
                         raise OfflineError("a collection changed while the vault was being re-keyed; try again")
                     holders = session.policy.key_holders(cid)
-                    users = session.policy.users()
                     session.db.execute("UPDATE collections SET file = ? WHERE id = ?", (new_file, cid))
                     session.db.execute("DELETE FROM collection_keys WHERE collection_id = ?", (cid,))
                     for user in holders:
+                        pub = session.policy.wrap_pub(user)
+                        if pub is None:
+                            continue
                         session.db.execute(
                             "INSERT INTO collection_keys(collection_id, user, wrapped) VALUES (?, ?, ?)",
-                            (cid, user, crypto.wrap_to(bytes.fromhex(users[user]["x25519_pub"]), key,
-                                                       collection_key_context(session.vault_id, cid, new_file,
-                                                                              user))))
+                            (cid, user, crypto.wrap_to(pub, key, collection_key_context(session.vault_id, cid,
+                                                                                       new_file, user))))
                     reseal(session, cid, new_file, key)
         except BaseException:
             for f in new_files:
@@ -167,14 +170,26 @@ def rotate_vault_db_key(session: Session, *, reason: str) -> dict[str, Any]:
     return {"db_file": new_db_file}
 
 
-def finish_removals(session: Session) -> list[str]:
-    """An admin's open: keyslots of users the signed state no longer enrols go, with a vault key rotation.
+def finish_pending(session: Session) -> list[str]:
+    """An admin's open finishes what may be pending (nothing for anyone else).
 
-    ``users remove`` drops the keyslot in the same header swap that rotates the vault key; a process
-    killed between the removal entry and that swap leaves the slot, and this completes it.
+    - Keyslots of users the signed state no longer enrols go, with a vault key rotation: ``users
+      remove`` drops the slot in the same header swap that rotates the key, and a process killed in
+      between leaves it.
+    - Admins and auditors of an upgraded vault who have since confirmed their keys get the audit
+      seal key, which was sealed to the adopting admin alone.
     """
-    stale = [u for u in session.header.slots if session.policy.user(u) is None]
-    if stale and session.role == "admin":
+    if session.role != "admin":
+        return []
+    pol = session.policy
+    waiting = [u for u in pol.users("admin", "auditor")
+               if pol.row("vault_keys", SEAL_PURPOSE, u) is None and pol.wrap_pub(u) is not None]
+    if waiting and pol.row("vault_keys", SEAL_PURPOSE, session.user) is not None:
+        with session.change("audit.seal_key.share", users=waiting):
+            for u in waiting:
+                share_seal_key(session, u, pol.wrap_pub(u))  # type: ignore[arg-type]
+    stale = [u for u in session.header.slots if pol.user(u) is None]
+    if stale:
         rotate_vault_db_key(session, reason=f"finishing the removal of {', '.join(sorted(stale))}")
     return stale
 
@@ -190,6 +205,12 @@ def _switch_vault_key(session: Session) -> str:
     session.sync()
     new_vault_key = crypto.random_key()
     new_db_file = f"vault-{new_id()[:8]}.db"
+    with db.write_locked(vault_dir / h.db_file, session.vault_key, "vault"):
+        return _switch_locked(session, h, new_vault_key, new_db_file)
+
+
+def _switch_locked(session: Session, h: hdr.Header, new_vault_key: bytes, new_db_file: str) -> str:
+    vault_dir = session.vault_dir
     try:
         copy_encrypted(vault_dir / h.db_file, session.vault_key, vault_dir / new_db_file, new_vault_key, "vault")
         new_h = hdr.Header(vault_id=h.vault_id, db_file=new_db_file, created_at=h.created_at,

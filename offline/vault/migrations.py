@@ -158,6 +158,14 @@ VAULT_MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE collections ADD COLUMN emergency TEXT;
         """,
     ),
+    (
+        # Keys of users enrolled before signed authorization are taken from a table anyone could
+        # edit: until such a user proves them by opening the vault once, nothing is wrapped to them.
+        "0007_keys_confirmed",
+        """
+        ALTER TABLE users ADD COLUMN keys_confirmed INTEGER NOT NULL DEFAULT 1;
+        """,
+    ),
 ]
 
 COLLECTION_MIGRATIONS: list[tuple[str, str]] = [
@@ -261,40 +269,8 @@ def apply_migrations(conn: Connection, kind: str) -> list[str]:
     return done
 
 
-_EXPECTED: dict[str, set[tuple[str, str, str, str | None]]] = {}
-
-
-def _schema(conn: Connection | object) -> set[tuple[str, str, str, str | None]]:
-    rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()  # type: ignore[attr-defined]
-    return {(str(t), str(n), str(tb), None if q is None else " ".join(str(q).split())) for t, n, tb, q in rows}
-
-
-def expected_schema(kind: str) -> set[tuple[str, str, str, str | None]]:
-    """The schema every migration of ``kind`` produces, built once in memory from the same SQL."""
-    if kind not in _EXPECTED:
-        import sqlcipher3
-
-        mem = sqlcipher3.connect(":memory:", isolation_level=None)
-        try:
-            apply_migrations(mem, kind)  # type: ignore[arg-type]
-            _EXPECTED[kind] = _schema(mem)
-        finally:
-            mem.close()
-    return _EXPECTED[kind]
-
-
-def check_schema(conn: Connection, label: str) -> None:
-    """Refuse a vault database whose schema is not exactly the kit's: no planted trigger or view.
-
-    Every member can run ``CREATE TRIGGER`` with the vault key. A trigger on ``grants`` that
-    promotes its author would fire inside an admin's own signed change, and the admin's entry
-    would then carry the attacker's rows: so the schema itself is checked, every open and around
-    every change.
-    """
-    extra = sorted(_schema(conn) - expected_schema("vault"), key=lambda r: (r[0], r[1]))
-    missing = sorted(expected_schema("vault") - _schema(conn), key=lambda r: (r[0], r[1]))
-    if extra:
-        raise VaultCorrupted(f"{label}: {extra[0][0]} {extra[0][1]!r} is not part of this kit's schema "
-                             "(added outside the kit)")
-    if missing:
-        raise VaultCorrupted(f"{label}: {missing[0][0]} {missing[0][1]!r} of this kit's schema is missing or changed")
+# The collection's vector table, created on first ingest (vec0 needs the dimension): part of the
+# schema like the migrations, so the schema check knows it (offline.retrieval.index creates it).
+VEC_TABLE = "vec_chunks"
+VEC_DDL = ("CREATE VIRTUAL TABLE " + VEC_TABLE + " USING vec0("
+           "embedding float[{dim}] distance_metric=cosine, label text, doc_id integer)")

@@ -78,8 +78,12 @@ def state_path(vault_dir: Path, user: str) -> Path:
 
 
 def anchor_path(vault_dir: Path, user: str, vault_id: str) -> Path:
-    """The copy outside the vault folder, per vault location (a backup opened where it lies is another)."""
-    where = hashlib.sha256(str(Path(vault_dir).resolve()).encode()).hexdigest()[:16]
+    """The copy outside the vault folder, per vault location (a backup opened where it lies is another).
+
+    The path as given, not resolved: a symlink planted at the vault's path, pointing at an older
+    copy elsewhere, must still meet the memory of the path the user always opens.
+    """
+    where = hashlib.sha256(os.path.abspath(vault_dir).encode()).hexdigest()[:16]
     return config.home() / "seen" / f"{vault_id}-{where}" / f"{user}.state"
 
 
