@@ -196,18 +196,24 @@ def save_adapter(session: Session, name: str, gguf_bytes: bytes, *, base_model: 
     return info
 
 
-def share_adapter(session: Session, name: str, user: str) -> dict[str, Any]:
-    """Let ``user`` use adapter ``name`` (its creator, or an admin who can read it): a signed key wrap.
-
-    An adapter trained on collections is shared only with users whose grants cover all its sources.
-    """
+def _owned(session: Session, name: str, what: str, verb: str) -> dict[str, Any]:
+    """The adapter's row, if the caller is an admin or its creator (else audited and denied)."""
     found = _fetch(session, name)
     if found is None:
         raise NotFound(f"no such adapter: {name!r}")
     info = found[0]
     if session.role != "admin" and info["created_by"] != session.user:
-        session.audit("access.denied", severity="warning", adapter=name, what="finetune.share")
-        raise AccessDenied(f"access denied: sharing adapter {name!r} needs admin or its creator")
+        session.audit("access.denied", severity="warning", adapter=name, what=what)
+        raise AccessDenied(f"access denied: {verb} adapter {name!r} needs admin or its creator")
+    return info
+
+
+def share_adapter(session: Session, name: str, user: str) -> dict[str, Any]:
+    """Let ``user`` use adapter ``name`` (its creator, or an admin who can read it): a signed key wrap.
+
+    An adapter trained on collections is shared only with users whose grants cover all its sources.
+    """
+    info = _owned(session, name, "finetune.share", "sharing")
     if session.policy.role(user) not in ("admin", "member"):
         raise NotFound(f"no such user: {user!r}" if session.policy.user(user) is None
                        else f"{user!r} is an auditor: auditors never use adapters")
@@ -339,13 +345,7 @@ def open_adapter(session: Session, name: str) -> Iterator[tuple[Path, dict[str, 
 
 def remove_adapter(session: Session, name: str) -> dict[str, Any]:
     """Delete an adapter (admin or its creator): the row with its key, then the ciphertext."""
-    found = _fetch(session, name)
-    if found is None:
-        raise NotFound(f"no such adapter: {name!r}")
-    info = found[0]
-    if session.role != "admin" and info["created_by"] != session.user:
-        session.audit("access.denied", severity="warning", adapter=name, what="finetune.rm")
-        raise AccessDenied(f"access denied: removing adapter {name!r} needs admin or its creator")
+    info = _owned(session, name, "finetune.rm", "removing")
     with session.change("finetune.rm", adapter=name, adapter_id=info["id"], adapter_sha256=info["sha256"]):
         session.db.execute("DELETE FROM adapter_keys WHERE adapter_id = ?", (info["id"],))
         session.db.execute("DELETE FROM adapters WHERE id = ?", (info["id"],))
