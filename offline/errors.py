@@ -1,7 +1,7 @@
 """The one exception hierarchy of the kit.
 
 Every error a user can cause or meet is an :class:`OfflineError`; its ``exit_code`` follows the
-contract in DESIGN.md (1 operational, 2 usage, 3 authentication/locked, 4 access denied,
+contract in the README's command reference (1 operational, 2 usage, 3 authentication/locked, 4 access denied,
 5 integrity). The CLI turns these into one ``Error: ...`` line; the library never exits.
 """
 

@@ -1,4 +1,4 @@
-"""The command line's surface: help texts, and the exact error lines and exit codes of DESIGN.md."""
+"""The command line's surface: help texts, and the exact error lines and exit codes the README promises."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def connect(vault: Path, user: str, timeout: float = 5.0) -> socket.socket | Non
     folder = paths.agent_dir(vault, user)
     if not paths.is_private_dir(folder):
         return None
-    path = folder / paths.SOCKET_NAME
+    path = paths.socket_path(folder)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -222,6 +223,26 @@ def route(ctx: Any, app: Any) -> None:
 
 # -- starting -----------------------------------------------------------------------------------
 
+def _lines_until(stream: Any, deadline: float) -> Iterator[bytes]:
+    """Lines of the agent's handshake, giving up at ``deadline``: a hung start never hangs the client."""
+    import selectors
+
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(timeout=left):
+                return
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield line
+
+
 def unlock(vault: Path, user: str, passphrase: Callable[[], str], idle_s: float | None = None,
            preload: bool = True) -> dict[str, Any]:
     """Start the agent for (vault, user) unless one runs; return its status.
@@ -253,8 +274,9 @@ def unlock(vault: Path, user: str, passphrase: Callable[[], str], idle_s: float 
         pass
     del secret
     result: dict[str, Any] | None = None
+    deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        for line in proc.stdout:
+        for line in _lines_until(proc.stdout, deadline):
             msg = json.loads(line)
             if msg.get("event") == "error":
                 proc.wait(timeout=30)
@@ -269,5 +291,7 @@ def unlock(vault: Path, user: str, passphrase: Callable[[], str], idle_s: float 
     if result is None:
         with contextlib.suppress(OSError):
             proc.kill()
-        raise OfflineError("the agent failed to start")
+        late = time.monotonic() >= deadline
+        raise OfflineError(f"the agent did not start within {START_TIMEOUT_S:.0f} s" if late
+                           else "the agent failed to start")
     return {**status(vault, user), "already": False}

@@ -27,8 +27,9 @@ def agent_dir(vault: Path, user: str) -> Path:
     return config.runtime_dir() / f"agent-{agent_key(vault, user)}"
 
 
-def socket_path(vault: Path, user: str) -> Path:
-    return agent_dir(vault, user) / SOCKET_NAME
+def socket_path(folder: Path) -> Path:
+    """The agent's socket inside its private folder (client and server both ask here)."""
+    return folder / SOCKET_NAME
 
 
 def is_private_dir(path: Path) -> bool:

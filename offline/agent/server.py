@@ -118,7 +118,7 @@ class Agent:
         self.user = user
         self.idle_s = float(idle_s)
         self.folder = folder
-        self.sock_path = folder / paths.SOCKET_NAME
+        self.sock_path = paths.socket_path(folder)
         self.since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.started = time.monotonic()
         self.last_use = time.monotonic()

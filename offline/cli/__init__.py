@@ -1,7 +1,7 @@
 """The ``offline`` command line: parsing and formatting only; every action is a library call.
 
 Library errors (:class:`offline.errors.OfflineError`) become one ``Error: ...`` line on stderr and
-the exit code from DESIGN.md; ``--verbose`` adds the traceback.
+the exit code of the README's command reference; ``--verbose`` adds the traceback.
 """
 
 from __future__ import annotations

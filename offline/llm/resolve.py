@@ -6,8 +6,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import config
-from ..errors import NotFound
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _sha_cache: dict[tuple[str, int, int], str] = {}
@@ -35,26 +33,15 @@ def _sha256(path: Path) -> str:
 
 
 def resolve_generate_model(name: str | None) -> GenModel:
-    """Resolve ``name`` (None = the default) through :func:`offline.models.resolve_model`.
+    """Resolve ``name`` (None = the default) through the model registry (hash-verified, pinned).
 
-    Until the registry exists, fall back to the default SmolLM2 GGUF in the models folder.
-    A path to a ``.gguf`` file is accepted too (it is hashed, not trusted by name).
+    A path to a ``.gguf`` file is accepted too (it is hashed, not trusted by name). There is no
+    fallback: a registry that cannot be read is an error, never a reason to serve an unverified file.
     """
-    try:
-        from ..models import resolve_model  # type: ignore[attr-defined]
-    except ImportError:
-        resolve_model = None
+    from ..models import resolve_model
+
     if name and name.endswith(".gguf") and Path(name).is_file():
         p = Path(name).resolve()
         return GenModel(p.name, p, _sha256(p))
-    if resolve_model is not None:
-        info = resolve_model(name, "generate")
-        return GenModel(info.name, Path(info.path), info.sha256)
-    if name not in (None, "", "smollm2-135m-instruct"):
-        raise NotFound(f"no such model: {name!r}")
-    path = config.models_dir() / DEFAULT_GGUF
-    if not path.is_file():
-        path = config.REPO_ROOT / "models" / DEFAULT_GGUF
-    if not path.is_file():
-        raise NotFound(f"default model not found: {DEFAULT_GGUF} (run `offline models fetch`)")
-    return GenModel("smollm2-135m-instruct", path, _sha256(path))
+    info = resolve_model(name, "generate")
+    return GenModel(info.name, Path(info.path), info.sha256)

@@ -17,7 +17,8 @@ def get_embedder(model_name: str | None = None):  # noqa: ANN201 - lazy re-expor
 
 
 def warm(session, collections: list[str] | None = None) -> dict[str, int]:  # noqa: ANN001
-    """Load the in-memory vector index of each readable collection (the agent calls this once)."""
+    """Load the in-memory vector index of each readable collection now (benchmarks use it to start
+    warm; in normal use a collection warms itself on its second query, see ``index.WARM_AFTER_QUERIES``)."""
     from ..vault.collections import open_collection, readable_collections
     from .index import has_vectors, warm_index
 
@@ -30,7 +31,7 @@ def warm(session, collections: list[str] | None = None) -> dict[str, int]:  # no
 
 
 def forget(session) -> None:  # noqa: ANN001
-    """Drop the session's warm in-memory vectors (the agent calls this when it locks)."""
+    """Drop the session's warm in-memory vectors now (they also go with the session when it closes)."""
     from .index import forget as _forget
 
     _forget(session)
