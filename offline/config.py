@@ -35,16 +35,41 @@ def home() -> Path:
     return Path(user_data_dir("offline", appauthor=False))
 
 
+CONFIG_FILE = "config.toml"
+
+
+def user_config() -> dict[str, str]:
+    """``OFFLINE_HOME/config.toml`` (written by ``scripts/setup``): ``models_dir``, ``vault``, ``user``.
+
+    Lets an installed kit find its models and vault with no environment variables. A file that
+    does not parse is ignored with no guess at what it meant (environment and defaults still apply).
+    """
+    import tomllib
+
+    try:
+        with (home() / CONFIG_FILE).open("rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return {k: str(v) for k, v in doc.items() if k in ("models_dir", "vault", "user") and isinstance(v, str)}
+
+
 def default_vault_path() -> Path:
-    """``OFFLINE_VAULT``, else ``OFFLINE_HOME/vault``."""
-    env = os.environ.get(ENV_VAULT)
+    """``OFFLINE_VAULT``, else ``vault`` in the user's config file, else ``OFFLINE_HOME/vault``."""
+    env = os.environ.get(ENV_VAULT) or user_config().get("vault")
     return Path(env).expanduser() if env else home() / "vault"
 
 
 def models_dir() -> Path:
-    """Where model files live: ``OFFLINE_MODELS_DIR``, else ``OFFLINE_HOME/models``."""
-    env = os.environ.get(ENV_MODELS)
-    return Path(env).expanduser() if env else home() / "models"
+    """Where model files live: ``OFFLINE_MODELS_DIR``, else ``models_dir`` in the user's config file,
+    else ``OFFLINE_HOME/models`` once something was put there, else the install's own ``models/``."""
+    env = os.environ.get(ENV_MODELS) or user_config().get("models_dir")
+    if env:
+        return Path(env).expanduser()
+    own = home() / "models"
+    if own.is_dir() and any(own.iterdir()):
+        return own
+    return REPO_ROOT / "models" if (REPO_ROOT / "models" / "manifest.toml").is_file() else own
 
 
 def runtime_dir() -> Path:
@@ -53,8 +78,8 @@ def runtime_dir() -> Path:
 
 
 def default_user() -> str:
-    """``OFFLINE_USER``, else the login name."""
-    env = os.environ.get(ENV_USER)
+    """``OFFLINE_USER``, else ``user`` in the user's config file, else the login name."""
+    env = os.environ.get(ENV_USER) or user_config().get("user")
     if env:
         return env
     try:

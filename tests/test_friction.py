@@ -40,3 +40,33 @@ def test_destructive_commands_confirm(cli, admin_session):
     assert "carol" in cli(["users", "list"]).output
     r = cli(["users", "remove", "carol"], input="y\n")
     assert r.exit_code == 0 and "rotated the vault key" in r.output
+
+
+def test_config_file_finds_models_vault_and_user(offline_home: Path, monkeypatch, tmp_path: Path):
+    from offline import config
+
+    monkeypatch.delenv("OFFLINE_MODELS_DIR", raising=False)
+    offline_home.mkdir(parents=True, exist_ok=True)
+    (offline_home / "config.toml").write_text(
+        f'models_dir = "{tmp_path / "m"}"\nvault = "{tmp_path / "v"}"\nuser = "nurse"\n')
+    assert config.models_dir() == tmp_path / "m"
+    assert config.default_vault_path() == tmp_path / "v"
+    assert config.default_user() == "nurse"
+    monkeypatch.setenv("OFFLINE_USER", "alice")  # the environment still wins
+    assert config.default_user() == "alice"
+    (offline_home / "config.toml").write_text("models_dir = [broken")
+    assert config.default_vault_path() == offline_home / "vault"  # ignored, not guessed at
+    (offline_home / "config.toml").unlink()
+    assert config.models_dir() == config.REPO_ROOT / "models"  # the install's own models
+
+
+def test_weak_passphrases_are_refused_with_advice(cli, vault_dir: Path):
+    for weak in ("password", "aaaaaaaaaa", "alice123"):
+        r = cli(["init"], env={"OFFLINE_NEW_PASSPHRASE": weak})
+        assert r.exit_code == 2 and r.output.startswith("Error: passphrase too easy to guess ("), r.output
+        assert not vault_dir.exists()
+    r = cli(["init", "--allow-weak"], env={"OFFLINE_NEW_PASSPHRASE": "aaaaaaaaaa"})
+    assert r.exit_code == 0, r.output
+    r = cli(["users", "add", "dora"], user="alice", env={"OFFLINE_PASSPHRASE": "aaaaaaaaaa",
+                                                          "OFFLINE_NEW_PASSPHRASE": "dora2024"})
+    assert r.exit_code == 2 and "too easy to guess" in r.output

@@ -50,7 +50,7 @@ class App:
             )
         return click.prompt(f"{prompt} for {self.user_name}", hide_input=True)
 
-    def new_passphrase(self, file: str | None = None, who: str | None = None) -> str:
+    def new_passphrase(self, file: str | None = None, who: str | None = None, allow_weak: bool = False) -> str:
         """A new passphrase: ``--new-passphrase-file``, ``OFFLINE_NEW_PASSPHRASE``, else asked twice."""
         path = file or os.environ.get(config.ENV_NEW_PASSPHRASE_FILE)
         if path:
@@ -63,8 +63,9 @@ class App:
             )
         else:
             raise UsageError("no new passphrase: use --new-passphrase-file or OFFLINE_NEW_PASSPHRASE")
-        if len(value) < 8:
-            raise UsageError("passphrase too short: use at least 8 characters")
+        from ..vault.passphrase import check_new_passphrase
+
+        check_new_passphrase(value, user=who or self.user_name, allow_weak=allow_weak)
         return value
 
     def break_glass_code(self) -> str:

@@ -8,19 +8,25 @@ import click
 
 from .app import App, table
 
-new_pass_opt = click.option("--new-passphrase-file", type=click.Path(dir_okay=False),
-                            envvar="OFFLINE_NEW_PASSPHRASE_FILE",
-                            help="File holding the new passphrase. [env: OFFLINE_NEW_PASSPHRASE_FILE]")
+_new_pass_file = click.option("--new-passphrase-file", type=click.Path(dir_okay=False),
+                              envvar="OFFLINE_NEW_PASSPHRASE_FILE",
+                              help="File holding the new passphrase. [env: OFFLINE_NEW_PASSPHRASE_FILE]")
+_allow_weak = click.option("--allow-weak", is_flag=True,
+                           help="Accept a passphrase zxcvbn rates guessable (test vaults only).")
+
+
+def new_pass_opt(f):  # noqa: ANN001, ANN201 (a decorator)
+    return _new_pass_file(_allow_weak(f))
 
 
 @click.command()
 @new_pass_opt
 @click.pass_obj
-def init(app: App, new_passphrase_file: str | None) -> None:
+def init(app: App, new_passphrase_file: str | None, allow_weak: bool) -> None:
     """Create a vault; the current user becomes its first admin."""
     from ..vault import create_vault
 
-    passphrase = app.new_passphrase(new_passphrase_file)
+    passphrase = app.new_passphrase(new_passphrase_file, allow_weak=allow_weak)
     session = create_vault(app.vault_path, app.user_name, passphrase)
     fingerprint = session.fingerprint
     session.close()
@@ -103,12 +109,12 @@ def users() -> None:
 @click.option("--role", type=click.Choice(["admin", "member", "auditor"]), default="member", show_default=True)
 @new_pass_opt
 @click.pass_obj
-def users_add(app: App, name: str, role: str, new_passphrase_file: str | None) -> None:
+def users_add(app: App, name: str, role: str, new_passphrase_file: str | None, allow_weak: bool) -> None:
     """Enrol NAME with their own passphrase (admin)."""
     from ..vault import add_user
 
     session = app.session()
-    result = add_user(session, name, role, app.new_passphrase(new_passphrase_file, who=name))
+    result = add_user(session, name, role, app.new_passphrase(new_passphrase_file, who=name, allow_weak=allow_weak))
 
     def text(r: dict) -> str:
         out = f"Added {r['role']} {r['name']}."
@@ -148,12 +154,12 @@ def users_remove(app: App, name: str, yes: bool) -> None:
 @users.command("passwd")
 @new_pass_opt
 @click.pass_obj
-def users_passwd(app: App, new_passphrase_file: str | None) -> None:
+def users_passwd(app: App, new_passphrase_file: str | None, allow_weak: bool) -> None:
     """Change your own passphrase (re-wraps only your keyslot)."""
     from ..vault import change_passphrase
 
     session = app.session()
-    change_passphrase(session, app.new_passphrase(new_passphrase_file))
+    change_passphrase(session, app.new_passphrase(new_passphrase_file, allow_weak=allow_weak))
     app.emit({"user": session.user, "changed": True}, lambda d: f"Passphrase changed for {d['user']}.")
 
 
