@@ -86,6 +86,11 @@ class App:
             from ..vault import open_session
 
             self._session = open_session(self.vault_path, self.user_name, self.passphrase)
+            from ..gdpr.journal import backup_warning
+
+            warning = backup_warning(self._session)  # a backup restored after an erasure made here
+            if warning:
+                click.echo(warning, err=True)
         return self._session
 
     def close(self) -> None:

@@ -59,26 +59,33 @@ def _ingest_text(r: dict[str, Any]) -> str:
               help="Per-file parsing time limit in seconds.")
 @click.option("--subject-field", help="CSV column or JSON field (dotted path) holding each row's subject id:"
               " every row becomes its own document tagged with it (see offline.gdpr.subjects).")
+@click.option("--allow-erased", is_flag=True, help="Ingest even what brings back erased data (needs --reason;"
+              " audited, high severity).")
+@click.option("--reason", type=TEXT, help="Why erased data may come back (with --allow-erased).")
 @click.pass_obj
 def ingest(app: App, paths: tuple[str, ...], collection: str, label: str | None, subjects: tuple[str, ...],
-           max_mb: float, timeout: float, subject_field: str | None) -> None:
+           max_mb: float, timeout: float, subject_field: str | None, allow_erased: bool, reason: str | None) -> None:
     """Add files and folders (.txt .md .html .pdf .docx .csv .json .jsonl) to COLLECTION."""
     from ..errors import OfflineError
+    from ..gdpr.journal import check_allow
     from ..ingest import ingest_paths
 
+    allow = check_allow(allow_erased, reason)
     session = app.session()
     if subject_field is not None:
         from ..gdpr.subjects import ingest_with_subject_field
 
         report = ingest_with_subject_field(session, list(paths), collection, subject_field, label=label,
-                                           subjects=subjects, max_bytes=int(max_mb * 1024 * 1024))
+                                           subjects=subjects, max_bytes=int(max_mb * 1024 * 1024),
+                                           allow_erased_reason=allow)
         app.emit(report, _ingest_text)
         if report["failed"]:
             raise OfflineError(f"{len(report['failed'])} row(s) failed; the others were ingested")
         return
     with _progress_bar(sys.stderr.isatty()) as progress:
         report = ingest_paths(session, list(paths), collection, label=label, subjects=subjects,
-                              max_bytes=int(max_mb * 1024 * 1024), timeout_s=timeout, progress=progress)
+                              max_bytes=int(max_mb * 1024 * 1024), timeout_s=timeout, progress=progress,
+                              allow_erased_reason=allow)
     app.emit(report, _ingest_text)
     if report["failed"]:
         raise OfflineError(f"{len(report['failed'])} file(s) failed; the others were ingested")

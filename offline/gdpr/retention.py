@@ -91,6 +91,14 @@ def effective_days(policy: dict[str, Any], collection: str, label: str) -> int |
     return min(found) if found else None
 
 
+def retention_start(doc: dict[str, Any]) -> str:
+    """When a document's retention clock started: its own date (``meta.document_date``, found at
+    ingest), else its first ingest (``meta.first_ingested_at``, kept across re-ingests), else
+    ``ingested_at``. So re-ingesting unchanged content never resets the clock."""
+    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+    return str(meta.get("document_date") or meta.get("first_ingested_at") or doc["ingested_at"])
+
+
 def expires_at(ingested_at: str, days: int | None) -> str | None:
     if days is None:
         return None
@@ -104,11 +112,17 @@ def expired_documents(session: Session, handle: Any, policy: dict[str, Any],
 
     clause, params = label_clause(handle.labels)
     out = []
-    for doc_id, sha, label, size, ingested in handle.conn.execute(
-            "SELECT d.id, d.sha256, d.label, d.size, d.ingested_at FROM documents d WHERE 1" + clause
+    import json
+
+    for doc_id, sha, label, size, ingested, meta in handle.conn.execute(
+            "SELECT d.id, d.sha256, d.label, d.size, d.ingested_at, d.meta FROM documents d WHERE 1" + clause
             + " ORDER BY d.id", params):
         days = effective_days(policy, handle.name, label)
-        if days is not None and parse_ts(ingested) + _dt.timedelta(days=days) <= now:
+        try:
+            start = retention_start({"ingested_at": ingested, "meta": json.loads(meta or "{}")})
+        except ValueError:
+            start = ingested
+        if days is not None and parse_ts(start) + _dt.timedelta(days=days) <= now:
             out.append({"doc_id": doc_id, "sha256": sha, "label": label, "size": size, "ingested_at": ingested,
                         "retention_days": days})
     return out

@@ -89,7 +89,8 @@ def split_rows(path: Path, data: bytes, field: str) -> list[tuple[str, str, list
 
 def ingest_with_subject_field(session: Any, paths: list[str | Path], collection: str, field: str, *,
                               label: str | None = None, subjects: tuple[str, ...] = (),
-                              allow_missing: bool = False, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
+                              allow_missing: bool = False, max_bytes: int = MAX_BYTES,
+                              allow_erased_reason: str | None = None) -> dict[str, Any]:
     """Ingest CSV/JSON/JSONL files one row per document, each tagged with its row's subject ids.
 
     ``subjects`` are added to every row. Every file is parsed and checked before anything is
@@ -117,7 +118,7 @@ def ingest_with_subject_field(session: Any, paths: list[str | Path], collection:
             records.append(TextRecord(source=f"{path.resolve()}#{name}", name=f"{path.name}#{name}", text=text,
                                       label=label or "", subjects=tuple(sorted(set(ids) | set(extra))),
                                       meta={"subject_field": field, "file": path.name, "row": name}))
-    report = ingest_records(session, records, collection)
+    report = ingest_records(session, records, collection, allow_erased_reason=allow_erased_reason)
     report["subject_field"] = field
     report["rows"] = len(records)
     return report

@@ -171,11 +171,15 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
                  label: str | None = None, subjects: Iterable[str] = (), max_bytes: int = DEFAULT_MAX_BYTES,
                  timeout_s: float | None = DEFAULT_TIMEOUT_S, chunk_tokens: int | None = None,
                  overlap: int = DEFAULT_OVERLAP, embed_model: str | None = None,
-                 progress: Progress | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None, allow_erased_reason: str | None = None) -> dict[str, Any]:
     """Ingest files and folders into ``collection`` (write grant needed); returns a summary.
 
     Summary keys: collection, added, updated, unchanged, skipped, failed (lists), chunks (int).
+    A file that brings back erased data is refused (failed) unless ``allow_erased_reason`` is
+    given (see :class:`offline.gdpr.journal.ErasureGuard`).
     """
+    from ..gdpr.journal import ErasureGuard
+
     handle = open_collection(session, collection, need="write")
     label = label or ""
     if label:
@@ -187,6 +191,7 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
     subject_list = sorted({_check_subject(s) for s in subjects})
     if max_bytes <= 0:
         raise UsageError("the size limit must be positive")
+    guard = ErasureGuard(session, allow_erased_reason)
     embedder = get_embedder(embed_model)
     vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
     size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
@@ -210,7 +215,7 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
     for path in files:
         try:
             with time_limit(timeout_s):
-                prepared = _prepare(handle.conn, path, label, subject_list, max_bytes, embedder, size, overlap)
+                prepared = _prepare(handle.conn, path, label, subject_list, max_bytes, embedder, size, overlap, guard)
         except OfflineError as exc:
             failed.append({"path": str(path), "reason": str(exc)})
             emit("file", path=str(path), status="failed")
@@ -245,7 +250,7 @@ def _check_subject(subject: str) -> str:
 
 
 def _prepare(conn: Any, path: Path, label: str, subjects: list[str], max_bytes: int, embedder: Any,
-             size: int, overlap: int) -> Prepared | None:
+             size: int, overlap: int, guard: Any) -> Prepared | None:
     data, st = _read_limited(path, max_bytes)
     sha = hashlib.sha256(data).hexdigest()
     existing = find_document(conn, str(path))
@@ -255,6 +260,7 @@ def _prepare(conn: Any, path: Path, label: str, subjects: list[str], max_bytes: 
     chunks = chunk_segments(loaded.segments, embedder.tokenizer, size=size, overlap=overlap)
     if not chunks:
         raise InvalidInput("no text to index")
+    guard.check(path.name, sha, [c.text for c in chunks], subjects)
     for c in chunks:
         c.flags |= loaded.flags
     record = DocRecord(source=str(path), name=path.name, sha256=sha, size=len(data), mtime=st.st_mtime,
@@ -306,11 +312,14 @@ class TextRecord:
 
 def ingest_records(session: Any, records: Iterable[TextRecord], collection: str, *,
                    chunk_tokens: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                   embed_model: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+                   embed_model: str | None = None, progress: Progress | None = None,
+                   allow_erased_reason: str | None = None) -> dict[str, Any]:
     """Like :func:`ingest_paths` for in-memory texts: same chunking, embedding and atomic writes."""
+    from ..gdpr.journal import ErasureGuard
     from .loaders import Segment
 
     handle = open_collection(session, collection, need="write")
+    guard = ErasureGuard(session, allow_erased_reason)
     embedder = get_embedder(embed_model)
     vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
     size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
@@ -335,6 +344,11 @@ def ingest_records(session: Any, records: Iterable[TextRecord], collection: str,
         chunks = chunk_segments([Segment(rec.text)], embedder.tokenizer, size=size, overlap=overlap)
         if not chunks:
             report["failed"].append({"path": rec.source, "reason": "no text to index"})
+            continue
+        try:
+            guard.check(rec.name, sha, [rec.text], subjects)
+        except InvalidInput as exc:
+            report["failed"].append({"path": rec.source, "reason": str(exc)})
             continue
         record = DocRecord(source=rec.source, name=rec.name, sha256=sha, size=len(data), mtime=None, label=label,
                            mime="text/plain", subjects=subjects, meta=rec.meta or {})

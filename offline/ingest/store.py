@@ -29,6 +29,8 @@ class DocRecord:
     mime: str | None
     subjects: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # Detected identifiers: (chunk ord, kind, keyed hash, start, end, score); see offline.ingest.detect.
+    identifiers: list[tuple[int, str, str, int, int, float]] = field(default_factory=list)
 
 
 def find_document(conn: Any, source: str) -> tuple[int, str, str, list[str]] | None:
@@ -91,9 +93,39 @@ def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chun
         conn.executemany(
             f"INSERT INTO {vindex.VEC_TABLE}(rowid, embedding, label, doc_id) VALUES (?, ?, ?, ?)",
             [(first + i, vectors[i].tobytes(), doc.label, doc_id) for i in range(len(chunks))])
+        if doc.identifiers:
+            conn.executemany("INSERT INTO identifiers(chunk_id, doc_id, kind, hash, start, end, score)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             [(first + o, doc_id, k, h, a, b, sc) for o, k, h, a, b, sc in doc.identifiers])
         vindex.set_meta(conn, "next_chunk_id", first + len(chunks))
         vindex.bump_version(conn)
     return doc_id, (old[0] if old else None)
+
+
+def delete_chunks(conn: Any, doc_id: int, chunk_ids: list[int]) -> tuple[int, bool]:
+    """Remove some chunks of a document (an erasure of one person's passages in a shared document).
+
+    The document goes too once no chunk is left. Returns (chunks removed, document removed). The
+    document's meta records how many chunks were erased, so ``docs show`` says it is incomplete.
+    """
+    ids = [(c,) for c in chunk_ids]
+    with db.transaction(conn):
+        if ids and vindex.has_vectors(conn):
+            conn.executemany(f"DELETE FROM {vindex.VEC_TABLE} WHERE rowid = ?", ids)
+        n = 0
+        for (cid,) in ids:
+            n += conn.execute("DELETE FROM chunks WHERE id = ? AND doc_id = ?", (cid, doc_id)).rowcount
+        left = conn.execute("SELECT count(*) FROM chunks WHERE doc_id = ?", (doc_id,)).fetchone()[0]
+        gone = left == 0
+        if gone:
+            _delete_rows(conn, doc_id)
+        else:
+            row = conn.execute("SELECT meta FROM documents WHERE id = ?", (doc_id,)).fetchone()
+            meta = json.loads(row[0] or "{}") if row else {}
+            meta["chunks_erased"] = int(meta.get("chunks_erased", 0)) + n
+            conn.execute("UPDATE documents SET meta = ? WHERE id = ?", (json.dumps(meta, sort_keys=True), doc_id))
+        vindex.bump_version(conn)
+    return n, gone
 
 
 def delete_document(conn: Any, doc_id: int) -> int:
