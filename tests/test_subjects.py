@@ -15,8 +15,12 @@ from test_gdpr import _raw_scan
 
 PID, NAME = "PT-00417", "Maria Gonzalez"
 NOTE = "Phone call 3 March: GONZALEZ, María rang about her metformin dose; advised to keep 500 mg. qjzmaria1"
+# Long enough to span several chunks: her line and his are in different ones.
 WARD = ("Ward list 4 March.\nBed 1: PT-00417 Maria Gonzalez, diabetes review.\n"
-        "Bed 2: PT-00999 John Smith, hip replacement, keepjohn2.")
+        + "".join(f"Bed {n}: PT-{10000 + n} observations stable, fluids and mobilisation as charted, "
+                  f"review by the consultant on the morning round, family informed of the plan.\n"
+                  for n in range(2, 30))
+        + "Bed 30: PT-00999 John Smith, hip replacement, keepjohn2.")
 OTHER = "Letter about PT-00999 John Smith: hip replacement went well, physiotherapy booked. keepjohn3"
 
 

@@ -43,6 +43,11 @@ def _ingest_text(r: dict[str, Any]) -> str:
     lines = [f"Collection {r['collection']}: {len(r['added'])} added, {len(r['updated'])} updated, "
              f"{len(r['unchanged'])} unchanged, {len(r['skipped'])} skipped, {len(r['failed'])} failed; "
              f"{r['chunks']} chunks in {r.get('seconds', 0):.1f} s"]
+    found = r.get("identifiers")
+    if found is not None:
+        lines.append(f"Identifiers found: {sum(found.values())}"
+                     + (" (" + ", ".join(f"{k} {n}" for k, n in found.items()) + ")" if found else "")
+                     + "; stored as keyed hashes (docs show lists them)")
     lines += [one_line(f"  skipped {s['path']}: {s['reason']}") for s in r["skipped"]]
     lines += [one_line(f"  failed  {f['path']}: {f['reason']}") for f in r["failed"]]
     return "\n".join(lines)
@@ -117,6 +122,12 @@ def _show_text(d: dict[str, Any]) -> str:
             f"  sha256   {f['sha256']}", f"  size     {f['size']} bytes", f"  label    {one_line(d['label'] or '-')}",
             f"  subjects {one_line(', '.join(d['subjects']) or '-')}",
             f"  ingested {f['ingested_at']} by {f['ingested_by']}", f"  chunks   {f['chunks']}"]
+    if d.get("identifiers"):
+        head.append(f"  identifiers {len(d['identifiers'])}:")
+        head += [one_line(f"    {i['chunk_id']:<14} {i['kind']:<14} {i['value']}  ({i['score']:.2f})")
+                 for i in d["identifiers"]]
+    if d["meta"].get("chunks_erased"):
+        head.append(f"  erased   {d['meta']['chunks_erased']} chunk(s) removed by an erasure (document incomplete)")
     for c in d["chunk_list"]:
         where = f"p. {c['page']}" if c["page"] is not None else (f"§ {c['section']}" if c["section"] else "")
         flags = f" [{','.join(c['flags'])}]" if c["flags"] else ""

@@ -37,4 +37,23 @@ def model_checks() -> list[Check]:
                              path=str(m.path), sha256=m.sha256))
     if not checks:
         checks.append(failed("models", "no models are known (manifest empty?)"))
+    checks.append(detector_check())
     return checks
+
+
+def detector_check() -> Check:
+    """The identifier detector's NER model: its installed folder hashed against the manifest pin."""
+    from ..errors import ModelIntegrityError, OfflineError
+    from ..ingest.detect import DETECTOR_NAME, verify_model
+
+    name = f"detector {DETECTOR_NAME}"
+    try:
+        info = verify_model()
+    except ModelIntegrityError as exc:
+        return failed(name, str(exc))
+    except OfflineError as exc:
+        return failed(name, f"{exc} (identifier detection at ingest needs it; `vault set identifier_detection off`"
+                            " to ingest without it)")
+    return passed(name, f"tree sha256 {info['tree_sha256'][:16]}... matches ({info['source']}, wheel sha256 "
+                        f"{info['wheel_sha256'][:16]}...)", path=info["path"], tree_sha256=info["tree_sha256"],
+                  wheel_sha256=info["wheel_sha256"], source=info["source"])

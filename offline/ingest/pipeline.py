@@ -26,6 +26,7 @@ from ..vault.collections import open_collection
 from ..vault.core import check_name, seal_for_auditors
 from . import loaders
 from .chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, Chunk, chunk_segments
+from .detect import Detector, count_by_kind
 from .store import DocRecord, find_document, write_document
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -192,6 +193,7 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
     if max_bytes <= 0:
         raise UsageError("the size limit must be positive")
     guard = ErasureGuard(session, allow_erased_reason)
+    detector = Detector(session)
     embedder = get_embedder(embed_model)
     vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
     size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
@@ -202,7 +204,8 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
     skipped += [{"path": str(f), "reason": "inside the vault folder"} for f in files if f.is_relative_to(vault_dir)]
     files = [f for f in files if not f.is_relative_to(vault_dir)]
     report: dict[str, Any] = {"collection": collection, "added": [], "updated": [], "unchanged": [],
-                              "skipped": skipped, "failed": failed, "chunks": 0}
+                              "skipped": skipped, "failed": failed, "chunks": 0,
+                              "identifiers": {} if detector.enabled else None}
     emit = progress or (lambda *a, **k: None)
     emit("start", files=len(files))
     started = time.perf_counter()
@@ -215,7 +218,8 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
     for path in files:
         try:
             with time_limit(timeout_s):
-                prepared = _prepare(handle.conn, path, label, subject_list, max_bytes, embedder, size, overlap, guard)
+                prepared = _prepare(handle.conn, path, label, subject_list, max_bytes, embedder, size, overlap, guard,
+                                    detector)
         except OfflineError as exc:
             failed.append({"path": str(path), "reason": str(exc)})
             emit("file", path=str(path), status="failed")
@@ -238,7 +242,7 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
                   subjects_sealed=seal_for_auditors(session, "\n".join(subject_list)) if subject_list else None,
                   added=[d["doc_id"] for d in report["added"]], updated=[d["doc_id"] for d in report["updated"]],
                   unchanged=len(report["unchanged"]), skipped=len(skipped), failed=len(failed),
-                  chunks=report["chunks"])
+                  chunks=report["chunks"], identifiers=report["identifiers"])
     return report
 
 
@@ -250,7 +254,7 @@ def _check_subject(subject: str) -> str:
 
 
 def _prepare(conn: Any, path: Path, label: str, subjects: list[str], max_bytes: int, embedder: Any,
-             size: int, overlap: int, guard: Any) -> Prepared | None:
+             size: int, overlap: int, guard: Any, detector: Any) -> Prepared | None:
     data, st = _read_limited(path, max_bytes)
     sha = hashlib.sha256(data).hexdigest()
     existing = find_document(conn, str(path))
@@ -265,7 +269,8 @@ def _prepare(conn: Any, path: Path, label: str, subjects: list[str], max_bytes: 
         c.flags |= loaded.flags
     record = DocRecord(source=str(path), name=path.name, sha256=sha, size=len(data), mtime=st.st_mtime,
                        label=label, mime=loaded.mime, subjects=subjects,
-                       meta={**loaded.meta, **({"flags": sorted(loaded.flags)} if loaded.flags else {})})
+                       meta={**loaded.meta, **({"flags": sorted(loaded.flags)} if loaded.flags else {})},
+                       identifiers=detector.chunk_identifiers([c.text for c in chunks]))
     return Prepared(path, record, chunks, "updated" if existing else "added")
 
 
@@ -294,6 +299,9 @@ def _embed_and_write(session: Any, handle: Any, embedder: Any, group: list[Prepa
         else:
             report[p.status].append({"path": p.record.source, "doc_id": doc_id, "chunks": n})
             report["chunks"] += n
+            if report.get("identifiers") is not None:
+                for kind, count in count_by_kind(p.record.identifiers).items():
+                    report["identifiers"][kind] = report["identifiers"].get(kind, 0) + count
             emit("file", path=p.record.source, status=p.status, chunks=n)
         at += n
 
@@ -320,11 +328,13 @@ def ingest_records(session: Any, records: Iterable[TextRecord], collection: str,
 
     handle = open_collection(session, collection, need="write")
     guard = ErasureGuard(session, allow_erased_reason)
+    detector = Detector(session)
     embedder = get_embedder(embed_model)
     vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
     size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
     report: dict[str, Any] = {"collection": collection, "added": [], "updated": [], "unchanged": [],
-                              "skipped": [], "failed": [], "chunks": 0}
+                              "skipped": [], "failed": [], "chunks": 0,
+                              "identifiers": {} if detector.enabled else None}
     emit = progress or (lambda *a, **k: None)
     group: list[Prepared] = []
     for rec in records:
@@ -351,7 +361,8 @@ def ingest_records(session: Any, records: Iterable[TextRecord], collection: str,
             report["failed"].append({"path": rec.source, "reason": str(exc)})
             continue
         record = DocRecord(source=rec.source, name=rec.name, sha256=sha, size=len(data), mtime=None, label=label,
-                           mime="text/plain", subjects=subjects, meta=rec.meta or {})
+                           mime="text/plain", subjects=subjects, meta=rec.meta or {},
+                           identifiers=detector.chunk_identifiers([c.text for c in chunks]))
         group.append(Prepared(Path(rec.source), record, chunks, "updated" if existing else "added"))
         if sum(len(p.chunks) for p in group) >= EMBED_GROUP:
             _embed_and_write(session, handle, embedder, group, report, emit)
