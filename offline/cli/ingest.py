@@ -48,6 +48,8 @@ def _ingest_text(r: dict[str, Any]) -> str:
         lines.append(f"Identifiers found: {sum(found.values())}"
                      + (" (" + ", ".join(f"{k} {n}" for k, n in found.items()) + ")" if found else "")
                      + "; stored as keyed hashes (docs show lists them)")
+    lines += [one_line(f"  low OCR confidence {o['path']}: page(s) {', '.join(map(str, o['pages']))}; check the scan")
+              for o in r.get("ocr_low_confidence", [])]
     lines += [one_line(f"  skipped {s['path']}: {s['reason']}") for s in r["skipped"]]
     lines += [one_line(f"  failed  {f['path']}: {f['reason']}") for f in r["failed"]]
     return "\n".join(lines)
@@ -70,7 +72,7 @@ def _ingest_text(r: dict[str, Any]) -> str:
 @click.pass_obj
 def ingest(app: App, paths: tuple[str, ...], collection: str, label: str | None, subjects: tuple[str, ...],
            max_mb: float, timeout: float, subject_field: str | None, allow_erased: bool, reason: str | None) -> None:
-    """Add files and folders (.txt .md .html .pdf .docx .csv .json .jsonl) to COLLECTION."""
+    """Add files and folders (.txt .md .html .pdf .docx .csv .json .jsonl; scans: .pdf .png .jpg .tiff) to COLLECTION."""
     from ..errors import OfflineError
     from ..gdpr.journal import check_allow
     from ..ingest import ingest_paths

@@ -37,23 +37,24 @@ def model_checks() -> list[Check]:
                              path=str(m.path), sha256=m.sha256))
     if not checks:
         checks.append(failed("models", "no models are known (manifest empty?)"))
-    checks.append(detector_check())
+    from ..models.packaged import pinned_names
+
+    checks += [packaged_check(n) for n in pinned_names()]
     return checks
 
 
-def detector_check() -> Check:
-    """The identifier detector's NER model: its installed folder hashed against the manifest pin."""
+def packaged_check(model: str) -> Check:
+    """A model used in place from its package (NER, OCR): its folder hashed against the manifest pin."""
     from ..errors import ModelIntegrityError, OfflineError
-    from ..ingest.detect import DETECTOR_NAME, verify_model
+    from ..models.packaged import verify
 
-    name = f"detector {DETECTOR_NAME}"
+    name = f"detector {model}"
     try:
-        info = verify_model()
+        info = verify(model)
     except ModelIntegrityError as exc:
         return failed(name, str(exc))
     except OfflineError as exc:
-        return failed(name, f"{exc} (identifier detection at ingest needs it; `vault set identifier_detection off`"
-                            " to ingest without it)")
+        return failed(name, f"{exc} (identifier detection and OCR at ingest need it)")
     return passed(name, f"tree sha256 {info['tree_sha256'][:16]}... matches ({info['source']}, wheel sha256 "
                         f"{info['wheel_sha256'][:16]}...)", path=info["path"], tree_sha256=info["tree_sha256"],
                   wheel_sha256=info["wheel_sha256"], source=info["source"])

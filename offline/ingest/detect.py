@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import re
 import threading
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelIntegrityError, OfflineError
 
 DETECTOR_NAME = "en-core-web-sm"
 MIN_SCORE = 0.5
@@ -46,55 +44,18 @@ class Finding:
     score: float
 
 
-def detector_entry() -> dict[str, Any]:
-    """The ``[[detector]]`` table for the NER model: from the active manifest, else the kit's own.
-
-    The detector is an installed package, not a file of the models folder, so a manifest made for
-    other model files (``OFFLINE_MODELS_MANIFEST``) need not repeat its pin.
-    """
-    from .. import config
-    from ..models.manifest import manifest_path
-
-    for path in dict.fromkeys([manifest_path(), config.REPO_ROOT / "models" / "manifest.toml",
-                               config.models_dir() / "manifest.toml"]):
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            continue
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise OfflineError(f"cannot read the model manifest {path}: {exc}") from None
-        for entry in data.get("detector", []):
-            if entry.get("name") == DETECTOR_NAME:
-                return entry
-    raise OfflineError(f"no model manifest pins the identifier detector {DETECTOR_NAME!r}")
-
-
 def model_folder() -> Path:
     """Where the pinned spaCy pipeline lies inside its installed package (nothing is downloaded)."""
-    import importlib.util
+    from ..models.packaged import folder
 
-    entry = detector_entry()
-    spec = importlib.util.find_spec(entry["module"])
-    if spec is None or spec.origin is None:
-        raise OfflineError(f"the identifier detector needs the package {entry['package']}=={entry['version']}"
-                           " (pip install it from the kit's wheel folder)")
-    return Path(spec.origin).parent / entry["folder"]
+    return folder(DETECTOR_NAME)
 
 
 def verify_model() -> dict[str, Any]:
     """Hash the installed NER model folder against the manifest; raise if it differs."""
-    from ..models.hashing import tree_hash
+    from ..models.packaged import verify
 
-    entry = detector_entry()
-    folder = model_folder()
-    if not folder.is_dir():
-        raise OfflineError(f"the identifier detector model folder is missing: {folder}")
-    got = tree_hash(folder)
-    if got != entry["tree_sha256"]:
-        raise ModelIntegrityError(f"identifier detector {DETECTOR_NAME}: {folder} hashes to {got[:16]}…, "
-                                  f"the manifest pins {entry['tree_sha256'][:16]}…")
-    return {"name": DETECTOR_NAME, "path": str(folder), "tree_sha256": got, "wheel_sha256": entry["wheel_sha256"],
-            "source": f"{entry['package']}=={entry['version']}"}
+    return verify(DETECTOR_NAME, model_folder())
 
 
 def _email_recogniser() -> Any:

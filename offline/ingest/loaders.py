@@ -33,6 +33,11 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     ".json": ("json", "application/json"),
     ".jsonl": ("jsonl", "application/x-ndjson"),
     ".ndjson": ("jsonl", "application/x-ndjson"),
+    ".png": ("image", "image/png"),
+    ".jpg": ("image", "image/jpeg"),
+    ".jpeg": ("image", "image/jpeg"),
+    ".tif": ("image", "image/tiff"),
+    ".tiff": ("image", "image/tiff"),
 }
 # A .docx is a zip: refuse archives that inflate beyond this multiple of the size limit (zip bombs).
 MAX_INFLATION = 20
@@ -43,6 +48,7 @@ class Segment:
     text: str
     page: int | None = None
     section: str | None = None
+    flags: set[str] = field(default_factory=set)  # carried to every chunk cut from it (e.g. ocr)
 
 
 @dataclass
@@ -65,6 +71,10 @@ def load(path: Path, data: bytes, *, max_bytes: int) -> Loaded:
     flags: set[str] = set()
     if kind == "pdf":
         segments, meta = _pdf(data)
+    elif kind == "image":
+        from .ocr import images_of_file
+
+        segments, meta = _ocr_pages([(i, img) for i, img in enumerate(images_of_file(data), start=1)])
     elif kind == "docx":
         # Bound by the archive's own size (1 MiB floor): a small file that inflates 20x is a bomb
         # long before it reaches 20x the per-file limit.
@@ -222,9 +232,32 @@ def _pdf(data: bytes) -> tuple[list[Segment], dict[str, Any]]:
         raise
     except Exception as exc:  # pypdf raises many types on damaged files
         raise InvalidInput(f"corrupt PDF ({exc.__class__.__name__})") from None
+    meta: dict[str, Any] = {"pages": len(segments)}
+    blank = [s.page for s in segments if not s.text.strip() and s.page is not None]
+    if blank:  # a scan, or scanned pages in a typed document: read them with OCR
+        from .ocr import render_pdf_page
+
+        ocr_segments, ocr_meta = _ocr_pages([(p, render_pdf_page(data, p - 1)) for p in blank])
+        by_page = {s.page: s for s in ocr_segments}
+        segments = [by_page.get(s.page, s) for s in segments]
+        meta.update(ocr_meta)
     if not any(s.text.strip() for s in segments):
-        raise InvalidInput("PDF has no extractable text (scanned images need OCR first)")
-    return segments, {"pages": len(segments)}
+        raise InvalidInput("PDF has no text, not even by OCR")
+    return segments, meta
+
+
+def _ocr_pages(pages: list[tuple[int, Any]]) -> tuple[list[Segment], dict[str, Any]]:
+    """OCR each (page number, image): segments flagged ``ocr``, and the confidences for the meta."""
+    from .ocr import LOW_CONFIDENCE, ocr_image, page_flags
+
+    segments, confidence = [], {}
+    for number, image in pages:
+        result = ocr_image(image)
+        confidence[str(number)] = result.confidence
+        segments.append(Segment(result.text, page=number, flags=page_flags(result.confidence)))
+    low = [int(p) for p, c in confidence.items() if c < LOW_CONFIDENCE]
+    return segments, {"ocr": {"engine": "tesseract", "pages": [int(p) for p in confidence], "confidence": confidence,
+                              "low_confidence_pages": low}}
 
 
 # -- docx ---------------------------------------------------------------------------------------

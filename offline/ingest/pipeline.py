@@ -299,6 +299,9 @@ def _embed_and_write(session: Any, handle: Any, embedder: Any, group: list[Prepa
         else:
             report[p.status].append({"path": p.record.source, "doc_id": doc_id, "chunks": n})
             report["chunks"] += n
+            low = (p.record.meta.get("ocr") or {}).get("low_confidence_pages")
+            if low:  # a misread name is one an erasure will not find: say which pages to check
+                report.setdefault("ocr_low_confidence", []).append({"path": p.record.source, "pages": low})
             if report.get("identifiers") is not None:
                 for kind, count in count_by_kind(p.record.identifiers).items():
                     report["identifiers"][kind] = report["identifiers"].get(kind, 0) + count
