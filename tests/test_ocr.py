@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 
 import pytest
+from _docfactory import render_page, scanned_pdf
 
 pytestmark = pytest.mark.skipif(shutil.which("tesseract") is None, reason="Tesseract (Debian tesseract-ocr) absent")
 
@@ -13,35 +13,6 @@ LETTER = ["Riverside Clinic, 12 Mill Lane, Leeds", "Dear Dr Lee,",
           "Re: Maria Gonzalez, PT-00417, DOB 14/03/1961",
           "I reviewed Mrs Gonzalez in clinic today. Her blood pressure was 132/84.",
           "Plan: continue current treatment, repeat bloods in three months.", "Yours sincerely, Dr Aisha Patel"]
-
-
-def render_page(lines: list[str], dpi: int = 200, noise: float = 0.0):
-    """A typed page rasterised at ``dpi`` (what a flatbed scan of a printed letter looks like)."""
-    import matplotlib
-    import numpy as np
-    from pathlib import Path
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.truetype(str(Path(matplotlib.__file__).parent / "mpl-data/fonts/ttf/DejaVuSerif.ttf"),
-                              int(11 / 72 * dpi))
-    img = Image.new("L", (int(8.27 * dpi), int(11.69 * dpi)), 255)
-    draw = ImageDraw.Draw(img)
-    y = int(0.8 * dpi)
-    for line in lines:
-        draw.text((int(0.8 * dpi), y), line, font=font, fill=0)
-        y += int(16 / 72 * dpi)
-    if noise:
-        arr = np.asarray(img, dtype=np.float32)
-        arr += np.random.default_rng(7).normal(0, noise, arr.shape)
-        img = Image.fromarray(np.clip(arr, 0, 255).astype("uint8"))
-    return img
-
-
-def scanned_pdf(images) -> bytes:
-    buf = io.BytesIO()
-    images[0].convert("RGB").save(buf, format="PDF", save_all=True, append_images=[i.convert("RGB") for i in images[1:]],
-                                  resolution=200)
-    return buf.getvalue()
 
 
 def test_png_and_scanned_pdf_are_read_with_flags(admin_session, tmp_path, cli):
