@@ -167,7 +167,7 @@ def build(out: Path) -> dict:
          lambda d: f"Dear {d.P('Dr Tom Lee')},\nRe: {d.P('John Smith')}, {d.I('PT-00999')}, DOB {d.D('02/07/1950')}. "
                    f"Hip replacement went well; physiotherapy booked. Phone {d.T('07700 900456')}. keep07\n"),
         ("letters/asthma-carlos-gonzalez.txt", "PT-03456",
-         lambda d: f"Re: {d.P('Carlos Gonzalez')} ({d.I('PT-03456')}), born {d.D('1988-11-02')}. Mr Gonzalez uses "
+         lambda d: f"Re: {d.P('Carlos Gonzalez')} ({d.I('PT-03456')}), born {d.D('1988-11-02')}. {d.P('Mr Gonzalez')} uses "
                    f"his inhaler twice daily. E-mail {d.E('c.gonzalez@example.net')}. keep08\n"),
         ("notes/khan-antenatal.txt", "PT-01234",
          lambda d: f"Antenatal check for {d.P('Aisha Khan')}, {d.I('PT-01234')}; NHS {d.N('401 023 2137')}. "

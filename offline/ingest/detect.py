@@ -102,17 +102,28 @@ def _engine(pattern: str) -> Any:
         return engine
 
 
+# Records write "GONZALEZ, María": the NER model misses upper-case surnames, so those are shown to it
+# title-cased (same length, so every offset still points into the original text).
+_CAPS_SURNAME = re.compile(r"\b[A-Z][A-Z'\-]+(?=,\s+[A-Z][a-z])")
+_DAY_BEFORE = re.compile(r"\b\d{1,2}(?:st|nd|rd|th)?\s+$")
+
+
 def detect(text: str, pattern: str = "") -> list[Finding]:
     """Identifiers in ``text`` (overlaps resolved to the highest-scoring, longest finding)."""
     engine = _engine(pattern)
-    results = engine.analyze(text=text, language="en",
+    shown = _CAPS_SURNAME.sub(lambda m: m.group(0).title(), text)
+    results = engine.analyze(text=shown, language="en",
                              entities=["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "DATE_TIME", "UK_NHS", "US_SSN",
                                        *(["SUBJECT_ID"] if pattern else [])])
     found = []
     for r in results:
         kind = r.entity_type
+        start = r.start
         if kind == "DATE_TIME":
-            if not DOB_CONTEXT.search(text[max(0, r.start - 24):r.start]):
+            day = _DAY_BEFORE.search(text[max(0, start - 6):start])
+            if day:  # the NER model's date is "May 1975" in "23 May 1975"
+                start -= len(day.group(0))
+            if not DOB_CONTEXT.search(text[max(0, start - 24):start]):
                 continue  # an appointment date identifies nobody; a date of birth does
             kind = "DATE_OF_BIRTH"
         floor = PERSON_MIN_SCORE if kind == "PERSON" else MIN_SCORE
@@ -120,7 +131,7 @@ def detect(text: str, pattern: str = "") -> list[Finding]:
             floor = 0.0  # scored low without context words; Presidio's checksum/validity checks already ran
         if r.score < floor:
             continue
-        found.append(Finding(kind, r.start, r.end, round(float(r.score), 3)))
+        found.append(Finding(kind, start, r.end, round(float(r.score), 3)))
     return _resolve_overlaps(found)
 
 
