@@ -235,7 +235,8 @@ def _apply_text(r: dict[str, Any]) -> str:
 @gdpr.group("retention", invoke_without_command=True)
 @click.option("--apply", "apply_", is_flag=True, help="Erase every document whose retention period has run out.")
 @click.option("--dry-run", is_flag=True, help="With --apply: list what would be erased, erase nothing.")
-@click.option("-c", "--collection", "collections", multiple=True, help="With --apply: only this collection.")
+@click.option("-c", "--collection", "collections", multiple=True,
+              help="Only this collection (repeatable): its rules, or with --apply what expired in it.")
 @click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the receipt file (default: the current folder).")
 @click.pass_context
@@ -251,36 +252,37 @@ def retention(ctx: click.Context, apply_: bool, dry_run: bool, collections: tupl
         app.emit(apply_retention(app.session(), collections=list(collections) or None, receipt_dir=receipt_dir,
                                  dry_run=dry_run), _apply_text)
         return
-    if dry_run or collections or receipt_dir:
+    if dry_run or receipt_dir:
         from ..errors import UsageError
 
-        raise UsageError("--dry-run, -c and --receipt-dir go with --apply")
+        raise UsageError("--dry-run and --receipt-dir go with --apply")
     from ..gdpr.retention import retention_policy
 
-    app.emit(retention_policy(app.session()), _retention_text)
+    app.emit(retention_policy(app.session(), list(collections) or None), _retention_text)
 
 
 @retention.command("set")
-@click.option("--collection", help="Set the period of this collection.")
+@click.option("-c", "--collection", help="Set the period of this collection.")
 @click.option("--label", help="Set the period of this label (in every collection).")
 @click.option("--backups", is_flag=True, help="Set how long backups are kept (shown in erasure receipts).")
-@click.option("--days", type=int, help="Retention period in days.")  # range checked by the library
+@click.option("--days", "--period", "period", help="Retention period: 30d, 6m, 8y (a bare number is days).")
 @click.option("--clear", is_flag=True, help="Remove the period instead.")
 @click.pass_obj
-def retention_set(app: App, collection: str | None, label: str | None, backups: bool, days: int | None,
+def retention_set(app: App, collection: str | None, label: str | None, backups: bool, period: str | None,
                   clear: bool) -> None:
-    """Set or clear a retention period (admin)."""
+    """Set or clear a retention period (admin). It runs from each document's own date when known."""
     from ..errors import UsageError
-    from ..gdpr.retention import set_backup_retention, set_retention
+    from ..gdpr.retention import parse_period, set_backup_retention, set_retention
 
-    if clear == (days is not None):
-        raise UsageError("give --days N or --clear")
+    if clear == (period is not None):
+        raise UsageError("give --days PERIOD (e.g. 8y) or --clear")
+    days = None if clear else parse_period(period)  # type: ignore[arg-type]
     if backups:
         if collection or label:
             raise UsageError("--backups goes alone")
-        result = set_backup_retention(app.session(), None if clear else days)
+        result = set_backup_retention(app.session(), days)
     else:
-        result = set_retention(app.session(), collection=collection, label=label, days=None if clear else days)
+        result = set_retention(app.session(), collection=collection, label=label, days=days)
     app.emit(result, lambda r: f"Retention of {r.get('collection') or r.get('label') or 'backups'}: "
                                f"{str(r['days']) + ' days' if r['days'] else 'none'}.")
 

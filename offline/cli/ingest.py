@@ -66,25 +66,30 @@ def _ingest_text(r: dict[str, Any]) -> str:
               help="Per-file parsing time limit in seconds.")
 @click.option("--subject-field", help="CSV column or JSON field (dotted path) holding each row's subject id:"
               " every row becomes its own document tagged with it (see offline.gdpr.subjects).")
+@click.option("--date-field", help="With --subject-field: the column or field holding each row's own date"
+              " (retention counts from it).")
 @click.option("--allow-erased", is_flag=True, help="Ingest even what brings back erased data (needs --reason;"
               " audited, high severity).")
 @click.option("--reason", type=TEXT, help="Why erased data may come back (with --allow-erased).")
 @click.pass_obj
 def ingest(app: App, paths: tuple[str, ...], collection: str, label: str | None, subjects: tuple[str, ...],
-           max_mb: float, timeout: float, subject_field: str | None, allow_erased: bool, reason: str | None) -> None:
+           max_mb: float, timeout: float, subject_field: str | None, date_field: str | None, allow_erased: bool,
+           reason: str | None) -> None:
     """Add files and folders (.txt .md .html .pdf .docx .csv .json .jsonl; scans: .pdf .png .jpg .tiff) to COLLECTION."""
-    from ..errors import OfflineError
+    from ..errors import OfflineError, UsageError
     from ..gdpr.journal import check_allow
     from ..ingest import ingest_paths
 
     allow = check_allow(allow_erased, reason)
+    if date_field is not None and subject_field is None:
+        raise UsageError("--date-field goes with --subject-field")
     session = app.session()
     if subject_field is not None:
         from ..gdpr.subjects import ingest_with_subject_field
 
         report = ingest_with_subject_field(session, list(paths), collection, subject_field, label=label,
                                            subjects=subjects, max_bytes=int(max_mb * 1024 * 1024),
-                                           allow_erased_reason=allow)
+                                           allow_erased_reason=allow, date_field=date_field)
         app.emit(report, _ingest_text)
         if report["failed"]:
             raise OfflineError(f"{len(report['failed'])} row(s) failed; the others were ingested")

@@ -102,6 +102,21 @@ def parse_ts(text: str) -> _dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=_dt.timezone.utc)
 
 
+def parse_date(text: str) -> _dt.date | None:
+    """A calendar date written as ISO (``2024-05-02``, also with a time) or day first (``02/05/2024``)."""
+    t = str(text or "").strip()
+    try:
+        return _dt.datetime.fromisoformat(t.replace("Z", "+00:00")).date()
+    except ValueError:
+        pass
+    for fmt in ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y", "%d %B %Y", "%d %b %Y"):
+        try:
+            return _dt.datetime.strptime(t, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
 def utc_now_dt() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 

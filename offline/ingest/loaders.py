@@ -78,7 +78,7 @@ def load(path: Path, data: bytes, *, max_bytes: int) -> Loaded:
     elif kind == "docx":
         # Bound by the archive's own size (1 MiB floor): a small file that inflates 20x is a bomb
         # long before it reaches 20x the per-file limit.
-        segments, meta = _docx(data, min(max_bytes, max(len(data), 1 << 20)) * MAX_INFLATION), {}
+        segments, meta = _docx(data, min(max_bytes, max(len(data), 1 << 20)) * MAX_INFLATION)
     else:
         text = decode_text(data, flags)
         meta = {}
@@ -233,6 +233,10 @@ def _pdf(data: bytes) -> tuple[list[Segment], dict[str, Any]]:
     except Exception as exc:  # pypdf raises many types on damaged files
         raise InvalidInput(f"corrupt PDF ({exc.__class__.__name__})") from None
     meta: dict[str, Any] = {"pages": len(segments)}
+    try:
+        meta.update(document_date(reader.metadata.creation_date if reader.metadata else None, "pdf metadata"))
+    except Exception:  # an unparsable /CreationDate costs the date, not the document
+        pass
     blank = [s.page for s in segments if not s.text.strip() and s.page is not None]
     if blank:  # a scan, or scanned pages in a typed document: read them with OCR
         from .ocr import render_pdf_page
@@ -260,9 +264,28 @@ def _ocr_pages(pages: list[tuple[int, Any]]) -> tuple[list[Segment], dict[str, A
                               "low_confidence_pages": low}}
 
 
+def document_date(value: Any, source: str) -> dict[str, Any]:
+    """``{"document_date": ISO date, "document_date_source": source}`` for a plausible date, else {}.
+
+    Retention counts from this date (offline.gdpr.retention). Dates in the future or before 1900
+    are ignored rather than trusted: an erasure must never come early because of a bad header.
+    """
+    import datetime as _dt
+
+    if isinstance(value, str):
+        from ..gdpr.common import parse_date
+
+        value = parse_date(value)
+    if isinstance(value, _dt.datetime):
+        value = value.date()
+    if not isinstance(value, _dt.date) or not _dt.date(1900, 1, 1) <= value <= _dt.date.today():
+        return {}
+    return {"document_date": value.isoformat(), "document_date_source": source}
+
+
 # -- docx ---------------------------------------------------------------------------------------
 
-def _docx(data: bytes, max_inflated: int) -> list[Segment]:
+def _docx(data: bytes, max_inflated: int) -> tuple[list[Segment], dict[str, Any]]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             if sum(i.file_size for i in zf.infolist()) > max_inflated:
@@ -299,7 +322,11 @@ def _docx(data: bytes, max_inflated: int) -> list[Segment]:
         raise
     except Exception as exc:
         raise InvalidInput(f"corrupt docx ({exc.__class__.__name__})") from None
-    return segments
+    try:
+        created = document.core_properties.created
+    except Exception:  # a damaged core.xml costs the date, not the document
+        created = None
+    return segments, document_date(created, "docx metadata")
 
 
 # -- csv / json ---------------------------------------------------------------------------------

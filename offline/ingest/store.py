@@ -60,6 +60,19 @@ def _next_chunk_id(conn: Any) -> int:
     return max(stored, top)
 
 
+def _first_ingested(conn: Any, doc: DocRecord) -> str | None:
+    """When this source, or this very content, first entered the collection (retention counts from
+    there, so re-ingesting a changed or moved file never resets the clock)."""
+    when = []
+    for at, meta in conn.execute("SELECT ingested_at, meta FROM documents WHERE source = ? OR sha256 = ?",
+                                 (doc.source, doc.sha256)):
+        try:
+            when.append(json.loads(meta or "{}").get("first_ingested_at") or at)
+        except ValueError:
+            when.append(at)
+    return min(when) if when else None
+
+
 def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chunk], vectors: Any, *,
                    model: tuple[str, str], user: str) -> tuple[int, int | None]:
     """Insert ``doc`` (replacing any document with the same source) atomically.
@@ -75,6 +88,9 @@ def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chun
     with db.transaction(conn):
         vindex.ensure_vec_table(conn, collection, model[0], model[1], vectors.shape[1])
         old = conn.execute("SELECT id FROM documents WHERE source = ?", (doc.source,)).fetchone()
+        since = _first_ingested(conn, doc)
+        if since:
+            doc.meta = {**doc.meta, "first_ingested_at": since}
         if old:
             _delete_rows(conn, old[0])
         cur = conn.execute(
