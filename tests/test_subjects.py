@@ -157,6 +157,12 @@ def test_backup_from_before_erasure_warns_and_reapplies(clinic, cli, tmp_path, v
         assert "qjzmaria1" not in _texts(old) and "keepjohn3" in _texts(old)
     finally:
         old.close()
-    # Journal rows deleted with raw tools are caught against the signed receipt.
+    from offline.doctor.vault_checks import check_erasure_journal
+    from offline.gdpr.record import build_record
+
+    assert check_erasure_journal(s).status == "PASS"
+    assert build_record(s)["security_measures"]["subjects_and_erasure"]["erasure_journal"]["erasures"] == 1
+    # Journal rows deleted with raw tools are caught against the signed receipt (doctor fails).
     s.db.execute("DELETE FROM erasure_journal WHERE kind = 'term'")
     assert check_journal(s)
+    assert check_erasure_journal(s).status == "FAIL"
