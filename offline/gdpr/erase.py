@@ -327,7 +327,7 @@ def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[An
         session.db.execute("INSERT INTO erasure_receipts(id, created_at, created_by, kind, audit_seq, receipt)"
                            " VALUES (?, ?, ?, ?, ?, ?)",
                            (receipt_id, entry.ts, session.user, kind, entry.seq, chain.canonical_json(body).decode()))
-    journal.record(session, receipt_id, entries, entry.ts)
+    journal.record(session, receipt_id, entries, entry.ts, machine=kind != "reapply")
     record = {"receipt": entry.payload, "subject": subject, "documents": named,
               "audit": {"seq": entry.seq, "hash": entry.hash, "action": entry.action, "ts": entry.ts}}
     write_private_json(file, record)

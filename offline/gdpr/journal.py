@@ -70,13 +70,18 @@ def _home_file(session: Session) -> Path:
     return config.home() / HOME_DIR / f"{session.vault_id}.jsonl"
 
 
-def record(session: Session, receipt_id: str, entries: list[tuple[str, str]], erased_at: str | None = None) -> None:
-    """Store one erasure's entries in the vault and append them to this machine's journal file."""
+def record(session: Session, receipt_id: str, entries: list[tuple[str, str]], erased_at: str | None = None, *,
+           machine: bool = True) -> None:
+    """Store one erasure's entries in the vault and (``machine``) append them to this machine's file.
+
+    A replay (:func:`reapply`) is not a new erasure: it stays out of the machine file, or the vault
+    it was replayed from would look as if it missed it.
+    """
     at = erased_at or utc_now()
     with db.transaction(session.db):
         session.db.executemany("INSERT OR IGNORE INTO erasure_journal(receipt_id, kind, hash, erased_at)"
                                " VALUES (?, ?, ?, ?)", [(receipt_id, k, h, at) for k, h in entries])
-    if not entries:
+    if not entries or not machine:
         return
     path = _home_file(session)
     config.ensure_private_dir(path.parent)
@@ -211,7 +216,7 @@ def reapply(session: Session, *, receipt_dir: Path | str | None = None, partial:
                                      + ", ".join(m["receipt_id"] for m in missing),
                               receipt_dir=receipt_dir, coverage=coverage, journal_terms=None)
     for m in missing:
-        record(session, m["receipt_id"], m["entries"], m["erased_at"])
+        record(session, m["receipt_id"], m["entries"], m["erased_at"], machine=False)
     return {"reapplied": [m["receipt_id"] for m in missing], "receipt": receipt,
             "complete": coverage["complete"] or partial}
 
