@@ -166,3 +166,44 @@ def test_backup_from_before_erasure_warns_and_reapplies(clinic, cli, tmp_path, v
     s.db.execute("DELETE FROM erasure_journal WHERE kind = 'term'")
     assert check_journal(s)
     assert check_erasure_journal(s).status == "FAIL"
+
+
+def test_redacting_collection_hides_values_and_export_resolves(admin_session, open_as, cli, tmp_path):
+    from offline.gdpr.erase import erase_subject
+    from offline.gdpr.export import collect_subject_data
+    from offline.gdpr.registry import add_subject
+    from offline.retrieval import search
+    from offline.vault.collections import grant, open_collection
+
+    s = admin_session
+    assert cli(["vault", "set", "subject_id_pattern", "PT-\\d{5}"]).exit_code == 0
+    r = cli(["collections", "create", "ward", "--redact", "phi"])
+    assert r.exit_code == 0 and "pseudonyms" in r.output
+    grant(s, "ward", "bob", "read")
+    letter = tmp_path / "letter.txt"
+    letter.write_text(f"Dear Dr Lee, I saw {NAME} ({PID}) today. Call 07700 900123. qjzward1")
+    (tmp_path / "other.txt").write_text("John Smith (PT-00999) is recovering well. keepjohn4")
+    assert cli(["ingest", str(letter), str(tmp_path / "other.txt"), "-c", "ward"]).exit_code == 0
+    conn = open_collection(s, "ward", "read").conn
+    text = "\n".join(r[0] for r in conn.execute("SELECT text FROM chunks"))
+    assert "Gonzalez" not in text and PID not in text and "07700" not in text
+    assert "[PATIENT-" in text and "[PERSON-" in text
+    bob = open_as("bob")
+    hits = search(bob, "Gonzalez", collections=["ward"], k=5).hits
+    assert not [h for h in hits if "Gonzalez" in h.text]
+    # The same patient gets the same pseudonym in every document of the collection.
+    (tmp_path / "again.txt").write_text(f"Follow-up for {PID}: stable.")
+    cli(["ingest", str(tmp_path / "again.txt"), "-c", "ward"])
+    tokens = [t for (t,) in conn.execute("SELECT token FROM pseudonyms WHERE kind = 'SUBJECT_ID'")]
+    assert len([t for t in tokens if tokens.count(t) == 2]) == 2
+    # Her export (an admin's) finds her by pseudonym and gives her own data back in clear.
+    add_subject(s, PID, name=NAME)
+    data = collect_subject_data(s, PID, ["ward"])
+    texts = " ".join(c["text"] for col in data["collections"] for d in col["documents"] for c in d["chunks"])
+    assert NAME in texts and "keepjohn4" not in texts and "Follow-up" in texts
+    erase_subject(s, PID, collections=["ward"], receipt_dir=tmp_path / "rc")
+    left = "\n".join(r[0] for r in open_collection(s, "ward", "read").conn.execute("SELECT text FROM chunks"))
+    assert "qjzward1" not in left and "keepjohn4" in left
+    assert open_collection(s, "ward", "read").conn.execute(
+        "SELECT count(*) FROM pseudonyms WHERE kind = 'SUBJECT_ID'").fetchone()[0] == 1  # only John's left
+    assert cli(["collections", "redact", "ward", "off"], user="bob").exit_code == 4

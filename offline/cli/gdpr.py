@@ -331,12 +331,29 @@ def break_glass_cmd(app: App, collection: str, state: str, users: tuple[str, ...
 gdpr.add_command(break_glass_cmd)
 
 
+@click.command("redact")
+@click.argument("collection")
+@click.argument("mode", type=click.Choice(["phi", "off"]))
+@click.pass_obj
+def redact_cmd(app: App, collection: str, mode: str) -> None:
+    """Redact identifiers to pseudonyms in COLLECTION from now on (phi) or stop (off) (admin).
+
+    Documents already ingested keep their text until they are ingested again.
+    """
+    from ..gdpr.redact import set_redaction
+
+    app.emit(set_redaction(app.session(), collection, mode),
+             lambda r: f"Redaction of {r['collection']}: {r['redact']} (applies to documents ingested from now on).")
+
+
 def _attach_to_collections() -> None:
-    # ``offline collections break-glass`` lives beside create/grant/revoke without editing vault.py.
+    # ``offline collections break-glass|redact`` live beside create/grant/revoke without editing vault.py.
     from .vault import collections
 
     if "break-glass" not in collections.commands:
         collections.add_command(break_glass_cmd)
+    if "redact" not in collections.commands:
+        collections.add_command(redact_cmd)
 
 
 _attach_to_collections()

@@ -30,6 +30,7 @@ def collect_subject_data(session: Session, subject: str, collections: list[str] 
     them comes whole; a shared one (a ward list) only with the passages that mention them.
     """
     from .erase import subject_plan
+    from .redact import resolve
     from .registry import resolve_terms
 
     subject = check_subject(subject)
@@ -50,8 +51,9 @@ def collect_subject_data(session: Session, subject: str, collections: list[str] 
             marks = ",".join("?" * len(f.chunk_ids)) or "NULL"
             rows = handle.conn.execute(f"SELECT id, ord, page, section, text FROM chunks WHERE id IN ({marks})"
                                        " ORDER BY ord", f.chunk_ids).fetchall()
-            d["chunks"] = [{"chunk_id": f"{name}/{r[0]}", "ord": r[1], "page": r[2], "section": r[3], "text": r[4]}
-                           for r in rows]
+            # The data subject gets their own data back: pseudonyms resolved (admins hold the mapping).
+            d["chunks"] = [{"chunk_id": f"{name}/{r[0]}", "ord": r[1], "page": r[2], "section": r[3],
+                            "text": resolve(session, handle.conn, r[4])} for r in rows]
             d["found_by"], d["whole"] = f.reasons, f.whole
             days = effective_days(policy, name, d["label"])
             d["retention"] = {"days": days, "expires_at": expires_at(retention_start(d), days)}

@@ -47,7 +47,10 @@ def subject_hashes(terms: SubjectTerms, key: bytes) -> set[str]:
 
 def find_in_collection(handle: Any, terms: SubjectTerms, key: bytes) -> list[Found]:
     """Every document of ``handle`` (within its grant's labels) where the subject appears."""
+    from .redact import pseudonym_terms
+
     conn = handle.conn
+    terms = pseudonym_terms(handle, terms, key)  # a redacting collection holds her pseudonyms, not her name
     clause, lparams = label_clause(handle.labels)
     hits: dict[int, dict[str, Any]] = {}
 

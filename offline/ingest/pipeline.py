@@ -26,6 +26,7 @@ from ..vault.collections import open_collection
 from ..vault.core import check_name, seal_for_auditors
 from . import loaders
 from .chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, Chunk, chunk_segments
+from ..gdpr.redact import Redactor
 from .detect import Detector, count_by_kind
 from .store import DocRecord, find_document, write_document
 
@@ -194,6 +195,7 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
         raise UsageError("the size limit must be positive")
     guard = ErasureGuard(session, allow_erased_reason)
     detector = Detector(session)
+    redactor = Redactor(session, handle, detector)
     embedder = get_embedder(embed_model)
     vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
     size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
@@ -219,7 +221,7 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
         try:
             with time_limit(timeout_s):
                 prepared = _prepare(handle.conn, path, label, subject_list, max_bytes, embedder, size, overlap, guard,
-                                    detector)
+                                    detector, redactor)
         except OfflineError as exc:
             failed.append({"path": str(path), "reason": str(exc)})
             emit("file", path=str(path), status="failed")
@@ -254,24 +256,44 @@ def _check_subject(subject: str) -> str:
 
 
 def _prepare(conn: Any, path: Path, label: str, subjects: list[str], max_bytes: int, embedder: Any,
-             size: int, overlap: int, guard: Any, detector: Any) -> Prepared | None:
+             size: int, overlap: int, guard: Any, detector: Any, redactor: Any) -> Prepared | None:
     data, st = _read_limited(path, max_bytes)
     sha = hashlib.sha256(data).hexdigest()
     existing = find_document(conn, str(path))
     if existing is not None and existing[1:] == (sha, label, subjects):
         return None  # unchanged: same bytes, same label and subjects
     loaded = loaders.load(path, data, max_bytes=max_bytes)
-    chunks = chunk_segments(loaded.segments, embedder.tokenizer, size=size, overlap=overlap)
-    if not chunks:
-        raise InvalidInput("no text to index")
-    guard.check(path.name, sha, [c.text for c in chunks], subjects)
+    chunks, pseudonyms, identifiers = _text_stage(loaded.segments, path.name, sha, subjects, embedder, size, overlap,
+                                                  guard, detector, redactor)
     for c in chunks:
         c.flags |= loaded.flags
     record = DocRecord(source=str(path), name=path.name, sha256=sha, size=len(data), mtime=st.st_mtime,
                        label=label, mime=loaded.mime, subjects=subjects,
-                       meta={**loaded.meta, **({"flags": sorted(loaded.flags)} if loaded.flags else {})},
-                       identifiers=detector.chunk_identifiers([c.text for c in chunks]))
+                       meta={**loaded.meta, **({"flags": sorted(loaded.flags)} if loaded.flags else {}),
+                             **({"redacted": len(pseudonyms)} if redactor.enabled else {})},
+                       identifiers=identifiers, pseudonyms=pseudonyms)
     return Prepared(path, record, chunks, "updated" if existing else "added")
+
+
+def _text_stage(segments: list[Any], name: str, sha: str, subjects: list[str], embedder: Any, size: int,
+                overlap: int, guard: Any, detector: Any, redactor: Any) -> tuple[list[Chunk], list[Any], list[Any]]:
+    """Refuse erased data, redact (in a redacting collection), chunk, and find identifiers.
+
+    The erasure guard reads the text as it came in (redaction would hide the erased names from
+    it); redaction runs before chunking, so no chunk, vector or FTS row ever holds the value.
+    """
+    pseudonyms: list[Any] = []
+    if redactor.enabled:
+        shown, pseudonyms = redactor.segments(segments)
+    else:
+        shown = segments
+    chunks = chunk_segments(shown, embedder.tokenizer, size=size, overlap=overlap)
+    if not chunks:
+        raise InvalidInput("no text to index")
+    guard.check(name, sha, [s.text for s in segments] + [c.text for c in chunks], subjects)
+    texts = [c.text for c in chunks]
+    identifiers = redactor.identifiers(texts, pseudonyms) if redactor.enabled else detector.chunk_identifiers(texts)
+    return chunks, pseudonyms, identifiers
 
 
 def _embed_and_write(session: Any, handle: Any, embedder: Any, group: list[Prepared], report: dict[str, Any],
@@ -332,6 +354,7 @@ def ingest_records(session: Any, records: Iterable[TextRecord], collection: str,
     handle = open_collection(session, collection, need="write")
     guard = ErasureGuard(session, allow_erased_reason)
     detector = Detector(session)
+    redactor = Redactor(session, handle, detector)
     embedder = get_embedder(embed_model)
     vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
     size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
@@ -354,18 +377,16 @@ def ingest_records(session: Any, records: Iterable[TextRecord], collection: str,
         if existing is not None and existing[1:] == (sha, label, subjects):
             report["unchanged"].append({"path": rec.source})
             continue
-        chunks = chunk_segments([Segment(rec.text)], embedder.tokenizer, size=size, overlap=overlap)
-        if not chunks:
-            report["failed"].append({"path": rec.source, "reason": "no text to index"})
-            continue
         try:
-            guard.check(rec.name, sha, [rec.text], subjects)
+            chunks, pseudonyms, identifiers = _text_stage([Segment(rec.text)], rec.name, sha, subjects, embedder,
+                                                          size, overlap, guard, detector, redactor)
         except InvalidInput as exc:
             report["failed"].append({"path": rec.source, "reason": str(exc)})
             continue
         record = DocRecord(source=rec.source, name=rec.name, sha256=sha, size=len(data), mtime=None, label=label,
-                           mime="text/plain", subjects=subjects, meta=rec.meta or {},
-                           identifiers=detector.chunk_identifiers([c.text for c in chunks]))
+                           mime="text/plain", subjects=subjects,
+                           meta={**(rec.meta or {}), **({"redacted": len(pseudonyms)} if redactor.enabled else {})},
+                           identifiers=identifiers, pseudonyms=pseudonyms)
         group.append(Prepared(Path(rec.source), record, chunks, "updated" if existing else "added"))
         if sum(len(p.chunks) for p in group) >= EMBED_GROUP:
             _embed_and_write(session, handle, embedder, group, report, emit)

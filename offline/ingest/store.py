@@ -31,6 +31,8 @@ class DocRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     # Detected identifiers: (chunk ord, kind, keyed hash, start, end, score); see offline.ingest.detect.
     identifiers: list[tuple[int, str, str, int, int, float]] = field(default_factory=list)
+    # Redacting collections: (pseudonym, kind, keyed hash, sealed value); see offline.gdpr.redact.
+    pseudonyms: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def find_document(conn: Any, source: str) -> tuple[int, str, str, list[str]] | None:
@@ -113,9 +115,22 @@ def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chun
             conn.executemany("INSERT INTO identifiers(chunk_id, doc_id, kind, hash, start, end, score)"
                              " VALUES (?, ?, ?, ?, ?, ?, ?)",
                              [(first + o, doc_id, k, h, a, b, sc) for o, k, h, a, b, sc in doc.identifiers])
+        if doc.pseudonyms:
+            conn.executemany("INSERT OR IGNORE INTO pseudonyms(doc_id, token, kind, hash, sealed) VALUES (?, ?, ?, ?, ?)",
+                             [(doc_id, *p) for p in doc.pseudonyms])
         vindex.set_meta(conn, "next_chunk_id", first + len(chunks))
         vindex.bump_version(conn)
     return doc_id, (old[0] if old else None)
+
+
+def _prune_pseudonyms(conn: Any, doc_id: int) -> None:
+    """Forget the pseudonyms no remaining chunk of the document uses (an erased person's mapping)."""
+    tokens = [r[0] for r in conn.execute("SELECT token FROM pseudonyms WHERE doc_id = ?", (doc_id,))]
+    for token in tokens:
+        used = conn.execute("SELECT 1 FROM chunks WHERE doc_id = ? AND instr(text, ?) > 0 LIMIT 1",
+                            (doc_id, token)).fetchone()
+        if used is None:
+            conn.execute("DELETE FROM pseudonyms WHERE doc_id = ? AND token = ?", (doc_id, token))
 
 
 def delete_chunks(conn: Any, doc_id: int, chunk_ids: list[int]) -> tuple[int, bool]:
@@ -140,6 +155,7 @@ def delete_chunks(conn: Any, doc_id: int, chunk_ids: list[int]) -> tuple[int, bo
             meta = json.loads(row[0] or "{}") if row else {}
             meta["chunks_erased"] = int(meta.get("chunks_erased", 0)) + n
             conn.execute("UPDATE documents SET meta = ? WHERE id = ?", (json.dumps(meta, sort_keys=True), doc_id))
+            _prune_pseudonyms(conn, doc_id)
         vindex.bump_version(conn)
     return n, gone
 

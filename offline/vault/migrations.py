@@ -253,6 +253,25 @@ COLLECTION_MIGRATIONS: list[tuple[str, str]] = [
         END;
         """,
     ),
+    (
+        # Redacting collections (offline.gdpr.redact): each pseudonym with the value it stands for,
+        # sealed to the audit seal key (admins and auditors), per document so an erasure removes it.
+        "0003_pseudonyms",
+        """
+        CREATE TABLE pseudonyms(
+            doc_id INTEGER NOT NULL,
+            token TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            sealed TEXT NOT NULL,
+            PRIMARY KEY (doc_id, token)
+        );
+        CREATE INDEX pseudonyms_token ON pseudonyms(token);
+        CREATE TRIGGER documents_ad_pseudonyms AFTER DELETE ON documents BEGIN
+            DELETE FROM pseudonyms WHERE doc_id = old.id;
+        END;
+        """,
+    ),
 ]
 
 _LISTS = {"vault": VAULT_MIGRATIONS, "collection": COLLECTION_MIGRATIONS}
