@@ -228,6 +228,8 @@ def _pdf(data: bytes) -> tuple[list[Segment], dict[str, Any]]:
         if reader.is_encrypted:
             raise InvalidInput("encrypted PDF: decrypt it before ingesting")
         segments = [Segment(page.extract_text() or "", page=i) for i, page in enumerate(reader.pages, start=1)]
+        scanned = {i for i, page in enumerate(reader.pages, start=1)
+                   if not segments[i - 1].text.strip() and _has_image(page)}
     except InvalidInput:
         raise
     except Exception as exc:  # pypdf raises many types on damaged files
@@ -237,7 +239,9 @@ def _pdf(data: bytes) -> tuple[list[Segment], dict[str, Any]]:
         meta.update(document_date(reader.metadata.creation_date if reader.metadata else None, "pdf metadata"))
     except Exception:  # an unparsable /CreationDate costs the date, not the document
         pass
-    blank = [s.page for s in segments if not s.text.strip() and s.page is not None]
+    # Only pages that hold an image are scans worth OCR: a page of text operators that pypdf could
+    # not read (no font, a decompression bomb) is not rendered, so it costs nothing and is refused.
+    blank = sorted(scanned)
     if blank:  # a scan, or scanned pages in a typed document: read them with OCR
         from .ocr import render_pdf_page
 
@@ -248,6 +252,17 @@ def _pdf(data: bytes) -> tuple[list[Segment], dict[str, Any]]:
     if not any(s.text.strip() for s in segments):
         raise InvalidInput("PDF has no text, not even by OCR")
     return segments, meta
+
+
+def _has_image(page: Any) -> bool:
+    """Whether a PDF page draws an image XObject (what a scanner produces)."""
+    try:
+        xobjects = page["/Resources"].get_object().get("/XObject")
+        if xobjects is None:
+            return False
+        return any(x.get_object().get("/Subtype") == "/Image" for x in xobjects.get_object().values())
+    except (KeyError, AttributeError, TypeError):
+        return False
 
 
 def _ocr_pages(pages: list[tuple[int, Any]]) -> tuple[list[Segment], dict[str, Any]]:
