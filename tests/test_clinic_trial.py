@@ -62,6 +62,10 @@ def test_export_finds_every_place_and_erase_leaves_no_trace(trial, tmp_path, cli
         assert not [h for h in hits if "mgz" in h.text], probe
     for p in lab["places"]:
         assert not _raw_scan(s, p["marker"][1:].encode()), p["marker"]
+    # Her id in every spelling, her old hospital number and her e-mail: in no page, text or FTS term
+    # (FTS5 prefix-compresses terms, so scan for a tail every stored form contains).
+    for needle in (b"0417", b"88121", b"ia.gonzalez"):
+        assert not _raw_scan(s, needle), needle
     assert _raw_scan(s, b"eep08")  # positive control: the other Gonzalez is still in the file
 
 
