@@ -40,6 +40,7 @@ def model_checks() -> list[Check]:
     from ..models.packaged import pinned_names
 
     checks += [packaged_check(n) for n in pinned_names()]
+    checks.append(ocr_check())
     return checks
 
 
@@ -58,3 +59,21 @@ def packaged_check(model: str) -> Check:
     return passed(name, f"tree sha256 {info['tree_sha256'][:16]}... matches ({info['source']}, wheel sha256 "
                         f"{info['wheel_sha256'][:16]}...)", path=info["path"], tree_sha256=info["tree_sha256"],
                   wheel_sha256=info["wheel_sha256"], source=info["source"])
+
+
+def ocr_check() -> Check:
+    """Tesseract and its pinned English model (a SKIP where it is not installed: scans are refused)."""
+    from ..errors import InvalidInput, ModelIntegrityError, OfflineError
+    from ..ingest.ocr import OCR_NAME, verify_engine
+
+    name = f"ocr {OCR_NAME}"
+    try:
+        info = verify_engine()
+    except ModelIntegrityError as exc:
+        return failed(name, str(exc))
+    except InvalidInput as exc:
+        return skipped(name, f"{exc}; scanned pages are refused until then")
+    except OfflineError as exc:
+        return failed(name, str(exc))
+    return passed(name, f"sha256 {info['sha256'][:16]}... matches ({info['traineddata']})",
+                  binary=info["binary"], traineddata=info["traineddata"], sha256=info["sha256"])

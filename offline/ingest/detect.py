@@ -24,13 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 DETECTOR_NAME = "en-core-web-sm"
 MIN_SCORE = 0.5
 PERSON_MIN_SCORE = 0.8
 DOB_CONTEXT = re.compile(r"(?:\bd\.?o\.?b\.?|\bborn(?:\s+on)?|date\s+of\s+birth|birth\s*date)\W{0,4}$", re.IGNORECASE)
 KINDS = ("SUBJECT_ID", "UK_NHS", "US_SSN", "EMAIL_ADDRESS", "DATE_OF_BIRTH", "PHONE_NUMBER", "PERSON")
-ID_KINDS = frozenset(KINDS) - {"PERSON"}
 
 _lock = threading.Lock()
 _engines: dict[str, Any] = {}

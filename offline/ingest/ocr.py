@@ -17,11 +17,10 @@ import hashlib
 import io
 import shutil
 import subprocess
-import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidInput, ModelIntegrityError, OfflineError
+from ..errors import InvalidInput, ModelIntegrityError
 
 DPI = 200
 LOW_CONFIDENCE = 0.80
@@ -38,18 +37,9 @@ class PageText:
 
 
 def ocr_entry() -> dict[str, Any]:
-    from .. import config
-    from ..models.manifest import manifest_path
+    from ..models.packaged import entry
 
-    for path in dict.fromkeys([manifest_path(), config.REPO_ROOT / "models" / "manifest.toml"]):
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
-            continue
-        for e in data.get("ocr", []):
-            if e.get("name") == OCR_NAME:
-                return e
-    raise OfflineError(f"no model manifest pins the OCR model {OCR_NAME!r}")
+    return entry(OCR_NAME, "ocr")
 
 
 def verify_engine() -> dict[str, Any]:

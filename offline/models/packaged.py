@@ -17,8 +17,8 @@ from typing import Any
 from ..errors import ModelIntegrityError, OfflineError
 
 
-def entry(name: str) -> dict[str, Any]:
-    """The ``[[detector]]`` table called ``name``: from the active manifest, else the kit's own.
+def entry(name: str, table: str = "detector") -> dict[str, Any]:
+    """The ``[[table]]`` entry called ``name``: from the active manifest, else the kit's own.
 
     A manifest made for other model files (``OFFLINE_MODELS_MANIFEST``) need not repeat these pins.
     """
@@ -33,7 +33,7 @@ def entry(name: str) -> dict[str, Any]:
             continue
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise OfflineError(f"cannot read the model manifest {path}: {exc}") from None
-        for e in data.get("detector", []):
+        for e in data.get(table, []):
             if e.get("name") == name:
                 return e
     raise OfflineError(f"no model manifest pins {name!r}")
