@@ -207,3 +207,27 @@ def test_redacting_collection_hides_values_and_export_resolves(admin_session, op
     assert open_collection(s, "ward", "read").conn.execute(
         "SELECT count(*) FROM pseudonyms WHERE kind = 'SUBJECT_ID'").fetchone()[0] == 1  # only John's left
     assert cli(["collections", "redact", "ward", "off"], user="bob").exit_code == 4
+
+
+def test_member_erases_by_names_given_and_planted_registry_rows_fail_closed(clinic, open_as, cli, tmp_path):
+    from offline.errors import VaultCorrupted
+    from offline.gdpr.erase import erase_subject
+    from offline.gdpr.registry import add_subject, list_subjects
+    from offline.vault.collections import grant
+
+    s = clinic
+    grant(s, "clinic", "bob", "write")
+    bob = open_as("bob")
+    # Without the registry a member finds the untagged note only by the name given for the request.
+    plan = erase_subject(bob, PID, dry_run=True)
+    before = plan["totals"]["documents"] + plan["totals"]["documents_in_part"]
+    plan = erase_subject(bob, PID, names=(NAME,), dry_run=True)
+    assert plan["totals"]["documents"] + plan["totals"]["documents_in_part"] == before + 1
+    erase_subject(bob, PID, names=(NAME,), receipt_dir=tmp_path / "rc")
+    assert "qjzmaria1" not in _texts(s)
+    # A member with raw SQL plants a registry row: the admin's registry refuses to read it (exit 5).
+    add_subject(s, "PT-00001", name="Real Person")
+    bob.db.execute("INSERT INTO subject_registry(ref, sealed, created_at, created_by) VALUES ('x', 'AAAA', 'now', 'bob')")
+    with pytest.raises(VaultCorrupted):
+        list_subjects(s)
+    assert cli(["gdpr", "subject", "list"]).exit_code == 5
