@@ -66,13 +66,14 @@ class SubjectTerms:
 
 
 def _id_forms(value: str) -> list[Term]:
+    """``PT-00417`` as written, compacted (``pt00417``) and split where letters meet digits
+    (``pt 00417``), so each spelling of the id is an FTS phrase of its own."""
     toks = tuple(tokens(value))
     if not toks:
         return []
-    forms = [toks]
-    if len(toks) > 1:
-        forms.append(("".join(toks),))
-    return forms
+    compact = "".join(toks)
+    split = tuple(re.findall(r"\d+|[^\W\d_]+", compact))
+    return list(dict.fromkeys(f for f in (toks, (compact,), split) if f))
 
 
 def _name_forms(value: str) -> list[Term]:
