@@ -164,7 +164,8 @@ VAULT_MIGRATIONS: list[tuple[str, str]] = [
         # (vault_keys purpose "subject-registry"); the journal holds keyed hashes only, under a
         # random key that lives only inside this encrypted database (like the canary), so a backup
         # made after this migration shares it and the journal can be replayed into it.
-        "0007_subjects",
+        # (Numbered 0008: main's 0007_keys_confirmed comes first once the branches meet.)
+        "0008_subjects",
         """
         CREATE TABLE subject_registry(
             ref TEXT PRIMARY KEY,
