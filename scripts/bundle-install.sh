@@ -167,4 +167,7 @@ if [[ "$DOCTOR" == 1 ]]; then
     say "running offline doctor"
     "$VENV/bin/offline" doctor || die "offline doctor reported a failure (see the FAIL lines above)"
 fi
+if compgen -G "$BUNDLE/debs/*.deb" >/dev/null; then
+    say "OCR of scanned pages needs Tesseract: as root, run  dpkg -i $BUNDLE/debs/*.deb  (verified above)"
+fi
 say "done. Use it with:  . $VENV/bin/activate && offline --help"

@@ -44,3 +44,34 @@ def write_docx(path: Path, sections: list[tuple[str, str]]) -> Path:
         d.add_paragraph(body)
     d.save(str(path))
     return path
+
+
+def render_page(lines: list[str], dpi: int = 200, noise: float = 0.0):
+    """A typed A4 page rasterised at ``dpi`` (what a flatbed scan of a printed letter looks like)."""
+    import matplotlib
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(str(Path(matplotlib.__file__).parent / "mpl-data/fonts/ttf/DejaVuSerif.ttf"),
+                              int(11 / 72 * dpi))
+    img = Image.new("L", (int(8.27 * dpi), int(11.69 * dpi)), 255)
+    draw = ImageDraw.Draw(img)
+    y = int(0.8 * dpi)
+    for line in lines:
+        draw.text((int(0.8 * dpi), y), line, font=font, fill=0)
+        y += int(16 / 72 * dpi)
+    if noise:
+        arr = np.asarray(img, dtype=np.float32)
+        arr += np.random.default_rng(7).normal(0, noise, arr.shape)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype("uint8"))
+    return img
+
+
+def scanned_pdf(images: list) -> bytes:
+    """A PDF whose pages are only images (no text layer), at 200 dpi."""
+    import io
+
+    buf = io.BytesIO()
+    images[0].convert("RGB").save(buf, format="PDF", save_all=True, resolution=200,
+                                  append_images=[i.convert("RGB") for i in images[1:]])
+    return buf.getvalue()

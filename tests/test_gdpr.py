@@ -168,7 +168,7 @@ def test_erase_leaves_no_trace_and_receipt_verifies(admin_session, tmp_path):
     assert collect_subject_data(s, "p9")["totals"]["documents"] == 1
 
     # Receipt: counts and hashes, in a 0600 file and in the (verifying) audit chain.
-    assert receipt["totals"] == {"documents": 2, "chunks": 2, "vectors": 2}
+    assert receipt["totals"] == {"documents": 2, "documents_in_part": 0, "chunks": 2, "vectors": 2}
     removed = {d["sha256"] for c in receipt["collections"] for d in c["documents"]}
     import hashlib
 

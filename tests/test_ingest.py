@@ -177,7 +177,7 @@ def make_tree(root: Path) -> Path:
     (docs / "sub" / "cfg.json").write_text('{"retention": "seven years"}')
     (docs / "sub" / "log.jsonl").write_text('{"event": "backup completed"}\n')
     (docs / "notes.txt").write_text("Remember the kangaroo exhibit opens in May.")
-    (docs / "image.png").write_bytes(b"\x89PNG\r\n")
+    (docs / "archive.zip").write_bytes(b"PK\x03\x04")  # PNG/JPEG/TIFF are OCRed now (issue 17)
     (docs / "broken.pdf").write_bytes(b"%PDF-1.7 truncated")
     return docs
 
@@ -190,7 +190,7 @@ def test_ingest_folder_reports_added_skipped_failed(coll, tmp_path):
     added = sorted(Path(d["path"]).name for d in r["added"])
     assert added == ["cfg.json", "handbook.md", "log.jsonl", "notes.txt", "page.html", "policy.docx",
                      "report.pdf", "staff.csv"]
-    assert [Path(s["path"]).name for s in r["skipped"]] == ["image.png"]
+    assert [Path(s["path"]).name for s in r["skipped"]] == ["archive.zip"]
     assert "unsupported file type" in r["skipped"][0]["reason"]
     assert [(Path(f["path"]).name, "corrupt PDF" in f["reason"]) for f in r["failed"]] == [("broken.pdf", True)]
     c = counts(coll)

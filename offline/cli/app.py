@@ -101,6 +101,11 @@ class App:
                     if attempt == 2 or not interactive:
                         raise
                     click.echo(f"{exc}; try again.", err=True)
+            from ..gdpr.journal import backup_warning
+
+            warning = backup_warning(self._session)  # a backup restored after an erasure made here
+            if warning:
+                click.echo(warning, err=True)
         return self._session
 
     def confirm(self, question: str, yes: bool) -> None:

@@ -26,25 +26,109 @@ def _export_text(r: dict[str, Any]) -> str:
             + "\nThese files hold personal data in clear: hand them over securely.")
 
 
+_NAME_OPT = click.option("--name", "names", type=TEXT, multiple=True,
+                         help="Also find this name in the text (repeatable; the registry adds its own).")
+_ALIAS_OPT = click.option("--alias", "aliases", type=TEXT, multiple=True,
+                          help="Also find this alias or old id in the text (repeatable).")
+
+
 @gdpr.command("export")
-@click.option("--subject", type=TEXT, required=True, help="Data-subject id (as given at ingest).")
+@click.option("--subject", type=TEXT, required=True, help="Data-subject id (as registered or given at ingest).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for subject-export.json and subject-export.md (created 0700).")
 @click.option("-c", "--collection", "collections", type=TEXT, multiple=True, help="Only this collection (repeatable).")
+@_NAME_OPT
+@_ALIAS_OPT
 @click.pass_obj
-def export_cmd(app: App, subject: str, out_dir: Path, collections: tuple[str, ...]) -> None:
+def export_cmd(app: App, subject: str, out_dir: Path, collections: tuple[str, ...], names: tuple[str, ...],
+               aliases: tuple[str, ...]) -> None:
     """Subject access (GDPR Art 15): all you may read about a subject, as JSON and Markdown."""
     from ..gdpr.export import export_subject
 
-    app.emit(export_subject(app.session(), subject, out_dir, collections=list(collections) or None), _export_text)
+    app.emit(export_subject(app.session(), subject, out_dir, collections=list(collections) or None, names=names,
+                            aliases=aliases), _export_text)
+
+
+@gdpr.group("subject")
+def subject_group() -> None:
+    """The subject registry (admin): ids, names and aliases an erasure or export looks for in text."""
+
+
+@subject_group.command("add")
+@click.argument("subject_id", type=TEXT)
+@click.option("--name", type=TEXT, help="Full name as documents write it.")
+@click.option("--alias", "aliases", type=TEXT, multiple=True, help="Another name, spelling or old id (repeatable).")
+@click.option("--dob", type=TEXT, help="Date of birth, YYYY-MM-DD.")
+@click.option("--replace", is_flag=True, help="Update an entry that exists.")
+@click.pass_obj
+def subject_add(app: App, subject_id: str, name: str | None, aliases: tuple[str, ...], dob: str | None,
+                replace: bool) -> None:
+    """Register SUBJECT_ID (sealed in the vault under a key only admins hold)."""
+    from ..gdpr.registry import add_subject
+
+    app.emit(add_subject(app.session(), subject_id, name=name, aliases=aliases, dob=dob, replace=replace),
+             lambda r: f"Subject {r['subject']} {'updated' if r['replaced'] else 'registered'}"
+                       f" ({1 if r['name'] else 0} name, {len(r['aliases'])} alias(es)).")
+
+
+@subject_group.command("list")
+@click.pass_obj
+def subject_list(app: App) -> None:
+    """Registered subjects (admin)."""
+    from ..gdpr.registry import list_subjects
+
+    app.emit(list_subjects(app.session()),
+             lambda rows: table([{**r, "aliases": ", ".join(r["aliases"]) or "-", "name": r["name"] or "-",
+                                  "dob": r["dob"] or "-"} for r in rows], ["id", "name", "aliases", "dob", "created_by"])
+             if rows else "No subjects registered.")
+
+
+@subject_group.command("rm")
+@click.argument("subject_id", type=TEXT)
+@click.pass_obj
+def subject_rm(app: App, subject_id: str) -> None:
+    """Forget a registered subject (their documents stay: erase them first if that is the aim)."""
+    from ..gdpr.registry import remove_subject
+
+    app.emit(remove_subject(app.session(), subject_id), lambda r: f"Subject {r['subject']} removed from the registry.")
+
+
+@gdpr.command("reapply-erasures")
+@click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the receipt file (default: the current folder).")
+@click.pass_obj
+def reapply_cmd(app: App, receipt_dir: Path | None) -> None:
+    """Replay erasures made on this machine that this vault (a restored backup) does not hold."""
+    from ..gdpr.journal import reapply
+
+    result = reapply(app.session(), receipt_dir=receipt_dir)
+    app.emit(result, lambda r: "No erasure to reapply." if not r["reapplied"] else
+             f"Reapplied {len(r['reapplied'])} erasure(s): " + ", ".join(r["reapplied"]) + "\n" + _erase_text(r["receipt"]))
+
+
+def _plan_text(r: dict[str, Any]) -> str:
+    t = r["totals"]
+    lines = [f"Would erase {t['documents']} document(s) and passages of {t['documents_in_part']} shared "
+             f"document(s): {t['chunks']} chunk(s) in all"]
+    lines += [f"  {c['collection']}: {c['documents']} document(s), {c['documents_in_part']} in part, "
+              f"{c['chunks']} chunk(s)" for c in r["collections"] if c["chunks"]]
+    if r["adapters_to_taint"]:
+        lines.append("Adapters to taint: " + ", ".join(r["adapters_to_taint"]))
+    from ..gdpr.erase import describe_gaps
+
+    if not r["coverage"]["complete"]:
+        lines.append("Coverage: PARTIAL: " + describe_gaps(r["coverage"]))
+    return "\n".join(lines)
 
 
 def _erase_text(r: dict[str, Any]) -> str:
     t = r["totals"]
-    lines = [f"Erased {t['documents']} document(s), {t['chunks']} chunk(s), {t['vectors']} vector(s); "
+    lines = [f"Erased {t['documents']} document(s) and passages of {t.get('documents_in_part', 0)} shared document(s), "
+             f"{t['chunks']} chunk(s), {t['vectors']} vector(s); "
              f"receipt {r['receipt_id']} (audit entry {r['audit']['seq']}) written to {r['file']}"]
     for c in r["collections"]:
-        lines.append(f"  {c['collection']}: {c['documents_removed']} document(s)"
+        lines.append(f"  {c['collection']}: {c['documents_removed']} document(s), "
+                     f"{c.get('documents_erased_in_part', 0)} in part"
                      + (" (grant limited to labels: " + ", ".join(c["grant_labels"]) + ")" if c["grant_labels"] else ""))
     if r["adapters_tainted"]:
         lines.append("Adapters tainted (retrain or override): " + ", ".join(r["adapters_tainted"]))
@@ -65,29 +149,37 @@ def _erase_text(r: dict[str, Any]) -> str:
 
 
 @gdpr.command("erase")
-@click.option("--subject", type=TEXT, required=True, help="Data-subject id (as given at ingest).")
+@click.option("--subject", type=TEXT, required=True, help="Data-subject id (as registered or given at ingest).")
 @click.option("-c", "--collection", "collections", type=TEXT, multiple=True,
               help="Only this collection (repeatable; default: every collection you may write).")
+@_NAME_OPT
+@_ALIAS_OPT
 @click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the receipt file (default: the current folder).")
+@click.option("--dry-run", is_flag=True, help="List what would be erased (counts per collection); erase nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--partial", is_flag=True,
               help="Accept an erasure that cannot cover every collection (the receipt states what it missed).")
 @click.pass_obj
-def erase_cmd(app: App, subject: str, collections: tuple[str, ...], receipt_dir: Path | None, yes: bool,
-              partial: bool) -> None:
-    """Erasure (GDPR Art 17): remove a subject's documents everywhere you may write; write a receipt.
+def erase_cmd(app: App, subject: str, collections: tuple[str, ...], names: tuple[str, ...], aliases: tuple[str, ...],
+              receipt_dir: Path | None, dry_run: bool, yes: bool, partial: bool) -> None:
+    """Erasure (GDPR Art 17): remove every trace of a subject you may write (tags, text, identifiers).
 
     Exits 4 if you may write no collection (nothing is erased) and 1 if some collections were
     out of reach (the rest is erased and receipted), unless --partial is given.
     """
     from ..gdpr.erase import ErasureIncomplete, erase_subject
 
+    scope = {"collections": list(collections) or None, "names": names, "aliases": aliases}
+    if dry_run:
+        app.emit(erase_subject(app.session(), subject, dry_run=True, **scope), _plan_text)
+        return
     if not yes and not app.as_json:
-        click.confirm(f"Erase every document of subject {subject!r}? This cannot be undone", abort=True)
+        plan = erase_subject(app.session(), subject, dry_run=True, **scope)
+        click.echo(terminal_safe(_plan_text(plan)))
+        click.confirm(f"Erase all of this for subject {subject!r}? This cannot be undone", abort=True)
     try:
-        receipt = erase_subject(app.session(), subject, collections=list(collections) or None,
-                                receipt_dir=receipt_dir, partial=partial)
+        receipt = erase_subject(app.session(), subject, receipt_dir=receipt_dir, partial=partial, **scope)
     except ErasureIncomplete as exc:
         app.emit(exc.receipt, _erase_text)  # what was erased, then the one-line error (exit 1)
         raise
@@ -143,7 +235,8 @@ def _apply_text(r: dict[str, Any]) -> str:
 @gdpr.group("retention", invoke_without_command=True)
 @click.option("--apply", "apply_", is_flag=True, help="Erase every document whose retention period has run out.")
 @click.option("--dry-run", is_flag=True, help="With --apply: list what would be erased, erase nothing.")
-@click.option("-c", "--collection", "collections", multiple=True, help="With --apply: only this collection.")
+@click.option("-c", "--collection", "collections", multiple=True,
+              help="Only this collection (repeatable): its rules, or with --apply what expired in it.")
 @click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the receipt file (default: the current folder).")
 @click.pass_context
@@ -159,36 +252,37 @@ def retention(ctx: click.Context, apply_: bool, dry_run: bool, collections: tupl
         app.emit(apply_retention(app.session(), collections=list(collections) or None, receipt_dir=receipt_dir,
                                  dry_run=dry_run), _apply_text)
         return
-    if dry_run or collections or receipt_dir:
+    if dry_run or receipt_dir:
         from ..errors import UsageError
 
-        raise UsageError("--dry-run, -c and --receipt-dir go with --apply")
+        raise UsageError("--dry-run and --receipt-dir go with --apply")
     from ..gdpr.retention import retention_policy
 
-    app.emit(retention_policy(app.session()), _retention_text)
+    app.emit(retention_policy(app.session(), list(collections) or None), _retention_text)
 
 
 @retention.command("set")
-@click.option("--collection", help="Set the period of this collection.")
+@click.option("-c", "--collection", help="Set the period of this collection.")
 @click.option("--label", help="Set the period of this label (in every collection).")
 @click.option("--backups", is_flag=True, help="Set how long backups are kept (shown in erasure receipts).")
-@click.option("--days", type=int, help="Retention period in days.")  # range checked by the library
+@click.option("--days", "--period", "period", help="Retention period: 30d, 6m, 8y (a bare number is days).")
 @click.option("--clear", is_flag=True, help="Remove the period instead.")
 @click.pass_obj
-def retention_set(app: App, collection: str | None, label: str | None, backups: bool, days: int | None,
+def retention_set(app: App, collection: str | None, label: str | None, backups: bool, period: str | None,
                   clear: bool) -> None:
-    """Set or clear a retention period (admin)."""
+    """Set or clear a retention period (admin). It runs from each document's own date when known."""
     from ..errors import UsageError
-    from ..gdpr.retention import set_backup_retention, set_retention
+    from ..gdpr.retention import parse_period, set_backup_retention, set_retention
 
-    if clear == (days is not None):
-        raise UsageError("give --days N or --clear")
+    if clear == (period is not None):
+        raise UsageError("give --days PERIOD (e.g. 8y) or --clear")
+    days = None if clear else parse_period(period)  # type: ignore[arg-type]
     if backups:
         if collection or label:
             raise UsageError("--backups goes alone")
-        result = set_backup_retention(app.session(), None if clear else days)
+        result = set_backup_retention(app.session(), days)
     else:
-        result = set_retention(app.session(), collection=collection, label=label, days=None if clear else days)
+        result = set_retention(app.session(), collection=collection, label=label, days=days)
     app.emit(result, lambda r: f"Retention of {r.get('collection') or r.get('label') or 'backups'}: "
                                f"{str(r['days']) + ' days' if r['days'] else 'none'}.")
 
@@ -236,12 +330,29 @@ def break_glass_cmd(app: App, collection: str, state: str, users: tuple[str, ...
 
 
 
+@click.command("redact")
+@click.argument("collection")
+@click.argument("mode", type=click.Choice(["phi", "off"]))
+@click.pass_obj
+def redact_cmd(app: App, collection: str, mode: str) -> None:
+    """Redact identifiers to pseudonyms in COLLECTION from now on (phi) or stop (off) (admin).
+
+    Documents already ingested keep their text until they are ingested again.
+    """
+    from ..gdpr.redact import set_redaction
+
+    app.emit(set_redaction(app.session(), collection, mode),
+             lambda r: f"Redaction of {r['collection']}: {r['redact']} (applies to documents ingested from now on).")
+
+
 def _attach_to_collections() -> None:
-    # ``offline collections break-glass`` lives beside create/grant/revoke without editing vault.py.
+    # ``offline collections break-glass|redact`` live beside create/grant/revoke without editing vault.py.
     from .vault import collections
 
     if "break-glass" not in collections.commands:
         collections.add_command(break_glass_cmd)
+    if "redact" not in collections.commands:
+        collections.add_command(redact_cmd)
 
 
 _attach_to_collections()

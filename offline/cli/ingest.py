@@ -43,6 +43,13 @@ def _ingest_text(r: dict[str, Any]) -> str:
     lines = [f"Collection {r['collection']}: {len(r['added'])} added, {len(r['updated'])} updated, "
              f"{len(r['unchanged'])} unchanged, {len(r['skipped'])} skipped, {len(r['failed'])} failed; "
              f"{r['chunks']} chunks in {r.get('seconds', 0):.1f} s"]
+    found = r.get("identifiers")
+    if found is not None:
+        lines.append(f"Identifiers found: {sum(found.values())}"
+                     + (" (" + ", ".join(f"{k} {n}" for k, n in found.items()) + ")" if found else "")
+                     + "; stored as keyed hashes (docs show lists them)")
+    lines += [one_line(f"  low OCR confidence {o['path']}: page(s) {', '.join(map(str, o['pages']))}; check the scan")
+              for o in r.get("ocr_low_confidence", [])]
     lines += [one_line(f"  skipped {s['path']}: {s['reason']}") for s in r["skipped"]]
     lines += [one_line(f"  failed  {f['path']}: {f['reason']}") for f in r["failed"]]
     return "\n".join(lines)
@@ -59,26 +66,38 @@ def _ingest_text(r: dict[str, Any]) -> str:
               help="Per-file parsing time limit in seconds.")
 @click.option("--subject-field", help="CSV column or JSON field (dotted path) holding each row's subject id:"
               " every row becomes its own document tagged with it (see offline.gdpr.subjects).")
+@click.option("--date-field", help="With --subject-field: the column or field holding each row's own date"
+              " (retention counts from it).")
+@click.option("--allow-erased", is_flag=True, help="Ingest even what brings back erased data (needs --reason;"
+              " audited, high severity).")
+@click.option("--reason", type=TEXT, help="Why erased data may come back (with --allow-erased).")
 @click.pass_obj
 def ingest(app: App, paths: tuple[str, ...], collection: str, label: str | None, subjects: tuple[str, ...],
-           max_mb: float, timeout: float, subject_field: str | None) -> None:
-    """Add files and folders (.txt .md .html .pdf .docx .csv .json .jsonl) to COLLECTION."""
-    from ..errors import OfflineError
+           max_mb: float, timeout: float, subject_field: str | None, date_field: str | None, allow_erased: bool,
+           reason: str | None) -> None:
+    """Add files and folders (.txt .md .html .pdf .docx .csv .json .jsonl; scans: .pdf .png .jpg .tiff) to COLLECTION."""
+    from ..errors import OfflineError, UsageError
+    from ..gdpr.journal import check_allow
     from ..ingest import ingest_paths
 
+    allow = check_allow(allow_erased, reason)
+    if date_field is not None and subject_field is None:
+        raise UsageError("--date-field goes with --subject-field")
     session = app.session()
     if subject_field is not None:
         from ..gdpr.subjects import ingest_with_subject_field
 
         report = ingest_with_subject_field(session, list(paths), collection, subject_field, label=label,
-                                           subjects=subjects, max_bytes=int(max_mb * 1024 * 1024))
+                                           subjects=subjects, max_bytes=int(max_mb * 1024 * 1024),
+                                           allow_erased_reason=allow, date_field=date_field)
         app.emit(report, _ingest_text)
         if report["failed"]:
             raise OfflineError(f"{len(report['failed'])} row(s) failed; the others were ingested")
         return
     with _progress_bar(sys.stderr.isatty()) as progress:
         report = ingest_paths(session, list(paths), collection, label=label, subjects=subjects,
-                              max_bytes=int(max_mb * 1024 * 1024), timeout_s=timeout, progress=progress)
+                              max_bytes=int(max_mb * 1024 * 1024), timeout_s=timeout, progress=progress,
+                              allow_erased_reason=allow)
     app.emit(report, _ingest_text)
     if report["failed"]:
         raise OfflineError(f"{len(report['failed'])} file(s) failed; the others were ingested")
@@ -110,6 +129,12 @@ def _show_text(d: dict[str, Any]) -> str:
             f"  sha256   {f['sha256']}", f"  size     {f['size']} bytes", f"  label    {one_line(d['label'] or '-')}",
             f"  subjects {one_line(', '.join(d['subjects']) or '-')}",
             f"  ingested {f['ingested_at']} by {f['ingested_by']}", f"  chunks   {f['chunks']}"]
+    if d.get("identifiers"):
+        head.append(f"  identifiers {len(d['identifiers'])}:")
+        head += [one_line(f"    {i['chunk_id']:<14} {i['kind']:<14} {i['value']}  ({i['score']:.2f})")
+                 for i in d["identifiers"]]
+    if d["meta"].get("chunks_erased"):
+        head.append(f"  erased   {d['meta']['chunks_erased']} chunk(s) removed by an erasure (document incomplete)")
     for c in d["chunk_list"]:
         where = f"p. {c['page']}" if c["page"] is not None else (f"§ {c['section']}" if c["section"] else "")
         flags = f" [{','.join(c['flags'])}]" if c["flags"] else ""

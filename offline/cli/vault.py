@@ -170,13 +170,20 @@ def collections() -> None:
 
 @collections.command("create")
 @click.argument("name")
+@click.option("--redact", type=click.Choice(["phi", "off"]), default="off", show_default=True,
+              help="phi: replace detected identifiers by stable pseudonyms before indexing (offline.gdpr.redact).")
 @click.pass_obj
-def collections_create(app: App, name: str) -> None:
+def collections_create(app: App, name: str, redact: str) -> None:
     """Create collection NAME with its own random key (admin)."""
     from ..vault.collections import create_collection
 
     result = create_collection(app.session(), name)
-    app.emit(result, lambda r: f"Created collection {r['name']}.")
+    if redact != "off":
+        from ..gdpr.redact import set_redaction
+
+        result["redact"] = set_redaction(app.session(), name, redact)["redact"]
+    app.emit(result, lambda r: f"Created collection {r['name']}" + (" (identifiers redacted to pseudonyms)."
+                                                                   if r.get("redact") else "."))
 
 
 @collections.command("list")

@@ -37,4 +37,43 @@ def model_checks() -> list[Check]:
                              path=str(m.path), sha256=m.sha256))
     if not checks:
         checks.append(failed("models", "no models are known (manifest empty?)"))
+    from ..models.packaged import pinned_names
+
+    checks += [packaged_check(n) for n in pinned_names()]
+    checks.append(ocr_check())
     return checks
+
+
+def packaged_check(model: str) -> Check:
+    """A model used in place from its package (NER, OCR): its folder hashed against the manifest pin."""
+    from ..errors import ModelIntegrityError, OfflineError
+    from ..models.packaged import verify
+
+    name = f"detector {model}"
+    try:
+        info = verify(model)
+    except ModelIntegrityError as exc:
+        return failed(name, str(exc))
+    except OfflineError as exc:
+        return failed(name, f"{exc} (identifier detection and OCR at ingest need it)")
+    return passed(name, f"tree sha256 {info['tree_sha256'][:16]}... matches ({info['source']}, wheel sha256 "
+                        f"{info['wheel_sha256'][:16]}...)", path=info["path"], tree_sha256=info["tree_sha256"],
+                  wheel_sha256=info["wheel_sha256"], source=info["source"])
+
+
+def ocr_check() -> Check:
+    """Tesseract and its pinned English model (a SKIP where it is not installed: scans are refused)."""
+    from ..errors import InvalidInput, ModelIntegrityError, OfflineError
+    from ..ingest.ocr import OCR_NAME, verify_engine
+
+    name = f"ocr {OCR_NAME}"
+    try:
+        info = verify_engine()
+    except ModelIntegrityError as exc:
+        return failed(name, str(exc))
+    except InvalidInput as exc:
+        return skipped(name, f"{exc}; scanned pages are refused until then")
+    except OfflineError as exc:
+        return failed(name, str(exc))
+    return passed(name, f"sha256 {info['sha256'][:16]}... matches ({info['traineddata']})",
+                  binary=info["binary"], traineddata=info["traineddata"], sha256=info["sha256"])

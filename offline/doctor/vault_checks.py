@@ -175,7 +175,8 @@ def check_audit(session: Any | None) -> Check:
                   entries=rep.entries, head_hash=rep.head_hash, vault_fingerprint=fp)
 
 
-VAULT_CHECKS = ("vault encryption", "plaintext canary", "file permissions", "KDF parameters", "audit chain")
+VAULT_CHECKS = ("vault encryption", "plaintext canary", "file permissions", "KDF parameters", "audit chain",
+                "erasure journal")
 
 
 def vault_checks(vault_dir: Path, session: Any | None, locked_reason: str | None) -> list[Check]:
@@ -193,4 +194,21 @@ def vault_checks(vault_dir: Path, session: Any | None, locked_reason: str | None
     checks += [check_permissions(vault_dir), check_kdf(vault_dir)]
     checks.append(check_audit(session) if session is not None
                   else skipped("audit chain", locked_reason or "vault locked"))
+    checks.append(check_erasure_journal(session) if session is not None
+                  else skipped("erasure journal", locked_reason or "vault locked"))
     return checks
+
+
+def check_erasure_journal(session: Any) -> Check:
+    """The erasure journal matches the signed receipts, and holds every erasure made on this machine."""
+    from ..gdpr.journal import check_journal, missing_erasures
+
+    problems = check_journal(session)
+    if problems:
+        return failed("erasure journal", problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    missing = missing_erasures(session)
+    if missing:
+        return failed("erasure journal", f"{len(missing)} erasure(s) made on this machine are not in this vault "
+                                         "(a backup restored?): run `offline gdpr reapply-erasures`")
+    n = session.db.execute("SELECT count(DISTINCT receipt_id) FROM erasure_journal").fetchone()[0]
+    return passed("erasure journal", f"{n} erasure(s) journaled, matching their signed receipts")

@@ -64,18 +64,29 @@ def label_clause(labels: frozenset[str] | None, column: str = "d.label") -> tupl
     return f" AND {column} IN ({','.join('?' * len(labels))})", sorted(labels)
 
 
+_DOC_COLUMNS = "d.id, d.source, d.name, d.sha256, d.size, d.label, d.mime, d.ingested_at, d.ingested_by, d.meta"
+
+
+def _doc_rows(rows: list[tuple]) -> list[dict[str, Any]]:
+    return [{"doc_id": r[0], "source": r[1], "name": r[2], "sha256": r[3], "size": r[4], "label": r[5],
+             "mime": r[6], "ingested_at": r[7], "ingested_by": r[8], "meta": _json_or_raw(r[9])} for r in rows]
+
+
 def subject_documents(conn: Any, subject: str, labels: frozenset[str] | None) -> list[dict[str, Any]]:
     """Documents tagged with ``subject`` that a grant limited to ``labels`` may see."""
     clause, params = label_clause(labels)
-    rows = conn.execute(
-        "SELECT d.id, d.source, d.name, d.sha256, d.size, d.label, d.mime, d.ingested_at, d.ingested_by, d.meta"
-        " FROM documents d JOIN doc_subjects s ON s.doc_id = d.id WHERE s.subject = ?" + clause
-        + " ORDER BY d.id", [subject, *params]).fetchall()
-    out = []
-    for r in rows:
-        out.append({"doc_id": r[0], "source": r[1], "name": r[2], "sha256": r[3], "size": r[4], "label": r[5],
-                    "mime": r[6], "ingested_at": r[7], "ingested_by": r[8], "meta": _json_or_raw(r[9])})
-    return out
+    return _doc_rows(conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents d JOIN doc_subjects s ON s.doc_id = d.id"
+                                  " WHERE s.subject = ?" + clause + " ORDER BY d.id", [subject, *params]).fetchall())
+
+
+def document_rows(conn: Any, doc_ids: list[int], labels: frozenset[str] | None) -> list[dict[str, Any]]:
+    """The given documents (those a grant limited to ``labels`` may see), by id."""
+    if not doc_ids:
+        return []
+    clause, params = label_clause(labels)
+    marks = ",".join("?" * len(doc_ids))
+    return _doc_rows(conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents d WHERE d.id IN ({marks})" + clause
+                                  + " ORDER BY d.id", [*doc_ids, *params]).fetchall())
 
 
 def _json_or_raw(text: str | None) -> Any:
@@ -89,6 +100,21 @@ def parse_ts(text: str) -> _dt.datetime:
     """An ISO timestamp from the vault (always UTC) as an aware datetime."""
     moment = _dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=_dt.timezone.utc)
+
+
+def parse_date(text: str) -> _dt.date | None:
+    """A calendar date written as ISO (``2024-05-02``, also with a time) or day first (``02/05/2024``)."""
+    t = str(text or "").strip()
+    try:
+        return _dt.datetime.fromisoformat(t.replace("Z", "+00:00")).date()
+    except ValueError:
+        pass
+    for fmt in ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y", "%d %B %Y", "%d %b %Y"):
+        try:
+            return _dt.datetime.strptime(t, fmt).date()
+        except ValueError:
+            continue
+    return None
 
 
 def utc_now_dt() -> _dt.datetime:

@@ -31,9 +31,11 @@ from ..vault import db
 from ..vault.collections import CollectionHandle, open_collection
 from ..vault.core import Session, new_id, utc_now
 from .common import (
-    check_subject, new_file, parse_ts, private_output_dir, subject_documents, subject_ref, subject_ref_matches,
-    utc_now_dt, write_private_json, writable_collections,
+    check_subject, new_file, parse_ts, private_output_dir, subject_ref, subject_ref_matches, utc_now_dt,
+    write_private_json, writable_collections,
 )
+from .finder import Found
+from .registry import resolve_terms
 
 RECEIPT_VERSION = 1
 
@@ -85,24 +87,28 @@ def describe_gaps(coverage: dict[str, Any]) -> str:
     return "; ".join(parts) or "complete"
 
 
-def erase_subject(session: Session, subject: str, *, collections: list[str] | None = None,
-                  receipt_dir: Path | str | None = None, partial: bool = False) -> dict[str, Any]:
-    """Erase every document tagged with ``subject`` in ``collections`` (default: all you may write).
+def erase_subject(session: Session, subject: str, *, names: tuple[str, ...] = (), aliases: tuple[str, ...] = (),
+                  collections: list[str] | None = None, receipt_dir: Path | str | None = None,
+                  partial: bool = False, dry_run: bool = False) -> dict[str, Any]:
+    """Erase every trace of ``subject`` in ``collections`` (default: all you may write).
 
-    Returns the receipt (with ``file`` and ``audit`` added). A write grant is needed on each named
-    collection; without ``collections`` every writable one is searched. The receipt's
+    The subject is looked for by tag, by what the text says (id, registered name and aliases,
+    plus ``names``/``aliases`` given for this request) and by detected identifiers
+    (:mod:`offline.gdpr.finder`). ``dry_run`` returns the plan (:func:`plan_summary`) and erases
+    nothing. Returns the receipt (with ``file`` and ``audit`` added). A write grant is needed on
+    each named collection; without ``collections`` every writable one is searched. The receipt's
     ``coverage`` says what was out of reach; unless ``partial``, an incomplete erasure raises
     (AccessDenied before anything is erased when nothing is writable, else
     :class:`ErasureIncomplete` once the reachable part is erased and receipted).
     """
     subject = check_subject(subject)
     session.require_role("admin", "member", action="erasing personal data")
-    names = list(dict.fromkeys(collections)) if collections else writable_collections(session)
-    plan = []
-    for name in names:
-        handle = open_collection(session, name, "write")
-        plan.append((handle, [d["doc_id"] for d in subject_documents(handle.conn, subject, handle.labels)]))
-    coverage = erasure_coverage(session, [h for h, _ in plan], requested=bool(collections))
+    terms, _ = resolve_terms(session, subject, names=names, aliases=aliases)
+    plan, coverage = subject_plan(session, terms, collections, need="write")
+    if dry_run:
+        summary = plan_summary(session, plan, coverage)
+        session.audit("gdpr.erase.dry_run", subject_ref=subject_ref(session, subject), **summary["totals"])
+        return summary
     if not plan and not coverage["complete"] and not partial:
         session.audit("access.denied", severity="warning", what="gdpr.erase", subject_ref=subject_ref(session, subject),
                       reason="no writable collection", coverage=coverage)
@@ -111,13 +117,52 @@ def erase_subject(session: Session, subject: str, *, collections: list[str] | No
                            "access (or pass --partial to record an empty receipt)")
     receipt = erase_documents(session, plan, kind="subject",
                               reason="erasure request of the data subject (GDPR Art. 17)", subject=subject,
-                              receipt_dir=receipt_dir, considered=None if collections else names,
-                              coverage=coverage)
+                              receipt_dir=receipt_dir, considered=None if collections else [h.name for h, _ in plan],
+                              coverage=coverage, journal_terms=terms)
     if not coverage["complete"] and not partial:
         raise ErasureIncomplete(
             f"erasure incomplete: {describe_gaps(coverage)}; receipt {receipt['receipt_id']} records what was "
             "erased. Ask an admin to cover the rest, or pass --partial to accept a partial erasure", receipt)
     return receipt
+
+
+def subject_plan(session: Session, terms: Any, collections: list[str] | None, *,
+                 need: str) -> tuple[list[tuple[CollectionHandle, list[Found]]], dict[str, Any]]:
+    """Where the subject appears in each collection the caller may ``need`` (read or write), and coverage."""
+    from ..vault.collections import readable_collections
+    from .finder import find_in_collection
+    from .journal import identifier_key
+
+    key = identifier_key(session)
+    if collections:
+        names = list(dict.fromkeys(collections))
+    else:
+        names = writable_collections(session) if need == "write" else readable_collections(session)
+    plan = []
+    for name in names:
+        handle = open_collection(session, name, need)  # type: ignore[arg-type]
+        plan.append((handle, find_in_collection(handle, terms, key)))
+    return plan, erasure_coverage(session, [h for h, _ in plan], requested=bool(collections))
+
+
+def plan_summary(session: Session, plan: list[tuple[CollectionHandle, list[Found]]],
+                 coverage: dict[str, Any]) -> dict[str, Any]:
+    """What an erasure would remove: per collection, documents whole or in part, chunks, adapters."""
+    from ..finetune.store import adapters_using_document
+
+    per, adapters = [], set()
+    for handle, found in plan:
+        for f in found:
+            adapters.update(adapters_using_document(session, handle.id, f.doc_id))
+        per.append({"collection": handle.name,
+                    "documents": sum(1 for f in found if f.whole),
+                    "documents_in_part": sum(1 for f in found if not f.whole),
+                    "chunks": sum(len(f.chunk_ids) for f in found),
+                    "doc_ids": [f.doc_id for f in found]})
+    return {"dry_run": True, "collections": per, "adapters_to_taint": sorted(adapters), "coverage": coverage,
+            "totals": {"documents": sum(c["documents"] for c in per),
+                       "documents_in_part": sum(c["documents_in_part"] for c in per),
+                       "chunks": sum(c["chunks"] for c in per), "adapters": len(adapters)}}
 
 
 def _doc_facts(conn: Any, doc_id: int, subject: str | None) -> dict[str, Any] | None:
@@ -182,15 +227,22 @@ def _taint_adapters(session: Session, removed: list[tuple[str, int]], receipt_id
     return sorted(names)
 
 
-def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[int]]], *, kind: str, reason: str,
+def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[Any]]], *, kind: str, reason: str,
                     subject: str | None = None, receipt_dir: Path | str | None = None,
-                    considered: list[str] | None = None, coverage: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Remove the given documents of each open (write) collection, scrub, taint, and write a receipt.
+                    considered: list[str] | None = None, coverage: dict[str, Any] | None = None,
+                    journal_terms: Any = None) -> dict[str, Any]:
+    """Remove what ``plan`` names in each open (write) collection, scrub, taint, journal, write a receipt.
 
-    ``plan``: (handle opened for write, document ids). ``considered``: the collection names the
-    caller chose from (only for "everything I may write"), so admins learn which others exist.
-    ``coverage``: what the erasure could not reach (:func:`erasure_coverage`), put in the receipt.
+    ``plan``: (handle opened for write, items), an item being a document id (the whole document)
+    or a :class:`~offline.gdpr.finder.Found` (whole, or only its chunks that mention the subject).
+    ``considered``: the collection names the caller chose from (only for "everything I may write"),
+    so admins learn which others exist. ``coverage``: what the erasure could not reach
+    (:func:`erasure_coverage`). ``journal_terms``: the subject's terms, remembered (hashed) in
+    the erasure journal with the removed documents and chunks so they stay out.
     """
+    from ..ingest.store import delete_chunks, delete_document
+    from . import journal
+
     folder = private_output_dir(receipt_dir)  # fail before deleting anything
     receipt_id = new_id()
     file = new_file(folder, f"erasure-receipt-{receipt_id}.json")
@@ -199,18 +251,30 @@ def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[in
             raise AccessDenied(f"access denied: collection {handle.name!r}")
     started = utc_now_dt()
     per_coll, named, removed_docs = [], [], []
+    erased_shas: list[str] = []
+    erased_chunks: list[str] = []
     problems: list[str] = []
-    from ..ingest.store import delete_document
 
-    for handle, doc_ids in plan:
+    for handle, items in plan:
         docs = []
-        for doc_id in doc_ids:
-            facts = _doc_facts(handle.conn, doc_id, subject)
+        for item in items:
+            found = item if isinstance(item, Found) else Found(int(item), True, [])
+            facts = _doc_facts(handle.conn, found.doc_id, subject)
             if facts is None or not handle.label_allowed(facts["label"]):
                 continue  # gone meanwhile, or outside the grant: never touched
-            delete_document(handle.conn, doc_id)
+            if found.whole or set(found.chunk_ids) >= set(facts["chunk_ids"]):
+                delete_document(handle.conn, found.doc_id)
+                erased_shas.append(facts["sha256"])
+                facts["whole"] = True
+            else:
+                chunk_ids = [c for c in found.chunk_ids if c in set(facts["chunk_ids"])]
+                erased_chunks += _chunk_texts(handle.conn, chunk_ids)
+                facts["vectors"] = _count_vectors(handle.conn, chunk_ids)
+                delete_chunks(handle.conn, found.doc_id, chunk_ids)
+                facts["chunk_ids"], facts["whole"] = chunk_ids, False
+            facts["found_by"] = found.reasons
             docs.append(facts)
-            removed_docs.append((handle.id, doc_id))
+            removed_docs.append((handle.id, found.doc_id))
         scrub: dict[str, Any] | None = None
         if docs:
             try:
@@ -222,21 +286,25 @@ def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[in
         per_coll.append({
             "collection": handle.name, "collection_id": handle.id,
             "grant_labels": sorted(handle.labels) if handle.labels is not None else None,
-            "documents_removed": len(docs), "chunks_removed": chunks, "fts_rows_removed": chunks,
+            "documents_removed": sum(1 for d in docs if d["whole"]),
+            "documents_erased_in_part": sum(1 for d in docs if not d["whole"]),
+            "chunks_removed": chunks, "fts_rows_removed": chunks,
             "vectors_removed": sum(d["vectors"] for d in docs),
             "documents": [{"doc_id": d["doc_id"], "sha256": d["sha256"], "size": d["size"], "label": d["label"],
-                           "ingested_at": d["ingested_at"], "chunks": len(d["chunk_ids"]),
-                           "vectors": d["vectors"], "other_subjects": d["other_subjects"]} for d in docs],
+                           "ingested_at": d["ingested_at"], "chunks": len(d["chunk_ids"]), "whole": d["whole"],
+                           "found_by": d["found_by"], "vectors": d["vectors"],
+                           "other_subjects": d["other_subjects"]} for d in docs],
             "scrub": scrub,
         })
         named += [{"collection": handle.name, "doc_id": d["doc_id"], "name": d["name"], "source": d["source"],
-                   "ingested_by": d["ingested_by"]} for d in docs]
+                   "ingested_by": d["ingested_by"], "whole": d["whole"]} for d in docs]
     tainted = _taint_adapters(session, removed_docs, receipt_id)
     not_covered = None
     if considered is not None and session.role == "admin":
         touched = {h.name for h, _ in plan}
         not_covered = [r[0] for r in session.db.execute("SELECT name FROM collections ORDER BY name")
                        if r[0] not in touched]
+    entries = journal.entries_for(journal.identifier_key(session), journal_terms, erased_shas, erased_chunks)
     body: dict[str, Any] = {
         "receipt_version": RECEIPT_VERSION, "receipt_id": receipt_id, "kind": kind, "reason": reason,
         "subject_ref": subject_ref(session, subject) if subject is not None else None,
@@ -244,11 +312,13 @@ def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[in
         "started_at": started.isoformat(timespec="seconds"), "erased_at": utc_now(),
         "collections": per_coll,
         "totals": {"documents": sum(c["documents_removed"] for c in per_coll),
+                   "documents_in_part": sum(c["documents_erased_in_part"] for c in per_coll),
                    "chunks": sum(c["chunks_removed"] for c in per_coll),
                    "vectors": sum(c["vectors_removed"] for c in per_coll)},
         "adapters_tainted": tainted,
         "backups_still_holding_data": backups_holding_data(session, started),
         "collections_not_covered": not_covered,
+        "journal_entries": len(entries), "journal_sha256": journal.digest(entries),
         "problems": problems,
         **({"coverage": coverage} if coverage is not None else {}),
     }
@@ -257,10 +327,15 @@ def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[in
         session.db.execute("INSERT INTO erasure_receipts(id, created_at, created_by, kind, audit_seq, receipt)"
                            " VALUES (?, ?, ?, ?, ?, ?)",
                            (receipt_id, entry.ts, session.user, kind, entry.seq, chain.canonical_json(body).decode()))
+    journal.record(session, receipt_id, entries, entry.ts, machine=kind != "reapply")
     record = {"receipt": entry.payload, "subject": subject, "documents": named,
               "audit": {"seq": entry.seq, "hash": entry.hash, "action": entry.action, "ts": entry.ts}}
     write_private_json(file, record)
     return {**entry.payload, "file": str(file), "audit": record["audit"]}
+
+
+def _chunk_texts(conn: Any, chunk_ids: list[int]) -> list[str]:
+    return [r[0] for cid in chunk_ids for r in conn.execute("SELECT text FROM chunks WHERE id = ?", (cid,))]
 
 
 def verify_receipt(session: Session, path: Path | str) -> dict[str, Any]:

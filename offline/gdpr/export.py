@@ -10,38 +10,53 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..vault.collections import open_collection, readable_collections
 from ..vault.core import Session, utc_now
-from .common import check_subject, new_file, private_output_dir, subject_documents, subject_ref, write_private_json, \
+from .common import check_subject, document_rows, new_file, private_output_dir, subject_ref, write_private_json, \
     write_private_text
 from .purpose import purpose_of
 from .recipients import recipients, summarise
-from .retention import effective_days, expires_at, retention_policy
+from .retention import effective_days, expires_at, retention_policy, retention_start
 
 FORMAT = "offline-subject-export/v1"
 JSON_NAME = "subject-export.json"
 MD_NAME = "subject-export.md"
 
 
-def collect_subject_data(session: Session, subject: str, collections: list[str] | None = None) -> dict[str, Any]:
-    """The export as a dict (nothing written, nothing audited): see :func:`export_subject`."""
+def collect_subject_data(session: Session, subject: str, collections: list[str] | None = None, *,
+                         names: tuple[str, ...] = (), aliases: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The export as a dict (nothing written, nothing audited): see :func:`export_subject`.
+
+    The subject is found as an erasure finds them (:mod:`offline.gdpr.finder`): a document about
+    them comes whole; a shared one (a ward list) only with the passages that mention them.
+    """
+    from .erase import subject_plan
+    from .redact import resolve
+    from .registry import resolve_terms
+
     subject = check_subject(subject)
     session.require_role("admin", "member", action="exporting personal data")
-    names = list(dict.fromkeys(collections)) if collections else readable_collections(session)
+    terms, entry = resolve_terms(session, subject, names=names, aliases=aliases)
+    plan, _ = subject_plan(session, terms, collections, need="read")
+    names_searched = [h.name for h, _ in plan]
     policy = retention_policy(session)
     out_colls = []
-    for name in names:
-        handle = open_collection(session, name, "read")
-        docs = subject_documents(handle.conn, subject, handle.labels)
-        if not docs:
+    for handle, found in plan:
+        name = handle.name
+        if not found:
             continue
+        by_doc = {f.doc_id: f for f in found}
+        docs = [d for d in document_rows(handle.conn, list(by_doc), handle.labels)]
         for d in docs:
-            rows = handle.conn.execute("SELECT id, ord, page, section, text FROM chunks WHERE doc_id = ? ORDER BY ord",
-                                       (d["doc_id"],)).fetchall()
-            d["chunks"] = [{"chunk_id": f"{name}/{r[0]}", "ord": r[1], "page": r[2], "section": r[3], "text": r[4]}
-                           for r in rows]
+            f = by_doc[d["doc_id"]]
+            marks = ",".join("?" * len(f.chunk_ids)) or "NULL"
+            rows = handle.conn.execute(f"SELECT id, ord, page, section, text FROM chunks WHERE id IN ({marks})"
+                                       " ORDER BY ord", f.chunk_ids).fetchall()
+            # The data subject gets their own data back: pseudonyms resolved (admins hold the mapping).
+            d["chunks"] = [{"chunk_id": f"{name}/{r[0]}", "ord": r[1], "page": r[2], "section": r[3],
+                            "text": resolve(session, handle.conn, r[4])} for r in rows]
+            d["found_by"], d["whole"] = f.reasons, f.whole
             days = effective_days(policy, name, d["label"])
-            d["retention"] = {"days": days, "expires_at": expires_at(d["ingested_at"], days)}
+            d["retention"] = {"days": days, "expires_at": expires_at(retention_start(d), days)}
         keys = {c["chunk_id"] for d in docs for c in d["chunks"]}
         seen = recipients(session, keys)
         for d in docs:
@@ -60,7 +75,8 @@ def collect_subject_data(session: Session, subject: str, collections: list[str] 
     return {
         "format": FORMAT, "subject": subject, "vault_id": session.vault_id,
         "generated_at": utc_now(), "generated_by": session.user,
-        "scope": {"collections_searched": names,
+        "registered": {"name": entry.name, "aliases": entry.aliases, "dob": entry.dob} if entry else None,
+        "scope": {"collections_searched": names_searched,
                   "note": "only documents the requesting user may read are included"},
         "collections": out_colls,
         "totals": {"collections": len(out_colls), "documents": sum(len(c["documents"]) for c in out_colls),
@@ -69,13 +85,14 @@ def collect_subject_data(session: Session, subject: str, collections: list[str] 
 
 
 def export_subject(session: Session, subject: str, out_dir: Path | str, *,
-                   collections: list[str] | None = None) -> dict[str, Any]:
+                   collections: list[str] | None = None, names: tuple[str, ...] = (),
+                   aliases: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write ``subject-export.json`` and ``subject-export.md`` (0600) into ``out_dir`` (made 0700).
 
     The files hold personal data in clear: that is their purpose. Existing files are never
     overwritten. One ``gdpr.export`` audit entry names the subject by its hash only.
     """
-    data = collect_subject_data(session, subject, collections)
+    data = collect_subject_data(session, subject, collections, names=names, aliases=aliases)
     folder = private_output_dir(out_dir)
     json_path, md_path = new_file(folder, JSON_NAME), new_file(folder, MD_NAME)
     # Committed before a byte of personal data is written out: no export goes unlogged.

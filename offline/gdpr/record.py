@@ -124,6 +124,30 @@ def _categories(session: Session) -> tuple[list[dict[str, Any]], dict[str, dict[
     return sorted(labels.values(), key=lambda x: x["label"]), per_coll, source
 
 
+def _subject_measures(session: Session) -> dict[str, Any]:
+    """Identifier detection, the sealed subject registry and the erasure journal, as they are now."""
+    from ..ingest.detect import DETECTOR_NAME, verify_model
+    from .journal import check_journal, missing_erasures
+
+    try:
+        detector: dict[str, Any] = {"ok": True, **verify_model()}
+    except OfflineError as exc:
+        detector = {"ok": False, "name": DETECTOR_NAME, "error": str(exc)}
+    journal = session.db.execute("SELECT count(*), count(DISTINCT receipt_id) FROM erasure_journal").fetchone()
+    return {
+        "identifier_detection": session.setting("identifier_detection"),
+        "subject_id_pattern": session.setting("subject_id_pattern") or None,
+        "detector": detector,
+        "identifiers_stored_as": "HMAC-SHA256 under the vault's identifier key, with offsets into the chunk",
+        "ocr": "Tesseract 5 (eng model pinned by sha256) for PDF pages without text and PNG/JPEG/TIFF",
+        "subject_registry": {"subjects": session.db.execute("SELECT count(*) FROM subject_registry").fetchone()[0],
+                             "sealed": "AES-256-GCM under a registry key wrapped to each admin"},
+        "erasure_journal": {"entries": journal[0], "erasures": journal[1], "problems": check_journal(session),
+                            "erasures_missing_here": len(missing_erasures(session)),
+                            "holds": "keyed hashes of erased subjects' terms, documents and chunks; never text"},
+    }
+
+
 def build_record(session: Session) -> dict[str, Any]:
     """The record as a dict (nothing written); admins and auditors only."""
     session.require_role("admin", "auditor", action="generating the record of processing")
@@ -169,6 +193,7 @@ def build_record(session: Session) -> dict[str, Any]:
                   "chain": "SHA-256 hash chain, Ed25519 signature per entry by the acting user",
                   "current_verification": chain_now},
         "network": {"guard_active_in_this_process": netguard.active()},
+        "subjects_and_erasure": _subject_measures(session),
         "vault_folder_mode": oct(mode),
     }
     last = {a: _last(session, a) for a in VERIFICATION_ACTIONS}
@@ -207,6 +232,24 @@ def _v(value: Any) -> str:
     if value is None or value == "":
         return "-"
     return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _subject_lines(m: dict[str, Any]) -> list[str]:
+    det = m["detector"]
+    reg, jr = m["subject_registry"], m["erasure_journal"]
+    return [
+        f"- Identifier detection at ingest: {m['identifier_detection']} (subject ids, e-mail, phone, date of birth, "
+        f"NHS/SSN with checks, person names by NER); subject-id pattern: {_v(m['subject_id_pattern'])}; model "
+        + (f"{det['name']} tree sha256 {det['tree_sha256'][:16]}... ({det['source']})" if det["ok"]
+           else f"{det['name']} NOT VERIFIED ({det['error']})") + f"; stored as {m['identifiers_stored_as']}.",
+        f"- OCR: {m['ocr']}.",
+        f"- Subject registry: {reg['subjects']} subject(s), {reg['sealed']}.",
+        f"- Erasure journal: {jr['entries']} entries from {jr['erasures']} erasure(s) ({jr['holds']}); re-ingesting "
+        "erased data is refused without --allow-erased --reason (high-severity audit entry); "
+        + ("journal matches the signed receipts" if not jr["problems"] else "PROBLEMS: " + "; ".join(jr["problems"]))
+        + (f"; {jr['erasures_missing_here']} erasure(s) made on this machine are missing here (restored backup:"
+           " run `offline gdpr reapply-erasures`)" if jr["erasures_missing_here"] else "") + ".",
+    ]
 
 
 def render_markdown(r: dict[str, Any]) -> str:
@@ -259,6 +302,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"- Break-glass (vault setting): {sec['access_control']['break_glass_vault_setting']}; idle timeout "
             f"{sec['access_control']['idle_timeout_s']} s.",
             f"- Vault folder mode: {sec['vault_folder_mode']}.",
+            *_subject_lines(sec["subjects_and_erasure"]),
             "", "## Last verification results", ""]
     for action, e in r["last_verification"].items():
         out.append(f"- {action}: " + (f"{e['ts']} by {e['user']}: {_v(json.dumps(e['result'], sort_keys=True))}"

@@ -1,27 +1,48 @@
 """Retention periods (per collection, per label) and applying them: expired documents are erased.
 
 A document's period is the shortest that applies to it: its collection's ``retention_days`` and its
-label's rule. It expires ``days`` after ``ingested_at``. ``apply_retention`` erases what expired
+label's rule. It expires ``days`` after its own date when ingest found one (PDF/DOCX metadata, or
+a CSV/JSON ``--date-field``), else after it was *first* ingested (kept when the same content is
+ingested again or moved), so re-ingesting never resets the clock. Periods are written ``30d``,
+``6m``, ``8y``. ``apply_retention`` erases what expired
 through the same path as a subject erasure, so each run leaves a verifiable receipt.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
+import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFound, UsageError
+from ..errors import AccessDenied, NotFound, UsageError
 from ..vault.core import Session, check_name, utc_now
 from .common import parse_ts, utc_now_dt, writable_collections
 
 MAX_DAYS = 365 * 100
 BACKUP_RETENTION_KEY = "backup_retention_days"
+_PERIOD = re.compile(r"^\s*(\d{1,6})\s*([dwmy]?)\s*$", re.IGNORECASE)
+# Months and years are stored as days, rounded up (8y -> 2922 days): a legal minimum such as
+# "keep records 8 years" is never cut short by a leap year.
+_UNIT_DAYS = {"": 1.0, "d": 1.0, "w": 7.0, "m": 365.25 / 12, "y": 365.25}
 
 
-def _check_days(days: int | None) -> int | None:
+def parse_period(text: str | int) -> int:
+    """``30``, ``30d``, ``2w``, ``6m``, ``8y`` -> days; anything else raises :class:`UsageError`."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = _PERIOD.match(str(text))
+    if not m:
+        raise UsageError(f"not a retention period: {text!r} (use e.g. 30d, 6m, 8y)")
+    return math.ceil(int(m.group(1)) * _UNIT_DAYS[m.group(2).lower()])
+
+
+def _check_days(days: int | str | None) -> int | None:
     if days is None:
         return None
+    if isinstance(days, str):
+        days = parse_period(days)
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
         raise UsageError(f"retention must be a whole number of days between 1 and {MAX_DAYS}")
     return days
@@ -68,14 +89,22 @@ def backup_retention_days(session: Session) -> int | None:
     return int(row["value"]) if row else None
 
 
-def retention_policy(session: Session) -> dict[str, Any]:
-    """Every retention rule in force (collections the caller may see, all label rules, backups)."""
+def retention_policy(session: Session, collections: list[str] | None = None) -> dict[str, Any]:
+    """Every retention rule in force (collections the caller may see, all label rules, backups).
+
+    ``collections`` limits the collection rules shown (label and backup rules apply everywhere).
+    """
     if session.role == "admin" or session.role == "auditor":
         rows = session.db.execute("SELECT name, retention_days FROM collections ORDER BY name").fetchall()
     else:
         rows = session.db.execute(
             "SELECT c.name, c.retention_days FROM collections c JOIN grants g ON g.collection_id = c.id"
             " WHERE g.user = ? ORDER BY c.name", (session.user,)).fetchall()
+    if collections:
+        unknown = sorted(set(collections) - {n for n, _ in rows})
+        if unknown:
+            raise AccessDenied(f"access denied: collection {unknown[0]!r}")
+        rows = [r for r in rows if r[0] in collections]
     labels = session.db.execute("SELECT label, days, set_by, set_at FROM retention_labels ORDER BY label").fetchall()
     return {
         "collections": [{"collection": n, "days": d} for n, d in rows],
@@ -91,6 +120,14 @@ def effective_days(policy: dict[str, Any], collection: str, label: str) -> int |
     return min(found) if found else None
 
 
+def retention_start(doc: dict[str, Any]) -> str:
+    """When a document's retention clock started: its own date (``meta.document_date``, found at
+    ingest), else its first ingest (``meta.first_ingested_at``, kept across re-ingests), else
+    ``ingested_at``. So re-ingesting unchanged content never resets the clock."""
+    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+    return str(meta.get("document_date") or meta.get("first_ingested_at") or doc["ingested_at"])
+
+
 def expires_at(ingested_at: str, days: int | None) -> str | None:
     if days is None:
         return None
@@ -104,11 +141,17 @@ def expired_documents(session: Session, handle: Any, policy: dict[str, Any],
 
     clause, params = label_clause(handle.labels)
     out = []
-    for doc_id, sha, label, size, ingested in handle.conn.execute(
-            "SELECT d.id, d.sha256, d.label, d.size, d.ingested_at FROM documents d WHERE 1" + clause
+    import json
+
+    for doc_id, sha, label, size, ingested, meta in handle.conn.execute(
+            "SELECT d.id, d.sha256, d.label, d.size, d.ingested_at, d.meta FROM documents d WHERE 1" + clause
             + " ORDER BY d.id", params):
         days = effective_days(policy, handle.name, label)
-        if days is not None and parse_ts(ingested) + _dt.timedelta(days=days) <= now:
+        try:
+            start = retention_start({"ingested_at": ingested, "meta": json.loads(meta or "{}")})
+        except ValueError:
+            start = ingested
+        if days is not None and parse_ts(start) + _dt.timedelta(days=days) <= now:
             out.append({"doc_id": doc_id, "sha256": sha, "label": label, "size": size, "ingested_at": ingested,
                         "retention_days": days})
     return out

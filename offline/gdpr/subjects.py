@@ -42,14 +42,28 @@ def _ids(value: Any) -> list[str]:
     return [check_subject(str(v)) for v in values if v is not None and str(v).strip()]
 
 
+def _row_date(value: str | None, date_field: str | None) -> dict[str, Any]:
+    """The row's own date (its retention starts there); an unreadable one is refused, not guessed."""
+    if not date_field or value in (None, ""):
+        return {}
+    from ..ingest.loaders import document_date
+    from .common import parse_date
+
+    day = parse_date(str(value))
+    if day is None:
+        raise InvalidInput(f"date field {date_field!r}: {str(value)[:40]!r} is not a date (use YYYY-MM-DD)")
+    return document_date(day, f"field {date_field}")
+
+
 def _json_text(obj: Any) -> str:
     from ..ingest.loaders import _json_text as flatten
 
     return flatten(obj)
 
 
-def split_rows(path: Path, data: bytes, field: str) -> list[tuple[str, str, list[str]]]:
-    """``[(row name, row text, subject ids)]`` for a CSV/JSON/JSONL file and a subject field."""
+def split_rows(path: Path, data: bytes, field: str,
+               date_field: str | None = None) -> list[tuple[str, str, list[str], str | None]]:
+    """``[(row name, row text, subject ids, row date)]`` for a CSV/JSON/JSONL file and a subject field."""
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
         raise UsageError(f"{path.name}: a subject field works with .csv, .json and .jsonl files only")
@@ -57,7 +71,7 @@ def split_rows(path: Path, data: bytes, field: str) -> list[tuple[str, str, list
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInput(f"{path.name}: not UTF-8 text") from None
-    rows: list[tuple[str, str, list[str]]] = []
+    rows: list[tuple[str, str, list[str], str | None]] = []
     if kind == "csv":
         try:
             try:
@@ -65,11 +79,12 @@ def split_rows(path: Path, data: bytes, field: str) -> list[tuple[str, str, list
             except csv.Error:
                 dialect = csv.excel
             reader = csv.DictReader(io.StringIO(text), dialect=dialect)
-            if reader.fieldnames is None or field not in reader.fieldnames:
-                raise UsageError(f"{path.name}: no column {field!r} (columns: {', '.join(reader.fieldnames or [])})")
+            for want in (field, date_field):
+                if want and (reader.fieldnames is None or want not in reader.fieldnames):
+                    raise UsageError(f"{path.name}: no column {want!r} (columns: {', '.join(reader.fieldnames or [])})")
             for n, row in enumerate(reader, start=1):
                 body = "; ".join(f"{k}: {v}" for k, v in row.items() if k is not None and v and str(v).strip())
-                rows.append((f"row-{n}", body, _ids(row.get(field))))
+                rows.append((f"row-{n}", body, _ids(row.get(field)), row.get(date_field) if date_field else None))
         except csv.Error as exc:
             raise InvalidInput(f"{path.name}: invalid CSV: {exc}") from None
         return rows
@@ -83,13 +98,16 @@ def split_rows(path: Path, data: bytes, field: str) -> list[tuple[str, str, list
     except ValueError as exc:
         raise InvalidInput(f"{path.name}: invalid JSON: {exc}") from None
     for n, item in parsed:
-        rows.append((f"row-{n}", _json_text(item), _ids(_field(item, field))))
+        when = _field(item, date_field) if date_field else None
+        rows.append((f"row-{n}", _json_text(item), _ids(_field(item, field)), None if when is None else str(when)))
     return rows
 
 
 def ingest_with_subject_field(session: Any, paths: list[str | Path], collection: str, field: str, *,
                               label: str | None = None, subjects: tuple[str, ...] = (),
-                              allow_missing: bool = False, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
+                              allow_missing: bool = False, max_bytes: int = MAX_BYTES,
+                              allow_erased_reason: str | None = None,
+                              date_field: str | None = None) -> dict[str, Any]:
     """Ingest CSV/JSON/JSONL files one row per document, each tagged with its row's subject ids.
 
     ``subjects`` are added to every row. Every file is parsed and checked before anything is
@@ -108,16 +126,17 @@ def ingest_with_subject_field(session: Any, paths: list[str | Path], collection:
             raise UsageError(f"{path}: not a file (a subject field needs CSV/JSON/JSONL files)")
         if path.stat().st_size > max_bytes:
             raise InvalidInput(f"{path.name}: over the size limit ({max_bytes} bytes)")
-        rows = split_rows(path, path.read_bytes(), field)
-        for name, text, ids in rows:
+        rows = split_rows(path, path.read_bytes(), field, date_field)
+        for name, text, ids, when in rows:
             if not ids and not allow_missing:
                 raise InvalidInput(f"{path.name} {name}: no value in subject field {field!r}")
             if not text.strip():
                 continue
             records.append(TextRecord(source=f"{path.resolve()}#{name}", name=f"{path.name}#{name}", text=text,
                                       label=label or "", subjects=tuple(sorted(set(ids) | set(extra))),
-                                      meta={"subject_field": field, "file": path.name, "row": name}))
-    report = ingest_records(session, records, collection)
+                                      meta={"subject_field": field, "file": path.name, "row": name,
+                                            **_row_date(when, date_field)}))
+    report = ingest_records(session, records, collection, allow_erased_reason=allow_erased_reason)
     report["subject_field"] = field
     report["rows"] = len(records)
     return report

@@ -55,7 +55,7 @@ def chunk_segments(segments: list[Segment], tokenizer: Any, *, size: int = DEFAU
                 end -= 1
             text = seg.text[offsets[start][0]:offsets[end - 1][1]].strip()
             if text:
-                chunks.append(Chunk(text, seg.page, seg.section, end - start, _flags(text)))
+                chunks.append(Chunk(text, seg.page, seg.section, end - start, _flags(text) | seg.flags))
             if end >= n:
                 break
             nxt = max(end - overlap, start + 1)

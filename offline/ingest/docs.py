@@ -87,8 +87,19 @@ def show_document(session: Any, collection: str, ref: str | int) -> dict[str, An
         for cid, o, p, s, t, fl, text in handle.conn.execute(
             "SELECT id, ord, page, section, token_count, flags, text FROM chunks WHERE doc_id = ? ORDER BY ord",
             (row[0],))]
+    doc["identifiers"] = identifiers_of(handle.conn, collection, row[0])
     session.audit("doc.show", collection=collection, doc_id=row[0])
     return doc
+
+
+def identifiers_of(conn: Any, collection: str, doc_id: int) -> list[dict[str, Any]]:
+    """Identifiers detected in a document: kind, the value as the chunk writes it, score."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'identifiers'").fetchone() is None:
+        return []
+    rows = conn.execute("SELECT i.chunk_id, i.kind, i.start, i.end, i.score, c.text FROM identifiers i"
+                        " JOIN chunks c ON c.id = i.chunk_id WHERE i.doc_id = ? ORDER BY c.ord, i.start", (doc_id,))
+    return [{"chunk_id": f"{collection}/{cid}", "kind": kind, "value": text[a:b], "score": score}
+            for cid, kind, a, b, score, text in rows]
 
 
 def remove_document(session: Any, collection: str, ref: str | int) -> dict[str, Any]:

@@ -33,6 +33,11 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     ".json": ("json", "application/json"),
     ".jsonl": ("jsonl", "application/x-ndjson"),
     ".ndjson": ("jsonl", "application/x-ndjson"),
+    ".png": ("image", "image/png"),
+    ".jpg": ("image", "image/jpeg"),
+    ".jpeg": ("image", "image/jpeg"),
+    ".tif": ("image", "image/tiff"),
+    ".tiff": ("image", "image/tiff"),
 }
 # A .docx is a zip: refuse archives that inflate beyond this multiple of the size limit (zip bombs).
 MAX_INFLATION = 20
@@ -43,6 +48,7 @@ class Segment:
     text: str
     page: int | None = None
     section: str | None = None
+    flags: set[str] = field(default_factory=set)  # carried to every chunk cut from it (e.g. ocr)
 
 
 @dataclass
@@ -65,10 +71,14 @@ def load(path: Path, data: bytes, *, max_bytes: int) -> Loaded:
     flags: set[str] = set()
     if kind == "pdf":
         segments, meta = _pdf(data)
+    elif kind == "image":
+        from .ocr import images_of_file
+
+        segments, meta = _ocr_pages([(i, img) for i, img in enumerate(images_of_file(data), start=1)])
     elif kind == "docx":
         # Bound by the archive's own size (1 MiB floor): a small file that inflates 20x is a bomb
         # long before it reaches 20x the per-file limit.
-        segments, meta = _docx(data, min(max_bytes, max(len(data), 1 << 20)) * MAX_INFLATION), {}
+        segments, meta = _docx(data, min(max_bytes, max(len(data), 1 << 20)) * MAX_INFLATION)
     else:
         text = decode_text(data, flags)
         meta = {}
@@ -218,18 +228,79 @@ def _pdf(data: bytes) -> tuple[list[Segment], dict[str, Any]]:
         if reader.is_encrypted:
             raise InvalidInput("encrypted PDF: decrypt it before ingesting")
         segments = [Segment(page.extract_text() or "", page=i) for i, page in enumerate(reader.pages, start=1)]
+        scanned = {i for i, page in enumerate(reader.pages, start=1)
+                   if not segments[i - 1].text.strip() and _has_image(page)}
     except InvalidInput:
         raise
     except Exception as exc:  # pypdf raises many types on damaged files
         raise InvalidInput(f"corrupt PDF ({exc.__class__.__name__})") from None
+    meta: dict[str, Any] = {"pages": len(segments)}
+    try:
+        meta.update(document_date(reader.metadata.creation_date if reader.metadata else None, "pdf metadata"))
+    except Exception:  # an unparsable /CreationDate costs the date, not the document
+        pass
+    # Only pages that hold an image are scans worth OCR: a page of text operators that pypdf could
+    # not read (no font, a decompression bomb) is not rendered, so it costs nothing and is refused.
+    blank = sorted(scanned)
+    if blank:  # a scan, or scanned pages in a typed document: read them with OCR
+        from .ocr import render_pdf_page
+
+        ocr_segments, ocr_meta = _ocr_pages([(p, render_pdf_page(data, p - 1)) for p in blank])
+        by_page = {s.page: s for s in ocr_segments}
+        segments = [by_page.get(s.page, s) for s in segments]
+        meta.update(ocr_meta)
     if not any(s.text.strip() for s in segments):
-        raise InvalidInput("PDF has no extractable text (scanned images need OCR first)")
-    return segments, {"pages": len(segments)}
+        raise InvalidInput("PDF has no text, not even by OCR")
+    return segments, meta
+
+
+def _has_image(page: Any) -> bool:
+    """Whether a PDF page draws an image XObject (what a scanner produces)."""
+    try:
+        xobjects = page["/Resources"].get_object().get("/XObject")
+        if xobjects is None:
+            return False
+        return any(x.get_object().get("/Subtype") == "/Image" for x in xobjects.get_object().values())
+    except (KeyError, AttributeError, TypeError):
+        return False
+
+
+def _ocr_pages(pages: list[tuple[int, Any]]) -> tuple[list[Segment], dict[str, Any]]:
+    """OCR each (page number, image): segments flagged ``ocr``, and the confidences for the meta."""
+    from .ocr import LOW_CONFIDENCE, ocr_image, page_flags
+
+    segments, confidence = [], {}
+    for number, image in pages:
+        result = ocr_image(image)
+        confidence[str(number)] = result.confidence
+        segments.append(Segment(result.text, page=number, flags=page_flags(result.confidence)))
+    low = [int(p) for p, c in confidence.items() if c < LOW_CONFIDENCE]
+    return segments, {"ocr": {"engine": "tesseract", "pages": [int(p) for p in confidence], "confidence": confidence,
+                              "low_confidence_pages": low}}
+
+
+def document_date(value: Any, source: str) -> dict[str, Any]:
+    """``{"document_date": ISO date, "document_date_source": source}`` for a plausible date, else {}.
+
+    Retention counts from this date (offline.gdpr.retention). Dates in the future or before 1900
+    are ignored rather than trusted: an erasure must never come early because of a bad header.
+    """
+    import datetime as _dt
+
+    if isinstance(value, str):
+        from ..gdpr.common import parse_date
+
+        value = parse_date(value)
+    if isinstance(value, _dt.datetime):
+        value = value.date()
+    if not isinstance(value, _dt.date) or not _dt.date(1900, 1, 1) <= value <= _dt.date.today():
+        return {}
+    return {"document_date": value.isoformat(), "document_date_source": source}
 
 
 # -- docx ---------------------------------------------------------------------------------------
 
-def _docx(data: bytes, max_inflated: int) -> list[Segment]:
+def _docx(data: bytes, max_inflated: int) -> tuple[list[Segment], dict[str, Any]]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             if sum(i.file_size for i in zf.infolist()) > max_inflated:
@@ -266,7 +337,11 @@ def _docx(data: bytes, max_inflated: int) -> list[Segment]:
         raise
     except Exception as exc:
         raise InvalidInput(f"corrupt docx ({exc.__class__.__name__})") from None
-    return segments
+    try:
+        created = document.core_properties.created
+    except Exception:  # a damaged core.xml costs the date, not the document
+        created = None
+    return segments, document_date(created, "docx metadata")
 
 
 # -- csv / json ---------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from ..vault.collections import open_collection
 from ..vault.core import check_name, seal_for_auditors
 from . import loaders
 from .chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, Chunk, chunk_segments
+from ..gdpr.redact import Redactor
+from .detect import Detector, count_by_kind
 from .store import DocRecord, find_document, write_document
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -171,11 +173,15 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
                  label: str | None = None, subjects: Iterable[str] = (), max_bytes: int = DEFAULT_MAX_BYTES,
                  timeout_s: float | None = DEFAULT_TIMEOUT_S, chunk_tokens: int | None = None,
                  overlap: int = DEFAULT_OVERLAP, embed_model: str | None = None,
-                 progress: Progress | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None, allow_erased_reason: str | None = None) -> dict[str, Any]:
     """Ingest files and folders into ``collection`` (write grant needed); returns a summary.
 
     Summary keys: collection, added, updated, unchanged, skipped, failed (lists), chunks (int).
+    A file that brings back erased data is refused (failed) unless ``allow_erased_reason`` is
+    given (see :class:`offline.gdpr.journal.ErasureGuard`).
     """
+    from ..gdpr.journal import ErasureGuard
+
     handle = open_collection(session, collection, need="write")
     label = label or ""
     if label:
@@ -187,6 +193,9 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
     subject_list = sorted({_check_subject(s) for s in subjects})
     if max_bytes <= 0:
         raise UsageError("the size limit must be positive")
+    guard = ErasureGuard(session, allow_erased_reason)
+    detector = Detector(session)
+    redactor = Redactor(session, handle, detector)
     embedder = get_embedder(embed_model)
     vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
     size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
@@ -197,7 +206,8 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
     skipped += [{"path": str(f), "reason": "inside the vault folder"} for f in files if f.is_relative_to(vault_dir)]
     files = [f for f in files if not f.is_relative_to(vault_dir)]
     report: dict[str, Any] = {"collection": collection, "added": [], "updated": [], "unchanged": [],
-                              "skipped": skipped, "failed": failed, "chunks": 0}
+                              "skipped": skipped, "failed": failed, "chunks": 0,
+                              "identifiers": {} if detector.enabled else None}
     emit = progress or (lambda *a, **k: None)
     emit("start", files=len(files))
     started = time.perf_counter()
@@ -210,7 +220,8 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
     for path in files:
         try:
             with time_limit(timeout_s):
-                prepared = _prepare(handle.conn, path, label, subject_list, max_bytes, embedder, size, overlap)
+                prepared = _prepare(handle.conn, path, label, subject_list, max_bytes, embedder, size, overlap, guard,
+                                    detector, redactor)
         except OfflineError as exc:
             failed.append({"path": str(path), "reason": str(exc)})
             emit("file", path=str(path), status="failed")
@@ -233,7 +244,7 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
                   subjects_sealed=seal_for_auditors(session, "\n".join(subject_list)) if subject_list else None,
                   added=[d["doc_id"] for d in report["added"]], updated=[d["doc_id"] for d in report["updated"]],
                   unchanged=len(report["unchanged"]), skipped=len(skipped), failed=len(failed),
-                  chunks=report["chunks"])
+                  chunks=report["chunks"], identifiers=report["identifiers"])
     return report
 
 
@@ -245,22 +256,44 @@ def _check_subject(subject: str) -> str:
 
 
 def _prepare(conn: Any, path: Path, label: str, subjects: list[str], max_bytes: int, embedder: Any,
-             size: int, overlap: int) -> Prepared | None:
+             size: int, overlap: int, guard: Any, detector: Any, redactor: Any) -> Prepared | None:
     data, st = _read_limited(path, max_bytes)
     sha = hashlib.sha256(data).hexdigest()
     existing = find_document(conn, str(path))
     if existing is not None and existing[1:] == (sha, label, subjects):
         return None  # unchanged: same bytes, same label and subjects
     loaded = loaders.load(path, data, max_bytes=max_bytes)
-    chunks = chunk_segments(loaded.segments, embedder.tokenizer, size=size, overlap=overlap)
-    if not chunks:
-        raise InvalidInput("no text to index")
+    chunks, pseudonyms, identifiers = _text_stage(loaded.segments, path.name, sha, subjects, embedder, size, overlap,
+                                                  guard, detector, redactor)
     for c in chunks:
         c.flags |= loaded.flags
     record = DocRecord(source=str(path), name=path.name, sha256=sha, size=len(data), mtime=st.st_mtime,
                        label=label, mime=loaded.mime, subjects=subjects,
-                       meta={**loaded.meta, **({"flags": sorted(loaded.flags)} if loaded.flags else {})})
+                       meta={**loaded.meta, **({"flags": sorted(loaded.flags)} if loaded.flags else {}),
+                             **({"redacted": len(pseudonyms)} if redactor.enabled else {})},
+                       identifiers=identifiers, pseudonyms=pseudonyms)
     return Prepared(path, record, chunks, "updated" if existing else "added")
+
+
+def _text_stage(segments: list[Any], name: str, sha: str, subjects: list[str], embedder: Any, size: int,
+                overlap: int, guard: Any, detector: Any, redactor: Any) -> tuple[list[Chunk], list[Any], list[Any]]:
+    """Refuse erased data, redact (in a redacting collection), chunk, and find identifiers.
+
+    The erasure guard reads the text as it came in (redaction would hide the erased names from
+    it); redaction runs before chunking, so no chunk, vector or FTS row ever holds the value.
+    """
+    pseudonyms: list[Any] = []
+    if redactor.enabled:
+        shown, pseudonyms = redactor.segments(segments)
+    else:
+        shown = segments
+    chunks = chunk_segments(shown, embedder.tokenizer, size=size, overlap=overlap)
+    if not chunks:
+        raise InvalidInput("no text to index")
+    guard.check(name, sha, [s.text for s in segments] + [c.text for c in chunks], subjects)
+    texts = [c.text for c in chunks]
+    identifiers = redactor.identifiers(texts, pseudonyms) if redactor.enabled else detector.chunk_identifiers(texts)
+    return chunks, pseudonyms, identifiers
 
 
 def _embed_and_write(session: Any, handle: Any, embedder: Any, group: list[Prepared], report: dict[str, Any],
@@ -288,6 +321,12 @@ def _embed_and_write(session: Any, handle: Any, embedder: Any, group: list[Prepa
         else:
             report[p.status].append({"path": p.record.source, "doc_id": doc_id, "chunks": n})
             report["chunks"] += n
+            low = (p.record.meta.get("ocr") or {}).get("low_confidence_pages")
+            if low:  # a misread name is one an erasure will not find: say which pages to check
+                report.setdefault("ocr_low_confidence", []).append({"path": p.record.source, "pages": low})
+            if report.get("identifiers") is not None:
+                for kind, count in count_by_kind(p.record.identifiers).items():
+                    report["identifiers"][kind] = report["identifiers"].get(kind, 0) + count
             emit("file", path=p.record.source, status=p.status, chunks=n)
         at += n
 
@@ -306,16 +345,22 @@ class TextRecord:
 
 def ingest_records(session: Any, records: Iterable[TextRecord], collection: str, *,
                    chunk_tokens: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                   embed_model: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+                   embed_model: str | None = None, progress: Progress | None = None,
+                   allow_erased_reason: str | None = None) -> dict[str, Any]:
     """Like :func:`ingest_paths` for in-memory texts: same chunking, embedding and atomic writes."""
+    from ..gdpr.journal import ErasureGuard
     from .loaders import Segment
 
     handle = open_collection(session, collection, need="write")
+    guard = ErasureGuard(session, allow_erased_reason)
+    detector = Detector(session)
+    redactor = Redactor(session, handle, detector)
     embedder = get_embedder(embed_model)
     vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
     size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
     report: dict[str, Any] = {"collection": collection, "added": [], "updated": [], "unchanged": [],
-                              "skipped": [], "failed": [], "chunks": 0}
+                              "skipped": [], "failed": [], "chunks": 0,
+                              "identifiers": {} if detector.enabled else None}
     emit = progress or (lambda *a, **k: None)
     group: list[Prepared] = []
     for rec in records:
@@ -332,12 +377,16 @@ def ingest_records(session: Any, records: Iterable[TextRecord], collection: str,
         if existing is not None and existing[1:] == (sha, label, subjects):
             report["unchanged"].append({"path": rec.source})
             continue
-        chunks = chunk_segments([Segment(rec.text)], embedder.tokenizer, size=size, overlap=overlap)
-        if not chunks:
-            report["failed"].append({"path": rec.source, "reason": "no text to index"})
+        try:
+            chunks, pseudonyms, identifiers = _text_stage([Segment(rec.text)], rec.name, sha, subjects, embedder,
+                                                          size, overlap, guard, detector, redactor)
+        except InvalidInput as exc:
+            report["failed"].append({"path": rec.source, "reason": str(exc)})
             continue
         record = DocRecord(source=rec.source, name=rec.name, sha256=sha, size=len(data), mtime=None, label=label,
-                           mime="text/plain", subjects=subjects, meta=rec.meta or {})
+                           mime="text/plain", subjects=subjects,
+                           meta={**(rec.meta or {}), **({"redacted": len(pseudonyms)} if redactor.enabled else {})},
+                           identifiers=identifiers, pseudonyms=pseudonyms)
         group.append(Prepared(Path(rec.source), record, chunks, "updated" if existing else "added"))
         if sum(len(p.chunks) for p in group) >= EMBED_GROUP:
             _embed_and_write(session, handle, embedder, group, report, emit)

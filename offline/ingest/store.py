@@ -29,6 +29,10 @@ class DocRecord:
     mime: str | None
     subjects: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # Detected identifiers: (chunk ord, kind, keyed hash, start, end, score); see offline.ingest.detect.
+    identifiers: list[tuple[int, str, str, int, int, float]] = field(default_factory=list)
+    # Redacting collections: (pseudonym, kind, keyed hash, sealed value); see offline.gdpr.redact.
+    pseudonyms: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def find_document(conn: Any, source: str) -> tuple[int, str, str, list[str]] | None:
@@ -58,6 +62,19 @@ def _next_chunk_id(conn: Any) -> int:
     return max(stored, top)
 
 
+def _first_ingested(conn: Any, doc: DocRecord) -> str | None:
+    """When this source, or this very content, first entered the collection (retention counts from
+    there, so re-ingesting a changed or moved file never resets the clock)."""
+    when = []
+    for at, meta in conn.execute("SELECT ingested_at, meta FROM documents WHERE source = ? OR sha256 = ?",
+                                 (doc.source, doc.sha256)):
+        try:
+            when.append(json.loads(meta or "{}").get("first_ingested_at") or at)
+        except ValueError:
+            when.append(at)
+    return min(when) if when else None
+
+
 def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chunk], vectors: Any, *,
                    model: tuple[str, str], user: str) -> tuple[int, int | None]:
     """Insert ``doc`` (replacing any document with the same source) atomically.
@@ -73,6 +90,9 @@ def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chun
     with db.transaction(conn):
         vindex.ensure_vec_table(conn, collection, model[0], model[1], vectors.shape[1])
         old = conn.execute("SELECT id FROM documents WHERE source = ?", (doc.source,)).fetchone()
+        since = _first_ingested(conn, doc)
+        if since:
+            doc.meta = {**doc.meta, "first_ingested_at": since}
         if old:
             _delete_rows(conn, old[0])
         cur = conn.execute(
@@ -91,9 +111,53 @@ def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chun
         conn.executemany(
             f"INSERT INTO {vindex.VEC_TABLE}(rowid, embedding, label, doc_id) VALUES (?, ?, ?, ?)",
             [(first + i, vectors[i].tobytes(), doc.label, doc_id) for i in range(len(chunks))])
+        if doc.identifiers:
+            conn.executemany("INSERT INTO identifiers(chunk_id, doc_id, kind, hash, start, end, score)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             [(first + o, doc_id, k, h, a, b, sc) for o, k, h, a, b, sc in doc.identifiers])
+        if doc.pseudonyms:
+            conn.executemany("INSERT OR IGNORE INTO pseudonyms(doc_id, token, kind, hash, sealed) VALUES (?, ?, ?, ?, ?)",
+                             [(doc_id, *p) for p in doc.pseudonyms])
         vindex.set_meta(conn, "next_chunk_id", first + len(chunks))
         vindex.bump_version(conn)
     return doc_id, (old[0] if old else None)
+
+
+def _prune_pseudonyms(conn: Any, doc_id: int) -> None:
+    """Forget the pseudonyms no remaining chunk of the document uses (an erased person's mapping)."""
+    tokens = [r[0] for r in conn.execute("SELECT token FROM pseudonyms WHERE doc_id = ?", (doc_id,))]
+    for token in tokens:
+        used = conn.execute("SELECT 1 FROM chunks WHERE doc_id = ? AND instr(text, ?) > 0 LIMIT 1",
+                            (doc_id, token)).fetchone()
+        if used is None:
+            conn.execute("DELETE FROM pseudonyms WHERE doc_id = ? AND token = ?", (doc_id, token))
+
+
+def delete_chunks(conn: Any, doc_id: int, chunk_ids: list[int]) -> tuple[int, bool]:
+    """Remove some chunks of a document (an erasure of one person's passages in a shared document).
+
+    The document goes too once no chunk is left. Returns (chunks removed, document removed). The
+    document's meta records how many chunks were erased, so ``docs show`` says it is incomplete.
+    """
+    ids = [(c,) for c in chunk_ids]
+    with db.transaction(conn):
+        if ids and vindex.has_vectors(conn):
+            conn.executemany(f"DELETE FROM {vindex.VEC_TABLE} WHERE rowid = ?", ids)
+        n = 0
+        for (cid,) in ids:
+            n += conn.execute("DELETE FROM chunks WHERE id = ? AND doc_id = ?", (cid, doc_id)).rowcount
+        left = conn.execute("SELECT count(*) FROM chunks WHERE doc_id = ?", (doc_id,)).fetchone()[0]
+        gone = left == 0
+        if gone:
+            _delete_rows(conn, doc_id)
+        else:
+            row = conn.execute("SELECT meta FROM documents WHERE id = ?", (doc_id,)).fetchone()
+            meta = json.loads(row[0] or "{}") if row else {}
+            meta["chunks_erased"] = int(meta.get("chunks_erased", 0)) + n
+            conn.execute("UPDATE documents SET meta = ? WHERE id = ?", (json.dumps(meta, sort_keys=True), doc_id))
+            _prune_pseudonyms(conn, doc_id)
+        vindex.bump_version(conn)
+    return n, gone
 
 
 def delete_document(conn: Any, doc_id: int) -> int:

@@ -166,6 +166,33 @@ VAULT_MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE users ADD COLUMN keys_confirmed INTEGER NOT NULL DEFAULT 1;
         """,
     ),
+    (
+        # Subjects found by what the text says (offline.gdpr.registry, .journal). None of this is
+        # authorization state. The registry rows are sealed under a key wrapped to admins
+        # (vault_keys purpose "subject-registry"); the journal holds keyed hashes only, under a
+        # random key that lives only inside this encrypted database (like the canary), so a backup
+        # made after this migration shares it and the journal can be replayed into it.
+        # (Numbered 0008: main's 0007_keys_confirmed comes first once the branches meet.)
+        "0008_subjects",
+        """
+        CREATE TABLE subject_registry(
+            ref TEXT PRIMARY KEY,
+            sealed TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL
+        );
+        CREATE TABLE identifier_key(id INTEGER PRIMARY KEY CHECK (id = 1), key TEXT NOT NULL);
+        INSERT OR IGNORE INTO identifier_key(id, key) VALUES (1, lower(hex(randomblob(32))));
+        CREATE TABLE erasure_journal(
+            receipt_id TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('term', 'document', 'chunk')),
+            hash TEXT NOT NULL,
+            erased_at TEXT NOT NULL,
+            PRIMARY KEY (hash, kind, receipt_id)
+        );
+        CREATE INDEX erasure_journal_receipt ON erasure_journal(receipt_id);
+        """,
+    ),
 ]
 
 COLLECTION_MIGRATIONS: list[tuple[str, str]] = [
@@ -211,6 +238,46 @@ COLLECTION_MIGRATIONS: list[tuple[str, str]] = [
         END;
         CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
             INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        END;
+        """,
+    ),
+    (
+        # Identifiers detected at ingest (offline.ingest.detect): kind, keyed hash of the normalised
+        # value and where it sits in the chunk (offsets, so the value itself is never copied).
+        "0002_identifiers",
+        """
+        CREATE TABLE identifiers(
+            chunk_id INTEGER NOT NULL,
+            doc_id INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            start INTEGER NOT NULL,
+            end INTEGER NOT NULL,
+            score REAL NOT NULL
+        );
+        CREATE INDEX identifiers_hash ON identifiers(hash);
+        CREATE INDEX identifiers_doc ON identifiers(doc_id);
+        CREATE TRIGGER chunks_ad_identifiers AFTER DELETE ON chunks BEGIN
+            DELETE FROM identifiers WHERE chunk_id = old.id;
+        END;
+        """,
+    ),
+    (
+        # Redacting collections (offline.gdpr.redact): each pseudonym with the value it stands for,
+        # sealed to the audit seal key (admins and auditors), per document so an erasure removes it.
+        "0003_pseudonyms",
+        """
+        CREATE TABLE pseudonyms(
+            doc_id INTEGER NOT NULL,
+            token TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            sealed TEXT NOT NULL,
+            PRIMARY KEY (doc_id, token)
+        );
+        CREATE INDEX pseudonyms_token ON pseudonyms(token);
+        CREATE TRIGGER documents_ad_pseudonyms AFTER DELETE ON documents BEGIN
+            DELETE FROM pseudonyms WHERE doc_id = old.id;
         END;
         """,
     ),
