@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+
+from offline.eval.metrics import char_accuracy  # noqa: E402 (after the path set-up)
 os.environ.setdefault("OFFLINE_KDF_TARGET_S", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PATTERN = r"\b(?:PT|pt)-?\d{5}\b"
@@ -113,17 +115,6 @@ def detection() -> dict:
     return {k: {**v, "recall": round(v["found"] / v["labelled"], 3) if v["labelled"] else None,
                 "precision": round(v["correct"] / v["detections"], 3) if v["detections"] else None}
             for k, v in sorted(per.items())}
-
-
-def char_accuracy(truth: str, got: str) -> float:
-    a, b = " ".join(truth.split()), " ".join(got.split())
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return 1 - prev[-1] / max(1, len(a))
 
 
 def squad_paragraphs(n: int) -> list[tuple[str, str]]:

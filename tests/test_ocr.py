@@ -7,6 +7,8 @@ import shutil
 import pytest
 from _docfactory import render_page, scanned_pdf
 
+from offline.eval.metrics import char_accuracy
+
 pytestmark = pytest.mark.skipif(shutil.which("tesseract") is None, reason="Tesseract (Debian tesseract-ocr) absent")
 
 LETTER = ["Riverside Clinic, 12 Mill Lane, Leeds", "Dear Dr Lee,",
@@ -43,15 +45,3 @@ def test_ocr_character_accuracy_on_clean_page():
     got = ocr_image(render_page(LETTER))
     assert char_accuracy("\n".join(LETTER), got.text) >= 0.97
     assert got.confidence > 0.85
-
-
-def char_accuracy(truth: str, got: str) -> float:
-    """1 - (Levenshtein distance / reference length), on whitespace-normalised text."""
-    a, b = " ".join(truth.split()), " ".join(got.split())
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return 1 - prev[-1] / max(1, len(a))

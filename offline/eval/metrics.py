@@ -59,3 +59,15 @@ def percentile(values: Iterable[float], q: float) -> float | None:
     lo = int(pos)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def char_accuracy(truth: str, got: str) -> float:
+    """1 - (Levenshtein distance / reference length), on whitespace-normalised text (OCR figures)."""
+    a, b = " ".join(truth.split()), " ".join(got.split())
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return 1 - prev[-1] / max(1, len(a))
