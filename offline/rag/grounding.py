@@ -1,0 +1,186 @@
+"""Is an answer grounded in what was retrieved? One lexical method, no model.
+
+Method (``support``). Words are :func:`offline.rag.lexical.content_words`: lower-cased, stop words
+dropped, number words as digits, numbers by value, plural ``s`` stripped. An answer sentence's
+support against a chunk is the share of its distinct content words that occur in the chunk. Each
+sentence is scored against the chunks it cites (its own ``[n]``, else the answer's, else the inferred
+citation) and keeps its best score; the answer's support is its *weakest* sentence, because one
+invented sentence is enough to mislead. A sentence with no content words (``Yes [1].``) is not scored.
+
+Quote. In the cited chunk, the sentence that shares the most answer words (question words break
+ties) is printed verbatim under the answer, so the reader sees what the answer rests on.
+
+Unsupported facts. Numbers (doses, dates, durations, amounts) and names (capitalised words not
+opening a sentence) of the answer that occur in *no* retrieved chunk, and for names not in the
+question either, are listed: "between 20 and 85°C" against a policy that says "+2 °C to +8 °C".
+
+Leaked instructions. A sentence whose content words all come from the system prompt and which
+shares a three-word run with it is the prompt talking, not the documents: it is removed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .citations import cited_numbers
+from .lexical import STOP, content_words, normalise_number, sentences, tokens
+
+DEFAULT_MIN_SUPPORT = 0.5
+_MARK_RE = re.compile(r"\s*\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\]")
+_REFUSAL_RE = re.compile(
+    r"\b(?:documents?|sources?|passages?|texts?|context)\s+(?:do|does|did)\s*(?:not|n't)\s+"
+    r"(?:say|mention|contain|state|specify|include|provide|tell)"
+    r"|\bno (?:relevant )?information\b|\bnot (?:mentioned|stated|specified|given) in\b"
+    r"|\b(?:cannot|can't|unable to) (?:find|answer|determine)\b", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"\d[\d,]*(?:\.\d+)?")
+_NUMBER_WORD_RE = re.compile(r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
+                             r"thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|"
+                             r"forty|fifty|sixty|hundred)\b", re.IGNORECASE)
+_NAME_RE = re.compile(r"\b[A-Z][\w'’-]*[A-Za-z]\b")
+
+
+@dataclass
+class Passage:
+    """What grounding needs of a source: its number in the prompt (0: retrieved, not in the prompt)."""
+
+    n: int
+    chunk_id: str
+    text: str
+
+
+@dataclass
+class Grounding:
+    """The checks on one answer (see the module docstring for the method)."""
+
+    answer: str  # the answer with leaked instructions removed
+    support: float | None
+    sentences: list[dict[str, Any]] = field(default_factory=list)
+    quote: dict[str, Any] | None = None
+    unsupported: list[str] = field(default_factory=list)
+    inferred: int | None = None  # source number attached because the answer cited none
+    reader_refused: bool = False
+    leaked: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"support": self.support, "sentences": self.sentences, "quote": self.quote,
+                "unsupported": self.unsupported, "inferred_citation": self.inferred,
+                "reader_refused": self.reader_refused, "leaked_instructions": self.leaked}
+
+
+def without_marks(text: str) -> str:
+    """``text`` with its ``[n]`` markers removed."""
+    return _MARK_RE.sub("", text).strip()
+
+
+def says_documents_do_not_say(text: str) -> bool:
+    """Whether the reader declined ("The documents do not say", "no information", ...)."""
+    return bool(_REFUSAL_RE.search(text or ""))
+
+
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    t = tokens(text)
+    return {tuple(t[i:i + 3]) for i in range(len(t) - 2)}
+
+
+def strip_instructions(answer: str, instructions: Sequence[str]) -> tuple[str, bool]:
+    """``answer`` without sentences that echo ``instructions``; and whether any were removed."""
+    own_words = {w for text in instructions for w in content_words(text)}
+    own_grams = set().union(*(_trigrams(t) for t in instructions)) if instructions else set()
+    kept, leaked = [], False
+    for s in sentences(answer):
+        words = set(content_words(without_marks(s)))
+        echo = bool(words) and words <= own_words and bool(_trigrams(s) & own_grams)
+        if echo or s.rstrip(":").strip().lower() in ("sources", "question", "answer"):
+            leaked = True
+            continue
+        kept.append(s)
+    return " ".join(kept), leaked
+
+
+def sentence_support(sentence: str, chunk_text: str) -> float | None:
+    """Share of the sentence's distinct content words found in the chunk (None: nothing to score)."""
+    words = set(content_words(without_marks(sentence)))
+    if not words:
+        return None
+    have = set(content_words(chunk_text))
+    return len(words & have) / len(words)
+
+
+def best_quote(answer: str, question: str, chunk_text: str) -> str | None:
+    """The chunk sentence sharing the most answer words (question words break ties), verbatim."""
+    a, q = set(content_words(without_marks(answer))), set(content_words(question))
+    best, best_key = None, (0, 0)
+    for s in sentences(chunk_text):
+        w = set(content_words(s))
+        key = (len(w & a), len(w & q))
+        if key > best_key:
+            best, best_key = s, key
+    return best if best_key[0] > 0 else None
+
+
+def facts(answer: str) -> list[tuple[str, str]]:
+    """Numbers and names stated in ``answer`` as (kind, surface text), markers excluded."""
+    text = without_marks(answer)
+    out = [("number", m.group(0).rstrip(",")) for m in _NUMBER_RE.finditer(text)]
+    out += [("number", m.group(0)) for m in _NUMBER_WORD_RE.finditer(text)]
+    for s in sentences(text):
+        for i, m in enumerate(_NAME_RE.finditer(s)):
+            word = m.group(0)
+            opens = s[: m.start()].strip(" \"'(*-") == ""
+            if (opens and i == 0) or word.lower() in STOP:
+                continue
+            out.append(("name", word))
+    return list(dict.fromkeys(out))
+
+
+def unsupported_facts(answer: str, retrieved: Sequence[str], question: str = "") -> list[str]:
+    """The numbers and names of ``answer`` that occur in no retrieved text (names: nor the question)."""
+    pool = set()
+    for t in retrieved:
+        pool.update(tokens(t))
+    asked = set(tokens(question))
+    out = []
+    for kind, surface in facts(answer):
+        toks = tokens(surface)
+        key = normalise_number(surface) if kind == "number" and surface[0].isdigit() else (toks[0] if toks else "")
+        if not key or key in pool or (kind == "name" and key in asked):
+            continue
+        out.append(surface)
+    return out
+
+
+def check(answer: str, question: str, passages: Sequence[Passage], retrieved: Sequence[str],
+          instructions: Sequence[str] = ()) -> Grounding:
+    """Run every check on one answer. ``passages``: the sources in the prompt; ``retrieved``: the
+    text of every retrieved chunk (for unsupported facts); ``instructions``: the prompt's own text."""
+    if says_documents_do_not_say(answer):  # before stripping: the refusal's words are the prompt's
+        return Grounding(answer=answer, support=None, reader_refused=True)
+    clean, leaked = strip_instructions(answer, instructions)
+    g = Grounding(answer=clean, support=None, leaked=leaked)
+    by_n = {p.n: p for p in passages if p.n}
+    cited = [n for n in cited_numbers(clean) if n in by_n]
+    if not cited and by_n:
+        scored = [(sentence_support(clean, p.text) or 0.0, -p.n) for p in by_n.values()]
+        best, neg_n = max(scored)
+        if best > 0:
+            g.inferred = -neg_n
+            cited = [g.inferred]
+    scores = []
+    for s in sentences(clean):
+        if not content_words(without_marks(s)):
+            continue  # "Yes [1]." has nothing to check
+        own = [n for n in cited_numbers(s) if n in by_n] or cited
+        score = max((sentence_support(s, by_n[n].text) or 0.0 for n in own), default=0.0)
+        g.sentences.append({"text": s, "support": round(score, 3), "cited": own})
+        scores.append(score)
+    g.support = round(min(scores), 3) if scores else None
+    for n in cited:
+        quote = best_quote(clean, question, by_n[n].text)
+        if quote:
+            g.quote = {"n": n, "chunk_id": by_n[n].chunk_id, "text": quote}
+            break
+    g.unsupported = unsupported_facts(clean, retrieved, question)
+    return g
