@@ -122,33 +122,55 @@ def best_quote(answer: str, question: str, chunk_text: str) -> str | None:
 
 
 def facts(answer: str) -> list[tuple[str, str]]:
-    """Numbers and names stated in ``answer`` as (kind, surface text), markers excluded."""
+    """Numbers and names stated in ``answer`` as (kind, surface text) in reading order, markers excluded."""
     text = without_marks(answer)
-    out = [("number", m.group(0).rstrip(",")) for m in _NUMBER_RE.finditer(text)]
-    out += [("number", m.group(0)) for m in _NUMBER_WORD_RE.finditer(text)]
+    found = [(m.start(), "number", m.group(0).rstrip(",")) for m in _NUMBER_RE.finditer(text)]
+    found += [(m.start(), "number", m.group(0)) for m in _NUMBER_WORD_RE.finditer(text)]
+    at = 0
     for s in sentences(text):
+        at = text.find(s, at)
         for i, m in enumerate(_NAME_RE.finditer(s)):
             word = m.group(0)
             opens = s[: m.start()].strip(" \"'(*-") == ""
-            if (opens and i == 0) or word.lower() in STOP:
-                continue
-            out.append(("name", word))
-    return list(dict.fromkeys(out))
+            if not (opens and i == 0) and word.lower() not in STOP:
+                found.append((at + m.start(), "name", word))
+    return list(dict.fromkeys((kind, surface) for _, kind, surface in sorted(found)))
+
+
+# A number followed by one of these must occur with the same unit: "4 g" is not supported by a "4"
+# somewhere else in the passage. (Tokens as lexical.tokens writes them: lower case, plural s off.)
+UNITS = frozenset("mg g kg mcg µg ml l mmol iu % percent c f minute min hour hr day week month year "
+                  "am pm km mile dose tablet unit time night shift visit".split())
+
+
+def _unit_after(surface: str, text: str, start: int) -> str | None:
+    after = tokens(text[start + len(surface): start + len(surface) + 12].replace("%", " percent "))
+    return after[0] if after and after[0] in UNITS else None
 
 
 def unsupported_facts(answer: str, retrieved: Sequence[str], question: str = "") -> list[str]:
-    """The numbers and names of ``answer`` that occur in no retrieved text (names: nor the question)."""
-    pool = set()
+    """The numbers and names of ``answer`` that occur in no retrieved text (names: nor the question).
+    A number with a unit ("12 years", "500 mg") must occur with that unit."""
+    pool, pairs = set(), set()
     for t in retrieved:
-        pool.update(tokens(t))
+        toks = tokens(t.replace("%", " percent "))
+        pool.update(toks)
+        pairs.update(zip(toks, toks[1:]))
     asked = set(tokens(question))
+    text = without_marks(answer)
     out = []
     for kind, surface in facts(answer):
         toks = tokens(surface)
-        key = normalise_number(surface) if kind == "number" and surface[0].isdigit() else (toks[0] if toks else "")
-        if not key or key in pool or (kind == "name" and key in asked):
+        if not toks:
             continue
-        out.append(surface)
+        key = toks[0]
+        if kind == "name":
+            if key not in pool and key not in asked:
+                out.append(surface)
+            continue
+        unit = _unit_after(surface, text, text.find(surface))
+        if key not in pool or (unit is not None and (key, unit) not in pairs):
+            out.append(surface)
     return out
 
 
