@@ -32,6 +32,7 @@ class ReaderSpec:
     adapter_sha256: str
     merged: str | None
     merged_sha256: str | None
+    merge_type: str | None
     licence: str
 
 
@@ -59,7 +60,8 @@ def specs(manifest: Path | None = None) -> list[ReaderSpec]:
         return []  # the model manifest's own loader reports a broken manifest
     return [ReaderSpec(name=r["name"], base=r["base"], base_sha256=r["base_sha256"], adapter=r["adapter"],
                        adapter_sha256=r["adapter_sha256"], merged=r.get("merged"),
-                       merged_sha256=r.get("merged_sha256"), licence=r.get("licence", "")) for r in raw]
+                       merged_sha256=r.get("merged_sha256"), merge_type=r.get("merge_type"),
+                       licence=r.get("licence", "")) for r in raw]
 
 
 def find_file(name: str) -> Path | None:
@@ -95,3 +97,42 @@ def reader_for(base: GenModel) -> Reader | None:
         raise NotFound(f"the reader {spec.name!r} of {base.name!r} is missing ({spec.adapter}); "
                        "run `offline models fetch` or pass --no-reader")
     return Reader(spec, base, adapter)
+
+
+def build_merged(log: Any = None) -> list[dict[str, Any]]:
+    """Make every pinned merged reader present in the model store (``offline models fetch`` calls it).
+
+    Idempotent; built from the pinned base and the committed adapter by
+    :func:`offline.finetune.merge.merge_lora` into a temporary name, renamed into place only when
+    its sha256 is the pinned one (else nothing is kept and the error names both hashes).
+    """
+    import os
+
+    from ..finetune.merge import merge_lora
+    from ..models import resolve_model
+
+    say = log or (lambda _m: None)
+    results = []
+    for spec in specs():
+        if not (spec.merged and spec.merged_sha256):
+            continue
+        target = config.models_dir() / spec.merged
+        if target.is_file() and _sha256(target) == spec.merged_sha256:
+            results.append({"name": spec.name, "action": "present", "path": str(target)})
+            continue
+        base = resolve_model(spec.base, "generate")
+        adapter = _checked(spec.adapter, spec.adapter_sha256)
+        if adapter is None:
+            raise NotFound(f"reader {spec.name!r}: adapter {spec.adapter} is missing")
+        tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            got = merge_lora(Path(base.path), adapter, tmp, qtype=spec.merge_type)
+            if got != spec.merged_sha256:
+                raise ModelIntegrityError(f"reader {spec.name!r} merged to sha256 {got[:16]}..., pinned "
+                                          f"{spec.merged_sha256[:16]}...; not installed")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        say(f"{spec.name}: merged {spec.adapter} into {spec.base}, sha256 ok")
+        results.append({"name": spec.name, "action": "built", "path": str(target)})
+    return results
