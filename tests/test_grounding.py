@@ -37,10 +37,17 @@ def test_invented_numbers_and_names_are_flagged():
 
 
 def test_uncited_answer_gets_the_best_supporting_source_inferred():
-    r = _check("Dr Anna Novak")
+    r = _check("Dr Anna Novak", "Who is the lead?")
     assert r.inferred == 2 and r.support == 1.0
     assert r.quote == {"n": 2, "chunk_id": "c/2", "text": "The lead is Dr Anna Novak."}
     assert _check("+2 °C to +8 °C [1]").inferred is None
+
+
+def test_evidence_must_be_near_the_question_and_wrong_numbers_are_corrected():
+    # "1" occurs in the PEP passage, but nowhere near anything the question asks about
+    assert _check("1 [2]", "How many parking spaces are there?").support == 0.0
+    r = _check("within 1 hour [1]", "When should post-exposure prophylaxis start?")
+    assert r.corrected == [{"from": [1], "to": 2}] and r.support == 1.0 and r.quote["n"] == 2
 
 
 def test_support_is_the_weakest_sentence_and_quote_is_verbatim():

@@ -32,9 +32,12 @@ def _text(d: dict[str, Any], streamed: bool) -> str:
         lines.append(d["answer"])
     if d["refused"]:
         return "\n".join(lines + (_closest(d) if d.get("closest") else []))
-    inferred = [c for c in d["citations"] if c.get("inferred")]
-    if inferred:
-        lines.append(f"(citation inferred, the model wrote none: [{inferred[0]['n']}] supports it best)")
+    for c in d["citations"]:
+        if c.get("corrected_from"):
+            was = ", ".join(f"[{n}]" for n in c["corrected_from"])
+            lines.append(f"(citation corrected: {was} does not hold this; [{c['n']}] does)")
+        elif c.get("inferred"):
+            lines.append(f"(citation inferred, the model wrote none: [{c['n']}] supports it best)")
     if d.get("quote"):
         lines.append(one_line(f'Source [{d["quote"]["n"]}] says: "{d["quote"]["text"]}"'))
     if d.get("support") is not None:

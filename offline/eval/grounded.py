@@ -4,8 +4,9 @@ Definitions (each a share over the questions it applies to):
 
 - ``contains`` / ``f1``: what the user sees (a refusal scores 0), SQuAD normalisation.
 - ``cited``: the model's own text holds a valid ``[n]`` (an inferred citation does not count).
-- ``cite_correct``: of the answered questions that carry a citation (written or inferred), the cited
-  chunk holds a gold answer.
+- ``cite_correct``: of the answered questions that carry a citation, the chunk the answer finally
+  cites (the checks' inferred or corrected citation first, else the model's) holds a gold answer;
+  ``own_cite_correct``: the same for the first ``[n]`` the model wrote itself.
 - ``refused``: the answer is a refusal (low relevance, the reader declined, or support too low).
   On answerable questions it is a *false* refusal; with the gold passage removed, the goal.
 - ``support``: the grounding score of the answer (:mod:`offline.rag.grounding`), answered ones only.
@@ -28,10 +29,11 @@ def holds_gold(text: str, golds: Sequence[str]) -> bool:
 def score(ans: Any, golds: Sequence[str]) -> dict[str, Any]:
     """The figures of one :class:`offline.rag.Answer` against its gold answers (empty: unanswerable)."""
     texts = {str(h.chunk_id): h.text or "" for h in (ans.hits or [])}
-    valid = [c for c in ans.citations if c["valid"]]
+    valid = [c for c in ans.citations if c["valid"]]  # the checks' own (inferred/corrected) come first
+    own = [c for c in valid if not c.get("inferred")]
     row: dict[str, Any] = {
         "refused": bool(ans.refused), "refusal_reason": ans.refusal_reason,
-        "cited": any(not c.get("inferred") for c in valid),
+        "cited": bool(own),
         "has_citation": bool(valid) and not ans.refused,
         "support": ans.support, "unsupported": len(ans.unsupported),
         "ttft_s": ans.timings.get("ttft_s"), "decode_tok_s": ans.timings.get("decode_tok_s"),
@@ -44,6 +46,8 @@ def score(ans: Any, golds: Sequence[str]) -> dict[str, Any]:
         row["draft_contains"] = best_over(contains, ans.draft or "", golds)
         row["cite_correct"] = (holds_gold(texts.get(valid[0]["chunk_id"], ""), golds)
                                if row["has_citation"] else None)
+        row["own_cite_correct"] = (holds_gold(texts.get(own[0]["chunk_id"], ""), golds)
+                                   if own and not ans.refused else None)
     return row
 
 
@@ -65,6 +69,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "draft_contains": _mean([r["draft_contains"] for r in answerable]),
         "cited": _mean([float(r["cited"]) for r in answered]),
         "cite_correct": _mean([float(r["cite_correct"]) for r in answered if r["cite_correct"] is not None]),
+        "own_cite_correct": _mean([float(r["own_cite_correct"]) for r in answered
+                                   if r.get("own_cite_correct") is not None]),
         "false_refusal": _mean([float(r["refused"]) for r in answerable]),
         "refusal_unanswerable": _mean([float(r["refused"]) for r in unanswerable]),
         "support": _mean([r["support"] for r in answered if r["support"] is not None]),

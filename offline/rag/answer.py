@@ -344,7 +344,7 @@ def _ground(ans: Answer, blocks: Sequence[SourceBlock], hit_by_id: dict[str, Any
     """Check the draft against its sources (module docstring); refuse or annotate ``ans`` in place."""
     passages = [grounding.Passage(b.n, b.chunk_id, hit_by_id[b.chunk_id].text or "") for b in blocks]
     g = grounding.check(ans.draft or "", ans.question, passages, [h.text or "" for h in ans.hits or []],
-                        [prompts.SYSTEM_RAG])
+                        [prompts.SYSTEM_RAG], min_support=min_support)
     ans.grounding, ans.support, ans.quote, ans.unsupported = g.to_dict(), g.support, g.quote, g.unsupported
     if g.reader_refused:
         reason, text = "reader", NOT_SAID
@@ -358,11 +358,13 @@ def _ground(ans: Answer, blocks: Sequence[SourceBlock], hit_by_id: dict[str, Any
     if ans.refused:
         ans.quote, ans.closest = None, closest_passages(ans.hits or [])
         return
-    ans.citations = cit.map_citations(text, list(blocks))
-    if g.inferred is not None and not ans.valid_citations:
-        b = next(b for b in blocks if b.n == g.inferred)
-        ans.citations.append({"n": b.n, "valid": True, "chunk_id": b.chunk_id, "doc_name": b.doc_name,
-                              "inferred": True})
+    # Citations the checks attached (inferred: the model cited nothing; corrected: the cited source
+    # does not hold the sentence, this one does) come first: they are the ones the support rests on.
+    by_n = {b.n: b for b in blocks}
+    added = ([{"n": g.inferred, "inferred": True}] if g.inferred is not None else []) + [
+        {"n": c["to"], "inferred": True, "corrected_from": c["from"]} for c in g.corrected]
+    ans.citations = [{**a, "valid": True, "chunk_id": by_n[a["n"]].chunk_id, "doc_name": by_n[a["n"]].doc_name}
+                     for a in added] + cit.map_citations(text, list(blocks))
 
 
 def _audit(session: Any, ans: Answer, collections: list[str] | None, min_score: float,

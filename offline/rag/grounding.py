@@ -7,8 +7,10 @@ sentence is scored against the chunks it cites (its own ``[n]``, else the answer
 citation) and keeps its best score; the answer's support is its *weakest* sentence, because one
 invented sentence is enough to mislead. A sentence with no content words (``Yes [1].``) is not scored.
 
-Quote. In the cited chunk, the sentence that shares the most answer words (question words break
-ties) is printed verbatim under the answer, so the reader sees what the answer rests on.
+Evidence is local: a chunk is read as windows of three sentences, and only windows that share a
+word with the question count (:func:`evidence`). Quote: the sentence of the best window holding
+most answer words, printed verbatim under the answer, so the reader sees what the answer rests on.
+A wrong ``[n]`` whose sentence another source supports is corrected to that source, and reported.
 
 Unsupported facts. Numbers (doses, dates, durations, amounts) and names (capitalised words not
 opening a sentence) of the answer that occur in *no* retrieved chunk, and for names not in the
@@ -61,12 +63,14 @@ class Grounding:
     quote: dict[str, Any] | None = None
     unsupported: list[str] = field(default_factory=list)
     inferred: int | None = None  # source number attached because the answer cited none
+    corrected: list[dict[str, Any]] = field(default_factory=list)  # {"from": [n], "to": m}
     reader_refused: bool = False
     leaked: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"support": self.support, "sentences": self.sentences, "quote": self.quote,
                 "unsupported": self.unsupported, "inferred_citation": self.inferred,
+                "corrected_citations": self.corrected,
                 "reader_refused": self.reader_refused, "leaked_instructions": self.leaked}
 
 
@@ -100,25 +104,32 @@ def strip_instructions(answer: str, instructions: Sequence[str]) -> tuple[str, b
     return " ".join(kept), leaked
 
 
-def sentence_support(sentence: str, chunk_text: str) -> float | None:
-    """Share of the sentence's distinct content words found in the chunk (None: nothing to score)."""
+def evidence(sentence: str, chunk_text: str, question: str = "") -> tuple[float | None, str | None]:
+    """(support, quote) of one answer sentence in one chunk.
+
+    The chunk is read as windows of three sentences. A window counts only when it shares a content
+    word with the question (other than the answer's own words): an answer "1" is not supported by
+    a heading "1. Purpose" of a passage about something else. Support is the best window's share
+    of the sentence's content words; the quote is the sentence of that window holding most of them.
+    None when the sentence has no content words.
+    """
     words = set(content_words(without_marks(sentence)))
     if not words:
-        return None
-    have = set(content_words(chunk_text))
-    return len(words & have) / len(words)
-
-
-def best_quote(answer: str, question: str, chunk_text: str) -> str | None:
-    """The chunk sentence sharing the most answer words (question words break ties), verbatim."""
-    a, q = set(content_words(without_marks(answer))), set(content_words(question))
-    best, best_key = None, (0, 0)
-    for s in sentences(chunk_text):
-        w = set(content_words(s))
-        key = (len(w & a), len(w & q))
-        if key > best_key:
-            best, best_key = s, key
-    return best if best_key[0] > 0 else None
+        return None, None
+    asked = set(content_words(question)) - words
+    sents = sentences(chunk_text)
+    bags = [set(content_words(x)) for x in sents]
+    best, quote = (0.0, 0, 0), None
+    for i in range(len(bags)):
+        span = range(max(0, i - 1), min(len(bags), i + 2))
+        window = set().union(*(bags[j] for j in span))
+        if asked and not window & asked:
+            continue
+        j = max(span, key=lambda j: (len(words & bags[j]), len(bags[j] & asked), -abs(j - i)))
+        key = (len(words & window) / len(words), len(words & bags[j]), len(bags[j] & asked))
+        if key > best:
+            best, quote = key, sents[j]
+    return best[0], (quote if best[1] > 0 else None)
 
 
 def facts(answer: str) -> list[tuple[str, str]]:
@@ -175,34 +186,41 @@ def unsupported_facts(answer: str, retrieved: Sequence[str], question: str = "")
 
 
 def check(answer: str, question: str, passages: Sequence[Passage], retrieved: Sequence[str],
-          instructions: Sequence[str] = ()) -> Grounding:
+          instructions: Sequence[str] = (), min_support: float = DEFAULT_MIN_SUPPORT) -> Grounding:
     """Run every check on one answer. ``passages``: the sources in the prompt; ``retrieved``: the
-    text of every retrieved chunk (for unsupported facts); ``instructions``: the prompt's own text."""
+    text of every retrieved chunk (for unsupported facts); ``instructions``: the prompt's own text.
+
+    Citations: a sentence is checked against the sources it cites (its own ``[n]``, else the
+    answer's). With none, the best-supporting source is attached as an *inferred* citation. When
+    the cited source does not reach ``min_support`` but another source in the prompt does, the
+    citation is *corrected* to that one (small models often write the wrong number) and the
+    correction is reported, never hidden.
+    """
     if says_documents_do_not_say(answer):  # before stripping: the refusal's words are the prompt's
         return Grounding(answer=answer, support=None, reader_refused=True)
     clean, leaked = strip_instructions(answer, instructions)
     g = Grounding(answer=clean, support=None, leaked=leaked)
     by_n = {p.n: p for p in passages if p.n}
     cited = [n for n in cited_numbers(clean) if n in by_n]
-    if not cited and by_n:
-        scored = [(sentence_support(clean, p.text) or 0.0, -p.n) for p in by_n.values()]
-        best, neg_n = max(scored)
-        if best > 0:
-            g.inferred = -neg_n
-            cited = [g.inferred]
     scores = []
     for s in sentences(clean):
         if not content_words(without_marks(s)):
             continue  # "Yes [1]." has nothing to check
         own = [n for n in cited_numbers(s) if n in by_n] or cited
-        score = max((sentence_support(s, by_n[n].text) or 0.0 for n in own), default=0.0)
-        g.sentences.append({"text": s, "support": round(score, 3), "cited": own})
+        found = {n: evidence(s, p.text, question) for n, p in by_n.items()}
+        score, n_best = max(((found[n][0] or 0.0, -n) for n in own), default=(0.0, 0))
+        used = [-n_best] if own else []
+        alt, n_alt = max(((v[0] or 0.0, -n) for n, v in found.items()), default=(0.0, 0))
+        if alt > 0 and (not own or (score < min_support <= alt)):
+            if own:
+                g.corrected.append({"from": own, "to": -n_alt})
+            elif g.inferred is None:
+                g.inferred = -n_alt
+            score, used = alt, [-n_alt]
+        g.sentences.append({"text": s, "support": round(score, 3), "cited": own, "checked_against": used})
         scores.append(score)
+        if g.quote is None and used and found[used[0]][1]:
+            g.quote = {"n": used[0], "chunk_id": by_n[used[0]].chunk_id, "text": found[used[0]][1]}
     g.support = round(min(scores), 3) if scores else None
-    for n in cited:
-        quote = best_quote(clean, question, by_n[n].text)
-        if quote:
-            g.quote = {"n": n, "chunk_id": by_n[n].chunk_id, "text": quote}
-            break
     g.unsupported = unsupported_facts(clean, retrieved, question)
     return g
