@@ -64,15 +64,28 @@ def delta(a, b, alpha: float):
     return out * (alpha / r)
 
 
+def target_types(qtype: str | None) -> dict[str, str]:
+    """``"Q8_0"`` (every merged tensor) or ``"attn_v:Q8_0,attn_output:Q8_0"`` (by tensor kind) ->
+    {kind or "*": type}; empty: each tensor keeps its own type."""
+    if not qtype:
+        return {}
+    out = {}
+    for part in qtype.split(","):
+        kind, _, t = part.strip().rpartition(":")
+        if t not in _REQUANTISABLE:
+            raise InvalidInput(f"unsupported merge type {t!r} (use one of {', '.join(_REQUANTISABLE)})")
+        out[kind or "*"] = t
+    return out
+
+
 def merge_lora(base: Path, adapter: Path, out: Path, qtype: str | None = None) -> str:
-    """Write ``base`` + ``adapter`` merged and re-quantised (to ``qtype``, default each tensor's own
-    type) to ``out``; return its sha256."""
+    """Write ``base`` + ``adapter`` merged and re-quantised to ``out``; return its sha256. ``qtype``
+    (:func:`target_types`) sets the type of merged tensors; by default each keeps its own."""
     import gguf
     import numpy as np
     from gguf import quants
 
-    if qtype is not None and qtype not in _REQUANTISABLE:
-        raise InvalidInput(f"unsupported merge type {qtype!r} (use one of {', '.join(_REQUANTISABLE)})")
+    types = target_types(qtype)
     pairs, alpha = lora_pairs(adapter)
     reader = gguf.GGUFReader(str(base))
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
@@ -98,7 +111,9 @@ def merge_lora(base: Path, adapter: Path, out: Path, qtype: str | None = None) -
         if w.shape != (b.shape[0], a.shape[1]):
             raise InvalidInput(f"adapter tensor for {t.name} has shape {b.shape[0]}x{a.shape[1]}, base {w.shape}")
         merged = (w + delta(a, b, alpha)).astype(np.float32)
-        target = gguf.GGMLQuantizationType[qtype] if qtype else t.tensor_type
+        kind = t.name.split(".")[-2] if t.name.count(".") >= 2 else t.name
+        name = types.get(kind, types.get("*"))
+        target = gguf.GGMLQuantizationType[name] if name else t.tensor_type
         if target == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(t.name, merged)
         else:
