@@ -87,3 +87,18 @@ def test_reader_file_that_does_not_match_its_pin_fails_closed(kb, tmp_path, monk
     with pytest.raises(NotFound, match="--no-reader"):
         answer(kb, "How long are adult patient records kept?", collections=["kb"])
     assert answer(kb, "How long are adult patient records kept?", collections=["kb"], reader=False).reader is None
+
+
+def test_models_verify_rehashes_the_reader_files(tmp_path, monkeypatch):
+    from offline.errors import ModelIntegrityError
+    from offline.llm import reader
+    from offline.models import verify_models
+
+    rows = {r["name"]: r["status"] for r in verify_models()}
+    assert rows["smollm2-135m-reader (adapter)"] == "ok"
+    assert rows["smollm2-135m-reader (merged)"] in ("ok", "not built")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF not the adapter")
+    monkeypatch.setattr(reader, "find_file", lambda name: bad)
+    with pytest.raises(ModelIntegrityError, match="smollm2-135m-reader"):
+        verify_models()

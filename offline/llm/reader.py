@@ -136,3 +136,20 @@ def build_merged(log: Any = None) -> list[dict[str, Any]]:
         say(f"{spec.name}: merged {spec.adapter} into {spec.base}, sha256 ok")
         results.append({"name": spec.name, "action": "built", "path": str(target)})
     return results
+
+
+def verify_files() -> list[dict[str, Any]]:
+    """Re-hash every reader file (``offline models verify``): rows like the models', status ok,
+    mismatch, missing (the adapter: an error) or not built (the merged file: ``models fetch`` makes it)."""
+    rows = []
+    for spec in specs():
+        for label, name, sha in (("adapter", spec.adapter, spec.adapter_sha256),
+                                 ("merged", spec.merged, spec.merged_sha256)):
+            if not name or not sha:
+                continue
+            p = find_file(name)
+            status = ("missing" if label == "adapter" else "not built") if p is None else (
+                "ok" if _sha256(p) == sha else "mismatch")
+            rows.append({"name": f"{spec.name} ({label})", "role": "reader", "path": str(p or name),
+                         "sha256": sha, "status": status})
+    return rows
