@@ -5,7 +5,8 @@
    articles (one document per paragraph, so the rest of each article acts as distractors).
 2. The questions of those articles are split per article, deterministically: ``--questions`` are
    held out for the comparison, the others (up to ``--train-max``) train a LoRA adapter ``squad-qa``
-   (closed-book: question -> gold answer, with the same system prompt ``--mode finetune`` uses).
+   (closed-book: question -> gold answer, with the same system prompt ``--mode finetune`` uses;
+   ``--raft``: RAFT-style on the prompts ``ask`` builds from the collection, the right hybrid).
 3. ``offline compare`` (the library call) runs base, rag, finetune and hybrid on the held-out
    questions, then measures the cost of an update and the freshness probe.
 4. The charts go to docs/img/compare-*.png and a copy of results.json without the per-question
@@ -86,6 +87,8 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--no-docs", action="store_true", help="do not copy charts and results into docs/")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--raft", action="store_true", help="train the hybrid adapter RAFT-style on the collection "
+                    "(offline finetune create --raft) instead of closed-book")
     ap.add_argument("--phase", choices=["all", "compare"], default="all", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -131,10 +134,19 @@ def main() -> int:
         t = time.perf_counter()
         rep = ingest_records(session, recs, "squad")
         log(f"ingested {len(rep['added'])} paragraphs, {rep['chunks']} chunks in {time.perf_counter() - t:.1f} s")
-        cfg = TrainConfig(rank=8, alpha=16, lr=5e-4, max_steps=args.steps, batch_size=8, max_len=128,
-                          eval_split=0.1, seed=args.seed)
         t = time.perf_counter()
-        info = create_adapter(session, "squad-qa", data=train_file, cfg=cfg, progress=False)
+        if args.raft:  # the right hybrid: trained on the prompts `ask` builds from this collection
+            raft_file = work / "train-qa.jsonl"
+            raft_file.write_text("".join(json.dumps({"question": qa["question"], "answers": [
+                a["text"] for a in qa["answers"]]}) + "\n" for qa in trains), encoding="utf-8")
+            cfg = TrainConfig(rank=8, alpha=16, lr=8e-4, max_steps=args.steps, batch_size=4, max_len=896,
+                              eval_split=0.1, seed=args.seed)
+            info = create_adapter(session, "squad-qa", raft_qa=raft_file, raft_collection="squad", cfg=cfg,
+                                  progress=False)
+        else:
+            cfg = TrainConfig(rank=8, alpha=16, lr=5e-4, max_steps=args.steps, batch_size=8, max_len=128,
+                              eval_split=0.1, seed=args.seed)
+            info = create_adapter(session, "squad-qa", data=train_file, cfg=cfg, progress=False)
         log(f"adapter squad-qa: {info['meta']['steps']} steps in {time.perf_counter() - t:.1f} s, eval loss "
             f"{info['eval_loss_before']:.3f} -> {info['eval_loss_after']:.3f}")
     finally:
@@ -156,6 +168,7 @@ def main() -> int:
             shutil.copyfile(out / c, img / f"compare-{c}")
         slim = {k: v for k, v in res.items() if k not in ("per_question", "files")}
         slim["example"] = {"articles": titles, "held_out_questions": len(evals), "training_questions": len(trains),
+                           "adapter_recipe": "raft" if args.raft else "closed-book",
                            "adapter_steps": args.steps, "adapter_eval_loss": [info["eval_loss_before"],
                                                                               info["eval_loss_after"]]}
         (REPO / "docs" / "compare-results.json").write_text(json.dumps(slim, indent=2, sort_keys=True) + "\n")

@@ -174,7 +174,7 @@ def test_cli_errors_and_listing(admin_session, cli, tmp_path: Path):
     assert r.exit_code == 1
     assert r.stderr.strip() == 'Error: bad.jsonl line 2: "prompt" and "completion" must both be strings'
     r = cli(["finetune", "create", "x", "--data", str(bad), "--from-collection", "c"])
-    assert r.exit_code == 2 and r.stderr.strip() == "Error: give exactly one of --data FILE or --from-collection NAME"
+    assert r.exit_code == 2 and r.stderr.strip() == "Error: give exactly one of --data FILE, --from-collection NAME or --raft --qa FILE"
     r = cli(["finetune", "create", "x", "--data", str(bad), "--rank", "0"])
     assert r.exit_code == 2 and r.stderr.strip() == "Error: --rank must be between 1 and 1024"
     r = cli(["finetune", "create", "a1", "--data", str(bad)])

@@ -92,7 +92,7 @@ def test_prompt_fences_and_neutralises_and_audit_flags(poisoned):
     from offline.rag import answer
 
     ans = answer(poisoned, HOSTILE_QUESTION, collections=["kb"], k=10, max_tokens=24, min_score=0.0)
-    assert not ans.refused
+    assert ans.refusal_reason != "low_relevance"  # the model saw the prompt (the checks may still refuse)
     used = {s["doc_name"]: s for s in ans.sources}
     assert set(HOSTILE) <= set(used), f"not all hostile chunks reached the prompt: {sorted(used)}"
     user = ans.prompt[1]["content"]

@@ -112,7 +112,7 @@ def test_hostile_file_name_and_heading_stay_on_their_header_line(poisoned_names,
 
     ans = answer(poisoned_names, "Where is the Zephyr ward?", collections=["kb"], k=5, max_tokens=16,
                  min_score=0.0)
-    assert not ans.refused
+    assert ans.refusal_reason != "low_relevance"  # the model saw the prompt (the checks may still refuse)
     names = {s["doc_name"] for s in ans.sources}
     assert HOSTILE_NAME in names and "heading.md" in names, names
     user = ans.prompt[1]["content"]

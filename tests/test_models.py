@@ -104,7 +104,8 @@ def test_resolve_missing_model_says_how_to_fetch(models_dir: Path):
 
 def test_shared_models_verify_and_fetch_is_idempotent():
     rows = verify_models()
-    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    assert [r["status"] for r in rows if r["role"] != "reader"] == ["ok", "ok", "ok"]
+    assert {r["status"] for r in rows if r["role"] == "reader"} <= {"ok", "not built"}  # tests/test_reader.py
     before = {p.name: p.stat().st_mtime_ns for p in SHARED_MODELS.iterdir()}
     assert {r["action"] for r in fetch_defaults()} == {"present"}
     assert {p.name: p.stat().st_mtime_ns for p in SHARED_MODELS.iterdir()} == before

@@ -61,7 +61,8 @@ def test_search_ask_docs_and_audit_print_no_control_sequences(nasty, cli):
     r = cli(["ask", QUESTION, "-c", "kb", "-k", "2", "--max-tokens", "24", "--min-score", "0"])
     assert r.exit_code == 0, r.output
     assert_clean(r.output)
-    assert "Sources:" in r.output and "evil" in r.output
+    # an answer lists its sources, a refusal the closest passages: both print the hostile names
+    assert ("Sources:" in r.output or "Closest passages:" in r.output) and "evil" in r.output
     assert not any(line.startswith("fake-row") for line in r.output.splitlines())
 
     r = cli(["docs", "list", "-c", "kb"])

@@ -41,7 +41,8 @@ def _text(r: dict[str, Any]) -> str:
 @click.option("--limit", type=Count(1), default=None, help="Ask only the first N questions.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for report.md, results.json and the charts.")
-@click.option("-k", "k", type=Count(1, 100), default=None, help="Chunks retrieved (default 5).")
+@click.option("-k", "k", type=Count(1, 100), default=None, help="Chunks retrieved (default: ask's default).")
+@click.option("--no-reader", is_flag=True, help="rag: the plain model instead of its retrieval-trained reader.")
 @click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
 @click.option("--model", type=TEXT, help="Generation model (default: the kit's default).")
 @click.option("--update-steps", type=Count(1, 10000), default=10, show_default=True,
@@ -53,7 +54,7 @@ def _text(r: dict[str, Any]) -> str:
               help="Also write each question, gold and predicted answer into results.json (plaintext).")
 @click.pass_obj
 def compare(app: App, qa: Path, collection: str, adapter: str | None, modes: str, limit: int | None, out: Path,
-            k: int | None, max_tokens: int, model: str | None, update_steps: int, probe: Path | None,
+            k: int | None, no_reader: bool, max_tokens: int, model: str | None, update_steps: int, probe: Path | None,
             no_freshness: bool, with_answers: bool) -> None:
     """Measure accuracy, latency, memory, update cost and freshness of each mode."""
     import sys
@@ -78,7 +79,8 @@ def compare(app: App, qa: Path, collection: str, adapter: str | None, modes: str
     with bars:
         result = run_compare(session, qa, collection, out=out, adapter=adapter, modes=modes, limit=limit, k=k,
                              max_tokens=max_tokens, model=model, probe=probe_obj, freshness=not no_freshness,
-                             update_steps=update_steps, with_answers=with_answers, progress=progress)
+                             update_steps=update_steps, with_answers=with_answers, progress=progress,
+                             reader=not no_reader)
     app.emit({k: v for k, v in result.items() if k != "per_question"}, _text)
 
 

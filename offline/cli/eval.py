@@ -31,6 +31,12 @@ def _qa_text(r: dict[str, Any]) -> str:
         lines += [f"  retrieval hit rate {r['retrieval_hit_rate']:.3f}  (a retrieved chunk holds a gold answer)",
                   f"  gold paragraph     {r['gold_paragraph_rate']:.3f}",
                   f"  refused            {r['refused_rate']:.3f}"]
+        g = r.get("grounding") or {}
+        fig = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        lines += [f"  reader             {'yes' if r.get('reader') else 'no (plain model)'}",
+                  f"  cited in text      {fig(g.get('cited'))}  (of answered; the model wrote a valid [n])",
+                  f"  citation correct   {fig(g.get('cite_correct'))}  (the cited chunk holds a gold answer)",
+                  f"  support            {fig(g.get('support'))}"]
     lines.append(f"  latency total p50 {fmt(lat['total']['p50'])} p95 {fmt(lat['total']['p95'])}; "
                  f"ttft p50 {fmt(lat['ttft']['p50'])}; retrieval p50 {fmt(lat['retrieval']['p50'])}; "
                  f"decode {r['decode_tok_s_mean']} tok/s")
@@ -42,23 +48,25 @@ def _qa_text(r: dict[str, Any]) -> str:
               help="SQuAD v1.1 JSON file.")
 @click.option("--limit", type=Count(1), default=100, show_default=True, help="Questions to ask.")
 @click.option("--mode", type=click.Choice(["rag", "base"]), default="rag", show_default=True)
-@click.option("-k", "k", type=Count(1, 100), default=5, show_default=True)
+@click.option("-k", "k", type=Count(1, 100), default=None, help="Passages retrieved (default: ask's default).")
 @click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
 @click.option("--model", type=TEXT, help="Generation model name.")
+@click.option("--no-reader", is_flag=True, help="rag: the plain model instead of its retrieval-trained reader.")
 @click.pass_obj
-def eval_qa(app: App, squad: Path, limit: int, mode: str, k: int, max_tokens: int, model: str | None) -> None:
-    """Exact match, F1, retrieval hit rate and latencies on SQuAD paragraphs."""
+def eval_qa(app: App, squad: Path, limit: int, mode: str, k: int | None, max_tokens: int, model: str | None,
+            no_reader: bool) -> None:
+    """Exact match, F1, citations, support, refusals, retrieval hit rate and latencies on SQuAD paragraphs."""
     from ..eval.qa import evaluate_squad
 
     if app.as_json:
-        result = evaluate_squad(squad, limit, mode, k=k, max_tokens=max_tokens, model=model)
+        result = evaluate_squad(squad, limit, mode, k=k, max_tokens=max_tokens, model=model, reader=not no_reader)
     else:
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
             task = bar.add_task("questions", total=limit)
             result = evaluate_squad(squad, limit, mode, k=k, max_tokens=max_tokens, model=model,
-                                    progress=lambda i, n: bar.update(task, completed=i, total=n))
+                                    reader=not no_reader, progress=lambda i, n: bar.update(task, completed=i, total=n))
     app.emit(result, _qa_text)
 
 

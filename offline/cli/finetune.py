@@ -29,6 +29,12 @@ def _created_text(d: dict[str, Any]) -> str:
 @click.option("--data", "data", type=click.Path(path_type=Path), help="JSONL: {\"messages\": [...]} or "
               "{\"prompt\", \"completion\"} per line.")
 @click.option("--from-collection", "from_collection", type=TEXT, help="Continued training on a collection's text.")
+@click.option("--raft", is_flag=True, help="Retrieval-augmented: train on the prompts `ask` builds for --qa "
+              "questions, context retrieved from -c COLLECTION (gold among distractors, sometimes absent).")
+@click.option("--qa", "qa", type=click.Path(path_type=Path), help="--raft: SQuAD JSON or JSONL "
+              "{\"question\", \"answers\"} per line.")
+@click.option("-c", "--collection", "collection", type=TEXT, help="--raft: the collection to retrieve from.")
+@click.option("-k", "k", type=Count(1, 20), default=3, show_default=True, help="--raft: passages per prompt.")
 @click.option("--base", help="Base model: a registered generate model (default: the kit's default) or a .gguf path.")
 @click.option("--rank", type=Count(1, 1024), default=8, show_default=True, help="LoRA rank r.")
 @click.option("--alpha", type=Number(0, 1e4, min_open=True), default=16.0, show_default=True, help="LoRA alpha (scale = alpha / r).")
@@ -49,11 +55,13 @@ def _created_text(d: dict[str, Any]) -> str:
 @click.option("--restart", is_flag=True, help="Discard an interrupted run's checkpoint and start over.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_obj
-def create(app: App, name: str, data: Path | None, from_collection: str | None, base: str | None, rank: int,
+def create(app: App, name: str, data: Path | None, from_collection: str | None, raft: bool, qa: Path | None,
+           collection: str | None, k: int, base: str | None, rank: int,
            alpha: float, epochs: int, lr: float, max_steps: int | None, batch_size: int, max_len: int,
            eval_split: float, targets: str, dropout: float, seed: int, device: str | None, dtype: str,
            resume: bool, restart: bool, no_progress: bool) -> None:
-    """Train adapter NAME from --data FILE or --from-collection C and store it encrypted."""
+    """Train adapter NAME from --data FILE, --from-collection C or --raft --qa FILE -c C; store it encrypted."""
+    from ..errors import UsageError
     from ..finetune.base import DEFAULT_TARGETS, MLP_TARGETS
     from ..finetune.pipeline import create_adapter
     from ..finetune.train import TrainConfig
@@ -62,7 +70,10 @@ def create(app: App, name: str, data: Path | None, from_collection: str | None, 
              else [t.strip() for t in targets.split(",") if t.strip()])
     cfg = TrainConfig(rank=rank, alpha=alpha, dropout=dropout, targets=names, epochs=epochs, lr=lr,
                       max_steps=max_steps, batch_size=batch_size, max_len=max_len, eval_split=eval_split, seed=seed)
+    if raft != (qa is not None) or (collection is not None and not raft):
+        raise UsageError("--raft goes with --qa FILE and -c COLLECTION")
     info = create_adapter(app.session(), name, data=data, from_collection=from_collection, base=base, cfg=cfg,
+                          raft_qa=qa, raft_collection=collection if raft else None, raft_k=k,
                           resume=resume, restart=restart, device=device, dtype=dtype,
                           progress=not no_progress and not app.as_json)
     app.emit(info, _created_text)

@@ -45,8 +45,8 @@ def models_verify(app: App, names: tuple[str, ...]) -> None:
     from ..models import verify_models
 
     rows = verify_models(list(names) or None)
-    app.emit(rows, lambda rs: "\n".join(f"ok  {r['name']}  {r['sha256'][:16]}..." for r in rs)
-             + f"\n{len(rs)} model(s) verified")
+    app.emit(rows, lambda rs: "\n".join(f"{r['status']}  {r['name']}  {r['sha256'][:16]}..." for r in rs)
+             + f"\n{sum(r['status'] == 'ok' for r in rs)} model file(s) verified")
 
 
 @models.command("fetch")

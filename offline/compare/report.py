@@ -16,9 +16,18 @@ METHOD = {
     "exact_match_f1": "official SQuAD v1.1 normalisation (lower case, no punctuation or articles), best over "
                       "the gold answers",
     "answer_contains": "the normalised gold answer appears inside the normalised answer (word bounds)",
-    "citation_hit_rate": "share of questions where a chunk the answer cited (a valid [n]) holds a gold answer",
+    "citation_hit_rate": "share of questions where a chunk the answer cited (a valid [n], written or inferred) "
+                         "holds a gold answer",
+    "cited_rate": "share of questions whose answer holds a valid [n] the model wrote itself (inferred ones excluded)",
+    "cite_correct_rate": "of answered questions that carry a citation, the share whose cited chunk holds a gold "
+                         "answer",
+    "support": "offline.rag.grounding: share of the answer's content words found in its cited chunk, weakest "
+               "sentence; mean over answered questions",
+    "false_refusal_rate": "share of (answerable) questions refused: low relevance, the reader declined, or "
+                          "support under the threshold",
     "retrieval_hit_rate": "share of questions where any retrieved chunk holds a gold answer",
-    "ttft": "seconds from the request to the first streamed token (prompt processing), refusals excluded",
+    "ttft": "seconds from the request to the first streamed token (prompt processing), over every question "
+            "the model saw (also drafts the grounding checks refused)",
     "decode_tok_s": "tokens after the first divided by the time after the first token",
     "peak_rss": "psutil RSS of this process sampled every 50 ms while the mode answered; cached llama.cpp "
                 "engines are dropped before each mode; torch and the embedding model stay resident once "
@@ -170,11 +179,13 @@ def render_markdown(results: dict[str, Any], chart_files: list[str]) -> str:
     row("Memory (peak RSS / disk)",
         lambda m: f"{_f(ms[m]['peak_rss_mb'], 0)} MiB / {_mib(ms[m].get('disk_bytes'))}", "memory")
     lines += ["", "## Accuracy", "", "| mode | questions | exact match | token F1 | answer contains | "
-              "citation hit | cited | retrieval hit | refused |", "|---|---|---|---|---|---|---|---|---|"]
+              "citation hit | cited in text | citation correct | support | retrieval hit | false refusal |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in ok:
         f = ms[m]
         lines.append(f"| {m} | {f['questions']} | {f['exact_match']:.3f} | {f['f1']:.3f} | "
                      f"{f['answer_contains']:.3f} | {_f(f['citation_hit_rate'])} | {_f(f['cited_rate'])} | "
+                     f"{_f(f.get('cite_correct_rate'))} | {_f(f.get('support_mean'))} | "
                      f"{_f(f['retrieval_hit_rate'])} | {f['refused_rate']:.3f} |")
     lines += ["", "## Speed and memory", "", "| mode | TTFT p50 | TTFT p95 | total p50 | total p95 | decode tok/s "
               "(mean) | prompt tokens (mean) | model load | peak RSS | RSS at start | wall |",

@@ -92,14 +92,21 @@ def _score(ans: Any, q: Question, retrieving: bool, with_answer: bool) -> dict[s
     cited = [c["chunk_id"] for c in ans.citations if c.get("valid") and c.get("chunk_id") in texts]
     holds = lambda t: metrics.best_over(metrics.contains, t, golds) > 0  # noqa: E731
     t = ans.timings
+    from ..eval.grounded import score as grounded
+
+    g = grounded(ans, golds) if retrieving else {}
     row: dict[str, Any] = {
         "id": q.qid,
         "em": metrics.best_over(metrics.exact_match, pred, golds),
         "f1": round(metrics.best_over(metrics.f1_score, pred, golds), 4),
         "contains": metrics.best_over(metrics.contains, pred, golds),
         "refused": bool(ans.refused),
-        "cited": bool(cited) if retrieving else None,
+        # cited: the model wrote a valid [n] itself; citation_hit: a cited chunk (written or inferred)
+        # holds a gold answer; cite_correct: of answered questions that carry a citation.
+        "cited": g.get("cited") if retrieving else None,
         "citation_hit": any(holds(texts[c]) for c in cited) if retrieving else None,
+        "cite_correct": g.get("cite_correct") if retrieving else None,
+        "support": g.get("support") if retrieving else None,
         "retrieval_hit": any(holds(x) for x in texts.values()) if retrieving else None,
         "ttft_s": t.get("ttft_s"), "total_s": t.get("total_s"), "decode_tok_s": t.get("decode_tok_s"),
         "tokens": t.get("tokens"), "prompt_tokens": t.get("prompt_tokens"), "load_s": t.get("load_s"),
@@ -121,7 +128,13 @@ def _aggregate(rows: list[dict[str, Any]], retrieving: bool) -> dict[str, Any]:
         "citation_hit_rate": mean("citation_hit") if retrieving else None,
         "cited_rate": mean("cited") if retrieving else None,
         "retrieval_hit_rate": mean("retrieval_hit") if retrieving else None,
-        "ttft_s": measure.spread(r["ttft_s"] for r in answered if r["ttft_s"] is not None),
+        # Every compare question is answerable: a refusal is a false refusal.
+        "false_refusal_rate": mean("refused"),
+        "cite_correct_rate": _share([r["cite_correct"] for r in rows]) if retrieving else None,
+        "support_mean": _share([r["support"] for r in rows]) if retrieving else None,
+        # Every question the model saw (a grounding refusal comes after generation; only a refusal
+        # for low relevance has no first token).
+        "ttft_s": measure.spread(r["ttft_s"] for r in rows if r["ttft_s"] is not None and r["tokens"]),
         "total_s": measure.spread(r["total_s"] for r in rows if r["total_s"] is not None),
         "decode_tok_s": measure.spread(r["decode_tok_s"] for r in answered if (r["tokens"] or 0) > 1),
         "tokens_mean": round(sum(r["tokens"] or 0 for r in answered) / len(answered), 1) if answered else None,
@@ -132,13 +145,18 @@ def _aggregate(rows: list[dict[str, Any]], retrieving: bool) -> dict[str, Any]:
     }
 
 
+def _share(values: list[Any]) -> float | None:
+    xs = [float(v) for v in values if v is not None]
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
 def _ask(session: Any, question: str, mode: str, *, collection: str, adapter: str | None, k: int,
-         max_tokens: int, model: str | None, min_score: float) -> Any:
+         max_tokens: int, model: str | None, min_score: float, reader: bool = True) -> Any:
     from ..rag import answer
 
     return answer(session, question, collections=[collection] if mode in RETRIEVAL_MODES else None, k=k,
                   mode=mode, model=model, adapter=adapter if mode in ADAPTER_MODES else None,
-                  max_tokens=max_tokens, min_score=min_score)
+                  max_tokens=max_tokens, min_score=min_score, reader=reader)
 
 
 def _drop_engines() -> None:
@@ -150,7 +168,7 @@ def _drop_engines() -> None:
 
 def run_mode(session: Any, mode: str, questions: list[Question], *, collection: str, adapter: str | None,
              k: int, max_tokens: int, model: str | None, min_score: float, with_answers: bool = False,
-             progress: Progress | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             progress: Progress | None = None, reader: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Ask every question under ``mode``; (figures, per-question rows)."""
     retrieving = mode in RETRIEVAL_MODES
     _drop_engines()
@@ -159,7 +177,7 @@ def run_mode(session: Any, mode: str, questions: list[Question], *, collection: 
     with measure.RSSSampler() as rss:
         for i, q in enumerate(questions):
             ans = _ask(session, q.question, mode, collection=collection, adapter=adapter, k=k,
-                       max_tokens=max_tokens, model=model, min_score=min_score)
+                       max_tokens=max_tokens, model=model, min_score=min_score, reader=reader)
             rows.append(_score(ans, q, retrieving, with_answers))
             if progress is not None:
                 progress(mode, i + 1, len(questions))
@@ -322,7 +340,7 @@ def run_compare(session: Any, qa: str | Path, collection: str, *, out: str | Pat
                 modes: str | Sequence[str] | None = None, limit: int | None = None, k: int | None = None,
                 max_tokens: int = DEFAULT_MAX_TOKENS, model: str | None = None, min_score: float | None = None,
                 probe: Probe | None = None, freshness: bool = True, update_steps: int = DEFAULT_UPDATE_STEPS,
-                with_answers: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+                with_answers: bool = False, progress: Progress | None = None, reader: bool = True) -> dict[str, Any]:
     """Measure base / rag / finetune / hybrid on ``qa`` over ``collection``; write report.md,
     results.json and charts into ``out``; return the results. Audited: compare.start, one
     compare.mode per mode, compare.end."""
@@ -355,7 +373,7 @@ def run_compare(session: Any, qa: str | Path, collection: str, *, out: str | Pat
     run_id = secrets.token_hex(4)
     started = time.time()
     load_start = _machine()["load_avg_1m"]
-    settings = {"k": k, "max_tokens": max_tokens, "min_score": floor, "limit": limit,
+    settings = {"k": k, "max_tokens": max_tokens, "min_score": floor, "limit": limit, "reader": reader,
                 "update_steps": update_steps, "freshness": freshness}
     session.audit("compare.start", run=run_id, qa_sha256=qaset.sha256, qa_format=qaset.format,
                   questions=len(qaset.questions), collection=collection, adapter=adapter,
@@ -367,7 +385,7 @@ def run_compare(session: Any, qa: str | Path, collection: str, *, out: str | Pat
         for m in active:
             figures, rows = run_mode(session, m, qaset.questions, collection=collection, adapter=adapter, k=k,
                                      max_tokens=max_tokens, model=model, min_score=floor,
-                                     with_answers=with_answers, progress=progress)
+                                     with_answers=with_answers, progress=progress, reader=reader)
             results_modes[m] = figures
             per_question[m] = rows
             session.audit("compare.mode", run=run_id, mode=m, **figures)

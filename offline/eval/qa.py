@@ -95,11 +95,16 @@ def _latency(values: list[float]) -> dict[str, float | None]:
             "mean": r(sum(values) / len(values)) if values else None}
 
 
-def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag", *, k: int = 5,
+def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag", *, k: int | None = None,
                    max_tokens: int = 48, model: str | None = None, min_score: float | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Exact match, token F1, answer-contains, retrieval hit rate and latencies on a SQuAD file."""
-    from ..rag import DEFAULT_MIN_SCORE, answer
+                   reader: bool = True, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Exact match, token F1, answer-contains, retrieval hit rate, the grounding figures of
+    :mod:`.grounded` (citation present and correct, support, false refusals) and latencies on a
+    SQuAD file. ``reader=False`` serves rag with the plain model instead of its reader."""
+    from ..rag import DEFAULT_K, DEFAULT_MIN_SCORE, answer
+    from .grounded import score, summarise
+
+    k = DEFAULT_K if k is None else k
     from ..vault import create_vault
 
     if mode not in ("rag", "base"):
@@ -117,7 +122,7 @@ def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag",
             indexed = _index(session, docs, work) if mode == "rag" else {"documents": 0}
             for i, item in enumerate(items):
                 ans = answer(session, item.question, collections=[EVAL_COLLECTION] if mode == "rag" else None,
-                             k=k, mode=mode, model=model, max_tokens=max_tokens, min_score=floor)
+                             k=k, mode=mode, model=model, max_tokens=max_tokens, min_score=floor, reader=reader)
                 pred = " ".join(_CITES.sub(" ", ans.answer).split()) if not ans.refused else ""
                 hit_texts = [h.text for h in (ans.hits or [])]
                 rows.append({
@@ -131,6 +136,7 @@ def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag",
                                            if mode == "rag" else None),
                     "refused": ans.refused,
                     "timings": ans.timings,
+                    "grounded": score(ans, item.answers),
                 })
                 if progress is not None:
                     progress(i + 1, len(items))
@@ -149,6 +155,10 @@ def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag",
         "retrieval_hit_rate": mean("retrieval_hit") if mode == "rag" else None,
         "gold_paragraph_rate": mean("gold_doc_retrieved") if mode == "rag" else None,
         "refused_rate": mean("refused"),
+        "reader": reader and mode == "rag",
+        # cited / cite_correct / false_refusal / support, defined in offline.eval.grounded
+        "grounding": {k: v for k, v in summarise([r["grounded"] for r in rows]).items()
+                      if k in ("cited", "cite_correct", "false_refusal", "support")} if mode == "rag" else None,
         "latency_s": {"total": _latency(t("total_s")), "retrieval": _latency(t("retrieval_s")),
                       "ttft": _latency(t("ttft_s")), "decode": _latency(t("decode_s"))},
         "decode_tok_s_mean": round(sum(t("decode_tok_s")) / max(1, len(t("decode_tok_s"))), 2),

@@ -68,11 +68,14 @@ def create_adapter(session: Session, name: str, *, data: str | Path | None = Non
                    from_collection: str | None = None, base: str | None = None,
                    cfg: TrainConfig | None = None, resume: bool = False, restart: bool = False,
                    device: str | None = None, progress: bool = True, dtype: str = "f32",
-                   max_chunks: int | None = None) -> dict[str, Any]:
+                   max_chunks: int | None = None, raft_qa: str | Path | None = None,
+                   raft_collection: str | None = None, raft_k: int = 3) -> dict[str, Any]:
     """Train a LoRA adapter named ``name`` and store it encrypted with its lineage.
 
-    Exactly one of ``data`` (JSONL) or ``from_collection`` is given. Interrupted runs keep an
-    encrypted checkpoint; ``resume`` continues it, ``restart`` discards it.
+    Exactly one of ``data`` (JSONL), ``from_collection`` (continued training) or ``raft_qa`` (a QA
+    file, trained RAFT-style on context retrieved from ``raft_collection`` under the caller's
+    grants, :mod:`.raft`) is given. Interrupted runs keep an encrypted checkpoint; ``resume``
+    continues it, ``restart`` discards it.
     """
     from . import data as data_mod
     from .base import load_base, pick_device, resolve_base
@@ -85,8 +88,10 @@ def create_adapter(session: Session, name: str, *, data: str | Path | None = Non
     cfg.validate()
     if session.role == "auditor":
         raise AccessDenied("access denied: auditors cannot create adapters")
-    if (data is None) == (from_collection is None):
-        raise UsageError("give exactly one of --data FILE or --from-collection NAME")
+    if sum(x is not None for x in (data, from_collection, raft_qa)) != 1:
+        raise UsageError("give exactly one of --data FILE, --from-collection NAME or --raft --qa FILE")
+    if (raft_qa is None) != (raft_collection is None):
+        raise UsageError("--raft needs both --qa FILE and -c COLLECTION")
     if resume and restart:
         raise UsageError("--resume and --restart exclude each other")
     if session.db.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone():
@@ -103,6 +108,14 @@ def create_adapter(session: Session, name: str, *, data: str | Path | None = Non
     # Validate data before the (slow) model load: bad input fails fast with nothing written.
     if data is not None:
         dataset = data_mod.load_jsonl(data)
+    elif raft_qa is not None:
+        from .raft import collection_examples
+
+        dataset = collection_examples(session, raft_qa, raft_collection, k=raft_k, seed=cfg.seed)  # type: ignore[arg-type]
+        # Which chunks were read to build the prompts is lineage, and an audited read.
+        session.audit("finetune.read_collection", severity="notice", collection=raft_collection, adapter=name,
+                      recipe="raft", chunk_ids=dataset.meta["chunk_ids"], examples=dataset.meta["examples"],
+                      skipped_no_gold=dataset.meta["skipped_no_gold"])
     else:
         dataset = data_mod.load_collection(session, from_collection, max_chunks=max_chunks)  # type: ignore[arg-type]
         session.audit("finetune.read_collection", severity="notice", collection=from_collection,
@@ -133,7 +146,8 @@ def create_adapter(session: Session, name: str, *, data: str | Path | None = Non
             "skipped_examples": skipped_t + skipped_e, "steps": result.steps, "tokens": result.tokens,
             "tokens_per_s": round(result.tokens_per_s, 1), "train_seconds": round(result.train_seconds, 2),
             "duration_s": duration, "device": dev, "dtype": dtype, "resumed_from_step": result.resumed_from,
-            "peak_rss_mb": peak_rss_mb, "targets_resolved": len(result.state) // 2}
+            "peak_rss_mb": peak_rss_mb, "targets_resolved": len(result.state) // 2,
+            **({"raft": dataset.meta} if raft_qa is not None else {})}
     info = store.save_adapter(
         session, name, gguf_bytes, base_model=base_model.name, base_sha256=base_model.sha256,
         base_arch=base_model.info.arch, dataset_sha256=dataset.sha256, hyperparameters=hp,

@@ -166,4 +166,8 @@ def fetch_defaults(names: list[str] | None = None, *, log: Log | None = None) ->
         say(f"{e.name}: {how}, sha256 ok")
         results.append({"name": e.name, "action": "replaced" if replaced else "fetched", "how": how,
                         "path": str(target)})
+    if not names:  # the merged readers are built from what was just fetched (offline.llm.reader)
+        from ..llm.reader import build_merged
+
+        results += build_merged(say)
     return results

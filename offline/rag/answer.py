@@ -1,8 +1,15 @@
 """``offline ask`` as a library call: retrieve, pack, prompt, stream, cite, audit.
 
-Modes: ``rag`` (retrieval + base model), ``base`` (model alone), ``finetune`` (model + LoRA
+Modes: ``rag`` (retrieval + the model's retrieval-trained reader, :mod:`offline.llm.reader`;
+``reader=False`` serves the plain model), ``base`` (model alone), ``finetune`` (model + LoRA
 adapter, no retrieval), ``hybrid`` (adapter + retrieval). Exactly one ``ask`` audit entry is
 written per call, also when the answer is a refusal for lack of evidence (then no model is loaded).
+
+With retrieval every answer is checked before anyone sees it (:mod:`.grounding`): an answer that
+cites nothing gets the best-supporting source as an *inferred* citation, each sentence is scored
+against its cited chunk, the supporting source sentence is quoted, numbers and names found in no
+retrieved chunk are listed, and the answer is replaced by a refusal when the reader declined or
+support is under ``min_support``. Instructions of the prompt that leak into an answer are removed.
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ from ..textsafe import check_number, check_text
 from ..llm import prompts
 from ..llm.prompts import SourceBlock
 from . import citations as cit
+from . import grounding
 from .packing import pack
 
 MODES = ("rag", "base", "finetune", "hybrid")
-DEFAULT_K = 5
+DEFAULT_K = 3  # measured best with the reader (scripts/eval_reader.py); the CLI mirrors it
 DEFAULT_MAX_TOKENS = 256
 # Relevance floor on the best hit. Hybrid fused scores are reciprocal-rank sums, which say nothing
 # about relevance on their own, so the floor applies to the dense (cosine) similarity when the hit
@@ -32,6 +40,12 @@ DEFAULT_MIN_SCORE = 0.2
 # Cosine similarity lies in [-1, 1]; a floor above 1 refuses everything (allowed, and audited).
 MIN_SCORE_RANGE = (-1.0, 10.0)
 NO_EVIDENCE = "No relevant passages found in your documents for this question."
+# When the reader declines (it was trained to say offline.finetune.raft.REFUSAL) or what it wrote is
+# not supported by the passage it cites.
+NOT_SAID = "The documents do not say."
+NOT_SUPPORTED = "The retrieved passages do not support an answer to this question."
+DEFAULT_MIN_SUPPORT = grounding.DEFAULT_MIN_SUPPORT
+CLOSEST = 3  # passages shown with a refusal
 
 
 @dataclass
@@ -50,6 +64,17 @@ class Answer:
     adapter: dict[str, Any] | None
     timings: dict[str, Any]
     dropped: list[str] = field(default_factory=list)
+    support: float | None = None
+    quote: dict[str, Any] | None = None
+    unsupported: list[str] = field(default_factory=list)
+    grounding: dict[str, Any] | None = None
+    # None, "low_relevance" (retrieval), "reader" (it said the documents do not say), "low_support",
+    # "instructions_only" (nothing left once leaked instructions were removed).
+    refusal_reason: str | None = None
+    closest: list[dict[str, Any]] = field(default_factory=list)
+    reader: dict[str, Any] | None = None
+    # What the model wrote, before checks replaced it (evaluation reads it); never printed or audited.
+    draft: str | None = field(default=None, repr=False)
     # The exact chat messages sent to the model (benchmarks replay them); never audited or printed.
     prompt: list[dict[str, str]] | None = field(default=None, repr=False)
     # The retrieval hits themselves (evaluation checks their text for gold answers); not serialised.
@@ -64,7 +89,7 @@ class Answer:
         return [c["n"] for c in self.citations if not c["valid"]]
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("prompt", "hits")}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("prompt", "hits", "draft")}
         d["valid_citations"] = self.valid_citations
         d["invalid_citations"] = self.invalid_citations
         return d
@@ -108,6 +133,17 @@ def candidate_blocks(hits: Sequence[Any]) -> list[SourceBlock]:
     return blocks
 
 
+def closest_passages(hits: Sequence[Any], limit: int = CLOSEST, chars: int = 240) -> list[dict[str, Any]]:
+    """The best-ranked hits, shown with a refusal so the reader can look for themselves."""
+    out = []
+    for h in list(hits)[:limit]:
+        text = " ".join((h.text or "").split())
+        out.append({"chunk_id": str(h.chunk_id), "doc_name": str(h.doc_name or h.source or h.doc_id),
+                    "page": h.page, "section": h.section,
+                    "text": text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " ..."})
+    return out
+
+
 def _as_list(flags: Any) -> list[str]:
     if not flags:
         return []
@@ -145,14 +181,27 @@ def _audit_retrieval(session: Any, question: str, mode: str, collections: list[s
 
 
 @contextlib.contextmanager
-def _engine_for(session: Any, model: str | None, adapter: str | None, n_ctx: int | None) -> Iterator[tuple[Any, Any, dict | None]]:
-    """Resolve the model, open the adapter (decrypted only while llama.cpp loads it), yield the engine."""
+def _engine_for(session: Any, model: str | None, adapter: str | None, n_ctx: int | None,
+                use_reader: bool = False) -> Iterator[tuple[Any, Any, dict | None, dict | None]]:
+    """Resolve the model (its reader when ``use_reader`` and the manifest pins one), open the
+    adapter (decrypted only while llama.cpp loads it), yield (engine, model, adapter, reader)."""
     from ..llm import engine as eng
     from ..llm.resolve import resolve_generate_model
 
     if adapter is None:
         gm = resolve_generate_model(model)
-        yield eng.load(gm.path, n_ctx=n_ctx), gm, None
+        rd = None
+        if use_reader:
+            from ..llm.reader import reader_for
+
+            rd = reader_for(gm)
+        if rd is None:
+            yield eng.load(gm.path, n_ctx=n_ctx), gm, None, None
+        elif rd.lora_path is None:  # merged into the base: served like any model, full decode speed
+            yield eng.load(rd.model.path, n_ctx=n_ctx), rd.model, None, rd.info()
+        else:
+            yield (eng.load(gm.path, n_ctx=n_ctx, lora_path=str(rd.lora_path), adapter_sha256=rd.spec.adapter_sha256),
+                   gm, None, rd.info())
         return
     from ..finetune.store import check_adapter_use, open_adapter, record_use
 
@@ -171,14 +220,15 @@ def _engine_for(session: Any, model: str | None, adapter: str | None, n_ctx: int
             engine = eng.load(gm.path, n_ctx=n_ctx, lora_path=str(path), adapter_sha256=opened["sha256"])
     else:
         record_use(session, info)
-    yield engine, gm, {"name": adapter, "sha256": info["sha256"]}
+    yield engine, gm, {"name": adapter, "sha256": info["sha256"]}, None
 
 
 def answer(session: Any, question: str, *, collections: list[str] | None = None, k: int = DEFAULT_K,
            mode: str = "rag", model: str | None = None, adapter: str | None = None,
            on_token: Callable[[str], None] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
            min_score: float = DEFAULT_MIN_SCORE, n_ctx: int | None = None,
-           labels: list[str] | None = None, subjects: list[str] | None = None) -> Answer:
+           labels: list[str] | None = None, subjects: list[str] | None = None, reader: bool = True,
+           min_support: float = DEFAULT_MIN_SUPPORT) -> Answer:
     """Answer ``question`` for the session's user; stream pieces to ``on_token``; audit once.
 
     Every argument is checked before anything is retrieved or loaded: a bad value is a
@@ -198,6 +248,7 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
     if max_tokens < 1 or max_tokens > 8192:
         raise UsageError("--max-tokens must be between 1 and 8192")
     min_score = check_number(min_score, "--min-score", *MIN_SCORE_RANGE)
+    min_support = check_number(min_support, "--min-support", 0.0, 1.0)
 
     t_start = time.perf_counter()
     timings: dict[str, Any] = {}
@@ -229,12 +280,14 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
     if retrieving and not has_evidence(hits, min_score):
         timings["total_s"] = round(time.perf_counter() - t_start, 4)
         ans = Answer(question=question, mode=mode, answer=NO_EVIDENCE, refused=True, sources=[], citations=[],
-                     retrieved=retrieved, flagged=flagged, model=None, adapter=None, timings=timings, hits=hits)
-        _audit(session, ans, searched, min_score)
+                     retrieved=retrieved, flagged=flagged, model=None, adapter=None, timings=timings, hits=hits,
+                     refusal_reason="low_relevance", closest=closest_passages(hits))
+        _audit(session, ans, searched, min_score, min_support)
         return ans
 
     t0 = time.perf_counter()
-    with _engine_for(session, model, adapter, n_ctx) as (engine, gm, adapter_info):
+    with _engine_for(session, model, adapter, n_ctx, reader and mode == "rag") as (engine, gm, adapter_info,
+                                                                                  reader_info):
         pass
     timings["load_s"] = round(time.perf_counter() - t0, 4)
 
@@ -270,20 +323,52 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
     gen = engine.stream_chat(messages, max_tokens=max_tokens, on_token=on_token)
     timings.update(gen.timings())
     timings["total_s"] = round(time.perf_counter() - t_start, 4)
-    text = gen.text.strip()
+    draft = gen.text.strip()
     hit_by_id = {str(h.chunk_id): h for h in hits}
     sources = [{"n": b.n, "chunk_id": b.chunk_id, "doc_name": b.doc_name, "page": b.page, "section": b.section,
                 "score": round(float(hit_by_id[b.chunk_id].score), 6), "flags": b.flags} for b in blocks]
-    ans = Answer(question=question, mode=mode, answer=text, refused=False, sources=sources,
-                 citations=cit.map_citations(text, blocks) if retrieving else [], retrieved=retrieved,
-                 flagged=flagged, model={"name": gm.name, "sha256": gm.sha256, "path": str(Path(gm.path).name)},
-                 adapter=adapter_info, timings=timings, dropped=dropped, prompt=messages,
-                 hits=hits)
-    _audit(session, ans, searched, min_score)
+    ans = Answer(question=question, mode=mode, answer=draft, refused=False, sources=sources, citations=[],
+                 retrieved=retrieved, flagged=flagged, model={"name": gm.name, "sha256": gm.sha256,
+                                                              "path": str(Path(gm.path).name)},
+                 adapter=adapter_info, timings=timings, dropped=dropped, prompt=messages, hits=hits,
+                 reader=reader_info, draft=draft)
+    if retrieving:
+        _ground(ans, blocks, hit_by_id, min_support)
+    else:
+        ans.answer, _ = grounding.strip_instructions(draft, [m["content"] for m in messages if m["role"] == "system"])
+    _audit(session, ans, searched, min_score, min_support)
     return ans
 
 
-def _audit(session: Any, ans: Answer, collections: list[str] | None, min_score: float) -> None:
+def _ground(ans: Answer, blocks: Sequence[SourceBlock], hit_by_id: dict[str, Any], min_support: float) -> None:
+    """Check the draft against its sources (module docstring); refuse or annotate ``ans`` in place."""
+    passages = [grounding.Passage(b.n, b.chunk_id, hit_by_id[b.chunk_id].text or "") for b in blocks]
+    g = grounding.check(ans.draft or "", ans.question, passages, [h.text or "" for h in ans.hits or []],
+                        [prompts.SYSTEM_RAG], min_support=min_support)
+    ans.grounding, ans.support, ans.quote, ans.unsupported = g.to_dict(), g.support, g.quote, g.unsupported
+    if g.reader_refused:
+        reason, text = "reader", NOT_SAID
+    elif not g.answer.strip():
+        reason, text = "instructions_only", NOT_SUPPORTED
+    elif g.support is not None and g.support < min_support:
+        reason, text = "low_support", NOT_SUPPORTED
+    else:
+        reason, text = None, g.answer
+    ans.answer, ans.refusal_reason, ans.refused = text, reason, reason is not None
+    if ans.refused:
+        ans.quote, ans.closest = None, closest_passages(ans.hits or [])
+        return
+    # Citations the checks attached (inferred: the model cited nothing; corrected: the cited source
+    # does not hold the sentence, this one does) come first: they are the ones the support rests on.
+    by_n = {b.n: b for b in blocks}
+    added = ([{"n": g.inferred, "inferred": True}] if g.inferred is not None else []) + [
+        {"n": c["to"], "inferred": True, "corrected_from": c["from"]} for c in g.corrected]
+    ans.citations = [{**a, "valid": True, "chunk_id": by_n[a["n"]].chunk_id, "doc_name": by_n[a["n"]].doc_name}
+                     for a in added] + cit.map_citations(text, list(blocks))
+
+
+def _audit(session: Any, ans: Answer, collections: list[str] | None, min_score: float,
+           min_support: float) -> None:
     payload: dict[str, Any] = {
         "user": session.user,
         "mode": ans.mode,
@@ -298,7 +383,14 @@ def _audit(session: Any, ans: Answer, collections: list[str] | None, min_score: 
         "adapter": ans.adapter["name"] if ans.adapter else None,
         "adapter_sha256": ans.adapter["sha256"] if ans.adapter else None,
         "answer_sha256": hashlib.sha256(ans.answer.encode("utf-8")).hexdigest(),
-        "citations": {"valid": ans.valid_citations, "invalid": ans.invalid_citations},
+        "citations": {"valid": ans.valid_citations, "invalid": ans.invalid_citations,
+                      "inferred": [c["n"] for c in ans.citations if c.get("inferred")]},
+        # Grounding: the score and how many facts no passage holds (not the facts: they are answer text).
+        "support": ans.support,
+        "min_support": min_support,
+        "unsupported_count": len(ans.unsupported),
+        "refusal_reason": ans.refusal_reason,
+        "reader": ans.reader,
         "timings": ans.timings,
     }
     session.audit("ask", severity="notice" if ans.flagged else "info", **payload)
