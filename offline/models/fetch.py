@@ -13,9 +13,9 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import time
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
