@@ -368,3 +368,13 @@ def test_doctor_reports_both_layers_through_the_real_entry_point(tmp_path: Path)
         assert "network namespace: active" in check["reason"]
     else:
         assert "network namespace: not active" in check["reason"]
+
+
+def test_registry_download_is_the_one_command_outside_the_namespace():
+    """`models fetch` runs pip in a child process: a private namespace would cut it off the registry."""
+    from offline.agent.fast import wants_namespace
+
+    assert not wants_namespace(["models", "fetch"])
+    assert not wants_namespace(["--vault", "/v", "models", "fetch", "--json"])
+    for argv in (["models", "list"], ["search", "models fetch"], ["ask", "x"], [], ["--help"]):
+        assert wants_namespace(argv), argv

@@ -60,12 +60,25 @@ def try_forward(argv: list[str]) -> int | None:
     return client.forward(sock, rest, as_json=bool(opts["json"]), verbose=bool(opts["verbose"]))
 
 
+# Commands whose whole job is to reach a package registry on a connected machine (their pip runs
+# in a child process, which a private network namespace would cut off; the in-process guard stays).
+REGISTRY_COMMANDS = (("models", "fetch"),)
+
+
+def wants_namespace(argv: list[str]) -> bool:
+    """Whether this command line runs in a private network namespace (all but registry downloads)."""
+    parsed = parse_globals(argv)
+    words = [a for a in (parsed[1] if parsed else argv) if not a.startswith("-")]
+    return not any(tuple(words[: len(c)]) == c for c in REGISTRY_COMMANDS)
+
+
 def main() -> None:
     """Console entry point: forward if an agent is up, else the full CLI."""
     # Second network layer first, while this process has one thread (see offline.netguard).
     from .. import netguard
 
-    netguard.enter_network_namespace()
+    if wants_namespace(sys.argv[1:]):
+        netguard.enter_network_namespace()
     try:
         code = try_forward(sys.argv[1:])
     except KeyboardInterrupt:
