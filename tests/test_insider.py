@@ -664,3 +664,17 @@ def test_audit_tail_checks_the_entries_it_shows(vault4, cli, vault_dir):
     seq, payload = bob.sql("SELECT seq, payload FROM audit_log WHERE action = 'grant.add'")[0]
     bob.sql("UPDATE audit_log SET payload = ? WHERE seq = ?", (payload.replace('"read"', '"write"'), seq))
     _fails_closed(cli(["audit", "tail", "-n", "100"], user="carol"), f"audit entry {seq}")
+
+
+def test_a_column_added_by_a_later_migration_is_not_tampering():
+    """Rows the chain signed before a column existed hold its migration default, and only that."""
+    from offline.vault.authz import TABLES, first_difference
+
+    old = {t: {} for t in TABLES}
+    old["users"]['["bob"]'] = {"role": "member", "x25519_pub": "aa", "ed25519_pub": "bb", "created_at": "t",
+                               "created_by": "alice", "removed_at": None}  # signed before keys_confirmed
+    now = {t: {k: dict(v) for k, v in rows.items()} for t, rows in old.items()}
+    now["users"]['["bob"]']["keys_confirmed"] = 1
+    assert first_difference(old, now) is None
+    now["users"]['["bob"]']["keys_confirmed"] = 0
+    assert "keys_confirmed changed" in first_difference(old, now)

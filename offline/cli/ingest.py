@@ -176,7 +176,10 @@ def _search_text(r: dict[str, Any]) -> str:
         ranks = ", ".join(x for x in (f"dense #{h['dense_rank']}" if h["dense_rank"] else "",
                                       f"bm25 #{h['bm25_rank']}" if h["bm25_rank"] else "") if x)
         flags = f" [{','.join(h['flags'])}]" if h["flags"] else ""
-        out.append(one_line(f"{i:>2}. {h['score']:.4f}  {h['citation']}  ({h['chunk_id']}; {ranks}){flags}"))
+        # A reader sees the cosine similarity (0-1) when the vector leg scored the chunk; the fused
+        # RRF score, which means nothing on its own, stays in --json as `score`.
+        rel = f"sim {h['dense_score']:.2f}" if h.get("dense_score") is not None else "words "
+        out.append(one_line(f"{i:>2}. {rel}  {h['citation']}  ({h['chunk_id']}; {ranks}){flags}"))
         out.append("    " + one_line(" ".join(h["text"].split()))[:240])
     return "\n".join(out)
 
