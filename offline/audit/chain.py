@@ -225,8 +225,13 @@ class Verifier:
         return v
 
     def clone(self) -> Verifier:
-        v = Verifier.from_json(json.loads(json.dumps(self.to_json())))
-        v.policy = self.policy.copy() if self.policy is not None else None
+        # The policy is copied once, not also serialised and thrown away with the rest.
+        policy, self.policy = self.policy, None
+        try:
+            v = Verifier.from_json(json.loads(json.dumps(self.to_json())))
+        finally:
+            self.policy = policy
+        v.policy = policy.copy() if policy is not None else None
         return v
 
     # -- verification ---------------------------------------------------------------------

@@ -242,6 +242,10 @@ def collections_holders(app: App, collection: str) -> None:
 @click.pass_obj
 def collections_grants(app: App, collection: str | None) -> None:
     """List grants as the signed audit log records them (admins: all; others: their own)."""
+    _emit_grants(app, collection)
+
+
+def _emit_grants(app: App, collection: str | None) -> None:
     from ..vault.collections import list_grants
 
     rows = [{**g, "labels": ",".join(g["labels"]) if g["labels"] else "(all)"}
@@ -272,7 +276,7 @@ def grants() -> None:
 @click.pass_obj
 def grants_list(app: App, collection: str | None) -> None:
     """List grants (admins: all; others: their own)."""
-    collections_grants.callback(collection)  # type: ignore[misc]  (same command, its usual name)
+    _emit_grants(app, collection)
 
 
 commands = [init, vault, users, collections, grants]
