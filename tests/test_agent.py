@@ -394,3 +394,16 @@ def test_agent_follows_rekeys_and_passwd(cli, vault_dir: Path, admin_session, ag
     assert (r.exit_code, r.output) == (0, before)
     assert client.status(vault_dir, "alice")["requests"] == 5
     assert not [a for a, _ in _actions(vault_dir) if a == "agent.lock"]
+
+
+def test_unlocked_agent_refuses_a_table_edited_while_it_runs(cli, vault_dir: Path, admin_session, agents):
+    """A member edits the users table with raw SQL while alice's agent holds the vault open."""
+    from test_insider import Raw
+
+    info = agents("alice")
+    assert cli(["users", "list"], env={"OFFLINE_PASSPHRASE": "wrong"}).exit_code == 0  # served by the agent
+    Raw(vault_dir, "bob").sql("UPDATE users SET role = 'admin' WHERE name = 'bob'")
+    r = cli(["users", "list"], env={"OFFLINE_PASSPHRASE": PASSPHRASES["alice"]})
+    # The agent's refresh finds the row, locks, and the in-process fallback names it: exit 5.
+    assert r.exit_code == 5 and 'table users, row ["bob"]' in r.output, r.output
+    assert _reap(info["pid"])

@@ -678,3 +678,11 @@ def test_a_column_added_by_a_later_migration_is_not_tampering():
     assert first_difference(old, now) is None
     now["users"]['["bob"]']["keys_confirmed"] = 0
     assert "keys_confirmed changed" in first_difference(old, now)
+
+
+def test_swapped_audit_seal_key_is_refused(vault4, cli, vault_dir):
+    """A member puts their own key in as the audit seal key, so every question would be sealed to them."""
+    bob = Raw(vault_dir, "bob")
+    bob.sql("UPDATE settings SET value = ? WHERE key = 'audit_seal_public_key'", (bob.keys.x25519_pub.hex(),))
+    _fails_closed(cli(["search", "does John Doe have HIV", "-c", "shared"], user="bob"),
+                  'table settings, row ["audit_seal_public_key"]')
