@@ -39,7 +39,8 @@ CONFIG_FILE = "config.toml"
 
 
 def user_config() -> dict[str, str]:
-    """``OFFLINE_HOME/config.toml`` (written by ``scripts/setup``): ``models_dir``, ``vault``, ``user``.
+    """``OFFLINE_HOME/config.toml`` (written by ``scripts/setup``): ``models_dir``, ``vault``, ``user``,
+    and optionally ``n_threads`` / ``n_threads_batch`` (llama.cpp's decode and prompt threads).
 
     Lets an installed kit find its models and vault with no environment variables. A file that
     does not parse is ignored with no guess at what it meant (environment and defaults still apply).
@@ -51,7 +52,11 @@ def user_config() -> dict[str, str]:
             doc = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError):
         return {}
-    return {k: str(v) for k, v in doc.items() if k in ("models_dir", "vault", "user") and isinstance(v, str)}
+    text = {k: str(v) for k, v in doc.items() if k in ("models_dir", "vault", "user") and isinstance(v, str)}
+    # Thread counts for llama.cpp (offline/llm/threads.py checks them): a number or a string.
+    counts = {k: str(v) for k, v in doc.items()
+              if k in ("n_threads", "n_threads_batch") and isinstance(v, (int, str)) and not isinstance(v, bool)}
+    return {**text, **counts}
 
 
 def default_vault_path() -> Path:

@@ -111,6 +111,24 @@ def main(ctx: click.Context, vault: Path | None, user: str | None, passphrase_fi
     from ..agent.client import route  # stdlib only: runs the command in an unlocked agent if one is up
 
     route(ctx, app)
+    if not app.in_agent:  # inside the agent the models are warm: nothing to announce
+        _announce_loading(app)
+
+
+def _announce_loading(app: App) -> None:
+    """Status notes ("loading embedding model...") on stderr, so a cold command is not silent.
+
+    Never on stdout; with ``--json`` only when stderr is a terminal (a script reading both
+    streams gets nothing it did not ask for).
+    """
+    import sys
+
+    from .. import status
+
+    if app.as_json and not sys.stderr.isatty():
+        status.set_listener(None)
+        return
+    status.set_listener(lambda note: click.echo(note, err=True))
 
 
 def _register() -> None:

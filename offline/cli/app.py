@@ -30,6 +30,11 @@ class App:
     _borrowed: bool = field(default=False, repr=False)  # session lent by the agent: not ours to close
 
     @property
+    def in_agent(self) -> bool:
+        """True when this command runs inside the unlocked agent, on the session it lent."""
+        return self._borrowed
+
+    @property
     def vault_path(self) -> Path:
         return self.vault if self.vault is not None else config.default_vault_path()
 

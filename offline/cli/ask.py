@@ -89,7 +89,10 @@ def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str
     With retrieval the answer is checked against its sources before it is printed, so a guess the
     passages do not support is replaced by a refusal and never shown.
     """
+    from ..llm.threads import check as check_threads
     from ..rag import DEFAULT_MIN_SCORE, DEFAULT_MIN_SUPPORT, answer
+
+    check_threads()  # a bad OFFLINE_N_THREADS fails now, not after the vault is unlocked
 
     # Retrieval answers are short and must pass the grounding checks first: only the model-only
     # modes stream. The model may copy escape sequences out of a passage: output is cleaned.

@@ -27,9 +27,12 @@ from typing import Any
 from ..errors import InvalidInput, NotFound, OfflineError
 from .prompts import defang_pieces
 from .specials import Specials, is_special, vocab_specials
+from .threads import Threads
+from .threads import choose as choose_threads
 
 # OMP_WAIT_POLICY=PASSIVE (spinning OpenMP threads made first tokens 10x slower on busy cores) is
-# set in offline/__init__.py, which runs before anything imports torch or llama_cpp.
+# set in offline/__init__.py, which runs before anything imports torch or llama_cpp. The thread
+# counts that make PASSIVE cost nothing are chosen in offline/llm/threads.py.
 
 DEFAULT_N_CTX = 4096
 # Greedy decoding: grounded answers should be reproducible and stick to the sources. A mild
@@ -94,6 +97,7 @@ class Engine:
     adapter_sha256: str | None
     n_ctx: int
     load_s: float
+    threads: Threads = field(default_factory=lambda: Threads(1, 1))
     _formatter: Any = field(default=None, repr=False)
     _specials: Specials | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -235,10 +239,6 @@ def _plain_formatter(bos_text: str) -> Any:
     return PlainFormatter(template=PLAIN_TEMPLATE, eos_token="\n\n", bos_token=bos_text)
 
 
-def _threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
 def cached(model_path: str | os.PathLike[str], *, n_ctx: int | None = None,
            adapter_sha256: str | None = None) -> Engine | None:
     """The engine :func:`load` would return, if it is already loaded; else None."""
@@ -248,11 +248,13 @@ def cached(model_path: str | os.PathLike[str], *, n_ctx: int | None = None,
 
 
 def load(model_path: str | os.PathLike[str], *, n_ctx: int | None = None, lora_path: str | None = None,
-         adapter_sha256: str | None = None, n_threads: int | None = None) -> Engine:
+         adapter_sha256: str | None = None) -> Engine:
     """The cached engine for (model, adapter, n_ctx), loading it on first use.
 
     ``n_ctx`` defaults to :data:`DEFAULT_N_CTX` capped at the model's training context.
     ``adapter_sha256`` identifies the adapter in the cache key (the decrypted file path is temporary).
+    Thread counts come from :func:`offline.llm.threads.choose` (settings, environment, else the
+    measured rule); a bad configured count is a :class:`UsageError` before anything loads.
     """
     path = Path(model_path)
     if not path.is_file():
@@ -265,10 +267,14 @@ def load(model_path: str | os.PathLike[str], *, n_ctx: int | None = None, lora_p
         hit = _cache.get(key)
         if hit is not None:
             return hit
+        choose_threads()  # fail on a bad setting before paying for the load
+        from .. import status
+
+        status.loading("language model")
         from llama_cpp import Llama
 
         t0 = time.perf_counter()
-        kwargs: dict[str, Any] = {"n_threads": n_threads or _threads(), "verbose": False}
+        kwargs: dict[str, Any] = {"verbose": False}
         if lora_path is not None:
             kwargs["lora_path"] = str(lora_path)
         try:
@@ -281,12 +287,17 @@ def load(model_path: str | os.PathLike[str], *, n_ctx: int | None = None, lora_p
         except (ValueError, RuntimeError) as exc:
             what = "adapter" if lora_path else "model"
             raise InvalidInput(f"llama.cpp could not load the {what} ({path.name}): {exc}") from None
+        # The rule needs the model's size, known once it is loaded; llama.cpp takes new counts on
+        # a live context (they apply from the next decode).
+        threads = choose_threads(llm._model.n_params())
+        llm._ctx.set_n_threads(threads.decode, threads.batch)
+        llm.n_threads, llm.n_threads_batch = threads.decode, threads.batch
         # One formatter renders the prompt we count and the prompt llama.cpp sees: the GGUF's own
         # template, never a format llama-cpp-python guesses (it picks "llama-2" for a GGUF without one).
         formatter = chat_formatter(llm)
         llm.chat_handler = formatter.to_chat_handler()
         engine = Engine(llm=llm, model_path=str(path), adapter_sha256=adapter_sha256, n_ctx=llm.n_ctx(),
-                        load_s=time.perf_counter() - t0)
+                        load_s=time.perf_counter() - t0, threads=threads)
         engine._formatter = formatter
         if not _cache:
             # Free native models before interpreter teardown (llama-cpp-python's __del__ then

@@ -4,10 +4,16 @@ The model is found and hash-verified through ``offline.models.resolve_model(name
 (never loaded from anywhere the manifest or registry does not vouch for). A collection records
 the model's name and sha256 when it is first indexed; searching it with any other model is refused,
 because vectors from different models are not comparable.
+
+Loading is split by need: a query is embedded in numpy (:mod:`offline.retrieval.minilm`) when the
+model has the layout that module implements, so ``search`` and ``ask`` never import torch;
+sentence-transformers (torch) loads only when batches are encoded (ingest, eval) or the tokenizer
+is asked for, or for any other model layout.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +37,33 @@ class Embedder:
     sha256: str
     dim: int
     max_tokens: int  # word pieces per input, special tokens included
-    model: Any = field(repr=False)
+    _model: Any = field(default=None, repr=False)
+    _query_model: Any = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
     _query_cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _load_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def model(self) -> Any:
+        """The sentence-transformers model (loaded on first use: it imports torch)."""
+        with self._load_lock:
+            if self._model is None:
+                self._model = _load_st(self.path)
+            return self._model
+
+    @property
+    def query_model(self) -> Any:
+        """The numpy encoder for single queries, or None if this model's layout is not supported."""
+        with self._load_lock:
+            if self._query_model is None and self._model is None:
+                from . import minilm
+
+                if minilm.supports(self.path):
+                    from .. import status
+
+                    status.loading("embedding model")
+                    self._query_model = minilm.MiniLM(self.path, self.max_tokens)
+            return self._query_model
 
     @property
     def tokenizer(self) -> Any:
@@ -62,7 +92,8 @@ class Embedder:
         cache = self._query_cache
         vec = cache.pop(text, None)
         if vec is None:
-            vec = self.encode([text])[0]
+            fast = self._model is None and self.query_model
+            vec = fast.encode_one(text) if fast else self.encode([text])[0]
             vec.setflags(write=False)
             while len(cache) >= QUERY_CACHE:
                 cache.pop(next(iter(cache)))
@@ -79,29 +110,57 @@ def _resolve(model_name: str | None) -> tuple[str, Path, str]:
     return info.name, (path if path.is_dir() else path.parent), info.sha256
 
 
+def _load_st(folder: Path) -> Any:
+    """The sentence-transformers model in ``folder``, offline, quietly."""
+    from .. import netguard, status
+
+    status.loading("embedding model")
+    netguard.set_offline_env()
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on stderr
+
+    # Two cores shared with the rest of the machine: more threads than cores only thrashes.
+    if torch.get_num_threads() > 8:
+        torch.set_num_threads(8)
+    return SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+
+
+def _shape(folder: Path) -> tuple[int, int] | None:
+    """(dim, max_tokens) of a numpy-served model, read from its own config files; else None."""
+    from .minilm import supports
+
+    if not supports(folder):
+        return None
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        st = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        return int(cfg["hidden_size"]), int(st.get("max_seq_length") or 256)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def get_embedder(model_name: str | None = None) -> Embedder:
-    """The embedding model ``model_name`` (default: the kit's pinned one), loaded once per process."""
+    """The embedding model ``model_name`` (default: the kit's pinned one), loaded once per process.
+
+    Nothing heavy loads here when the model's layout is the numpy-served one: its dimension and
+    token limit come from its config files, and each encoder loads on first use.
+    """
     key = model_name or ""
     with _lock:
         cached = _cache.get(key)
         if cached is not None:
             return cached
         name, folder, sha = _resolve(model_name)
-        from .. import netguard
-
-        netguard.set_offline_env()
-        import torch
-        import transformers
-        from sentence_transformers import SentenceTransformer
-
-        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on stderr
-
-        # Two cores shared with the rest of the machine: more threads than cores only thrashes.
-        if torch.get_num_threads() > 8:
-            torch.set_num_threads(8)
-        model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-        dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        emb = Embedder(name=name, path=folder, sha256=sha, dim=int(dim_fn()),
-                       max_tokens=int(model.max_seq_length or 256), model=model)
+        shape = _shape(folder)
+        if shape is not None:
+            emb = Embedder(name=name, path=folder, sha256=sha, dim=shape[0], max_tokens=shape[1])
+        else:
+            model = _load_st(folder)
+            dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            emb = Embedder(name=name, path=folder, sha256=sha, dim=int(dim_fn()),
+                           max_tokens=int(model.max_seq_length or 256), _model=model)
         _cache[key] = emb
         return emb
