@@ -112,10 +112,10 @@ def main(ctx: click.Context, vault: Path | None, user: str | None, passphrase_fi
 
     route(ctx, app)
     if not app.in_agent:  # inside the agent the models are warm: nothing to announce
-        _announce_loading(app)
+        _announce_loading(ctx, app)
 
 
-def _announce_loading(app: App) -> None:
+def _announce_loading(ctx: click.Context, app: App) -> None:
     """Status notes ("loading embedding model...") on stderr, so a cold command is not silent.
 
     Never on stdout; with ``--json`` only when stderr is a terminal (a script reading both
@@ -126,9 +126,9 @@ def _announce_loading(app: App) -> None:
     from .. import status
 
     if app.as_json and not sys.stderr.isatty():
-        status.set_listener(None)
         return
     status.set_listener(lambda note: click.echo(note, err=True))
+    ctx.call_on_close(lambda: status.set_listener(None))  # the library stays silent once we are done
 
 
 def _register() -> None:

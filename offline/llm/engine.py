@@ -314,3 +314,12 @@ def clear_cache() -> None:
             with contextlib.suppress(Exception):
                 eng.llm.close()
         _cache.clear()
+
+
+def unload(engine: Engine) -> None:
+    """Drop one engine from the cache and free its model (others stay loaded)."""
+    with _cache_lock:
+        for key in [k for k, e in _cache.items() if e is engine]:
+            del _cache[key]
+        with contextlib.suppress(Exception):
+            engine.llm.close()

@@ -142,25 +142,27 @@ def _shape(folder: Path) -> tuple[int, int] | None:
         return None
 
 
-def get_embedder(model_name: str | None = None) -> Embedder:
+def get_embedder(model_name: str | None = None, *, queries_only: bool = False) -> Embedder:
     """The embedding model ``model_name`` (default: the kit's pinned one), loaded once per process.
 
-    Nothing heavy loads here when the model's layout is the numpy-served one: its dimension and
-    token limit come from its config files, and each encoder loads on first use.
+    ``queries_only``: the caller only embeds queries (``search``): when the model's layout is the
+    numpy-served one nothing heavy loads here (dimension and token limit come from its config
+    files) and torch is never imported. Otherwise sentence-transformers is loaded now.
     """
     key = model_name or ""
     with _lock:
-        cached = _cache.get(key)
-        if cached is not None:
-            return cached
-        name, folder, sha = _resolve(model_name)
-        shape = _shape(folder)
-        if shape is not None:
-            emb = Embedder(name=name, path=folder, sha256=sha, dim=shape[0], max_tokens=shape[1])
-        else:
-            model = _load_st(folder)
-            dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-            emb = Embedder(name=name, path=folder, sha256=sha, dim=int(dim_fn()),
-                           max_tokens=int(model.max_seq_length or 256), _model=model)
-        _cache[key] = emb
+        emb = _cache.get(key)
+        if emb is None:
+            name, folder, sha = _resolve(model_name)
+            shape = _shape(folder) if queries_only else None
+            if shape is not None:
+                emb = Embedder(name=name, path=folder, sha256=sha, dim=shape[0], max_tokens=shape[1])
+            else:
+                model = _load_st(folder)
+                dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+                emb = Embedder(name=name, path=folder, sha256=sha, dim=int(dim_fn()),
+                               max_tokens=int(model.max_seq_length or 256), _model=model)
+            _cache[key] = emb
+        elif not queries_only:
+            emb.model  # noqa: B018  (a query-only embedder met a caller that encodes batches: load now)
         return emb

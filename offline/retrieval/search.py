@@ -139,7 +139,7 @@ def search(session: Any, query: str, *, collections: list[str] | None = None, k:
     if want_dense:
         from .embed import get_embedder
 
-        embedder = get_embedder(embed_model)
+        embedder = get_embedder(embed_model, queries_only=True)
         for h in with_vectors:
             vindex.check_model(h.conn, h.name, embedder.name, embedder.sha256)
         t0 = time.perf_counter()
