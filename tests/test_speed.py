@@ -147,13 +147,42 @@ def small_vault(tmp_path_factory):
     return root / "vault"
 
 
-def _cold(vault: Path, home: Path, *args: str) -> subprocess.CompletedProcess:
+def _cold(vault: Path, home: Path, *args: str, tty: bool = True) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process; its stderr is a terminal (a pty) unless ``tty`` is False."""
+    import pty
+    import threading
+
     env = {**os.environ, "PYTHONPATH": str(REPO), "OFFLINE_VAULT": str(vault), "OFFLINE_USER": "alice",
            "OFFLINE_PASSPHRASE": "alice-passphrase-1", "OFFLINE_HOME": str(home)}
-    r = subprocess.run([sys.executable, "-c", _RUN_CLI.format(heavy=HEAVY), *args], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert "MODULES " in r.stderr, r.stderr
-    return r
+    cmd = [sys.executable, "-c", _RUN_CLI.format(heavy=HEAVY), *args]
+    if not tty:
+        r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL)
+        assert "MODULES " in r.stderr, r.stderr
+        return r
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    err = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not chunk:
+                return
+            err.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    out, _ = p.communicate(timeout=300)
+    reader.join(timeout=10)
+    os.close(master)
+    stderr = err.decode().replace("\r\n", "\n")
+    assert "MODULES " in stderr, stderr
+    return subprocess.CompletedProcess(cmd, p.returncode, out.decode(), stderr)
 
 
 def _modules(r: subprocess.CompletedProcess) -> list[str]:
@@ -170,9 +199,15 @@ def test_cold_search_imports_no_torch_and_says_it_is_loading(small_vault, offlin
 
 def test_json_output_carries_no_status_line(small_vault, offline_home):
     r = _cold(small_vault, offline_home, "--json", "search", "Which region is named after the Normans?", "-c", "kb")
-    json.loads(r.stdout)  # stdout is exactly the JSON document
-    assert "loading" not in r.stdout and "loading" not in r.stderr, r.stderr
+    json.loads(r.stdout)  # stdout is exactly the JSON document; the note went to the terminal
+    assert r.stderr.startswith("loading embedding model...\n"), r.stderr
     assert _modules(r) == []
+
+
+def test_captured_stderr_gets_no_status_line(small_vault, offline_home):
+    r = _cold(small_vault, offline_home, "search", "Which region is named after the Normans?", "-c", "kb",
+              tty=False)
+    assert "normans.txt" in r.stdout and "loading" not in r.stderr, r.stderr
 
 
 def test_cold_ask_loads_llama_but_not_torch(small_vault, offline_home):

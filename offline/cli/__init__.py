@@ -116,16 +116,15 @@ def main(ctx: click.Context, vault: Path | None, user: str | None, passphrase_fi
 
 
 def _announce_loading(ctx: click.Context, app: App) -> None:
-    """Status notes ("loading embedding model...") on stderr, so a cold command is not silent.
-
-    Never on stdout; with ``--json`` only when stderr is a terminal (a script reading both
-    streams gets nothing it did not ask for).
+    """Status notes ("loading embedding model...") on stderr when it is a terminal, so a cold
+    command is not silent there. Never on stdout (``--json`` stays clean), and never into a
+    captured stderr: scripts rely on it holding just the one ``Error: ...`` line.
     """
     import sys
 
     from .. import status
 
-    if app.as_json and not sys.stderr.isatty():
+    if not sys.stderr.isatty():
         return
     status.set_listener(lambda note: click.echo(note, err=True))
     ctx.call_on_close(lambda: status.set_listener(None))  # the library stays silent once we are done

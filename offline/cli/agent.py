@@ -30,8 +30,17 @@ def unlock(app: App, idle: str | None, no_preload: bool) -> None:
     """Unlock once: a background agent keeps keys and models warm for your later commands."""
     from ..agent.client import parse_duration, unlock as start_agent
 
+    from .. import status
+
     idle_s = parse_duration(idle) if idle is not None else None
-    info = start_agent(app.vault_path, app.user_name, app.passphrase, idle_s, preload=not no_preload)
+
+    def passphrase() -> str:
+        secret = app.passphrase()
+        # The agent now unlocks and warms the models: seconds of silence otherwise.
+        status.loading("the vault" + ("" if no_preload else " and the models") + " in the agent")
+        return secret
+
+    info = start_agent(app.vault_path, app.user_name, passphrase, idle_s, preload=not no_preload)
     app.emit(info, lambda d: ("Already unlocked. " if d.get("already") else "") + _status_text(d))
 
 
