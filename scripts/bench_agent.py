@@ -99,6 +99,9 @@ def main() -> None:
     load_before = os.getloadavg()
 
     work = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    # `python -c` puts the working directory first on sys.path: run the clients from a folder with
+    # no `offline` package in it, or a checkout's own code would shadow PYTHONPATH.
+    os.chdir(work)
     env = {**os.environ, "OFFLINE_HOME": str(work / "home"), "OFFLINE_VAULT": str(work / "vault"),
            "OFFLINE_USER": "bench", "OFFLINE_PASSPHRASE": PASS, "OFFLINE_NEW_PASSPHRASE": PASS,
            "OFFLINE_KDF_TARGET_S": opts.kdf_target,
@@ -176,6 +179,8 @@ def main() -> None:
                 if warm_ask and prompt_s is not None else None,
             },
             "runs": {"warm": opts.warm_runs, "cold": opts.cold_runs},
+            "cold_s": {"search": cold_search, "ask": cold_ask, "before_search": before_search,
+                       "before_ask": before_ask},
             "kdf_target_s": float(opts.kdf_target),
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "load_before": [round(x, 2) for x in load_before],
