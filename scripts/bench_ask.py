@@ -292,7 +292,7 @@ def main() -> int:
     best_prompt = min(table, key=lambda r: r["prompt_s"])
 
     # 2. kit vs the best bare settings, alternating per generation
-    kit_rows, bare_dec, bare_pp = list(kit), [], []
+    kit_rows, bare_dec, bare_pp = [], [], []  # kit[0] (a probe, run before the sweep) is left out
     d, p = best_decode, best_prompt
     for r in range(args.rounds + 1):
         def bare() -> None:
