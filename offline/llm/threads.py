@@ -7,7 +7,8 @@ Why two counts (measured on the 2-core target, ``scripts/bench_ask.py --sweep``,
   threads made first tokens 5-30 s late when other work shared the cores), so every barrier is a
   futex sleep and wake: 2 threads decode a 135M model at 35-40 tok/s, 1 thread at 85-93 tok/s
   (one thread runs the graph with no OpenMP at all, so the wait policy cannot cost anything).
-  On models this small 1 thread also matches the bare library's best spinning 2-thread setting.
+  Spinning 2-thread decode is faster only on an idle machine (96-126 tok/s) and collapses to
+  5-15 tok/s as soon as anything else runs; one PASSIVE thread stays at 85-95 either way.
 - Prompt processing is large matrix products: 2 threads are ~2x faster than 1, whatever the
   wait policy.
 
