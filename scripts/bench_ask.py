@@ -43,7 +43,8 @@ POLICIES = {"PASSIVE": "PASSIVE", "spin": None}  # None: OMP_WAIT_POLICY unset (
 # the batch count, so two runs per process cover threads 1/2 for each phase.
 COMBOS = [(1, 1), (2, 2)]
 SAMPLING = {"temperature": 0.0, "top_k": 1, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.1}
-PROMPT_CHARS = 4200  # ~1.2k tokens of SQuAD paragraphs with the default tokenizer
+PROMPT_CHARS = 4200
+EVAL_COLLECTION = "squad"  # ~1.2k tokens of SQuAD paragraphs with the default tokenizer
 
 
 def _paragraphs() -> list[str]:
@@ -145,16 +146,21 @@ def worker_ask(code_root: str) -> None:
     from offline import netguard
 
     netguard.install()
-    from offline.eval.qa import EVAL_COLLECTION, _index, load_squad
+    from offline.ingest import ingest_paths
     from offline.llm import engine as eng
     from offline.rag import answer
     from offline.vault import create_vault
+    from offline.vault.collections import create_collection
 
-    _, docs = load_squad(SQUAD, None)
     work = Path(tempfile.mkdtemp(prefix="offline-bench-ask-"))
     atexit.register(shutil.rmtree, work, True)
+    src = work / "paragraphs"
+    src.mkdir(mode=0o700)
+    for i, text in enumerate(_paragraphs()):  # public API only: the two checkouts may differ inside
+        (src / f"p{i:03d}.txt").write_text(text, encoding="utf-8")
     session = create_vault(work / "vault", "bench", secrets.token_urlsafe(16))
-    _index(session, docs, work)
+    create_collection(session, EVAL_COLLECTION)
+    ingest_paths(session, [src], EVAL_COLLECTION)
     answer(session, "What is this about?", collections=[EVAL_COLLECTION], max_tokens=4, min_score=0.0)
     prev: list[int] = []
 
@@ -197,8 +203,9 @@ class Worker:
     """One persistent worker process: ``ask(request)`` -> its JSON answer."""
 
     def __init__(self, kind: str, arg: str, env: dict[str, str]):
+        self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (shown if the worker dies)
         self.p = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--arg", arg], env=env,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
                                   text=True, bufsize=1)
         self.kind = kind
         self._read()
@@ -207,7 +214,9 @@ class Worker:
         assert self.p.stdout is not None
         line = self.p.stdout.readline()
         if not line:
-            raise SystemExit(f"{self.kind} worker died (exit {self.p.wait()})")
+            code = self.p.wait()
+            self.err.seek(0)
+            raise SystemExit(f"{self.kind} worker died (exit {code}): {self.err.read()[-1500:]}")
         return json.loads(line)
 
     def ask(self, **req: object) -> dict:
