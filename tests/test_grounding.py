@@ -164,3 +164,73 @@ def test_every_invented_fact_of_the_written_set_is_flagged(clinic):
         hits = search(clinic, it["question"], collections=["clinic"], k=3, audit=False).hits
         got = g.unsupported_facts(it["draft"], [h.text for h in hits], it["question"])
         assert got == it["invented"], (it, got)
+
+
+# -- conflicting values: the right passage, the wrong item of it -----------------------------------
+
+PAY = g.Passage(1, "c/9", "On-call is paid at a flat rate of £95 per weekday night and £260 per weekend shift, "
+                          "plus £40 for each call-out.")
+TABLE = g.Passage(1, "c/8", "Fees: weekday: £95, weekend: £260.")
+
+
+@pytest.mark.parametrize("passage,question,wrong,right", [
+    (PAY, "How much is on-call paid per weekend shift?", "£95", "£260"),
+    (PAY, "How much is on-call paid per weekday night?", "£260", "£95"),
+    (g.Passage(1, "c/6", "Night visits are paid £30 each and day visits £20 each."),
+     "How much is a day visit paid?", "£30", "£20"),
+    (TABLE, "What is the weekend fee?", "£95", "£260"),
+])
+def test_a_value_the_source_gives_for_something_else_is_a_conflict(passage, question, wrong, right):
+    bad = g.check(f"{wrong} [1]", question, [passage], [passage.text])
+    assert bad.support == 1.0  # every word is in the source: support alone cannot see this
+    assert [(c["answer"], c["source"]) for c in bad.conflicts] == [(wrong, right)]
+    assert g.check(f"{right} [1]", question, [passage], [passage.text]).conflicts == []
+
+
+ROWS = g.Passage(1, "c/5", "| record | kept for |\n|---|---|\n| Adult patient records | 8 years after the last visit |\n"
+                          "| Diagnostic images | 10 years after the image was taken |\n| Vaccination records | 30 years |\n"
+                          "| CCTV footage of the waiting rooms | 30 days, then overwritten |")
+
+
+@pytest.mark.parametrize("question,wrong,right", [
+    ("How long are vaccination records kept?", "10 years", "30 years"),  # the row above
+    ("How long is CCTV footage of the waiting rooms kept?", "8 years", "30 days"),  # same family: durations
+])
+def test_a_value_from_another_row_of_the_table_is_a_conflict(question, wrong, right):
+    bad = g.check(f"{wrong} [1]", question, [ROWS], [ROWS.text])
+    assert [(c["answer"], c["source"]) for c in bad.conflicts] == [(wrong, right)], bad.conflicts
+    assert g.check(f"{right} [1]", question, [ROWS], [ROWS.text]).conflicts == []
+
+
+def test_values_of_another_kind_or_a_tie_never_conflict():
+    dose = g.Passage(1, "c/7", "Give 500 mg every 4 hours, and no more than 4 g in 24 hours.")
+    assert g.check("500 mg [1]", "What is the maximum dose in 24 hours?", [dose], [dose.text]).conflicts == []
+    # The question names neither item: no value leads, nothing is flagged.
+    assert g.check("£95 [1]", "How much is on-call paid?", [PAY], [PAY.text]).conflicts == []
+
+
+def test_gold_answers_of_the_clinic_set_raise_no_conflict(clinic):
+    """A correct answer is never refused as a conflict (tests/data/clinic-qa.jsonl, 20 questions)."""
+    from conftest import DATA
+    from offline.retrieval import search
+
+    for line in (DATA / "clinic-qa.jsonl").read_text().splitlines():
+        it = json.loads(line)
+        hits = search(clinic, it["question"], collections=["clinic"], k=3, audit=False).hits
+        passages = [g.Passage(i, h.chunk_id, h.text) for i, h in enumerate(hits, 1)]
+        for gold in it["answers"]:
+            got = g.check(f"{gold} [1]", it["question"], passages, [h.text for h in hits])
+            assert got.conflicts == [], (it["question"], gold, got.conflicts)
+
+
+def test_the_weekend_shift_misread_is_refused_with_the_right_sentence(clinic, cli, forced_draft):
+    forced_draft("£95 [1]")
+    d = json.loads(cli(["--json", "ask", "How much is on-call paid per weekend shift?", "-c", "clinic"]).output)
+    assert d["refused"] and d["refusal_reason"] == "conflicting_value", d
+    assert "£260" in d["quote"]["text"] and d["grounding"]["conflicts"][0]["source"] == "£260"
+    r = cli(["ask", "How much is on-call paid per weekend shift?", "-c", "clinic"])
+    assert r.exit_code == 0 and r.output.startswith("Not answered") and "£260 per weekend shift" in r.output
+    assert _audit(clinic)["refusal_reason"] == "conflicting_value"
+    forced_draft("£260 [1]")
+    d = json.loads(cli(["--json", "ask", "How much is on-call paid per weekend shift?", "-c", "clinic"]).output)
+    assert not d["refused"] and "£260" in d["answer"]

@@ -31,6 +31,8 @@ def _text(d: dict[str, Any], streamed: bool) -> str:
     if not streamed or d["refused"]:
         lines.append(d["answer"])
     if d["refused"]:
+        if d.get("quote"):
+            lines.append(one_line(f'Source [{d["quote"]["n"]}] says: "{d["quote"]["text"]}"'))
         return "\n".join(lines + (_closest(d) if d.get("closest") else []))
     for c in d["citations"]:
         if c.get("corrected_from"):

@@ -8,8 +8,9 @@ written per call, also when the answer is a refusal for lack of evidence (then n
 With retrieval every answer is checked before anyone sees it (:mod:`.grounding`): an answer that
 cites nothing gets the best-supporting source as an *inferred* citation, each sentence is scored
 against its cited chunk, the supporting source sentence is quoted, numbers and names found in no
-retrieved chunk are listed, and the answer is replaced by a refusal when the reader declined or
-support is under ``min_support``. Instructions of the prompt that leak into an answer are removed.
+retrieved chunk are listed, and the answer is replaced by a refusal when the reader declined,
+support is under ``min_support`` or the answer's number is one the cited sentence gives for
+something else than what was asked. Instructions of the prompt that leak into an answer are removed.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ NO_EVIDENCE = "No relevant passages found in your documents for this question."
 # When the reader declines (it was trained to say offline.finetune.raft.REFUSAL) or what it wrote is
 # not supported by the passage it cites.
 NOT_SAID = "The documents do not say."
+# The answer's number is in the cited sentence, but that sentence gives it for something else than
+# what was asked (grounding.conflicting_values): a right passage read wrongly.
+CONFLICT = ("Not answered: the model took a value the source gives for something else. "
+            "The source sentence is quoted below.")
 NOT_SUPPORTED = "The retrieved passages do not support an answer to this question."
 DEFAULT_MIN_SUPPORT = grounding.DEFAULT_MIN_SUPPORT
 CLOSEST = 3  # passages shown with a refusal
@@ -69,7 +74,8 @@ class Answer:
     unsupported: list[str] = field(default_factory=list)
     grounding: dict[str, Any] | None = None
     # None, "low_relevance" (retrieval), "reader" (it said the documents do not say), "low_support",
-    # "instructions_only" (nothing left once leaked instructions were removed).
+    # "instructions_only" (nothing left once leaked instructions were removed), "conflicting_value"
+    # (the answer's number belongs to another item of the cited sentence).
     refusal_reason: str | None = None
     closest: list[dict[str, Any]] = field(default_factory=list)
     reader: dict[str, Any] | None = None
@@ -352,11 +358,15 @@ def _ground(ans: Answer, blocks: Sequence[SourceBlock], hit_by_id: dict[str, Any
         reason, text = "instructions_only", NOT_SUPPORTED
     elif g.support is not None and g.support < min_support:
         reason, text = "low_support", NOT_SUPPORTED
+    elif g.conflicts:
+        reason, text = "conflicting_value", CONFLICT
     else:
         reason, text = None, g.answer
     ans.answer, ans.refusal_reason, ans.refused = text, reason, reason is not None
     if ans.refused:
-        ans.quote, ans.closest = None, closest_passages(ans.hits or [])
+        ans.closest = closest_passages(ans.hits or [])
+        if reason != "conflicting_value":  # there the quote is the sentence the reader misread
+            ans.quote = None
         return
     # Citations the checks attached (inferred: the model cited nothing; corrected: the cited source
     # does not hold the sentence, this one does) come first: they are the ones the support rests on.
