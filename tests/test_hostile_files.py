@@ -29,7 +29,8 @@ from _docfactory import write_docx, write_pdf
 from hostile_helpers import check_vault_healthy, record
 from offline.errors import InvalidInput
 from offline.ingest import loaders
-from offline.ingest.pipeline import discover, time_limit
+from offline.ingest.discovery import discover
+from offline.ingest.pipeline import time_limit
 
 
 # -- seeds and builders ---------------------------------------------------------------------------

@@ -40,9 +40,15 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 
 
 def _ingest_text(r: dict[str, Any]) -> str:
+    moved = r.get("relabelled", [])
     lines = [f"Collection {r['collection']}: {len(r['added'])} added, {len(r['updated'])} updated, "
-             f"{len(r['unchanged'])} unchanged, {len(r['skipped'])} skipped, {len(r['failed'])} failed; "
+             + (f"{len(moved)} relabelled, " if moved else "")
+             + f"{len(r['unchanged'])} unchanged, {len(r['skipped'])} skipped, {len(r['failed'])} failed; "
              f"{r['chunks']} chunks in {r.get('seconds', 0):.1f} s"]
+    # Each move changes who may read the document: name every one, old label and new.
+    lines += [one_line(f"  relabelled {m['path']} (id {m['doc_id']}): {m['from'] or '(none)'} -> {m['to'] or '(none)'}"
+                       + (" (content changed: replaced)" if m["content"] == "updated" else ""))
+              for m in moved]
     found = r.get("identifiers")
     if found is not None:
         lines.append(f"Identifiers found: {sum(found.values())}"
@@ -58,7 +64,10 @@ def _ingest_text(r: dict[str, Any]) -> str:
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-c", "--collection", type=TEXT, required=True, help="Collection to add the documents to.")
-@click.option("--label", type=TEXT, help="Label every document (e.g. phi, legal-hold); grants may be limited to labels.")
+@click.option("--label", type=TEXT, help="Label every document (e.g. phi, legal-hold); grants may be limited to labels."
+              " Without it, documents already stored keep their labels.")
+@click.option("--relabel", is_flag=True, help="With --label: move documents already stored under another label"
+              " (each move is reported and audited); without it such a run is refused.")
 @click.option("--subject", "subjects", type=TEXT, multiple=True, help="Data-subject id (repeatable), for GDPR requests.")
 @click.option("--max-mb", type=Number(0, 100_000, min_open=True), default=50, show_default=True,
               help="Per-file size limit in MB.")
@@ -72,9 +81,9 @@ def _ingest_text(r: dict[str, Any]) -> str:
               " audited, high severity).")
 @click.option("--reason", type=TEXT, help="Why erased data may come back (with --allow-erased).")
 @click.pass_obj
-def ingest(app: App, paths: tuple[str, ...], collection: str, label: str | None, subjects: tuple[str, ...],
-           max_mb: float, timeout: float, subject_field: str | None, date_field: str | None, allow_erased: bool,
-           reason: str | None) -> None:
+def ingest(app: App, paths: tuple[str, ...], collection: str, label: str | None, relabel: bool,
+           subjects: tuple[str, ...], max_mb: float, timeout: float, subject_field: str | None,
+           date_field: str | None, allow_erased: bool, reason: str | None) -> None:
     """Add files and folders (.txt .md .html .pdf .docx .csv .json .jsonl; scans: .pdf .png .jpg .tiff) to COLLECTION."""
     from ..errors import OfflineError, UsageError
     from ..gdpr.journal import check_allow
@@ -83,19 +92,21 @@ def ingest(app: App, paths: tuple[str, ...], collection: str, label: str | None,
     allow = check_allow(allow_erased, reason)
     if date_field is not None and subject_field is None:
         raise UsageError("--date-field goes with --subject-field")
+    if relabel and label is None:
+        raise UsageError("--relabel goes with --label (the label to move documents to)")
     session = app.session()
     if subject_field is not None:
         from ..gdpr.subjects import ingest_with_subject_field
 
         report = ingest_with_subject_field(session, list(paths), collection, subject_field, label=label,
                                            subjects=subjects, max_bytes=int(max_mb * 1024 * 1024),
-                                           allow_erased_reason=allow, date_field=date_field)
+                                           allow_erased_reason=allow, date_field=date_field, relabel=relabel)
         app.emit(report, _ingest_text)
         if report["failed"]:
             raise OfflineError(f"{len(report['failed'])} row(s) failed; the others were ingested")
         return
     with _progress_bar(sys.stderr.isatty()) as progress:
-        report = ingest_paths(session, list(paths), collection, label=label, subjects=subjects,
+        report = ingest_paths(session, list(paths), collection, label=label, subjects=subjects, relabel=relabel,
                               max_bytes=int(max_mb * 1024 * 1024), timeout_s=timeout, progress=progress,
                               allow_erased_reason=allow)
     app.emit(report, _ingest_text)

@@ -107,11 +107,12 @@ def ingest_with_subject_field(session: Any, paths: list[str | Path], collection:
                               label: str | None = None, subjects: tuple[str, ...] = (),
                               allow_missing: bool = False, max_bytes: int = MAX_BYTES,
                               allow_erased_reason: str | None = None,
-                              date_field: str | None = None) -> dict[str, Any]:
+                              date_field: str | None = None, relabel: bool = False) -> dict[str, Any]:
     """Ingest CSV/JSON/JSONL files one row per document, each tagged with its row's subject ids.
 
     ``subjects`` are added to every row. Every file is parsed and checked before anything is
-    written, so a bad file or an untagged row leaves the collection untouched.
+    written, so a bad file or an untagged row leaves the collection untouched. ``label`` and
+    ``relabel`` work as in :func:`offline.ingest.ingest_paths` (None keeps stored rows' labels).
     """
     from ..ingest.pipeline import TextRecord, ingest_records
 
@@ -133,10 +134,10 @@ def ingest_with_subject_field(session: Any, paths: list[str | Path], collection:
             if not text.strip():
                 continue
             records.append(TextRecord(source=f"{path.resolve()}#{name}", name=f"{path.name}#{name}", text=text,
-                                      label=label or "", subjects=tuple(sorted(set(ids) | set(extra))),
+                                      label=label, subjects=tuple(sorted(set(ids) | set(extra))),
                                       meta={"subject_field": field, "file": path.name, "row": name,
                                             **_row_date(when, date_field)}))
-    report = ingest_records(session, records, collection, allow_erased_reason=allow_erased_reason)
+    report = ingest_records(session, records, collection, relabel=relabel, allow_erased_reason=allow_erased_reason)
     report["subject_field"] = field
     report["rows"] = len(records)
     return report

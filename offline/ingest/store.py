@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import OfflineError
 from ..retrieval import index as vindex
 from ..vault import db
 from ..vault.core import utc_now
@@ -121,6 +122,25 @@ def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chun
         vindex.set_meta(conn, "next_chunk_id", first + len(chunks))
         vindex.bump_version(conn)
     return doc_id, (old[0] if old else None)
+
+
+def relabel_document(conn: Any, doc_id: int, old: str, new: str) -> int:
+    """Move a document from label ``old`` to ``new`` in place; returns the number of chunks.
+
+    The id, chunks and vectors stay; every copy of the label moves in one transaction (the
+    document row, which the FTS leg joins, and each vector's metadata column, which the vector
+    leg filters on), and the index version is bumped so warm in-memory indexes reload. A label
+    grant therefore sees the document under the new label at once, never under both or neither.
+    Raises OfflineError if the document is gone or no longer has label ``old`` (another writer).
+    """
+    with db.transaction(conn):
+        if conn.execute("UPDATE documents SET label = ? WHERE id = ? AND label = ?", (new, doc_id, old)).rowcount != 1:
+            raise OfflineError("the document changed while it was being relabelled; run the ingest again")
+        ids = [(new, r[0]) for r in conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (doc_id,))]
+        if ids and vindex.has_vectors(conn):
+            conn.executemany(f"UPDATE {vindex.VEC_TABLE} SET label = ? WHERE rowid = ?", ids)
+        vindex.bump_version(conn)
+    return len(ids)
 
 
 def _prune_pseudonyms(conn: Any, doc_id: int) -> None:
