@@ -199,3 +199,31 @@ def test_records_path_runs_every_check(admin_session, open_as, kb):
                            relabel=True)
     assert [(m["path"], m["from"], m["to"]) for m in moved["relabelled"]] == [("note-1", "phi", "public")]
     assert audit(admin_session, "ingest")[-1].payload["records"] is True
+
+
+def test_relabel_taints_adapters_trained_on_the_moved_document(admin_session, kb, cli):
+    """Readers of an adapter were decided by its sources' labels at training time; a move must not
+    leave readers of the old label querying what it learnt."""
+    from offline.finetune.store import AdapterTainted, check_adapter_use, save_adapter, show_adapter
+    from offline.vault.collections import open_collection
+
+    s = admin_session
+    assert cli(["ingest", str(kb), "-c", "kb", "--label", "public"]).exit_code == 0
+    c = open_collection(s, "kb")
+    walrus = c.conn.execute("SELECT id FROM documents WHERE source LIKE '%walrus.txt'").fetchone()[0]
+    penguin = c.conn.execute("SELECT id FROM documents WHERE source LIKE '%penguin.txt'").fetchone()[0]
+    meta = dict(base_model="m", base_sha256="0" * 64, base_arch="llama", dataset_sha256="1" * 64,
+                hyperparameters={}, loss_curve=[], eval_loss_before=None, eval_loss_after=None)
+    for name, doc in (("on-walrus", walrus), ("on-penguin", penguin)):
+        save_adapter(s, name, b"GGUF lora bytes", source_doc_ids=[
+            {"collection": "kb", "collection_id": c.id, "doc_ids": [doc], "labels": ["public"]}], **meta)
+    (kb / "penguin.txt").unlink()
+    (kb / "zeppelin.txt").unlink()
+    r = cli(["--json", "ingest", str(kb), "-c", "kb", "--label", "restricted", "--relabel"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["tainted_adapters"] == ["on-walrus"]
+    with pytest.raises(AdapterTainted):
+        check_adapter_use(s, "on-walrus")
+    assert show_adapter(s, "on-penguin")["tainted"] is False
+    assert audit(s, "adapter.taint")[-1].payload["adapter"] == "on-walrus"
+    s.sync()

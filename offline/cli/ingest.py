@@ -49,6 +49,9 @@ def _ingest_text(r: dict[str, Any]) -> str:
     lines += [one_line(f"  relabelled {m['path']} (id {m['doc_id']}): {m['from'] or '(none)'} -> {m['to'] or '(none)'}"
                        + (" (content changed: replaced)" if m["content"] == "updated" else ""))
               for m in moved]
+    if r.get("tainted_adapters"):
+        lines.append("Adapters trained on a moved document are now tainted (retrain, or an admin runs "
+                     "`offline adapters override-taint`): " + ", ".join(r["tainted_adapters"]))
     found = r.get("identifiers")
     if found is not None:
         lines.append(f"Identifiers found: {sum(found.values())}"

@@ -253,7 +253,25 @@ def ingest_sources(session: Any, sources: Iterable[Source], collection: str, *, 
                   relabelled=moved, unchanged=len(report["unchanged"]), skipped=len(report["skipped"]),
                   failed=len(report["failed"]), chunks=report["chunks"], identifiers=report["identifiers"],
                   **(audit_extra or {}))
+    report["tainted_adapters"] = _taint_relabelled(session, handle, report["relabelled"])
     return report
+
+
+def _taint_relabelled(session: Any, handle: CollectionHandle, moved: list[dict[str, Any]]) -> list[str]:
+    """Taint every adapter trained on a document moved in place to another label.
+
+    An adapter's readers were decided by the labels its sources had when it was trained: after a move
+    to a stricter label, readers of the old one would still query what it learnt. Labels have no
+    order, so every move taints (fail closed); an admin who judges the move harmless records an
+    override (``adapters override-taint``). A replaced document is not a move of what was learnt.
+    """
+    from ..finetune.store import adapters_using_document, mark_tainted
+
+    names = sorted({n for m in moved if m.get("content") != "updated"
+                    for n in adapters_using_document(session, handle.id, m["doc_id"])})
+    for name in names:
+        mark_tainted(session, name, f"a document it was trained on moved to another label in {handle.name}")
+    return names
 
 
 def _plan(session: Any, handle: CollectionHandle, sources: Iterable[Source],
