@@ -17,6 +17,7 @@ import pytest
 from conftest import PASSPHRASES
 
 from offline.agent import client, paths, protocol
+from offline.vault import set_setting
 
 
 
@@ -176,7 +177,7 @@ def test_wrong_passphrase_fails_at_once(cli, vault_dir: Path, admin_session):
 
 
 def test_default_idle_is_vault_setting(vault_dir: Path, admin_session, agents):
-    admin_session.set_setting("idle_timeout_s", "123")
+    set_setting(admin_session, "idle_timeout_s", "123")
     assert agents("alice", idle_s=None)["idle_timeout_s"] == 123
 
 

@@ -95,7 +95,9 @@ def vault_rekey(app: App) -> None:
 def vault_set(app: App, key: str, value: str) -> None:
     """Change a vault setting (admin): audit_questions sealed|none|full, idle_timeout_s (90s, 15m, 1h),
     break_glass on|off (off removes every emergency key and rotates those collections)."""
-    stored = app.session().set_setting(key, value)
+    from ..vault import set_setting
+
+    stored = set_setting(app.session(), key, value)
     app.emit({key: stored}, lambda d: f"{key} = {stored}")
 
 
