@@ -138,7 +138,8 @@ def test_erased_data_stays_out(clinic, cli, tmp_path):
 
 def test_backup_from_before_erasure_warns_and_reapplies(clinic, cli, tmp_path, vault_dir):
     from offline.gdpr.erase import erase_subject
-    from offline.gdpr.journal import check_journal, missing_erasures, reapply
+    from offline.gdpr.journal import check_journal, missing_erasures
+    from offline.gdpr.reapply import reapply
     from offline.vault import open_session
     from offline.vault.maintenance import backup_vault
 

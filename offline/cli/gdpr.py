@@ -99,7 +99,7 @@ def subject_rm(app: App, subject_id: str) -> None:
 @click.pass_obj
 def reapply_cmd(app: App, receipt_dir: Path | None) -> None:
     """Replay erasures made on this machine that this vault (a restored backup) does not hold."""
-    from ..gdpr.journal import reapply
+    from ..gdpr.reapply import reapply
 
     result = reapply(app.session(), receipt_dir=receipt_dir)
     app.emit(result, lambda r: "No erasure to reapply." if not r["reapplied"] else

@@ -31,8 +31,8 @@ from ..vault import db
 from ..vault.collections import CollectionHandle, open_collection
 from ..vault.core import Session, new_id, utc_now
 from .common import (
-    check_subject, new_file, parse_ts, private_output_dir, subject_ref, subject_ref_matches, utc_now_dt,
-    write_private_json, writable_collections,
+    backup_retention_days, check_subject, new_file, parse_ts, private_output_dir, subject_ref, subject_ref_matches,
+    utc_now_dt, write_private_json, writable_collections,
 )
 from .finder import Found
 from .registry import resolve_terms
@@ -198,8 +198,6 @@ def scrub_collection(conn: Any) -> dict[str, Any]:
 
 def backups_holding_data(session: Session, before: _dt.datetime) -> list[dict[str, Any]]:
     """Backups made before ``before`` that have not yet expired (from ``vault.backup`` entries)."""
-    from .retention import backup_retention_days
-
     days = backup_retention_days(session)
     out = []
     for e in chain.iter_entries(session.db, "action = ?", ("vault.backup",)):
