@@ -80,9 +80,9 @@ def prepare_out(out: str | Path) -> Path:
 
 def _clean(text: str) -> str:
     # Score the answer, not the [n] citation markers the RAG prompt asks for.
-    from ..eval.qa import _CITES
+    from ..eval.qa import CITES
 
-    return " ".join(_CITES.sub(" ", text).split())
+    return " ".join(CITES.sub(" ", text).split())
 
 
 def _score(ans: Any, q: Question, retrieving: bool, with_answer: bool) -> dict[str, Any]:

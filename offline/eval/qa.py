@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import InvalidInput, UsageError
 from . import metrics
 
-_CITES = re.compile(r"\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\]")
+CITES = re.compile(r"\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\]")
 EVAL_USER = "eval"
 EVAL_COLLECTION = "squad"
 
@@ -123,7 +123,7 @@ def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag",
             for i, item in enumerate(items):
                 ans = answer(session, item.question, collections=[EVAL_COLLECTION] if mode == "rag" else None,
                              k=k, mode=mode, model=model, max_tokens=max_tokens, min_score=floor, reader=reader)
-                pred = " ".join(_CITES.sub(" ", ans.answer).split()) if not ans.refused else ""
+                pred = " ".join(CITES.sub(" ", ans.answer).split()) if not ans.refused else ""
                 hit_texts = [h.text for h in (ans.hits or [])]
                 rows.append({
                     "id": item.qid, "question": item.question, "prediction": pred, "gold": item.answers,
