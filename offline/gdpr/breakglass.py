@@ -89,6 +89,4 @@ def break_glass_scope(session: Session, enabled: bool, collections: list[str] | 
         yield open_break_glass(session, names, reason, code)
     finally:
         for name in emergency:
-            handle = session._collections.pop(name, None)
-            if handle is not None:
-                handle.close()
+            session.drop_handle(name)

@@ -199,7 +199,7 @@ def open_collection(session: Session, name: str, need: Perm = "read", *,
     ``break_glass_reason`` (with the emergency code) lets a provisioned member read without a
     grant, with a high-severity audit entry committed before the key is used.
     """
-    cached = session._collections.get(name)
+    cached = session.cached_handle(name)
     if cached is not None and (need == "read" or cached.perm == "write"):
         return cached
     if session.role not in ("admin", "member"):
@@ -225,7 +225,7 @@ def open_collection(session: Session, name: str, need: Perm = "read", *,
     path = session.vault_dir / "collections" / file
     conn = db.connect(path, key, "collection")
     handle = CollectionHandle(cid, name, perm, frozenset(json.loads(labels)) if labels else None, conn, path)
-    session._collections[name] = handle
+    session.keep_handle(name, handle)
     return handle
 
 
@@ -345,9 +345,7 @@ def rotate_collection_key(session: Session, name: str, *, reason: str) -> None:
     old_key = unwrap_collection_key(session, cid, old_file)
     if old_key is None:
         raise AccessDenied(f"access denied: you hold no key for collection {name!r}")
-    cached = session._collections.pop(name, None)
-    if cached is not None:
-        cached.close()
+    session.drop_handle(name)
     coll_dir = session.vault_dir / "collections"
     new_file = f"{cid}-{new_id()[:8]}.db"
     new_key = crypto.random_key()
@@ -419,9 +417,7 @@ def drop_collection(session: Session, name: str) -> dict[str, Any]:
             raise NotFound(f"no such collection: {name!r}")
         cid, file = row
         extra["collection_id"] = cid
-        cached = session._collections.pop(name, None)
-        if cached is not None:
-            cached.close()
+        session.drop_handle(name)
         session.db.execute("DELETE FROM collection_keys WHERE collection_id = ?", (cid,))
         session.db.execute("DELETE FROM grants WHERE collection_id = ?", (cid,))
         session.db.execute("DELETE FROM vault_keys WHERE purpose IN (?, ?)", (user_purpose(cid), code_purpose(cid)))

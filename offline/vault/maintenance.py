@@ -129,9 +129,7 @@ def rekey_vault(session: Session) -> dict[str, Any]:
                 copy_encrypted(coll_dir / file, old_key, coll_dir / new_file, new_key, "collection")
                 new_files.append(coll_dir / new_file)
                 plan.append((cid, file, new_file, new_key))
-            for handle in session._collections.values():
-                handle.close()
-            session._collections.clear()
+            session.forget_handles()
             with session.change("vault.rekey", collections=len(rows)):
                 for cid, old_file, new_file, key in plan:
                     if session.policy.row("collections", cid)["file"] != old_file:
@@ -227,14 +225,8 @@ def _switch_locked(session: Session, h: hdr.Header, new_vault_key: bytes, new_db
     except BaseException:
         remove_db_files(vault_dir / new_db_file)
         raise
-    for handle in session._collections.values():
-        handle.close()
-    session._collections.clear()
-    session.db.close()
+    session.switch_database(new_h, new_vault_key, db.connect(vault_dir / new_db_file, new_vault_key, "vault"))
     remove_db_files(vault_dir / h.db_file)
-    session.header = new_h
-    session._vault_key = bytearray(new_vault_key)
-    session.db = db.connect(vault_dir / new_db_file, new_vault_key, "vault")
     return new_db_file
 
 

@@ -171,14 +171,7 @@ class Session:
         except DecryptionError:
             raise VaultLocked("keyslot changed") from None
         if not hmac.compare_digest(key, self.vault_key) or h.db_file != self.header.db_file:
-            conn = db.connect(self.vault_dir / h.db_file, key, "vault")
-            self.forget_handles()
-            with contextlib.suppress(Exception):
-                self.db.close()
-            for i in range(len(self._vault_key)):
-                self._vault_key[i] = 0
-            self._vault_key = bytearray(key)
-            self.db = conn
+            self.switch_database(h, key, db.connect(self.vault_dir / h.db_file, key, "vault"))
         self.header = h
         self.sync()
         if self.policy.user(self.user) is None:
@@ -192,6 +185,36 @@ class Session:
             with contextlib.suppress(Exception):
                 handle.close()
         self._collections.clear()
+
+    def switch_database(self, header: hdr.Header, vault_key: bytes, conn: db.Connection) -> None:
+        """Move to a re-keyed vault database: ``conn`` opened with ``vault_key``, named in ``header``.
+
+        Open collections are closed (their keys may have rotated with it), the old connection
+        closed and the old vault key zeroed.
+        """
+        self.forget_handles()
+        with contextlib.suppress(Exception):
+            self.db.close()
+        for i in range(len(self._vault_key)):
+            self._vault_key[i] = 0
+        self._vault_key = bytearray(vault_key)
+        self.db = conn
+        self.header = header
+
+    # -- open collections (grants are checked when one is opened; see vault.collections) ---------
+    def cached_handle(self, name: str) -> Any:
+        """The collection ``name`` already opened in this session, or None."""
+        return self._collections.get(name)
+
+    def keep_handle(self, name: str, handle: Any) -> None:
+        """Remember an opened collection until :meth:`drop_handle` or :meth:`forget_handles`."""
+        self._collections[name] = handle
+
+    def drop_handle(self, name: str) -> None:
+        """Close and forget the open collection ``name`` (re-keyed, dropped, or an emergency read done)."""
+        handle = self._collections.pop(name, None)
+        if handle is not None:
+            handle.close()
 
     def close(self) -> None:
         if self.closed:
