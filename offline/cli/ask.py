@@ -9,7 +9,7 @@ import click
 
 from ..textsafe import StreamSanitizer, one_line
 from .app import App
-from .params import TEXT, Count, Number
+from .params import K, TEXT, Count, Number
 
 MODES = ("rag", "base", "finetune", "hybrid")  # mirrors offline.rag.MODES without importing it
 RETRIEVAL_MODES = ("rag", "hybrid")
@@ -66,7 +66,7 @@ def _text(d: dict[str, Any], streamed: bool) -> str:
 @click.command()
 @click.argument("question", type=TEXT)
 @click.option("-c", "--collection", "collections", type=TEXT, multiple=True, help="Collection to search (repeatable).")
-@click.option("-k", "k", type=Count(1, 100), default=DEFAULT_K, show_default=True, help="Passages to retrieve.")
+@click.option("-k", "k", type=K, default=DEFAULT_K, show_default=True, help="Passages to retrieve.")
 @click.option("--mode", type=click.Choice(MODES), default="rag", show_default=True,
               help="rag: retrieval+model; base: model only; finetune: adapter only; hybrid: adapter+retrieval.")
 @click.option("--model", type=TEXT, help="Generation model name (default: the registry's default).")

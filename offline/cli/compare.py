@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .app import App
-from .params import TEXT, Count
+from .params import K, TEXT, Count
 
 
 def _text(r: dict[str, Any]) -> str:
@@ -41,7 +41,7 @@ def _text(r: dict[str, Any]) -> str:
 @click.option("--limit", type=Count(1), default=None, help="Ask only the first N questions.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for report.md, results.json and the charts.")
-@click.option("-k", "k", type=Count(1, 100), default=None, help="Chunks retrieved (default: ask's default).")
+@click.option("-k", "k", type=K, default=None, help="Chunks retrieved (default: ask's default).")
 @click.option("--no-reader", is_flag=True, help="rag: the plain model instead of its retrieval-trained reader.")
 @click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
 @click.option("--model", type=TEXT, help="Generation model (default: the kit's default).")

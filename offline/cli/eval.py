@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .app import App
-from .params import TEXT, Count, Number
+from .params import K, TEXT, Count, Number
 
 
 @click.group("eval")
@@ -48,7 +48,7 @@ def _qa_text(r: dict[str, Any]) -> str:
               help="SQuAD v1.1 JSON file.")
 @click.option("--limit", type=Count(1), default=100, show_default=True, help="Questions to ask.")
 @click.option("--mode", type=click.Choice(["rag", "base"]), default="rag", show_default=True)
-@click.option("-k", "k", type=Count(1, 100), default=None, help="Passages retrieved (default: ask's default).")
+@click.option("-k", "k", type=K, default=None, help="Passages retrieved (default: ask's default).")
 @click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
 @click.option("--model", type=TEXT, help="Generation model name.")
 @click.option("--no-reader", is_flag=True, help="rag: the plain model instead of its retrieval-trained reader.")

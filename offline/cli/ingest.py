@@ -11,7 +11,7 @@ import click
 
 from ..textsafe import one_line
 from .app import App, table
-from .params import TEXT, Count, Number
+from .params import K, TEXT, Number
 
 
 @contextlib.contextmanager
@@ -188,7 +188,7 @@ def _search_text(r: dict[str, Any]) -> str:
 @click.argument("query", type=TEXT)
 @click.option("-c", "--collection", "collections", type=TEXT, multiple=True,
               help="Collection (repeatable; default: all readable).")
-@click.option("-k", "k", type=Count(1, 4096), default=5, show_default=True)
+@click.option("-k", "k", type=K, default=5, show_default=True)
 @click.option("--label", "labels", type=TEXT, multiple=True, help="Only chunks with this label (repeatable).")
 @click.option("--subject", "subjects", type=TEXT, multiple=True, help="Only documents of this data subject (repeatable).")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from ..limits import MAX_K
 from ..textsafe import one_line
 
 
@@ -112,5 +113,7 @@ class Text(click.ParamType):
 
 
 TEXT = Text()
+# -k of ask, search, eval qa and compare: the library's one bound (offline.limits).
+K = Count(1, MAX_K)
 # Seeds: torch, numpy and Python all take a 32-bit value without complaint.
 SEED = Count(0, 2**32 - 1)

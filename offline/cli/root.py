@@ -52,6 +52,41 @@ def _global_flags_first(args: list[str]) -> list[str]:
     return [*dict.fromkeys(flags), *(a for a in args[:end] if a not in GLOBAL_FLAGS), *args[end:]]
 
 
+def _leaf_command(ctx: click.Context) -> click.Command:
+    """The command the raw arguments name (``finetune create`` -> create), walking the groups."""
+    cmd: click.Command = ctx.command
+    for arg in ctx.meta.get("offline.agent.args") or []:
+        if not isinstance(cmd, click.Group):
+            break
+        if arg.startswith("-"):
+            continue
+        sub = cmd.get_command(ctx, arg)
+        if sub is None:
+            break
+        cmd = sub
+    return cmd
+
+
+def _flag(param: click.Parameter) -> str:
+    """How a parameter is typed: its long option (``--max-tokens``), ``-k``, or an argument's name."""
+    if isinstance(param, click.Option) and param.opts:
+        return max(param.opts, key=len)
+    return param.human_readable_name
+
+
+def cli_message(ctx: click.Context, exc: OfflineError) -> str:
+    """The error line for ``exc``; one that names parameters names the flags of the command that ran.
+
+    The library words such errors with its parameter names (``rank must be ...``); here each one
+    becomes the option that sets it (``--rank must be ...``). A name the command has no option
+    for is shown as the library wrote it.
+    """
+    if exc.template is None:
+        return str(exc)
+    flags = {p.name: _flag(p) for p in _leaf_command(ctx).params if p.name}
+    return exc.render(lambda name: flags.get(name, name))
+
+
 class OfflineGroup(click.Group):
     """Turns library errors into one-line CLI errors with the contract's exit codes."""
 
@@ -70,7 +105,7 @@ class OfflineGroup(click.Group):
             return super().invoke(ctx)
         except OfflineError as exc:
             self._trace(ctx)
-            raise _Failure(str(exc), exc.exit_code) from None
+            raise _Failure(cli_message(ctx, exc), exc.exit_code) from None
         except click.ClickException as exc:
             raise _clean(exc) from None
         except (click.exceptions.Exit, click.Abort, SystemExit):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, UsageError
+from ..errors import InvalidInput, ParameterError
 from . import metrics
 
 CITES = re.compile(r"\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\]")
@@ -108,9 +108,9 @@ def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag",
     from ..vault import create_vault
 
     if mode not in ("rag", "base"):
-        raise UsageError("eval qa --mode must be rag or base")
+        raise ParameterError("{mode} must be rag or base", "mode")
     if limit is not None and limit < 1:
-        raise UsageError("--limit must be at least 1")
+        raise ParameterError("{limit} must be at least 1", "limit")
     items, docs = load_squad(path, limit)
     floor = DEFAULT_MIN_SCORE if min_score is None else min_score
     work = Path(tempfile.mkdtemp(prefix="offline-eval-qa-"))

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
-from ..errors import InvalidInput, UsageError, VaultCorrupted
+from ..errors import InvalidInput, ParameterError, VaultCorrupted
 from ..vault import db
 from ..vault.core import Session, utc_now
 from .terms import SubjectTerms, term_hash, terms_for_journal, tokens, window_terms
@@ -158,7 +158,7 @@ class ErasureGuard:
         if hit is None:
             return
         if self.allow_reason is None:
-            raise InvalidInput(f"refused: {why} (receipt {hit}); pass --allow-erased --reason TEXT to ingest it anyway")
+            raise InvalidInput.naming("refused: {why} (receipt {hit}); pass {allow_erased} {reason} TEXT to ingest it anyway", "allow_erased", "reason", why=why, hit=hit)
         from .common import subject_ref
 
         self.session.audit("gdpr.erased.reingest", severity="high", receipt_id=hit, what=why,
@@ -169,9 +169,9 @@ class ErasureGuard:
 def check_allow(allow_erased: bool, reason: str | None) -> str | None:
     """The override reason for :class:`ErasureGuard`, or a usage error for a half-given override."""
     if allow_erased and not (reason and reason.strip()):
-        raise UsageError("--allow-erased needs --reason TEXT (it is recorded in the audit log)")
+        raise ParameterError("{allow_erased} needs {reason} TEXT (it is recorded in the audit log)", "allow_erased", "reason")
     if reason and not allow_erased:
-        raise UsageError("--reason goes with --allow-erased")
+        raise ParameterError("{reason} goes with {allow_erased}", "reason", "allow_erased")
     return reason.strip() if allow_erased and reason else None
 
 

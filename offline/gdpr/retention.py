@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import AccessDenied, NotFound, UsageError
+from ..errors import AccessDenied, NotFound, ParameterError, UsageError
 from ..vault.collections import open_collection
 from ..vault.core import Session, check_name, utc_now
 from .common import BACKUP_RETENTION_KEY, backup_retention_days, parse_ts, utc_now_dt, writable_collections
@@ -54,7 +54,7 @@ def set_retention(session: Session, *, collection: str | None = None, label: str
     """Set (or with ``days=None`` clear) the retention of a collection or of a label (admin)."""
     session.require_role("admin", action="setting retention")
     if (collection is None) == (label is None):
-        raise UsageError("give exactly one of --collection or --label")
+        raise ParameterError("give exactly one of {collection} or {label}", "collection", "label")
     days = _check_days(days)
     target = {"collection": collection} if collection is not None else {"label": label}
     if label is not None:

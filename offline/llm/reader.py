@@ -49,8 +49,9 @@ def reader_for(base: GenModel) -> Reader | None:
             return Reader(spec, GenModel(spec.name, merged, spec.merged_sha256), None)
     adapter = checked_file(spec.adapter, spec.adapter_sha256)
     if adapter is None:
-        raise NotFound(f"the reader {spec.name!r} of {base.name!r} is missing ({spec.adapter}); "
-                       "run `offline models fetch` or pass --no-reader")
+        raise NotFound.naming("the reader {reader} of {base} is missing ({adapter}); run `offline models fetch` or "
+                              "pass {no_reader}", "no_reader", reader=repr(spec.name), base=repr(base.name),
+                              adapter=spec.adapter)
     return Reader(spec, base, adapter)
 
 

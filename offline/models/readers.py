@@ -77,8 +77,8 @@ def checked_file(name: str, sha256: str) -> Path | None:
     if p is None:
         return None
     if file_sha256(p) != sha256:
-        raise ModelIntegrityError(f"reader file {p} does not match its pinned sha256; "
-                                  "rebuild it (`offline models fetch`) or pass --no-reader")
+        raise ModelIntegrityError.naming("reader file {path} does not match its pinned sha256; rebuild it "
+                                         "(`offline models fetch`) or pass {no_reader}", "no_reader", path=p)
     return p
 
 

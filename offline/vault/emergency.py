@@ -175,7 +175,7 @@ def emergency_key(session: Session, cid: str, file: str, code: str | None) -> by
     Raises :class:`AccessDenied` (the same message) for no wrap, no code or a wrong code.
     """
     if code is None:
-        raise UsageError("break-glass needs the emergency code (--code-file FILE or OFFLINE_BREAK_GLASS_CODE)")
+        raise UsageError("break-glass needs the emergency code (OFFLINE_BREAK_GLASS_CODE_FILE or OFFLINE_BREAK_GLASS_CODE)")
     clean = normalise_code(code)
     row = session.policy.row("collections", cid)
     wrapped = signed_wrap(session, "vault_keys", user_purpose(cid), session.user)
