@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -97,8 +96,8 @@ def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str
     clean = StreamSanitizer()
 
     def on_token(piece: str) -> None:
-        sys.stdout.write(clean.feed(piece))
-        sys.stdout.flush()
+        app.out.write(clean.feed(piece))
+        app.out.flush()
 
     from ..gdpr.breakglass import break_glass_scope
 
@@ -109,7 +108,7 @@ def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str
                         min_support=DEFAULT_MIN_SUPPORT if min_support is None else min_support,
                         on_token=on_token if streamed else None)
     if streamed and not result.refused:
-        click.echo(clean.flush())
+        app.echo(clean.flush())
     app.emit(result.to_dict(), lambda d: _text(d, streamed))
 
 

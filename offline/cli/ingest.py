@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,13 +10,13 @@ import click
 
 from ..textsafe import one_line
 from .app import App, table
-from .params import K, TEXT, Number
+from .params import K, TEXT, FsPath, Number
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Any]:
+def _progress_bar(stream: Any) -> Iterator[Any]:
     """A rich bar (files and chunks) on stderr when it is a terminal; else a no-op callback."""
-    if not enabled:
+    if not stream.isatty():
         yield None
         return
     from rich.console import Console
@@ -25,7 +24,7 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=Console(file=stream), transient=True) as bar:
         task = bar.add_task("files", total=None, chunks=0)
         state = {"chunks": 0}
 
@@ -56,7 +55,7 @@ def _ingest_text(r: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=FsPath())
 @click.option("-c", "--collection", type=TEXT, required=True, help="Collection to add the documents to.")
 @click.option("--label", type=TEXT, help="Label every document (e.g. phi, legal-hold); grants may be limited to labels.")
 @click.option("--subject", "subjects", type=TEXT, multiple=True, help="Data-subject id (repeatable), for GDPR requests.")
@@ -94,7 +93,7 @@ def ingest(app: App, paths: tuple[str, ...], collection: str, label: str | None,
         if report["failed"]:
             raise OfflineError(f"{len(report['failed'])} row(s) failed; the others were ingested")
         return
-    with _progress_bar(sys.stderr.isatty()) as progress:
+    with _progress_bar(app.err) as progress:
         report = ingest_paths(session, list(paths), collection, label=label, subjects=subjects,
                               max_bytes=int(max_mb * 1024 * 1024), timeout_s=timeout, progress=progress,
                               allow_erased_reason=allow)

@@ -7,14 +7,18 @@ the exit code of the README's command reference; ``--verbose`` adds the tracebac
 from __future__ import annotations
 
 import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import click
 
 from .. import __version__, netguard
-from ..errors import OfflineError
+from ..errors import OfflineError, UsageError
 from ..textsafe import one_line
 from .app import App
+from .params import FsPath
 
 # The guard goes on before any command module can import something that phones home.
 netguard.install()
@@ -87,6 +91,33 @@ def cli_message(ctx: click.Context, exc: OfflineError) -> str:
     return exc.render(lambda name: flags.get(name, name))
 
 
+@dataclass(frozen=True)
+class Streams:
+    """The three streams a command uses when it runs for someone else (see ``run_in_process``)."""
+
+    stdin: TextIO
+    stdout: TextIO
+    stderr: TextIO
+
+
+@dataclass(frozen=True)
+class Hosted:
+    """What the agent hands the root command: the session it lends and the client's surroundings."""
+
+    session: Any
+    streams: Streams
+    env: Mapping[str, str]
+    cwd: Path
+
+    def lend(self, app: App) -> None:
+        """Give ``app`` the session, if it is for the vault and user this command names."""
+        if str(app.vault_path.expanduser().resolve()) != str(Path(self.session.vault_dir).expanduser().resolve()) \
+                or app.user_name != self.session.user:
+            raise UsageError("this agent serves another vault or user")
+        app.use_session(self.session)
+        app.borrowed = True
+
+
 class OfflineGroup(click.Group):
     """Turns library errors into one-line CLI errors with the contract's exit codes."""
 
@@ -120,14 +151,14 @@ class OfflineGroup(click.Group):
     def _trace(ctx: click.Context) -> None:
         app = ctx.find_object(App)
         if app is not None and app.verbose:
-            click.echo(traceback.format_exc(), err=True)
+            app.echo(traceback.format_exc(), err=True)
 
 
 @click.group(cls=OfflineGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--vault", type=click.Path(path_type=Path), envvar="OFFLINE_VAULT",
+@click.option("--vault", type=FsPath(path_type=Path), envvar="OFFLINE_VAULT",
               help="Vault folder. [env: OFFLINE_VAULT; default: OFFLINE_HOME/vault]")
 @click.option("--user", envvar="OFFLINE_USER", help="Acting user. [env: OFFLINE_USER; default: login name]")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False), envvar="OFFLINE_PASSPHRASE_FILE",
+@click.option("--passphrase-file", type=FsPath(dir_okay=False), envvar="OFFLINE_PASSPHRASE_FILE",
               help="File holding the passphrase. [env: OFFLINE_PASSPHRASE_FILE]")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
@@ -140,9 +171,18 @@ def main(ctx: click.Context, vault: Path | None, user: str | None, passphrase_fi
     Documents live in an encrypted vault; answers come from a local model with citations;
     every access is written to a tamper-evident audit log.
     """
-    app = App(vault=vault, user=user, passphrase_file=passphrase_file, as_json=as_json, verbose=verbose)
+    hosted = ctx.obj if isinstance(ctx.obj, Hosted) else None
+    if hosted is None:
+        app = App(vault=vault, user=user, passphrase_file=passphrase_file, as_json=as_json, verbose=verbose)
+    else:  # run by the agent for a client (run_in_process): the client's streams, env and folder
+        app = App(vault=vault, user=user, passphrase_file=passphrase_file, as_json=as_json, verbose=verbose,
+                  stdin=hosted.streams.stdin, stdout=hosted.streams.stdout, stderr=hosted.streams.stderr,
+                  env=hosted.env, cwd=hosted.cwd)
     ctx.obj = app
     ctx.call_on_close(app.close)
+    if hosted is not None:
+        hosted.lend(app)
+        return
     from ..agent.client import route  # stdlib only: runs the command in an unlocked agent if one is up
 
     route(ctx, app)
