@@ -84,7 +84,7 @@ def test_reader_file_that_does_not_match_its_pin_fails_closed(kb, tmp_path, monk
     monkeypatch.setattr(reader, "find_file", lambda name: None)
     from offline.errors import NotFound
 
-    with pytest.raises(NotFound, match="--no-reader"):
+    with pytest.raises(NotFound, match="pass no_reader"):  # the CLI shows --no-reader
         answer(kb, "How long are adult patient records kept?", collections=["kb"])
     assert answer(kb, "How long are adult patient records kept?", collections=["kb"], reader=False).reader is None
 
