@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import UsageError
+from .errors import ParameterError, UsageError
 
 # Whole escape sequences first (so their printable tails go too), 7-bit and 8-bit (C1) forms:
 # CSI, OSC (ended by BEL or ST), DCS/SOS/PM/APC strings (ended by ST), then any other ESC + final.
@@ -87,14 +87,14 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
-def check_number(value: float, what: str, low: float, high: float) -> float:
-    """``value`` if it is a finite number in [``low``, ``high``]; else a :class:`UsageError`."""
+def check_number(value: float, param: str, low: float, high: float) -> float:
+    """``value`` if it is a finite number in [``low``, ``high``]; else a :class:`ParameterError` for ``param``."""
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise UsageError(f"{what} must be a number") from None
+        raise ParameterError(f"{{{param}}} must be a number", param) from None
     if not math.isfinite(number) or not low <= number <= high:
-        raise UsageError(f"{what} must be a finite number between {low:g} and {high:g}")
+        raise ParameterError(f"{{{param}}} must be a finite number between {low:g} and {high:g}", param)
     return number
 
 

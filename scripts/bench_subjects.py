@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from offline.eval.metrics import char_accuracy  # noqa: E402 (after the path set-up)
+from offline.vault import set_setting  # noqa: E402
 os.environ.setdefault("OFFLINE_KDF_TARGET_S", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PATTERN = r"\b(?:PT|pt)-?\d{5}\b"
@@ -160,7 +161,7 @@ def throughput(session, work: Path, n: int) -> dict:
         (docs / f"doc{i // 5:04d}.md").write_text(f"# Part {i // 5}\n\n{body}\n", encoding="utf-8")
     out = {}
     for mode in ("off", "on", "off2"):  # off twice: machine drift shows as the difference of the two
-        session.set_setting("identifier_detection", "on" if mode == "on" else "off")
+        set_setting(session, "identifier_detection", "on" if mode == "on" else "off")
         create_collection(session, f"tp-{mode}")
         t0 = time.perf_counter()
         rep = ingest_paths(session, [docs], f"tp-{mode}")
@@ -190,7 +191,7 @@ def main() -> int:
         _engine(PATTERN)
         _engine("")
         session = create_vault(work / "vault", "bench", secrets.token_urlsafe(16))
-        session.set_setting("subject_id_pattern", PATTERN)
+        set_setting(session, "subject_id_pattern", PATTERN)
         results = {"subject": subject_recall(session), "detection": detection(), "ocr": ocr(args.ocr_pages)}
         results["throughput"] = throughput(session, work, args.paragraphs)
         session.close()

@@ -17,7 +17,7 @@ import pytest
 from conftest import PASSPHRASES
 
 from offline.agent import client, paths, protocol
-
+from offline.vault import set_setting
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_wrong_passphrase_fails_at_once(cli, vault_dir: Path, admin_session):
 
 
 def test_default_idle_is_vault_setting(vault_dir: Path, admin_session, agents):
-    admin_session.set_setting("idle_timeout_s", "123")
+    set_setting(admin_session, "idle_timeout_s", "123")
     assert agents("alice", idle_s=None)["idle_timeout_s"] == 123
 
 
@@ -407,3 +407,50 @@ def test_unlocked_agent_refuses_a_table_edited_while_it_runs(cli, vault_dir: Pat
     # The agent's refresh finds the row, locks, and the in-process fallback names it: exit 5.
     assert r.exit_code == 5 and 'table users, row ["bob"]' in r.output, r.output
     assert _reap(info["pid"])
+
+
+# -- the CLI's in-process entry point and the start handshake ------------------------------------
+
+def test_run_in_process_uses_the_streams_env_and_folder_it_is_given(admin_session, vault_dir: Path, tmp_path):
+    """The agent's way into the CLI changes no global: not sys.stdout, os.environ or the cwd."""
+    import io
+
+    from offline.cli import Streams, run_in_process
+
+    def run(*args: str, env: dict | None = None) -> tuple[int, str, str]:
+        streams = Streams(io.StringIO(""), io.StringIO(), io.StringIO())
+        code = run_in_process(["--vault", str(vault_dir), "--user", "alice", *args], admin_session, streams,
+                              env=env or {}, cwd=tmp_path)
+        return code, streams.stdout.getvalue(), streams.stderr.getvalue()
+
+    before = (sys.stdin, sys.stdout, sys.stderr, dict(os.environ), os.getcwd())
+    code, out, err = run("--json", "users", "list")
+    assert code == 0 and err == "" and "alice" in [u["name"] for u in json.loads(out)]
+    code, out, err = run("audit", "export", "--format", "jsonl", "--out", "exported.jsonl")  # a relative path
+    assert code == 0 and (tmp_path / "exported.jsonl").is_file(), err
+    assert not (Path(before[4]) / "exported.jsonl").exists() or Path(before[4]) == tmp_path
+    code, out, err = run("collections", "grant", "nosuch", "bob")
+    assert code == 1 and out == "" and err.startswith("Error: ") and err.count("\n") == 1
+    code, out, err = run("users", "list", "--bogus")
+    assert code == 2 and err.startswith("Error: ") and err.count("\n") == 1
+    code, out, err = run("search", "q", "-k", "500")  # a bound the CLI words with the flag
+    assert code == 2 and err == "Error: -k must be between 1 and 100\n"
+    code, _, err = run("--vault", str(tmp_path / "elsewhere"), "users", "list")
+    assert code == 2 and err == "Error: this agent serves another vault or user\n"
+    assert (sys.stdin, sys.stdout, sys.stderr, dict(os.environ), os.getcwd()) == before
+    assert not admin_session.closed  # lent, not handed over
+
+
+def test_unlock_gives_up_when_the_agent_never_answers(vault_dir: Path, admin_session, tmp_path, monkeypatch):
+    """A start that hangs before its handshake fails after START_TIMEOUT_S, and the child is killed."""
+    from offline.errors import OfflineError
+
+    hang = tmp_path / "hang"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(hang))  # unlock() starts "python -m offline.agent.server"
+    monkeypatch.setattr(client, "START_TIMEOUT_S", 1.0)
+    t0 = time.monotonic()
+    with pytest.raises(OfflineError, match="^the agent did not start within 1 s$"):
+        client.unlock(vault_dir, "alice", lambda: PASSPHRASES["alice"], 60.0, preload=False)
+    assert time.monotonic() - t0 < 15

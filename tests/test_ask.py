@@ -12,6 +12,7 @@ import pytest
 from offline.llm.prompts import FENCE, source_spans
 
 from offline.rag import NO_EVIDENCE, answer
+from offline.vault import set_setting
 
 SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 FACTS = {
@@ -110,7 +111,7 @@ def test_no_evidence_refuses_without_calling_the_model(kb, cli, monkeypatch):
 
 
 def test_base_mode_works_without_retrieval(admin_session, cli):
-    admin_session.set_setting("audit_questions", "full")
+    set_setting(admin_session, "audit_questions", "full")
     r = cli(["--json", "ask", "--mode", "base", "What colour is the sky?", "--max-tokens", "8"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)

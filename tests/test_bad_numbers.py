@@ -80,7 +80,7 @@ def test_ask_with_an_infinite_floor_answers_nothing_and_audits_nothing(admin_ses
     _one_line_usage_error(r)
     # The library checks too, before retrieving anything (no search, no ask entry).
     for bad in (float("-inf"), float("nan"), float("inf"), 1e300):
-        with pytest.raises(UsageError, match="--min-score"):
+        with pytest.raises(UsageError, match="^min_score must be"):  # a parameter, not a flag
             answer(admin_session, "Where is the Zephyr ward?", collections=["shared"], min_score=bad)
     after = admin_session.db.execute("SELECT count(*) FROM audit_log").fetchone()[0]
     assert after == before

@@ -590,11 +590,11 @@ def test_trigger_in_a_collection_file_is_refused(vault4, cli, vault_dir, tmp_pat
     assert cli(["ingest", str(tmp_path / "a.txt"), "-c", "shared"]).exit_code == 0
     bob = Raw(vault_dir, "bob")
     cid, file = bob.sql("SELECT id, file FROM collections WHERE name = 'shared'")[0]
-    from offline.vault.collections import _unwrap_key
+    from offline.vault.collections import unwrap_collection_key
     from offline.vault import open_session
 
     s = open_session(vault_dir, "bob", PASSPHRASES["bob"])
-    key = _unwrap_key(s, cid, file)
+    key = unwrap_collection_key(s, cid, file)
     s.close()
     coll = raw_connect(vault_dir / "collections" / file, key)  # bob's read grant is the key itself
     coll.execute("CREATE TABLE stash(t TEXT)")

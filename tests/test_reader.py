@@ -70,7 +70,7 @@ def test_ask_uses_the_reader_by_default_and_cites(kb, cli):
 
 def test_reader_file_that_does_not_match_its_pin_fails_closed(kb, tmp_path, monkeypatch):
     from offline.errors import ModelIntegrityError
-    from offline.llm import reader
+    from offline.models import readers as reader  # where the pinned reader files are found
 
     spec = _spec()
     bad = tmp_path / spec["adapter"]
@@ -84,14 +84,14 @@ def test_reader_file_that_does_not_match_its_pin_fails_closed(kb, tmp_path, monk
     monkeypatch.setattr(reader, "find_file", lambda name: None)
     from offline.errors import NotFound
 
-    with pytest.raises(NotFound, match="--no-reader"):
+    with pytest.raises(NotFound, match="pass no_reader"):  # the CLI shows --no-reader
         answer(kb, "How long are adult patient records kept?", collections=["kb"])
     assert answer(kb, "How long are adult patient records kept?", collections=["kb"], reader=False).reader is None
 
 
 def test_models_verify_rehashes_the_reader_files(tmp_path, monkeypatch):
     from offline.errors import ModelIntegrityError
-    from offline.llm import reader
+    from offline.models import readers as reader
     from offline.models import verify_models
 
     rows = {r["name"]: r["status"] for r in verify_models()}

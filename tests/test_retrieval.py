@@ -8,6 +8,7 @@ import pytest
 
 from _docfactory import write_pdf
 from offline.errors import AccessDenied
+from offline.vault import set_setting
 
 TOPICS = {
     "volcano": "Volcanic eruptions eject lava, ash and sulfur dioxide into the atmosphere.",
@@ -202,14 +203,14 @@ def test_search_audit_entry_follows_setting(kb):
     assert unseal_for_auditors(kb, entry.payload["query_sealed"]) == "secret question about bees"
     assert [h["chunk_id"] for h in entry.payload["hits"]] == [h.chunk_id for h in res.hits]
     assert "total_ms" in entry.payload["timings"]
-    kb.set_setting("audit_questions", "full")
+    set_setting(kb, "audit_questions", "full")
     search(kb, "secret question about bees", k=2)
     assert list(iter_entries(kb.db, "action = 'search'"))[-1].payload["query"] == "secret question about bees"
-    kb.set_setting("audit_questions", "none")
+    set_setting(kb, "audit_questions", "none")
     search(kb, "another", k=2)
     p = list(iter_entries(kb.db, "action = 'search'"))[-1].payload
     assert "query" not in p and "query_sealed" not in p
-    kb.set_setting("audit_questions", "sealed")
+    set_setting(kb, "audit_questions", "sealed")
     n = len(list(iter_entries(kb.db, "action = 'search'")))
     search(kb, "x", audit=False)
     assert len(list(iter_entries(kb.db, "action = 'search'"))) == n

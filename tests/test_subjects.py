@@ -13,6 +13,8 @@ import pytest
 
 from test_gdpr import _raw_scan
 
+from offline.vault import set_setting
+
 PID, NAME = "PT-00417", "Maria Gonzalez"
 NOTE = "Phone call 3 March: GONZALEZ, María rang about her metformin dose; advised to keep 500 mg. qjzmaria1"
 # Long enough to span several chunks: her line and his are in different ones.
@@ -31,7 +33,7 @@ def clinic(admin_session, tmp_path):
 
     s = admin_session
     create_collection(s, "clinic")
-    s.set_setting("subject_id_pattern", r"PT-?\d{5}") if _has_pattern_setting() else None
+    set_setting(s, "subject_id_pattern", r"PT-?\d{5}") if _has_pattern_setting() else None
     recs = [TextRecord("letter-1", "letter-1.txt", f"Dear Dr Lee, I saw {NAME} ({PID}) today. qjzmaria0",
                        "phi", (PID,)),
             TextRecord("note-1", "note-1.txt", NOTE),
@@ -136,7 +138,8 @@ def test_erased_data_stays_out(clinic, cli, tmp_path):
 
 def test_backup_from_before_erasure_warns_and_reapplies(clinic, cli, tmp_path, vault_dir):
     from offline.gdpr.erase import erase_subject
-    from offline.gdpr.journal import check_journal, missing_erasures, reapply
+    from offline.gdpr.journal import check_journal, missing_erasures
+    from offline.gdpr.reapply import reapply
     from offline.vault import open_session
     from offline.vault.maintenance import backup_vault
 

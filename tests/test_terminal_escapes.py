@@ -15,6 +15,7 @@ import unicodedata
 import pytest
 
 from offline.textsafe import StreamSanitizer, one_line, terminal_safe
+from offline.vault import set_setting
 
 ESC = "\x1b"
 NASTY_NAME = f"evil{ESC}]0;pwned-title\x07{ESC}[2J\nfake-row.md"
@@ -37,7 +38,7 @@ def assert_clean(text: str) -> None:
 
 @pytest.fixture
 def nasty(admin_session, cli, tmp_path):
-    admin_session.set_setting("audit_questions", "full")  # the question shows in audit tail too
+    set_setting(admin_session, "audit_questions", "full")  # the question shows in audit tail too
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / NASTY_NAME).write_text(NASTY_TEXT)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AccessDenied, UsageError
+from ..errors import AccessDenied, ParameterError, UsageError
 from . import chain
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def select_entries(session: Session, filters: Filters, *, limit: int | None = No
 def tail(session: Session, n: int = 20, **filters: str | None) -> list[dict[str, Any]]:
     """The last ``n`` matching entries, oldest first, as dicts (``audit tail``)."""
     if n < 1 or n > MAX_TAIL:
-        raise UsageError(f"-n must be between 1 and {MAX_TAIL}")
+        raise ParameterError(f"{{n}} must be between 1 and {MAX_TAIL}", "n")
     f = Filters.parse(**filters)
     entries = select_entries(session, f, limit=n, newest_first=True)
     entries.reverse()

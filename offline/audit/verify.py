@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AuditChainBroken
 from . import chain
+from .checkpoint_file import check_checkpoint, load_checkpoint
 
 if TYPE_CHECKING:
-    from ..vault.core import Session
+    from ..vault.session import Session
 
 
 def verify_chain(session: Session) -> chain.VerifyReport:
@@ -23,7 +24,7 @@ def verify_chain(session: Session) -> chain.VerifyReport:
     enrolled, with that key; (6) the protected tables equal the authorization state the chain signs.
     """
     from ..vault import authz, trust
-    from ..vault.core import check_seen
+    from ..vault.session import check_seen
 
     report = chain.verify_entries(chain.iter_entries(session.db), authz.Policy())
     if not trust.same_root(session.root, report.root):
@@ -58,8 +59,6 @@ def verify_log(session: Session, checkpoint: Path | None = None) -> dict[str, An
 
     The outcome is itself audited, failures at ``high`` severity.
     """
-    from .checkpoint import check_checkpoint, load_checkpoint
-
     cp = load_checkpoint(checkpoint) if checkpoint is not None else None
     try:
         report = verify_chain(session)

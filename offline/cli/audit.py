@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .app import App, table
-from .params import Count
+from .params import Count, FsPath
 
 SEVERITIES = ["info", "notice", "warning", "high"]
 FORMATS = ["jsonl", "csv", "cef", "syslog"]
@@ -55,7 +55,7 @@ def _who(entry: dict[str, Any]) -> str:
 
 
 @audit.command("verify")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--checkpoint", type=FsPath(dir_okay=False, path_type=Path),
               help="Also prove the log still extends this checkpoint (catches truncation).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
@@ -83,7 +83,7 @@ def verify(app: App, checkpoint: Path | None, as_json: bool) -> None:
 
 
 @audit.command("checkpoint")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", required=True, type=FsPath(dir_okay=False, path_type=Path),
               help="Where to write the signed checkpoint (keep a copy off this machine).")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -100,7 +100,7 @@ def checkpoint(app: App, out: Path, force: bool, as_json: bool) -> None:
 
 @audit.command("export")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="Output format.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Export file.")
+@click.option("--out", required=True, type=FsPath(dir_okay=False, path_type=Path), help="Export file.")
 @click.option("--since", help="From this time (inclusive): ISO 8601 or an age (7d).")
 @click.option("--until", help="Before this time (exclusive).")
 @click.option("--user", "user_filter", help="Only this user's entries.")

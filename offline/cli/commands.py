@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import main
+from .root import main
 
 # Module name -> attribute holding the click command or group.
 _GROUPS = [

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .app import App
-from .params import TEXT, Count, Number
+from .params import K, TEXT, Count, FsPath, Number
 
 
 @click.group("eval")
@@ -44,11 +44,11 @@ def _qa_text(r: dict[str, Any]) -> str:
 
 
 @eval_group.command("qa")
-@click.option("--squad", "squad", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--squad", "squad", required=True, type=FsPath(exists=True, dir_okay=False, path_type=Path),
               help="SQuAD v1.1 JSON file.")
 @click.option("--limit", type=Count(1), default=100, show_default=True, help="Questions to ask.")
 @click.option("--mode", type=click.Choice(["rag", "base"]), default="rag", show_default=True)
-@click.option("-k", "k", type=Count(1, 100), default=None, help="Passages retrieved (default: ask's default).")
+@click.option("-k", "k", type=K, default=None, help="Passages retrieved (default: ask's default).")
 @click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
 @click.option("--model", type=TEXT, help="Generation model name.")
 @click.option("--no-reader", is_flag=True, help="rag: the plain model instead of its retrieval-trained reader.")
@@ -81,7 +81,7 @@ def _beir_text(r: dict[str, Any]) -> str:
 
 
 @eval_group.command("retrieval")
-@click.option("--beir", "beir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--beir", "beir", required=True, type=FsPath(exists=True, file_okay=False, path_type=Path),
               help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv.")
 @click.option("--limit", type=Count(1), default=None, help="Evaluate at most N queries.")
 @click.option("--rrf-k", type=Number(0, 1e6), default=60.0, show_default=True)

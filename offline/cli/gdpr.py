@@ -12,7 +12,7 @@ import click
 
 from ..textsafe import terminal_safe
 from .app import App, table
-from .params import TEXT
+from .params import TEXT, FsPath
 
 
 @click.group()
@@ -34,7 +34,7 @@ _ALIAS_OPT = click.option("--alias", "aliases", type=TEXT, multiple=True,
 
 @gdpr.command("export")
 @click.option("--subject", type=TEXT, required=True, help="Data-subject id (as registered or given at ingest).")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+@click.option("--out", "out_dir", required=True, type=FsPath(path_type=Path, file_okay=False),
               help="Folder for subject-export.json and subject-export.md (created 0700).")
 @click.option("-c", "--collection", "collections", type=TEXT, multiple=True, help="Only this collection (repeatable).")
 @_NAME_OPT
@@ -94,14 +94,14 @@ def subject_rm(app: App, subject_id: str) -> None:
 
 
 @gdpr.command("reapply-erasures")
-@click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--receipt-dir", type=FsPath(path_type=Path, file_okay=False),
               help="Folder for the receipt file (default: the current folder).")
 @click.pass_obj
 def reapply_cmd(app: App, receipt_dir: Path | None) -> None:
     """Replay erasures made on this machine that this vault (a restored backup) does not hold."""
-    from ..gdpr.journal import reapply
+    from ..gdpr.reapply import reapply
 
-    result = reapply(app.session(), receipt_dir=receipt_dir)
+    result = reapply(app.session(), receipt_dir=app.path(receipt_dir))
     app.emit(result, lambda r: "No erasure to reapply." if not r["reapplied"] else
              f"Reapplied {len(r['reapplied'])} erasure(s): " + ", ".join(r["reapplied"]) + "\n" + _erase_text(r["receipt"]))
 
@@ -154,7 +154,7 @@ def _erase_text(r: dict[str, Any]) -> str:
               help="Only this collection (repeatable; default: every collection you may write).")
 @_NAME_OPT
 @_ALIAS_OPT
-@click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--receipt-dir", type=FsPath(path_type=Path, file_okay=False),
               help="Folder for the receipt file (default: the current folder).")
 @click.option("--dry-run", is_flag=True, help="List what would be erased (counts per collection); erase nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -176,10 +176,10 @@ def erase_cmd(app: App, subject: str, collections: tuple[str, ...], names: tuple
         return
     if not yes and not app.as_json:
         plan = erase_subject(app.session(), subject, dry_run=True, **scope)
-        click.echo(terminal_safe(_plan_text(plan)))
-        click.confirm(f"Erase all of this for subject {subject!r}? This cannot be undone", abort=True)
+        app.echo(terminal_safe(_plan_text(plan)))
+        app.confirm(f"Erase all of this for subject {subject!r}? This cannot be undone", yes)
     try:
-        receipt = erase_subject(app.session(), subject, receipt_dir=receipt_dir, partial=partial, **scope)
+        receipt = erase_subject(app.session(), subject, receipt_dir=app.path(receipt_dir), partial=partial, **scope)
     except ErasureIncomplete as exc:
         app.emit(exc.receipt, _erase_text)  # what was erased, then the one-line error (exit 1)
         raise
@@ -187,7 +187,7 @@ def erase_cmd(app: App, subject: str, collections: tuple[str, ...], names: tuple
 
 
 @gdpr.command("verify-receipt")
-@click.argument("receipt", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("receipt", type=FsPath(path_type=Path, dir_okay=False))
 @click.pass_obj
 def verify_receipt_cmd(app: App, receipt: Path) -> None:
     """Check an erasure receipt file against the audit chain (exit 5 if it does not match)."""
@@ -199,7 +199,7 @@ def verify_receipt_cmd(app: App, receipt: Path) -> None:
 
 
 @gdpr.command("record")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--out", "out_dir", type=FsPath(path_type=Path, file_okay=False),
               help="Write record-of-processing.json and .md into this folder (else print Markdown).")
 @click.pass_obj
 def record_cmd(app: App, out_dir: Path | None) -> None:
@@ -210,9 +210,9 @@ def record_cmd(app: App, out_dir: Path | None) -> None:
     if app.as_json:
         app.emit(result["record"] if not result["files"] else {"files": result["files"], "record": result["record"]})
     elif result["files"]:
-        click.echo(terminal_safe("Record of processing written:\n" + "\n".join(f"  {f}" for f in result["files"])))
+        app.echo(terminal_safe("Record of processing written:\n" + "\n".join(f"  {f}" for f in result["files"])))
     else:
-        click.echo(terminal_safe(result["markdown"]), nl=False)
+        app.echo(terminal_safe(result["markdown"]), nl=False)
 
 
 def _retention_text(p: dict[str, Any]) -> str:
@@ -237,7 +237,7 @@ def _apply_text(r: dict[str, Any]) -> str:
 @click.option("--dry-run", is_flag=True, help="With --apply: list what would be erased, erase nothing.")
 @click.option("-c", "--collection", "collections", multiple=True,
               help="Only this collection (repeatable): its rules, or with --apply what expired in it.")
-@click.option("--receipt-dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--receipt-dir", type=FsPath(path_type=Path, file_okay=False),
               help="Folder for the receipt file (default: the current folder).")
 @click.pass_context
 def retention(ctx: click.Context, apply_: bool, dry_run: bool, collections: tuple[str, ...],
@@ -249,7 +249,7 @@ def retention(ctx: click.Context, apply_: bool, dry_run: bool, collections: tupl
     if apply_:
         from ..gdpr.retention import apply_retention
 
-        app.emit(apply_retention(app.session(), collections=list(collections) or None, receipt_dir=receipt_dir,
+        app.emit(apply_retention(app.session(), collections=list(collections) or None, receipt_dir=app.path(receipt_dir),
                                  dry_run=dry_run), _apply_text)
         return
     if dry_run or receipt_dir:

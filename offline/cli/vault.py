@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from .app import App, table
+from .params import FsPath
 
-_new_pass_file = click.option("--new-passphrase-file", type=click.Path(dir_okay=False),
+_new_pass_file = click.option("--new-passphrase-file", type=FsPath(dir_okay=False),
                               envvar="OFFLINE_NEW_PASSPHRASE_FILE",
                               help="File holding the new passphrase. [env: OFFLINE_NEW_PASSPHRASE_FILE]")
 _allow_weak = click.option("--allow-weak", is_flag=True,
@@ -54,7 +55,7 @@ def vault_check(app: App) -> None:
 
 
 @vault.command("backup")
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=FsPath(path_type=Path))
 @click.pass_obj
 def vault_backup(app: App, dest: Path) -> None:
     """Write a consistent, still-encrypted copy of the vault to DEST (a new folder)."""
@@ -95,7 +96,9 @@ def vault_rekey(app: App) -> None:
 def vault_set(app: App, key: str, value: str) -> None:
     """Change a vault setting (admin): audit_questions sealed|none|full, idle_timeout_s (90s, 15m, 1h),
     break_glass on|off (off removes every emergency key and rotates those collections)."""
-    stored = app.session().set_setting(key, value)
+    from ..vault import set_setting
+
+    stored = set_setting(app.session(), key, value)
     app.emit({key: stored}, lambda d: f"{key} = {stored}")
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, UsageError
+from ..errors import InvalidInput, ParameterError, UsageError
 
 MAX_QA_BYTES = 256 * 1024 * 1024
 
@@ -107,7 +107,7 @@ def load_qa(path: str | Path, limit: int | None = None) -> QASet:
     """The first ``limit`` questions of a SQuAD v1.1 JSON file or a JSONL file of question/answers."""
     p = Path(path)
     if limit is not None and limit < 1:
-        raise UsageError("--limit must be at least 1")
+        raise ParameterError("{limit} must be at least 1", "limit")
     data = _read(p)
     try:
         text = data.decode("utf-8")

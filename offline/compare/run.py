@@ -28,8 +28,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import AccessDenied, OfflineError, UsageError
+from ..errors import AccessDenied, OfflineError, ParameterError, UsageError
 from ..eval import metrics
+from ..limits import check_k
 from . import measure
 from .data import DEFAULT_PROBE, Probe, Question, load_qa
 
@@ -60,7 +61,7 @@ def parse_modes(modes: str | Sequence[str] | None) -> list[str]:
         if m not in out:
             out.append(m)
     if not out:
-        raise UsageError("--modes names no mode")
+        raise ParameterError("{modes} names no mode", "modes")
     return out
 
 
@@ -68,21 +69,21 @@ def prepare_out(out: str | Path) -> Path:
     """Create the output folder (0700 when new) and prove it is writable before the long run starts."""
     p = Path(out)
     if p.exists() and not p.is_dir():
-        raise UsageError(f"--out {p} exists and is not a folder")
+        raise ParameterError("{out} {path} exists and is not a folder", "out", path=p)
     try:
         p.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot write to --out {p}: {exc.__class__.__name__}") from None
+        raise ParameterError("cannot write to {out} {path}: {why}", "out", path=p, why=exc.__class__.__name__) from None
     return p
 
 
 def _clean(text: str) -> str:
     # Score the answer, not the [n] citation markers the RAG prompt asks for.
-    from ..eval.qa import _CITES
+    from ..eval.qa import CITES
 
-    return " ".join(_CITES.sub(" ", text).split())
+    return " ".join(CITES.sub(" ", text).split())
 
 
 def _score(ans: Any, q: Question, retrieving: bool, with_answer: bool) -> dict[str, Any]:
@@ -351,17 +352,16 @@ def run_compare(session: Any, qa: str | Path, collection: str, *, out: str | Pat
     from . import report
 
     k = DEFAULT_K if k is None else k
-    if not 1 <= k <= 100:
-        raise UsageError("-k must be between 1 and 100")
+    check_k(k)
     if not 1 <= max_tokens <= 2048:
-        raise UsageError("--max-tokens must be between 1 and 2048")
+        raise ParameterError("{max_tokens} must be between 1 and 2048", "max_tokens")
     if update_steps < 1:
-        raise UsageError("--update-steps must be at least 1")
+        raise ParameterError("{update_steps} must be at least 1", "update_steps")
     requested = parse_modes(modes)
     skipped = {m: "needs --adapter NAME" for m in requested if m in ADAPTER_MODES and not adapter}
     active = [m for m in MODE_ORDER if m in requested and m not in skipped]
     if not active:
-        raise UsageError("no mode left to run: finetune and hybrid need --adapter NAME")
+        raise ParameterError("no mode left to run: finetune and hybrid need {adapter} NAME", "adapter")
     qaset = load_qa(qa, limit)
     open_collection(session, collection, "read")  # fail closed before any model loads
     adapter_info = show_adapter(session, adapter) if adapter else None

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, UsageError
+from ..errors import InvalidInput, ParameterError
 from . import metrics
 
-_CITES = re.compile(r"\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\]")
+CITES = re.compile(r"\[\s*\d{1,3}(?:\s*[,;]\s*\d{1,3})*\s*\]")
 EVAL_USER = "eval"
 EVAL_COLLECTION = "squad"
 
@@ -108,9 +108,9 @@ def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag",
     from ..vault import create_vault
 
     if mode not in ("rag", "base"):
-        raise UsageError("eval qa --mode must be rag or base")
+        raise ParameterError("{mode} must be rag or base", "mode")
     if limit is not None and limit < 1:
-        raise UsageError("--limit must be at least 1")
+        raise ParameterError("{limit} must be at least 1", "limit")
     items, docs = load_squad(path, limit)
     floor = DEFAULT_MIN_SCORE if min_score is None else min_score
     work = Path(tempfile.mkdtemp(prefix="offline-eval-qa-"))
@@ -123,7 +123,7 @@ def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag",
             for i, item in enumerate(items):
                 ans = answer(session, item.question, collections=[EVAL_COLLECTION] if mode == "rag" else None,
                              k=k, mode=mode, model=model, max_tokens=max_tokens, min_score=floor, reader=reader)
-                pred = " ".join(_CITES.sub(" ", ans.answer).split()) if not ans.refused else ""
+                pred = " ".join(CITES.sub(" ", ans.answer).split()) if not ans.refused else ""
                 hit_texts = [h.text for h in (ans.hits or [])]
                 rows.append({
                     "id": item.qid, "question": item.question, "prediction": pred, "gold": item.answers,

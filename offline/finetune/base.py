@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, NotFound, UsageError
+from ..errors import InvalidInput, NotFound, ParameterError, UsageError
 from .export_gguf import BaseInfo, gguf_reader, read_base_info, shared_readers
 
 # Projections LoRA adapts by default; MLP projections are opt-in (--targets all).
@@ -124,7 +124,7 @@ def pick_device(requested: str | None = None) -> str:
 
     if requested:
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError("--device cuda requested but no CUDA device is available")
+            raise ParameterError("{device} cuda requested but no CUDA device is available", "device")
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
 

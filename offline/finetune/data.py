@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, UsageError
+from ..errors import InvalidInput, ParameterError, UsageError
 
 ROLES = {"system", "user", "assistant"}
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -129,7 +129,7 @@ def load_collection(session: Any, name: str, *, max_chunks: int | None = None) -
 def split(examples: list[Any], eval_split: float, seed: int) -> tuple[list[Any], list[Any]]:
     """Deterministic shuffle, then hold out ``eval_split`` of the items (at least one when > 0)."""
     if not 0 <= eval_split < 1:
-        raise UsageError("--eval-split must be in [0, 1)")
+        raise ParameterError("{eval_split} must be in [0, 1)", "eval_split")
     items = list(examples)
     random.Random(seed).shuffle(items)
     n_eval = 0 if eval_split == 0 or len(items) < 2 else max(1, round(len(items) * eval_split))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config, memfile
-from ..errors import AccessDenied, AlreadyExists, UsageError
+from ..errors import AccessDenied, AlreadyExists, ParameterError, UsageError
 from ..vault import crypto
 from ..vault.core import Session, check_name
 from . import store
@@ -89,11 +89,11 @@ def create_adapter(session: Session, name: str, *, data: str | Path | None = Non
     if session.role == "auditor":
         raise AccessDenied("access denied: auditors cannot create adapters")
     if sum(x is not None for x in (data, from_collection, raft_qa)) != 1:
-        raise UsageError("give exactly one of --data FILE, --from-collection NAME or --raft --qa FILE")
+        raise ParameterError("give exactly one of {data} FILE, {from_collection} NAME or {raft} {qa} FILE", "data", "from_collection", "raft", "qa")
     if (raft_qa is None) != (raft_collection is None):
-        raise UsageError("--raft needs both --qa FILE and -c COLLECTION")
+        raise ParameterError("{raft} needs both {qa} FILE and {collection} COLLECTION", "raft", "qa", "collection")
     if resume and restart:
-        raise UsageError("--resume and --restart exclude each other")
+        raise ParameterError("{resume} and {restart} exclude each other", "resume", "restart")
     if session.db.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone():
         raise AlreadyExists(f"adapter {name!r} already exists")
     ckpt = EncryptedCheckpoints(session, name)
@@ -101,8 +101,8 @@ def create_adapter(session: Session, name: str, *, data: str | Path | None = Non
         ckpt.clear()
         ckpt = EncryptedCheckpoints(session, name)
     if ckpt.exists() and not resume:
-        raise UsageError(f"an interrupted run of {name!r} left a checkpoint; "
-                         "add --resume to continue it or --restart to discard it")
+        raise UsageError.naming("an interrupted run of {name} left a checkpoint; add {resume} to continue it or "
+                                "{restart} to discard it", "resume", "restart", name=repr(name))
     if resume and not ckpt.exists():
         raise UsageError(f"no checkpoint to resume for {name!r}")
     # Validate data before the (slow) model load: bad input fails fast with nothing written.

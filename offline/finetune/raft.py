@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, UsageError
+from ..errors import InvalidInput, ParameterError
 from ..llm import prompts
 from ..rag.lexical import content_words
 from .data import Dataset, Example
@@ -129,7 +129,7 @@ def collection_examples(session: Any, qa_file: str | Path, collection: str, *, k
     from ..retrieval import search
 
     if k < 1 or k > 20:
-        raise UsageError("--k must be between 1 and 20")
+        raise ParameterError("{k} must be between 1 and 20", "k")
     rng = random.Random(seed)
     pairs = load_qa_pairs(qa_file)
     examples, used, skipped = [], {}, 0

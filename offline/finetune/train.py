@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import OfflineError, UsageError
+from ..errors import OfflineError, ParameterError, UsageError
 from .data import IGNORE
 
 Encoded = list[tuple[list[int], list[int]]]
@@ -59,21 +59,21 @@ class TrainConfig:
         # nan slips through every comparison below and inf through most: refuse both first.
         for name in ("alpha", "lr", "eval_split", "dropout"):
             if not math.isfinite(float(getattr(self, name))):
-                raise UsageError(f"--{name.replace('_', '-')} must be a finite number")
+                raise ParameterError(f"{{{name}}} must be a finite number", name)
         if self.rank < 1 or self.rank > 1024:
-            raise UsageError("--rank must be between 1 and 1024")
+            raise ParameterError("{rank} must be between 1 and 1024", "rank")
         if self.alpha <= 0:
-            raise UsageError("--alpha must be positive")
+            raise ParameterError("{alpha} must be positive", "alpha")
         if self.epochs < 1:
-            raise UsageError("--epochs must be at least 1")
+            raise ParameterError("{epochs} must be at least 1", "epochs")
         if not 0 < self.lr < 1:
-            raise UsageError("--lr must be in (0, 1)")
+            raise ParameterError("{lr} must be in (0, 1)", "lr")
         if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError("--max-steps must be at least 1")
+            raise ParameterError("{max_steps} must be at least 1", "max_steps")
         if self.batch_size < 1 or self.max_len < 8:
-            raise UsageError("--batch-size must be >= 1 and --max-len >= 8")
+            raise ParameterError("{batch_size} must be >= 1 and {max_len} >= 8", "batch_size", "max_len")
         if not 0 <= self.dropout < 1:
-            raise UsageError("--dropout must be in [0, 1)")
+            raise ParameterError("{dropout} must be in [0, 1)", "dropout")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -298,8 +298,8 @@ def train_lora(peft_model: Any, train: Encoded, evalset: Encoded, cfg: TrainConf
     if resume_blob is not None:
         meta = restore_checkpoint(peft_model, optimizer, resume_blob)
         if meta.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-            raise UsageError("the saved checkpoint was made with other data, base or settings; "
-                             "rerun with the same options, or use --restart to discard it")
+            raise UsageError.naming("the saved checkpoint was made with other data, base or settings; "
+                                    "rerun with the same options, or use {restart} to discard it", "restart")
         start, curve, tokens = meta["step"], meta["loss_curve"], meta["tokens"]
         seconds, eval_before = meta["train_seconds"], meta["eval_loss_before"]
     else:
@@ -330,7 +330,7 @@ def train_lora(peft_model: Any, train: Encoded, evalset: Encoded, cfg: TrainConf
                 loss = loss_sum / max(n, 1)
                 value = float(loss.detach())
                 if not math.isfinite(value):  # before the update, so the checkpoint stays usable
-                    raise OfflineError(f"training diverged at step {step + 1} (loss {value}); lower --lr")
+                    raise OfflineError.naming("training diverged at step {step} (loss {loss}); lower {lr}", "lr", step=step + 1, loss=value)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -349,8 +349,9 @@ def train_lora(peft_model: Any, train: Encoded, evalset: Encoded, cfg: TrainConf
         done = len(curve) and curve[-1][0] or start
         if done > last_saved:
             checkpoint(done)
-        raise TrainingInterrupted(
-            f"interrupted at step {done}/{total}; checkpoint kept: run the same command with --resume") from None
+        raise TrainingInterrupted.naming(
+            "interrupted at step {done}/{total}; checkpoint kept: run the same command with {resume}", "resume",
+            done=done, total=total) from None
     except BaseException:
         done = len(curve) and curve[-1][0] or start
         if done > last_saved:

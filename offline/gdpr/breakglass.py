@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ParameterError
 from ..vault import emergency
 from ..vault.collections import collection_key_for_admin, open_collection, rotate_collection_key
 from ..vault.core import Session
@@ -53,9 +53,9 @@ def open_break_glass(session: Session, collections: list[str] | None, reason: st
     deliberate act on a named collection, never a side effect of searching everything.
     """
     if reason is None or not reason.strip():
-        raise UsageError("break-glass needs a reason: --reason TEXT")
+        raise ParameterError("break-glass needs a reason: {reason} TEXT", "reason")
     if not collections:
-        raise UsageError("break-glass needs the collection to open: -c COLLECTION")
+        raise ParameterError("break-glass needs the collection to open: {collections} COLLECTION", "collections")
     names = list(dict.fromkeys(collections))
     for name in names:
         if _granted(session, name):
@@ -80,7 +80,7 @@ def break_glass_scope(session: Session, enabled: bool, collections: list[str] | 
     """
     if not enabled:
         if reason is not None:
-            raise UsageError("--reason goes with --break-glass")
+            raise ParameterError("{reason} goes with {break_glass}", "reason", "break_glass")
         yield []
         return
     names = list(dict.fromkeys(collections or []))
@@ -89,6 +89,4 @@ def break_glass_scope(session: Session, enabled: bool, collections: list[str] | 
         yield open_break_glass(session, names, reason, code)
     finally:
         for name in emergency:
-            handle = session._collections.pop(name, None)
-            if handle is not None:
-                handle.close()
+            session.drop_handle(name)

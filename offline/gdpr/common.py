@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..vault.core import Session
 
 SUBJECT_MAX = 128
+BACKUP_RETENTION_KEY = "backup_retention_days"  # gdpr_settings key, in days
 
 
 def check_subject(subject: str) -> str:
@@ -145,3 +146,9 @@ def new_file(folder: Path, name: str) -> Path:
     if path.exists() or os.path.islink(path):
         raise UsageError(f"{path} already exists; choose another folder")
     return path
+
+
+def backup_retention_days(session: Session) -> int | None:
+    """How long backups are kept (days, as the signed gdpr_settings hold it), or None if unset."""
+    row = session.policy.row("gdpr_settings", BACKUP_RETENTION_KEY)
+    return int(row["value"]) if row else None

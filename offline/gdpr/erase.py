@@ -31,8 +31,8 @@ from ..vault import db
 from ..vault.collections import CollectionHandle, open_collection
 from ..vault.core import Session, new_id, utc_now
 from .common import (
-    check_subject, new_file, parse_ts, private_output_dir, subject_ref, subject_ref_matches, utc_now_dt,
-    write_private_json, writable_collections,
+    backup_retention_days, check_subject, new_file, parse_ts, private_output_dir, subject_ref, subject_ref_matches,
+    utc_now_dt, write_private_json, writable_collections,
 )
 from .finder import Found
 from .registry import resolve_terms
@@ -43,7 +43,7 @@ RECEIPT_VERSION = 1
 class ErasureIncomplete(OfflineError):
     """The erasure ran but could not cover every collection; ``receipt`` records what it did."""
 
-    def __init__(self, message: str, receipt: dict[str, Any]):
+    def __init__(self, message: str, receipt: dict[str, Any] | None = None):
         super().__init__(message)
         self.receipt = receipt
 
@@ -112,17 +112,20 @@ def erase_subject(session: Session, subject: str, *, names: tuple[str, ...] = ()
     if not plan and not coverage["complete"] and not partial:
         session.audit("access.denied", severity="warning", what="gdpr.erase", subject_ref=subject_ref(session, subject),
                       reason="no writable collection", coverage=coverage)
-        raise AccessDenied(f"access denied: you may write none of the {coverage['collections_in_vault']} "
-                           "collection(s) of this vault, so nothing was erased; ask an admin for write "
-                           "access (or pass --partial to record an empty receipt)")
+        raise AccessDenied.naming("access denied: you may write none of the {n} collection(s) of this vault, so "
+                                  "nothing was erased; ask an admin for write access (or pass {partial} to record "
+                                  "an empty receipt)", "partial", n=coverage["collections_in_vault"])
     receipt = erase_documents(session, plan, kind="subject",
                               reason="erasure request of the data subject (GDPR Art. 17)", subject=subject,
                               receipt_dir=receipt_dir, considered=None if collections else [h.name for h, _ in plan],
                               coverage=coverage, journal_terms=terms)
     if not coverage["complete"] and not partial:
-        raise ErasureIncomplete(
-            f"erasure incomplete: {describe_gaps(coverage)}; receipt {receipt['receipt_id']} records what was "
-            "erased. Ask an admin to cover the rest, or pass --partial to accept a partial erasure", receipt)
+        exc = ErasureIncomplete.naming(
+            "erasure incomplete: {gaps}; receipt {receipt_id} records what was erased. Ask an admin to cover the "
+            "rest, or pass {partial} to accept a partial erasure", "partial", gaps=describe_gaps(coverage),
+            receipt_id=receipt["receipt_id"])
+        exc.receipt = receipt
+        raise exc
     return receipt
 
 
@@ -198,8 +201,6 @@ def scrub_collection(conn: Any) -> dict[str, Any]:
 
 def backups_holding_data(session: Session, before: _dt.datetime) -> list[dict[str, Any]]:
     """Backups made before ``before`` that have not yet expired (from ``vault.backup`` entries)."""
-    from .retention import backup_retention_days
-
     days = backup_retention_days(session)
     out = []
     for e in chain.iter_entries(session.db, "action = ?", ("vault.backup",)):

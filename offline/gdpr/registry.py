@@ -131,7 +131,7 @@ def add_subject(session: Session, subject: str, *, name: str | None = None, alia
     ref = _ref(key, subject)
     exists = session.db.execute("SELECT 1 FROM subject_registry WHERE ref = ?", (ref,)).fetchone() is not None
     if exists and not replace:
-        raise AlreadyExists(f"subject {subject!r} is already registered (use --replace to update it)")
+        raise AlreadyExists.naming("subject {subject} is already registered (use {replace} to update it)", "replace", subject=repr(subject))
     sealed = crypto.b64e(crypto.seal(key, json.dumps(asdict(entry), sort_keys=True).encode(),
                                      _aad(session.vault_id, ref)))
     from ..vault import db

@@ -16,12 +16,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import AccessDenied, NotFound, UsageError
+from ..errors import AccessDenied, NotFound, ParameterError, UsageError
+from ..vault.collections import open_collection
 from ..vault.core import Session, check_name, utc_now
-from .common import parse_ts, utc_now_dt, writable_collections
+from .common import BACKUP_RETENTION_KEY, backup_retention_days, parse_ts, utc_now_dt, writable_collections
+from .erase import erase_documents
 
 MAX_DAYS = 365 * 100
-BACKUP_RETENTION_KEY = "backup_retention_days"
 _PERIOD = re.compile(r"^\s*(\d{1,6})\s*([dwmy]?)\s*$", re.IGNORECASE)
 # Months and years are stored as days, rounded up (8y -> 2922 days): a legal minimum such as
 # "keep records 8 years" is never cut short by a leap year.
@@ -53,7 +54,7 @@ def set_retention(session: Session, *, collection: str | None = None, label: str
     """Set (or with ``days=None`` clear) the retention of a collection or of a label (admin)."""
     session.require_role("admin", action="setting retention")
     if (collection is None) == (label is None):
-        raise UsageError("give exactly one of --collection or --label")
+        raise ParameterError("give exactly one of {collection} or {label}", "collection", "label")
     days = _check_days(days)
     target = {"collection": collection} if collection is not None else {"label": label}
     if label is not None:
@@ -82,11 +83,6 @@ def set_backup_retention(session: Session, days: int | None) -> dict[str, Any]:
             session.db.execute("INSERT OR REPLACE INTO gdpr_settings(key, value) VALUES (?, ?)",
                                (BACKUP_RETENTION_KEY, str(days)))
     return {"backups": True, "days": days}
-
-
-def backup_retention_days(session: Session) -> int | None:
-    row = session.policy.row("gdpr_settings", BACKUP_RETENTION_KEY)
-    return int(row["value"]) if row else None
 
 
 def retention_policy(session: Session, collections: list[str] | None = None) -> dict[str, Any]:
@@ -164,9 +160,6 @@ def apply_retention(session: Session, *, collections: list[str] | None = None, r
     ``dry_run`` lists what would go without touching anything. Needs a write grant per collection
     (a label-limited grant covers only its labels); admins are told which collections were skipped.
     """
-    from ..vault.collections import open_collection
-    from .erase import erase_documents
-
     session.require_role("admin", "member", action="applying retention")  # auditors never modify documents
     now = now or utc_now_dt()
     policy = retention_policy(session)

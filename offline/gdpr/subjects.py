@@ -56,7 +56,7 @@ def _row_date(value: str | None, date_field: str | None) -> dict[str, Any]:
 
 
 def _json_text(obj: Any) -> str:
-    from ..ingest.loaders import _json_text as flatten
+    from ..ingest.loaders import json_text as flatten
 
     return flatten(obj)
 

@@ -27,7 +27,7 @@ _TOKEN = re.compile(r"[^\W_]+")
 # Longest term the journal checks at ingest: ids, names and aliases rarely run past 4 tokens.
 MAX_TERM_TOKENS = 4
 # Name particles kept when a name is split into first/last (never matched alone).
-_HONORIFICS = frozenset({"mr", "mrs", "ms", "miss", "dr", "prof", "mx", "sir", "dame"})
+HONORIFICS = frozenset({"mr", "mrs", "ms", "miss", "dr", "prof", "mx", "sir", "dame"})
 
 
 def fold(text: str) -> str:
@@ -77,7 +77,7 @@ def _id_forms(value: str) -> list[Term]:
 
 
 def _name_forms(value: str) -> list[Term]:
-    toks = [t for t in tokens(value) if t not in _HONORIFICS]
+    toks = [t for t in tokens(value) if t not in HONORIFICS]
     if not toks:
         return []
     forms = [tuple(toks)]

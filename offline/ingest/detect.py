@@ -144,11 +144,11 @@ def _resolve_overlaps(found: list[Finding]) -> list[Finding]:
 
 def value_key(kind: str, value: str) -> str:
     """The normalised form hashed for ``value``: names as words, everything else compacted."""
-    from ..gdpr.terms import _HONORIFICS, tokens
+    from ..gdpr.terms import HONORIFICS, tokens
 
     toks = tokens(value)
     if kind == "PERSON":
-        return " ".join(t for t in toks if t not in _HONORIFICS)
+        return " ".join(t for t in toks if t not in HONORIFICS)
     if kind == "DATE_OF_BIRTH":
         return "dob:" + _iso_date(value)
     if kind == "PHONE_NUMBER":

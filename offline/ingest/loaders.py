@@ -376,7 +376,8 @@ def _flatten(obj: Any, prefix: str, out: list[str]) -> None:
         out.append(f"{prefix}: {obj}" if prefix else str(obj))
 
 
-def _json_text(obj: Any) -> str:
+def json_text(obj: Any) -> str:
+    """A JSON value as indexable text: one ``path: value`` line per scalar."""
     out: list[str] = []
     _flatten(obj, "", out)
     return "\n".join(out)
@@ -411,7 +412,7 @@ def _parse_json(text: str, where: str = "") -> Any:
 
 
 def _json(text: str) -> list[Segment]:
-    return [Segment(_json_text(_parse_json(text)))]
+    return [Segment(json_text(_parse_json(text)))]
 
 
 def _jsonl(text: str) -> list[Segment]:
@@ -420,5 +421,5 @@ def _jsonl(text: str) -> list[Segment]:
         if not line.strip():
             continue
         obj = _parse_json(line, f" on line {n}")
-        segments.append(Segment(_json_text(obj), section=f"line {n}"))
+        segments.append(Segment(json_text(obj), section=f"line {n}"))
     return segments

@@ -316,9 +316,10 @@ def _plan(session: Any, handle: CollectionHandle, sources: Iterable[Source],
                            f"{len(hidden)} document(s) already stored from these sources (first: {hidden[0][1]})")
     if conflicts:
         key, old, new = conflicts[0]
-        raise UsageError(f"{len(conflicts)} document(s) already stored with another label (first: {key}: "
-                         f"{old!r} -> {new!r}); nothing was ingested: add --relabel to move them, or leave out "
-                         "--label to keep their labels")
+        raise UsageError.naming("{n} document(s) already stored with another label (first: {key}: {old} -> {new}); "
+                                "nothing was ingested: add {relabel} to move them, or leave out {label} to keep "
+                                "their labels", "relabel", "label", n=len(conflicts), key=key, old=repr(old),
+                                new=repr(new))
     return plan, repeated
 
 

@@ -10,6 +10,7 @@ from ..errors import ModelIntegrityError, NotFound, UsageError
 from .hashing import model_hash, model_size
 from .info import ROLES, ModelInfo
 from .manifest import load_manifest
+from .readers import verify_files
 from .registry import load_registry, record_info
 
 
@@ -99,9 +100,7 @@ def verify_models(names: list[str] | None = None) -> list[dict[str, Any]]:
             "ok" if model_hash(m.path, fresh=True) == m.sha256 else "mismatch")
         rows.append({"name": m.name, "role": m.role, "path": str(m.path), "sha256": m.sha256, "status": status})
         (bad if status == "mismatch" else missing if status == "missing" else []).append(m.name)
-    if not names:  # the retrieval-trained readers pinned beside the models (offline.llm.reader)
-        from ..llm.reader import verify_files
-
+    if not names:  # the retrieval-trained readers pinned beside the models (offline.models.readers)
         for r in verify_files():
             rows.append(r)
             (bad if r["status"] == "mismatch" else missing if r["status"] == "missing" else []).append(r["name"])

@@ -147,7 +147,7 @@ def import_model(path: str | os.PathLike[str], name: str | None = None, role: st
     local = f"{IMPORTED_DIR}/{name}{'.gguf' if kind == 'gguf' else ''}"
     target = d / local
     if target.exists():
-        raise AlreadyExists(f"{target} already exists; remove it or choose another --name")
+        raise AlreadyExists.naming("{target} already exists; remove it or choose another {name}", "name", target=target)
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         _copy(src, tmp)

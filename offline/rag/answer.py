@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ParameterError, UsageError
+from ..limits import check_k
 from ..textsafe import check_number, check_text
 from ..llm import prompts
 from ..llm.prompts import SourceBlock
@@ -218,8 +219,8 @@ def _engine_for(session: Any, model: str | None, adapter: str | None, n_ctx: int
     gm = resolve_generate_model(model or info.get("base_model") or None)
     base = info.get("base_sha256")
     if base and base != gm.sha256:
-        raise UsageError(f"adapter {adapter!r} was trained on a different base model "
-                         f"(sha256 {base[:12]}...); pass --model with that base")
+        raise UsageError.naming("adapter {name} was trained on a different base model (sha256 {base}...); pass "
+                                "{model} with that base", "model", name=repr(adapter), base=base[:12])
     engine = eng.cached(gm.path, n_ctx=n_ctx, adapter_sha256=info["sha256"])
     if engine is None:
         with open_adapter(session, adapter) as (path, opened):
@@ -246,15 +247,14 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r} (modes: {', '.join(MODES)})")
     if mode in ("finetune", "hybrid") and not adapter:
-        raise UsageError(f"--mode {mode} needs --adapter NAME")
+        raise ParameterError("{mode} {value} needs {adapter} NAME", "mode", "adapter", value=mode)
     if mode in ("rag", "base") and adapter:
-        raise UsageError("--adapter is used only with --mode finetune or hybrid")
-    if k < 1 or k > 100:
-        raise UsageError("k must be between 1 and 100")
+        raise ParameterError("{adapter} is used only with {mode} finetune or hybrid", "adapter", "mode")
+    check_k(k)
     if max_tokens < 1 or max_tokens > 8192:
-        raise UsageError("--max-tokens must be between 1 and 8192")
-    min_score = check_number(min_score, "--min-score", *MIN_SCORE_RANGE)
-    min_support = check_number(min_support, "--min-support", 0.0, 1.0)
+        raise ParameterError("{max_tokens} must be between 1 and 8192", "max_tokens")
+    min_score = check_number(min_score, "min_score", *MIN_SCORE_RANGE)
+    min_support = check_number(min_support, "min_support", 0.0, 1.0)
 
     t_start = time.perf_counter()
     timings: dict[str, Any] = {}
@@ -321,8 +321,8 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
         if engine.prompt_tokens(messages) + max_tokens > engine.n_ctx:
             raise UsageError(f"the question is too long for the model's {engine.n_ctx}-token window")
     if retrieving and not blocks:
-        raise UsageError(f"no retrieved passage fits the model's {engine.n_ctx}-token window with "
-                         f"--max-tokens {max_tokens}; lower --max-tokens")
+        raise UsageError.naming("no retrieved passage fits the model's {n_ctx}-token window with {max_tokens} "
+                                "{value}; lower {max_tokens}", "max_tokens", n_ctx=engine.n_ctx, value=max_tokens)
     engine.check_prompt(messages)  # fail closed: no control token may come from the content
 
     _audit_retrieval(session, question, mode, searched, retrieved, blocks, gm, adapter_info)
