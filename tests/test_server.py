@@ -40,7 +40,7 @@ def _free_port() -> int:
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLINE_")}
     env.update(OFFLINE_HOME=str(home), OFFLINE_MODELS_DIR=os.environ["OFFLINE_MODELS_DIR"],
-               OFFLINE_KDF_TARGET_S="0", PYTHONPATH=str(REPO))
+               OFFLINE_KDF_TARGET_S="0", OFFLINE_SERVER_BODY_TIMEOUT_S="2", PYTHONPATH=str(REPO))
     return env
 
 
@@ -80,7 +80,7 @@ def server(tmp_path_factory):
     port = _free_port()
     home = base / "server-home"
     proc = subprocess.Popen([sys.executable, "-c", "from offline.cli import main; main()", "--vault", str(vault),
-                             "serve", "--listen", f"127.0.0.1:{port}"], env=_env(home),
+                             "serve", "--listen", f"127.0.0.1:{port}", "--per-user", "2", "--queue", "16"], env=_env(home),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -216,16 +216,106 @@ def test_bad_input_gets_clear_json_errors(server):
     assert server["proc"].poll() is None  # still serving
 
 
-def test_slow_client_does_not_block_others(server):
+def test_slow_client_does_not_block_others_and_is_cut_off(server):
     host, port = server["url"].removeprefix("http://").split(":")
+    tok = server["tokens"]["bob"][0]["token"]
     slow = socket.create_connection((host, int(port)))
     try:
-        slow.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"q")
+        slow.sendall(f"POST /v1/search HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"q".encode())
         t0 = time.perf_counter()
         code, _ = _curl(server, server["url"] + "/healthz")
-        assert code == 200 and time.perf_counter() - t0 < 5
+        assert code == 200 and time.perf_counter() - t0 < 2
+        slow.settimeout(20)
+        reply = b""
+        while b"}}" not in reply:
+            piece = slow.recv(4096)
+            if not piece:
+                break
+            reply += piece
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and json.loads(body)["error"]["code"] == "timeout"
     finally:
         slow.close()
+
+
+def test_queue_is_bounded_per_user_and_fair(server):
+    """Bob floods (per-user limit 2): some of his requests get 429, every other answer is whole, and
+    Dave is served meanwhile."""
+    import concurrent.futures as cf
+
+    def ask(user: str) -> int:
+        r = httpx.post(server["url"] + "/v1/chat/completions", timeout=120,
+                       headers={"Authorization": f"Bearer {server['tokens'][user][0]['token']}"},
+                       json={"model": "offline-rag", "max_tokens": 24,
+                             "messages": [{"role": "user", "content": "Which river flows through Warsaw?"}]})
+        assert r.status_code in (200, 429), r.text
+        if r.status_code == 429:
+            assert r.json()["error"]["type"] == "rate_limit_error"
+        return r.status_code
+
+    with cf.ThreadPoolExecutor(10) as ex:
+        bob = [ex.submit(ask, "bob") for _ in range(8)]
+        dave = ex.submit(ask, "dave")
+        codes = [f.result() for f in bob]
+        assert dave.result() == 200
+    assert 429 in codes and 200 in codes
+
+
+def test_tls_generated_certificate_and_non_loopback_needs_tls(server, tmp_path, cli):
+    r = cli(["--vault", str(server["vault"]), "serve", "--listen", "0.0.0.0:8765"])
+    assert r.exit_code == 2 and "needs TLS" in r.output
+    r = cli(["--vault", str(server["vault"]), "serve", "--listen", "localhost:8765"])
+    assert r.exit_code == 2 and "IP address" in r.output
+    port = _free_port()
+    home = tmp_path / "tls-home"
+    proc = subprocess.Popen([sys.executable, "-c", "from offline.cli import main; main()", "--vault",
+                             str(server["vault"]), "serve", "--listen", f"127.0.0.1:{port}", "--generate-tls"],
+                            env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any("fingerprint" in x for x in lines):
+            line = proc.stderr.readline()
+            assert line, "server exited: " + "".join(lines)
+            lines.append(line)
+        printed = next(x for x in lines if "fingerprint" in x).rsplit(" ", 1)[1].strip()
+        from offline.server.run import cert_fingerprint
+
+        cert = home / "server-tls" / "server-cert.pem"
+        assert printed == cert_fingerprint(cert) and len(printed) == 95
+        for _ in range(100):
+            try:
+                resp = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=str(cert), timeout=2)
+                break
+            except httpx.ConnectError:
+                time.sleep(0.2)
+        assert resp.status_code == 200
+        c = openai.OpenAI(base_url=f"https://127.0.0.1:{port}/v1", api_key=server["tokens"]["dave"][0]["token"],
+                          http_client=httpx.Client(verify=str(cert)), max_retries=0)
+        assert "offline-rag:beta" in [m.id for m in c.models.list().data]
+        with pytest.raises(httpx.ConnectError):  # a client that does not pin it refuses the certificate
+            httpx.get(f"https://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_llm_cli_through_openai_compatible_config(server, tmp_path):
+    """simonw/llm, configured with extra-openai-models.yaml, talks to the server unchanged."""
+    llm_bin = Path(sys.executable).parent / "llm"
+    if not llm_bin.exists():
+        pytest.skip("llm CLI not installed (pip install llm)")
+    conf = tmp_path / "llm"
+    conf.mkdir()
+    (conf / "extra-openai-models.yaml").write_text(
+        f"- model_id: offline-alpha\n  model_name: offline-rag:alpha\n  api_base: \"{server['url']}/v1\"\n"
+        "  api_key_name: offline\n")
+    (conf / "keys.json").write_text(json.dumps({"offline": server["tokens"]["bob"][0]["token"]}))
+    env = {**os.environ, "LLM_USER_PATH": str(conf)}
+    out = subprocess.run([str(llm_bin), "-m", "offline-alpha", "Which river flows through Warsaw?", "-o",
+                          "max_tokens", "32"], capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() and CANARY_DAVE not in out.stdout
 
 
 def test_revoked_token_stops_at_once_and_audit_holds_everything(server):

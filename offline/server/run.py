@@ -106,7 +106,7 @@ def serve(vault_dir: Path, plan: dict[str, Any], *, idle_s: float = 300.0, queue
     cfg = uvicorn.Config(app, host=plan["host"], port=plan["port"], log_level="warning", access_log=False,
                          ssl_certfile=plan["tls_cert"], ssl_keyfile=plan["tls_key"],
                          timeout_keep_alive=5, limit_concurrency=256, h11_max_incomplete_event_size=64 * 1024,
-                         lifespan="off", server_header=False)
+                         lifespan="off", server_header=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(cfg)
     if ready is not None:
         ready(plan)
