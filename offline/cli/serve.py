@@ -23,9 +23,11 @@ from .vault import users
               help="Requests waiting or running at once; more get 429.")
 @click.option("--per-user", type=click.IntRange(1, 1000), default=8, show_default=True,
               help="Requests one user may have waiting or running; more get 429.")
+@click.option("--generate-backend", type=TEXT, metavar="URL",
+              help="OpenAI-compatible engine for generation (http://IP:PORT); the only address reachable.")
 @click.pass_obj
 def serve(app: App, listen: str, tls_cert: str | None, tls_key: str | None, generate_tls: bool,
-          idle_s: float, queue_size: int, per_user: int) -> None:
+          idle_s: float, queue_size: int, per_user: int, generate_backend: str | None) -> None:
     """Serve the vault to the team over an OpenAI-compatible HTTP API (per-user API tokens)."""
     from ..server.run import prepare, serve as run_server
 
@@ -34,10 +36,13 @@ def serve(app: App, listen: str, tls_cert: str | None, tls_key: str | None, gene
 
     def ready(p: dict) -> None:
         click.echo(f"offline serve: {p['url']} (vault {vault})", err=True)
+        if generate_backend:
+            click.echo(f"generation: {generate_backend} (the only address this process may reach)", err=True)
         if p["fingerprint"]:
             click.echo(f"TLS certificate SHA-256 fingerprint (pin it in clients): {p['fingerprint']}", err=True)
 
-    run_server(vault, plan, idle_s=idle_s, queue_size=queue_size, per_user=per_user, ready=ready)
+    run_server(vault, plan, idle_s=idle_s, queue_size=queue_size, per_user=per_user,
+               generate_backend=generate_backend, ready=ready)
 
 
 @users.group("token")

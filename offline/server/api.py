@@ -30,8 +30,11 @@ def error_body(message: str, kind: str, code: str | None) -> dict[str, Any]:
 
 def classify(exc: BaseException) -> tuple[int, str, str | None]:
     """HTTP status, OpenAI error type and code for a library error (the kit's meaning, HTTP's number)."""
+    from .backend import BackendError
     from .pool import Busy
 
+    if isinstance(exc, BackendError):
+        return 502, "server_error", "backend_error"
     if isinstance(exc, ApiError):
         return exc.status, exc.kind, exc.code
     if isinstance(exc, Busy):

@@ -101,7 +101,9 @@ async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = Tr
 
 async def healthz(request: Request) -> Response:
     """For a service manager: up, and how loaded (no vault access, no token)."""
-    return JSONResponse({"status": "ok", **request.app.state.pool.stats()})
+    backend = request.app.state.backend
+    return JSONResponse({"status": "ok", **request.app.state.pool.stats(),
+                         "generate_backend": backend.url if backend else None})
 
 
 async def models(request: Request) -> Response:
@@ -119,15 +121,16 @@ async def models(request: Request) -> Response:
 
 
 async def chat_completions(request: Request) -> Response:
-    plain = request.app.state.plain_model
+    plain, backend = request.app.state.plain_model, request.app.state.backend
 
     def work(session: Session, doc: dict[str, Any]):
         from ..rag import answer
 
         req = api.chat_request(doc, plain)
         ans = answer(session, req["question"], collections=req["collections"], mode=req["mode"],
-                     max_tokens=req["max_tokens"])
-        return (req, ans), {"model": req["model"], "stream": req["stream"], "refused": ans.refused}
+                     max_tokens=req["max_tokens"], generate=backend)
+        return (req, ans), {"model": req["model"], "stream": req["stream"], "refused": ans.refused,
+                            **({"backend": backend.url} if backend else {})}
 
     out = await _handle(request, "chat.completions", work)
     if isinstance(out, Response):
@@ -184,8 +187,15 @@ async def not_allowed(request: Request, exc: Exception) -> Response:
                         status_code=405)
 
 
-def create_app(vault_dir: Path, *, idle_s: float = 300.0, queue_size: int = 64, per_user: int = 8) -> Starlette:
-    """The server app for ``vault_dir``; it holds no key until a request presents a token."""
+def create_app(vault_dir: Path, *, idle_s: float = 300.0, queue_size: int = 64, per_user: int = 8,
+               generate_backend: str | None = None) -> Starlette:
+    """The server app for ``vault_dir``; it holds no key until a request presents a token.
+
+    ``generate_backend``: an OpenAI-compatible engine's URL for generation (see :mod:`.backend`);
+    without it llama.cpp runs in this process.
+    """
+    from .backend import Backend
+
     from ..models.catalog import resolve_model
 
     app = Starlette(routes=[
@@ -198,4 +208,5 @@ def create_app(vault_dir: Path, *, idle_s: float = 300.0, queue_size: int = 64, 
     app.state.vault_dir = Path(vault_dir)
     app.state.pool = SessionPool(vault_dir, idle_s=idle_s, queue_size=queue_size, per_user=per_user)
     app.state.plain_model = resolve_model(None, "generate", check=False).name
+    app.state.backend = Backend(generate_backend) if generate_backend else None
     return app

@@ -94,7 +94,7 @@ def prepare(vault_dir: Path, listen: str, tls_cert: str | None, tls_key: str | N
 
 
 def serve(vault_dir: Path, plan: dict[str, Any], *, idle_s: float = 300.0, queue_size: int = 64,
-          per_user: int = 8, ready: Any = None) -> None:
+          per_user: int = 8, generate_backend: str | None = None, ready: Any = None) -> None:
     """Run the server until interrupted (uvicorn; HTTP parsing is h11's, never ours)."""
     import uvicorn
 
@@ -102,7 +102,8 @@ def serve(vault_dir: Path, plan: dict[str, Any], *, idle_s: float = 300.0, queue
 
     netguard.install()
     netguard.allow_listen(plan["host"], plan["port"])
-    app = create_app(vault_dir, idle_s=idle_s, queue_size=queue_size, per_user=per_user)
+    app = create_app(vault_dir, idle_s=idle_s, queue_size=queue_size, per_user=per_user,
+                     generate_backend=generate_backend)
     cfg = uvicorn.Config(app, host=plan["host"], port=plan["port"], log_level="warning", access_log=False,
                          ssl_certfile=plan["tls_cert"], ssl_keyfile=plan["tls_key"],
                          timeout_keep_alive=5, limit_concurrency=256, h11_max_incomplete_event_size=64 * 1024,
