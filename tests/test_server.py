@@ -344,5 +344,14 @@ def test_revoked_token_stops_at_once_and_audit_holds_everything(server):
                    for p in failed)
         asks = [e.payload for e in chain.iter_entries(alice.db, "action = 'ask'")]
         assert asks and all(p.get("collections") for p in asks)
+        # A removed user's token (its session cached in the server) stops at once; the others go on.
+        from offline.vault import remove_user
+
+        dave = _client(server, "dave")
+        assert dave.models.list().data
+        remove_user(alice, "dave")
+        with pytest.raises(openai.AuthenticationError):
+            dave.models.list()
+        assert "offline-rag:alpha" in [m.id for m in _client(server, "bob").models.list().data]
     finally:
         alice.close()
