@@ -110,6 +110,12 @@ def allow_peer(host: str, port: int) -> None:
     _allowed_peers.add((_norm(host), int(port)))
 
 
+def clear_allowed() -> None:
+    """Withdraw every exception (tests)."""
+    _allowed_binds.clear()
+    _allowed_peers.clear()
+
+
 def allowed() -> dict[str, list[str]]:
     """The exceptions in force, for ``offline doctor``."""
     return {"listen": sorted(f"{h}:{p}" for h, p in _allowed_binds),

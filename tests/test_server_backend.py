@@ -57,8 +57,7 @@ def test_guard_allows_exactly_the_named_peer_and_listen_address():
             s.close()
         assert netguard.allowed()["peers"] == ["192.0.2.7:8000"]
     finally:
-        netguard._allowed_peers.clear()
-        netguard._allowed_binds.clear()
+        netguard.clear_allowed()
         if not was:
             netguard.uninstall()
 

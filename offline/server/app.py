@@ -68,7 +68,7 @@ def _error(exc: BaseException) -> JSONResponse:
     return JSONResponse(api.error_body(message, kind, code), status_code=status)
 
 
-async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = True) -> Any:
+async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = True, lane: str = "retrieve") -> Any:
     """Authenticate, admit, run ``work(session, doc)`` in a worker thread, audit, answer."""
     pool: SessionPool = request.app.state.pool
     client = _client(request)
@@ -92,7 +92,7 @@ async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = Tr
                                   endpoint=endpoint, status=status, client=client, token_id=token_id,
                                   ms=round((time.perf_counter() - t0) * 1000, 1), **extra)
 
-            return await anyio.to_thread.run_sync(pool.run, token, client, job)
+            return await anyio.to_thread.run_sync(pool.run, token, client, job, lane)
     except Exception as exc:  # every failure is an OpenAI-shaped JSON error; the server keeps serving
         return _error(exc)
 
@@ -132,7 +132,7 @@ async def chat_completions(request: Request) -> Response:
         return (req, ans), {"model": req["model"], "stream": req["stream"], "refused": ans.refused,
                             **({"backend": backend.url} if backend else {})}
 
-    out = await _handle(request, "chat.completions", work)
+    out = await _handle(request, "chat.completions", work, lane="generate")
     if isinstance(out, Response):
         return out
     req, ans = out

@@ -1,7 +1,7 @@
 """Unlocked sessions of the team server, one per presented token, with a bounded fair queue.
 
 A request's token opens its user's keys (:func:`offline.vault.tokens.open_token_session`); the
-session is kept, keyed by the token's sha256, so the next request skips the chain verification,
+session is kept, keyed by the token's sha256 (and lane), so the next request skips the chain verification,
 and is dropped (keys zeroed) after ``idle_s`` without use. Before every use it is refreshed
 (header, chain, protected tables: a removal or revocation signed meanwhile counts at once) and
 the token checked again.
@@ -10,7 +10,8 @@ Admission is decided on the event loop before any work: at most ``queue_size`` r
 run in all, and at most ``per_user`` per user (a flood from one user is answered 429 while the
 others are still served). One user's requests run one at a time on their own session; different
 users run in parallel threads, so retrieval and embeddings proceed while another user's answer is
-generated (the llama.cpp engine serialises generation itself).
+generated (the llama.cpp engine serialises generation itself); within one user, searches and
+embeddings run on a second session beside that user's generation (see :meth:`SessionPool.run`).
 """
 
 from __future__ import annotations
@@ -82,9 +83,14 @@ class SessionPool:
             return {"queued": self._total, "sessions": sum(1 for s in self._slots.values() if s.session)}
 
     # -- work (worker threads) ---------------------------------------------------------------
-    def run(self, token: str, client: str, work: Callable[[Session, str], Any]) -> Any:
-        """``work(session, token_id)`` on the token's session, which is opened or refreshed first."""
-        digest = T.token_digest(token)
+    def run(self, token: str, client: str, work: Callable[[Session, str], Any], lane: str = "generate") -> Any:
+        """``work(session, token_id)`` on the token's session for ``lane``, opened or refreshed first.
+
+        Two lanes per token, each with its own session: ``generate`` (chat completions) and
+        ``retrieve`` (search, embeddings, models), so a user's searches do not queue behind their
+        own answer being generated.
+        """
+        digest = T.token_digest(token) + ":" + lane
         while True:
             with self._guard:
                 slot = self._slots.setdefault(digest, _Slot())
@@ -107,7 +113,7 @@ class SessionPool:
                     raise AuthenticationFailed("API token of a removed user") from None
                 raise
             with self._guard:
-                self._user_of[digest] = slot.session.user
+                self._user_of[T.token_digest(token)] = slot.session.user
             try:
                 return work(slot.session, slot.token_id)
             finally:
