@@ -31,6 +31,7 @@ import json
 import os
 import re
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ TOKEN_RE = re.compile(r"^ofk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 MAX_DAYS = 366
 DURATION_RE = re.compile(r"^([1-9][0-9]{0,5})([mhdw])$")
 UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_head_lock = threading.Lock()
 
 
 def parse_duration(text: str) -> _dt.timedelta:
@@ -231,13 +233,14 @@ def note_head(session: Session) -> None:
     server checks every token against the furthest head it saw for anyone (:func:`check_token`).
     """
     path = _head_path(session.vault_dir, session.vault_id)
-    old = _read_head(path)
-    if old is not None and old[0] >= session.verifier.seq:
-        return
-    with contextlib.suppress(OSError):
-        config.ensure_private_dir(path.parent)
-        config.write_private_file(path, json.dumps({"seq": session.verifier.seq,
-                                                    "hash": session.verifier.prev}).encode())
+    with _head_lock:  # the server's threads: never overwrite a further head with an earlier one
+        old = _read_head(path)
+        if old is not None and old[0] >= session.verifier.seq:
+            return
+        with contextlib.suppress(OSError):
+            config.ensure_private_dir(path.parent)
+            config.write_private_file(path, json.dumps({"seq": session.verifier.seq,
+                                                        "hash": session.verifier.prev}).encode())
 
 
 def _read_head(path: Path) -> tuple[int, str] | None:
