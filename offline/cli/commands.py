@@ -19,6 +19,7 @@ _GROUPS = [
     ("gdpr", "commands"),
     ("finetune", "commands"),
     ("compare", "commands"),
+    ("serve", "commands"),
     # ... one line per group module
 ]
 

@@ -235,8 +235,12 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
            on_token: Callable[[str], None] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
            min_score: float = DEFAULT_MIN_SCORE, n_ctx: int | None = None,
            labels: list[str] | None = None, subjects: list[str] | None = None, reader: bool = True,
-           min_support: float = DEFAULT_MIN_SUPPORT) -> Answer:
+           min_support: float = DEFAULT_MIN_SUPPORT, generate: Callable[..., Any] | None = None) -> Answer:
     """Answer ``question`` for the session's user; stream pieces to ``on_token``; audit once.
+
+    ``generate(messages, max_tokens=, on_token=)`` replaces the local engine's generation (the team
+    server's ``--generate-backend``): it receives only the final, checked prompt; retrieval, the
+    prompt's safety checks, grounding and audit stay here.
 
     Every argument is checked before anything is retrieved or loaded: a bad value is a
     :class:`UsageError`, never a failure after the answer was streamed.
@@ -326,7 +330,7 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
     engine.check_prompt(messages)  # fail closed: no control token may come from the content
 
     _audit_retrieval(session, question, mode, searched, retrieved, blocks, gm, adapter_info)
-    gen = engine.stream_chat(messages, max_tokens=max_tokens, on_token=on_token)
+    gen = (generate or engine.stream_chat)(messages, max_tokens=max_tokens, on_token=on_token)
     timings.update(gen.timings())
     timings["total_s"] = round(time.perf_counter() - t_start, 4)
     draft = gen.text.strip()

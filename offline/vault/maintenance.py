@@ -186,7 +186,8 @@ def finish_pending(session: Session) -> list[str]:
         with session.change("audit.seal_key.share", users=waiting):
             for u in waiting:
                 share_seal_key(session, u, pol.wrap_pub(u))  # type: ignore[arg-type]
-    stale = [u for u in session.header.slots if pol.user(u) is None]
+    stale = sorted({u for u in session.header.slots if pol.user(u) is None}
+                   | {str(t.get("user")) for t in session.header.tokens.values() if pol.user(str(t.get("user"))) is None})
     if stale:
         rotate_vault_db_key(session, reason=f"finishing the removal of {', '.join(sorted(stale))}")
     return stale
@@ -195,7 +196,7 @@ def finish_pending(session: Session) -> list[str]:
 def _switch_vault_key(session: Session) -> str:
     """Under the vault lock: copy vault.db under a new key, then swap ``header.json`` (the commit point).
 
-    The new header keeps only the keyslots of users the signed state enrols, so a removed user's slot
+    The new header keeps only the keyslots (and token slots) of users the signed state enrols, so a removed user's slot
     disappears in the same atomic rename that retires the key it opens.
     """
     vault_dir = session.vault_dir
@@ -213,6 +214,8 @@ def _switch_locked(session: Session, h: hdr.Header, new_vault_key: bytes, new_db
         copy_encrypted(vault_dir / h.db_file, session.vault_key, vault_dir / new_db_file, new_vault_key, "vault")
         new_h = hdr.Header(vault_id=h.vault_id, db_file=new_db_file, created_at=h.created_at,
                            slots={u: dict(s) for u, s in h.slots.items() if session.policy.user(u) is not None},
+                           tokens={t: dict(s) for t, s in h.tokens.items()
+                                   if session.policy.user(str(s.get("user"))) is not None},
                            version=h.version)
         for user, slot in new_h.slots.items():
             # To the key the signed users table holds: header.json is not authenticated, and a

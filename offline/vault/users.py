@@ -107,17 +107,32 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
     try:
         keys, root = open_slot(h, user, secret)
     except AuthenticationFailed:
-        _record_failed_unlock(vault_dir, user)
+        record_failed_unlock(vault_dir, user)
         raise
+    return open_with_keys(vault_dir, h, user, keys, root, accept_restore=accept_restore,
+                          pin_root=lambda v: _pin_root(vault_dir, user, secret, keys, v))
+
+
+def open_with_keys(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, root: dict[str, str] | None, *,
+                   accept_restore: bool = False, pin_root: Callable[[chain.Verifier], dict[str, str]] | None = None,
+                   own_state_only: bool = False) -> Session:
+    """Steps (2)-(7) of :func:`open_session` for keys already unsealed (a passphrase or token slot).
+
+    ``own_state_only`` (the team server): resume only from the client state in this process's home,
+    never from the copy in the vault folder, which the user whose keys these are could forge.
+    """
     try:
         vault_key = crypto.unwrap_with(keys.x25519, h.slots[user]["vault_key"], vault_key_context(h, user))
     except DecryptionError:
         raise VaultCorrupted("header.json: the vault key in this keyslot does not open") from None
     conn = db.connect(vault_dir / h.db_file, vault_key, "vault")
     try:
-        verifier = _verified_chain(vault_dir, h, user, keys, conn, use_anchor=not accept_restore)
+        verifier = _verified_chain(vault_dir, h, user, keys, conn, use_anchor=not accept_restore,
+                                   use_folder=not own_state_only)
         if root is None:  # a keyslot made before roots were pinned: pin this chain's root now
-            root = _pin_root(vault_dir, user, secret, keys, verifier)
+            if pin_root is None:
+                raise VaultCorrupted("header.json: this slot pins no root")
+            root = pin_root(verifier)
         if not trust.same_root(root, verifier.root):
             raise AuditChainBroken(
                 "audit entry 1: the audit log does not start at this vault's pinned root (vault "
@@ -127,7 +142,7 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
                                "once with this version to sign its authorization state")
         row = verifier.policy.user(user)
         if row is None:
-            _record_failed_unlock(vault_dir, user)
+            record_failed_unlock(vault_dir, user)
             raise auth_failed(user)
         if row["x25519_pub"] != keys.x25519_pub.hex() or row["ed25519_pub"] != keys.ed25519_pub.hex():
             raise VaultCorrupted(f"{h.db_file}: user record does not match the keyslot for {user!r}")
@@ -148,16 +163,17 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
         session.audit("vault.restore_accepted", severity="high", head_seq=verifier.seq, previously_seen_seq=seen)
         trust.forget_anchor(vault_dir, user, h.vault_id)
     session.remember()
-    _flush_failed_unlocks(session)
+    flush_failed_unlocks(session)
     maintenance.remove_orphans(session)
     maintenance.finish_pending(session)
     return session
 
 
 def _verified_chain(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, conn: db.Connection, *,
-                    use_anchor: bool = True) -> chain.Verifier:
+                    use_anchor: bool = True, use_folder: bool = True) -> chain.Verifier:
     """Resume from this user's last-seen head (checked still to be in the chain), verify the rest."""
-    state = trust.load_state(vault_dir, user, keys.x25519, h.vault_id, use_anchor=use_anchor)
+    state = trust.load_state(vault_dir, user, keys.x25519, h.vault_id, use_anchor=use_anchor,
+                             use_folder=use_folder)
     if state is None:
         verifier = chain.Verifier(authz.Policy())
     else:
@@ -211,9 +227,13 @@ def _pin_root(vault_dir: Path, user: str, passphrase: str, keys: UserKeys, verif
     return root
 
 
-def _record_failed_unlock(vault_dir: Path, user: str) -> None:
-    """Unlock failures cannot go into the encrypted log yet: park them (no secrets) until next unlock."""
-    line = json.dumps({"ts": utc_now(), "user": user[:64], "pid": os.getpid()}) + "\n"
+def record_failed_unlock(vault_dir: Path, user: str, *, via: str | None = None) -> None:
+    """Unlock failures cannot go into the encrypted log yet: park them (no secrets) until next unlock.
+
+    ``via``: where the attempt came from (the team server's client address).
+    """
+    rec = {"ts": utc_now(), "user": user[:64], "pid": os.getpid(), **({"via": via[:80]} if via else {})}
+    line = json.dumps(rec) + "\n"
     with contextlib.suppress(OSError):
         fd = os.open(vault_dir / FAILED_UNLOCKS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -222,7 +242,8 @@ def _record_failed_unlock(vault_dir: Path, user: str) -> None:
             os.close(fd)
 
 
-def _flush_failed_unlocks(session: Session) -> None:
+def flush_failed_unlocks(session: Session) -> None:
+    """Move the parked unlock failures into the signed audit log (at every open; the server also after requests)."""
     path = session.vault_dir / FAILED_UNLOCKS
     if not path.exists():
         return
@@ -236,8 +257,9 @@ def _flush_failed_unlocks(session: Session) -> None:
                 rec = json.loads(line)
             except ValueError:
                 continue
+            extra = {"via": str(rec["via"])} if rec.get("via") else {}
             session.audit("unlock.failed", severity="warning", attempted_user=str(rec.get("user")),
-                          at=str(rec.get("ts")))
+                          at=str(rec.get("ts")), **extra)
         path.unlink(missing_ok=True)
 
 
