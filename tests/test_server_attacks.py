@@ -9,7 +9,8 @@ Generation goes to a fake OpenAI-compatible backend in this process (``--generat
 records every prompt the server sends, so "another user's canary never reaches the model" is
 checked on the prompt itself, not only on the answer.
 
-Tests of attacks that succeed are ``xfail(strict=True, reason="BROKEN: ...")``.
+Tests of attacks that succeed are ``xfail(strict=True, reason="BROKEN: ...")``; their reasons are the
+findings (a2, a7, a9, a11, a12, a15, b0, b5, b6, b7, b8, b9, c5, c7 at the time of writing).
 """
 
 from __future__ import annotations
