@@ -23,11 +23,11 @@ from .errors import ParameterError, UsageError
 # CSI, OSC (ended by BEL or ST), DCS/SOS/PM/APC strings (ended by ST), then any other ESC + final.
 # An unterminated string sequence is cut at the end of its line: the ESC is gone either way.
 _ESCAPES = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]?"                 # CSI ... final
-    r"|\x9b[0-?]*[ -/]*[@-~]?"                  # 8-bit CSI
-    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"    # OSC ... BEL | ST
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"  # CSI ... final
+    r"|\x9b[0-?]*[ -/]*[@-~]?"  # 8-bit CSI
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"  # OSC ... BEL | ST
     r"|(?:\x1b[PX^_]|[\x90\x98\x9e\x9f])[^\x1b\x9c\n]*(?:\x1b\\|\x9c)?"  # DCS SOS PM APC ... ST
-    r"|\x1b[ -/]*[0-~]?"                        # two-character and charset sequences, or a lone ESC
+    r"|\x1b[ -/]*[0-~]?"  # two-character and charset sequences, or a lone ESC
 )
 # Bidirectional embeddings, overrides and isolates ("Trojan Source"); marks (LRM/RLM) are harmless.
 _BIDI = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))

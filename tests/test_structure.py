@@ -159,7 +159,8 @@ def test_no_private_names_across_modules():
     """No module imports another module's _private name."""
     _, borrows = _scan(_modules())
     assert not borrows, "private names borrowed across modules:\n" + "\n".join(
-        f"    {m}:{line} imports {name} from {src}" for m, line, src, name in borrows)
+        f"    {m}:{line} imports {name} from {src}" for m, line, src, name in borrows
+    )
 
 
 def test_scanner_sees_function_level_imports(tmp_path):

@@ -32,17 +32,37 @@ def create_checkpoint(session: Session, out: Path, *, force: bool = False) -> di
     report = verify_chain(session)  # never vouch for a broken log
     key, pub = signing.audit_signer(session, report)
     statement = {
-        "type": TYPE, "version": 1, "vault_id": session.vault_id, "entries": report.entries,
-        "head_hash": report.head_hash, "hash_version": chain.HASH_VERSION,
+        "type": TYPE,
+        "version": 1,
+        "vault_id": session.vault_id,
+        "entries": report.entries,
+        "head_hash": report.head_hash,
+        "hash_version": chain.HASH_VERSION,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "created_by": session.user, "audit_public_key": pub, "audit_key_fingerprint": signing.fingerprint(pub),
+        "created_by": session.user,
+        "audit_public_key": pub,
+        "audit_key_fingerprint": signing.fingerprint(pub),
     }
     signed = chain.canonical_json(statement)
-    doc = {"format": FORMAT, "statement": statement, "signed_bytes": signed.decode(),
-           "signature": {"alg": "Ed25519", "encoding": "base64",
-                         "value": base64.b64encode(key.sign(signed)).decode()}}
+    doc = {
+        "format": FORMAT,
+        "statement": statement,
+        "signed_bytes": signed.decode(),
+        "signature": {
+            "alg": "Ed25519",
+            "encoding": "base64",
+            "value": base64.b64encode(key.sign(signed)).decode(),
+        },
+    }
     with staged([out]) as (tmp,):
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    session.audit("audit.checkpoint", entries=report.entries, head_hash=report.head_hash, out=str(out.resolve()))
-    return {"out": str(out), "entries": report.entries, "head_hash": report.head_hash,
-            "audit_key_fingerprint": statement["audit_key_fingerprint"], "created": statement["created"]}
+    session.audit(
+        "audit.checkpoint", entries=report.entries, head_hash=report.head_hash, out=str(out.resolve())
+    )
+    return {
+        "out": str(out),
+        "entries": report.entries,
+        "head_hash": report.head_hash,
+        "audit_key_fingerprint": statement["audit_key_fingerprint"],
+        "created": statement["created"],
+    }

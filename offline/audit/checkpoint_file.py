@@ -44,10 +44,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             raise ValueError
         doc = json.loads(raw)
         st = doc["statement"]
-        ok_shape = (doc.get("format") == FORMAT and st.get("type") == TYPE and st.get("version") == 1
-                    and isinstance(st.get("entries"), int) and st["entries"] >= 0
-                    and isinstance(st.get("head_hash"), str) and isinstance(st.get("vault_id"), str)
-                    and isinstance(st.get("audit_public_key"), str))
+        ok_shape = (
+            doc.get("format") == FORMAT
+            and st.get("type") == TYPE
+            and st.get("version") == 1
+            and isinstance(st.get("entries"), int)
+            and st["entries"] >= 0
+            and isinstance(st.get("head_hash"), str)
+            and isinstance(st.get("vault_id"), str)
+            and isinstance(st.get("audit_public_key"), str)
+        )
         if not ok_shape:
             raise ValueError
         sig = base64.b64decode(doc["signature"]["value"], validate=True)
@@ -63,9 +69,13 @@ def check_checkpoint(session: Session, report: chain.VerifyReport, doc: dict[str
     """Prove the verified log still extends the checkpoint, or name where it stops doing so."""
     st = doc["statement"]
     if st["vault_id"] != session.vault_id:
-        raise UsageError(f"this checkpoint is for vault {st['vault_id']}, not this vault ({session.vault_id})")
+        raise UsageError(
+            f"this checkpoint is for vault {st['vault_id']}, not this vault ({session.vault_id})"
+        )
     if st["audit_public_key"] != report.audit_public_key:
-        raise AuditChainBroken("audit entry 1: the log was re-created with another audit key than the checkpoint's", 1)
+        raise AuditChainBroken(
+            "audit entry 1: the log was re-created with another audit key than the checkpoint's", 1
+        )
     n = st["entries"]
     if n == 0:
         return
@@ -73,8 +83,11 @@ def check_checkpoint(session: Session, report: chain.VerifyReport, doc: dict[str
         first = report.entries + 1
         raise AuditChainBroken(
             f"audit entry {first}: missing; the log was truncated (checkpoint has {n} entries, "
-            f"the log only {report.entries})", first)
+            f"the log only {report.entries})",
+            first,
+        )
     row = session.db.execute("SELECT hash FROM audit_log WHERE seq = ?", (n,)).fetchone()
     if row is None or row[0] != st["head_hash"]:
         raise AuditChainBroken(
-            f"audit entry {n}: does not match the checkpoint (the log was rewritten up to here)", n)
+            f"audit entry {n}: does not match the checkpoint (the log was rewritten up to here)", n
+        )

@@ -19,8 +19,14 @@ from .root import Hosted, Streams, main
 __all__ = ["Streams", "run_in_process"]
 
 
-def run_in_process(argv: list[str], session: Any, streams: Streams, *, env: Mapping[str, str] | None = None,
-                   cwd: Path | str = "/") -> int:
+def run_in_process(
+    argv: list[str],
+    session: Any,
+    streams: Streams,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str = "/",
+) -> int:
     """Run ``offline ARGV...`` with ``session`` lent to it; return its exit code.
 
     Output and errors go to ``streams`` exactly as the console script would print them (one

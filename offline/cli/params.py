@@ -39,8 +39,14 @@ class Number(click.ParamType):
 
     name = "number"
 
-    def __init__(self, min: float | None = None, max: float | None = None, *, min_open: bool = False,
-                 max_open: bool = False):
+    def __init__(
+        self,
+        min: float | None = None,
+        max: float | None = None,
+        *,
+        min_open: bool = False,
+        max_open: bool = False,
+    ):
         self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
 
     def _range(self) -> str:

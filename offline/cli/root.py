@@ -111,8 +111,11 @@ class Hosted:
 
     def lend(self, app: App) -> None:
         """Give ``app`` the session, if it is for the vault and user this command names."""
-        if str(app.vault_path.expanduser().resolve()) != str(Path(self.session.vault_dir).expanduser().resolve()) \
-                or app.user_name != self.session.user:
+        if (
+            str(app.vault_path.expanduser().resolve())
+            != str(Path(self.session.vault_dir).expanduser().resolve())
+            or app.user_name != self.session.user
+        ):
             raise UsageError("this agent serves another vault or user")
         app.use_session(self.session)
         app.borrowed = True
@@ -155,17 +158,31 @@ class OfflineGroup(click.Group):
 
 
 @click.group(cls=OfflineGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--vault", type=FsPath(path_type=Path), envvar="OFFLINE_VAULT",
-              help="Vault folder. [env: OFFLINE_VAULT; default: OFFLINE_HOME/vault]")
+@click.option(
+    "--vault",
+    type=FsPath(path_type=Path),
+    envvar="OFFLINE_VAULT",
+    help="Vault folder. [env: OFFLINE_VAULT; default: OFFLINE_HOME/vault]",
+)
 @click.option("--user", envvar="OFFLINE_USER", help="Acting user. [env: OFFLINE_USER; default: login name]")
-@click.option("--passphrase-file", type=FsPath(dir_okay=False), envvar="OFFLINE_PASSPHRASE_FILE",
-              help="File holding the passphrase. [env: OFFLINE_PASSPHRASE_FILE]")
+@click.option(
+    "--passphrase-file",
+    type=FsPath(dir_okay=False),
+    envvar="OFFLINE_PASSPHRASE_FILE",
+    help="File holding the passphrase. [env: OFFLINE_PASSPHRASE_FILE]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(__version__, prog_name="offline")
 @click.pass_context
-def main(ctx: click.Context, vault: Path | None, user: str | None, passphrase_file: str | None,
-         as_json: bool, verbose: bool) -> None:
+def main(
+    ctx: click.Context,
+    vault: Path | None,
+    user: str | None,
+    passphrase_file: str | None,
+    as_json: bool,
+    verbose: bool,
+) -> None:
     """Private, air-gapped question answering over your own documents.
 
     Documents live in an encrypted vault; answers come from a local model with citations;
@@ -175,9 +192,18 @@ def main(ctx: click.Context, vault: Path | None, user: str | None, passphrase_fi
     if hosted is None:
         app = App(vault=vault, user=user, passphrase_file=passphrase_file, as_json=as_json, verbose=verbose)
     else:  # run by the agent for a client (run_in_process): the client's streams, env and folder
-        app = App(vault=vault, user=user, passphrase_file=passphrase_file, as_json=as_json, verbose=verbose,
-                  stdin=hosted.streams.stdin, stdout=hosted.streams.stdout, stderr=hosted.streams.stderr,
-                  env=hosted.env, cwd=hosted.cwd)
+        app = App(
+            vault=vault,
+            user=user,
+            passphrase_file=passphrase_file,
+            as_json=as_json,
+            verbose=verbose,
+            stdin=hosted.streams.stdin,
+            stdout=hosted.streams.stdout,
+            stderr=hosted.streams.stderr,
+            env=hosted.env,
+            cwd=hosted.cwd,
+        )
     ctx.obj = app
     ctx.call_on_close(app.close)
     if hosted is not None:

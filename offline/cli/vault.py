@@ -9,11 +9,15 @@ import click
 from .app import App, table
 from .params import FsPath
 
-_new_pass_file = click.option("--new-passphrase-file", type=FsPath(dir_okay=False),
-                              envvar="OFFLINE_NEW_PASSPHRASE_FILE",
-                              help="File holding the new passphrase. [env: OFFLINE_NEW_PASSPHRASE_FILE]")
-_allow_weak = click.option("--allow-weak", is_flag=True,
-                           help="Accept a passphrase zxcvbn rates guessable (test vaults only).")
+_new_pass_file = click.option(
+    "--new-passphrase-file",
+    type=FsPath(dir_okay=False),
+    envvar="OFFLINE_NEW_PASSPHRASE_FILE",
+    help="File holding the new passphrase. [env: OFFLINE_NEW_PASSPHRASE_FILE]",
+)
+_allow_weak = click.option(
+    "--allow-weak", is_flag=True, help="Accept a passphrase zxcvbn rates guessable (test vaults only)."
+)
 
 
 def new_pass_opt(f):  # noqa: ANN001, ANN201 (a decorator)
@@ -31,12 +35,20 @@ def init(app: App, new_passphrase_file: str | None, allow_weak: bool) -> None:
     session = create_vault(app.vault_path, app.user_name, passphrase)
     fingerprint = session.fingerprint
     session.close()
-    app.emit({"vault": str(app.vault_path), "admin": app.user_name, "vault_id": session.vault_id,
-              "vault_fingerprint": fingerprint},
-             lambda d: f"Created vault {d['vault']} (id {d['vault_id']}) with admin {d['admin']}.\n"
-                       f"Vault fingerprint: {d['vault_fingerprint']}\n"
-                       "Record it off this laptop: `audit verify`, `doctor` and every audit export show it, "
-                       "and a reviewer compares them with this one.")
+    app.emit(
+        {
+            "vault": str(app.vault_path),
+            "admin": app.user_name,
+            "vault_id": session.vault_id,
+            "vault_fingerprint": fingerprint,
+        },
+        lambda d: (
+            f"Created vault {d['vault']} (id {d['vault_id']}) with admin {d['admin']}.\n"
+            f"Vault fingerprint: {d['vault_fingerprint']}\n"
+            "Record it off this laptop: `audit verify`, `doctor` and every audit export show it, "
+            "and a reviewer compares them with this one."
+        ),
+    )
 
 
 @click.group()
@@ -62,8 +74,13 @@ def vault_backup(app: App, dest: Path) -> None:
     from ..vault.maintenance import backup_vault
 
     result = backup_vault(app.session(), dest)
-    app.emit(result, lambda r: f"Backup written to {r['dest']} ({r['files']} files). "
-                               f"Restore: copy the folder back and open it with --vault.")
+    app.emit(
+        result,
+        lambda r: (
+            f"Backup written to {r['dest']} ({r['files']} files). "
+            f"Restore: copy the folder back and open it with --vault."
+        ),
+    )
 
 
 @vault.command("accept-restore")
@@ -74,9 +91,13 @@ def vault_accept_restore(app: App) -> None:
 
     session = open_session(app.vault_path, app.user_name, app.passphrase, accept_restore=True)
     app.use_session(session)
-    app.emit({"accepted": True, "head_seq": session.verifier.seq},
-             lambda d: f"Accepted the restored vault at audit entry {d['head_seq']} for {app.user_name}; "
-                       "every other user who used it runs this too.")
+    app.emit(
+        {"accepted": True, "head_seq": session.verifier.seq},
+        lambda d: (
+            f"Accepted the restored vault at audit entry {d['head_seq']} for {app.user_name}; "
+            "every other user who used it runs this too."
+        ),
+    )
 
 
 @vault.command("rekey")
@@ -109,7 +130,9 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "member", "auditor"]), default="member", show_default=True)
+@click.option(
+    "--role", type=click.Choice(["admin", "member", "auditor"]), default="member", show_default=True
+)
 @new_pass_opt
 @click.pass_obj
 def users_add(app: App, name: str, role: str, new_passphrase_file: str | None, allow_weak: bool) -> None:
@@ -117,7 +140,9 @@ def users_add(app: App, name: str, role: str, new_passphrase_file: str | None, a
     from ..vault import add_user
 
     session = app.session()
-    result = add_user(session, name, role, app.new_passphrase(new_passphrase_file, who=name, allow_weak=allow_weak))
+    result = add_user(
+        session, name, role, app.new_passphrase(new_passphrase_file, who=name, allow_weak=allow_weak)
+    )
 
     def text(r: dict) -> str:
         out = f"Added {r['role']} {r['name']}."
@@ -150,8 +175,13 @@ def users_remove(app: App, name: str, yes: bool) -> None:
 
     app.confirm(f"Remove user {name}? Their keyslot and grants go and every key they held is rotated", yes)
     result = remove_user(app.session(), name)
-    app.emit(result, lambda r: f"Removed {r['name']}; rotated the vault key and the keys of "
-                               f"{len(r['rotated_collections'])} collection(s).")
+    app.emit(
+        result,
+        lambda r: (
+            f"Removed {r['name']}; rotated the vault key and the keys of "
+            f"{len(r['rotated_collections'])} collection(s)."
+        ),
+    )
 
 
 @users.command("passwd")
@@ -173,8 +203,13 @@ def collections() -> None:
 
 @collections.command("create")
 @click.argument("name")
-@click.option("--redact", type=click.Choice(["phi", "off"]), default="off", show_default=True,
-              help="phi: replace detected identifiers by stable pseudonyms before indexing (offline.gdpr.redact).")
+@click.option(
+    "--redact",
+    type=click.Choice(["phi", "off"]),
+    default="off",
+    show_default=True,
+    help="phi: replace detected identifiers by stable pseudonyms before indexing (offline.gdpr.redact).",
+)
 @click.pass_obj
 def collections_create(app: App, name: str, redact: str) -> None:
     """Create collection NAME with its own random key (admin)."""
@@ -185,8 +220,13 @@ def collections_create(app: App, name: str, redact: str) -> None:
         from ..gdpr.redact import set_redaction
 
         result["redact"] = set_redaction(app.session(), name, redact)["redact"]
-    app.emit(result, lambda r: f"Created collection {r['name']}" + (" (identifiers redacted to pseudonyms)."
-                                                                   if r.get("redact") else "."))
+    app.emit(
+        result,
+        lambda r: (
+            f"Created collection {r['name']}"
+            + (" (identifiers redacted to pseudonyms)." if r.get("redact") else ".")
+        ),
+    )
 
 
 @collections.command("list")
@@ -196,9 +236,13 @@ def collections_list(app: App) -> None:
     from ..vault.collections import list_collections
 
     rows = list_collections(app.session())
-    app.emit(rows, lambda r: table(
-        [{**x, "labels": ",".join(x["labels"]) if x["labels"] else "*"} for x in r],
-        ["name", "access", "labels", "created_by", "created_at"]))
+    app.emit(
+        rows,
+        lambda r: table(
+            [{**x, "labels": ",".join(x["labels"]) if x["labels"] else "*"} for x in r],
+            ["name", "access", "labels", "created_by", "created_at"],
+        ),
+    )
 
 
 @collections.command("grant")
@@ -206,15 +250,23 @@ def collections_list(app: App) -> None:
 @click.argument("user")
 @click.option("--read", "perm", flag_value="read", default=True, help="Read access (default).")
 @click.option("--write", "perm", flag_value="write", help="Read and write access.")
-@click.option("--label", "labels", multiple=True, help="Limit the grant to documents with this label (repeat).")
+@click.option(
+    "--label", "labels", multiple=True, help="Limit the grant to documents with this label (repeat)."
+)
 @click.pass_obj
 def collections_grant(app: App, collection: str, user: str, perm: str, labels: tuple[str, ...]) -> None:
     """Give USER access to COLLECTION (admin)."""
     from ..vault.collections import grant
 
     result = grant(app.session(), collection, user, perm, list(labels) or None)  # type: ignore[arg-type]
-    app.emit(result, lambda r: f"Granted {r['perm']} on {r['collection']} to {r['user']}"
-                               + (f" (labels: {', '.join(r['labels'])})" if r["labels"] else "") + ".")
+    app.emit(
+        result,
+        lambda r: (
+            f"Granted {r['perm']} on {r['collection']} to {r['user']}"
+            + (f" (labels: {', '.join(r['labels'])})" if r["labels"] else "")
+            + "."
+        ),
+    )
 
 
 @collections.command("revoke")
@@ -251,8 +303,10 @@ def collections_grants(app: App, collection: str | None) -> None:
 def _emit_grants(app: App, collection: str | None) -> None:
     from ..vault.collections import list_grants
 
-    rows = [{**g, "labels": ",".join(g["labels"]) if g["labels"] else "(all)"}
-            for g in list_grants(app.session(), collection)]
+    rows = [
+        {**g, "labels": ",".join(g["labels"]) if g["labels"] else "(all)"}
+        for g in list_grants(app.session(), collection)
+    ]
     app.emit(rows, lambda r: table(r, ["collection", "user", "perm", "labels", "granted_by", "granted_at"]))
 
 

@@ -54,8 +54,9 @@ def chunk_hash(key: bytes, text: str) -> str:
     return term_hash(key, "chunk:" + " ".join(tokens(text)))
 
 
-def entries_for(key: bytes, terms: SubjectTerms | None, doc_shas: Iterable[str],
-                chunk_texts: Iterable[str]) -> list[tuple[str, str]]:
+def entries_for(
+    key: bytes, terms: SubjectTerms | None, doc_shas: Iterable[str], chunk_texts: Iterable[str]
+) -> list[tuple[str, str]]:
     """``[(kind, hash)]`` for one erasure."""
     out = [("term", term_hash(key, t)) for t in (terms_for_journal(terms) if terms else [])]
     out += [("document", doc_hash(key, s)) for s in doc_shas]
@@ -71,8 +72,14 @@ def _home_file(session: Session) -> Path:
     return config.home() / HOME_DIR / f"{session.vault_id}.jsonl"
 
 
-def record(session: Session, receipt_id: str, entries: list[tuple[str, str]], erased_at: str | None = None, *,
-           machine: bool = True) -> None:
+def record(
+    session: Session,
+    receipt_id: str,
+    entries: list[tuple[str, str]],
+    erased_at: str | None = None,
+    *,
+    machine: bool = True,
+) -> None:
     """Store one erasure's entries in the vault and (``machine``) append them to this machine's file.
 
     A replay (:func:`offline.gdpr.reapply.reapply`) is not a new erasure: it stays out of the machine file, or the vault
@@ -80,8 +87,10 @@ def record(session: Session, receipt_id: str, entries: list[tuple[str, str]], er
     """
     at = erased_at or utc_now()
     with db.transaction(session.db):
-        session.db.executemany("INSERT OR IGNORE INTO erasure_journal(receipt_id, kind, hash, erased_at)"
-                               " VALUES (?, ?, ?, ?)", [(receipt_id, k, h, at) for k, h in entries])
+        session.db.executemany(
+            "INSERT OR IGNORE INTO erasure_journal(receipt_id, kind, hash, erased_at) VALUES (?, ?, ?, ?)",
+            [(receipt_id, k, h, at) for k, h in entries],
+        )
     if not entries or not machine:
         return
     path = _home_file(session)
@@ -111,8 +120,13 @@ def missing_erasures(session: Session) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
             if rec["receipt_id"] not in known:
-                out.append({"receipt_id": str(rec["receipt_id"]), "erased_at": str(rec["erased_at"]),
-                            "entries": [(str(k), str(h)) for k, h in rec["entries"]]})
+                out.append(
+                    {
+                        "receipt_id": str(rec["receipt_id"]),
+                        "erased_at": str(rec["erased_at"]),
+                        "entries": [(str(k), str(h)) for k, h in rec["entries"]],
+                    }
+                )
         except (ValueError, KeyError, TypeError):
             continue  # a torn last line from a crash: the vault's own rows still hold that erasure
     return out
@@ -123,9 +137,11 @@ def backup_warning(session: Session) -> str | None:
     missing = missing_erasures(session)
     if not missing:
         return None
-    return (f"Warning: this vault lacks {len(missing)} erasure(s) made on this machine after it was backed up "
-            f"(first {missing[0]['erased_at']}); erased data may be back. "
-            "Run `offline gdpr reapply-erasures`.")
+    return (
+        f"Warning: this vault lacks {len(missing)} erasure(s) made on this machine after it was backed up "
+        f"(first {missing[0]['erased_at']}); erased data may be back. "
+        "Run `offline gdpr reapply-erasures`."
+    )
 
 
 class ErasureGuard:
@@ -149,27 +165,46 @@ class ErasureGuard:
             for text in [*texts, *subjects]:
                 hit = self.index.get(("chunk", chunk_hash(self.key, text)))
                 if hit is None:
-                    hit = next((self.index[("term", h)] for h in
-                                (term_hash(self.key, w) for w in window_terms(text)) if ("term", h) in self.index),
-                               None)
+                    hit = next(
+                        (
+                            self.index[("term", h)]
+                            for h in (term_hash(self.key, w) for w in window_terms(text))
+                            if ("term", h) in self.index
+                        ),
+                        None,
+                    )
                 if hit is not None:
                     why = "it mentions a subject erased before"
                     break
         if hit is None:
             return
         if self.allow_reason is None:
-            raise InvalidInput.naming("refused: {why} (receipt {hit}); pass {allow_erased} {reason} TEXT to ingest it anyway", "allow_erased", "reason", why=why, hit=hit)
+            raise InvalidInput.naming(
+                "refused: {why} (receipt {hit}); pass {allow_erased} {reason} TEXT to ingest it anyway",
+                "allow_erased",
+                "reason",
+                why=why,
+                hit=hit,
+            )
         from .common import subject_ref
 
-        self.session.audit("gdpr.erased.reingest", severity="high", receipt_id=hit, what=why,
-                           document=subject_ref(self.session, name), reason=self.allow_reason)
+        self.session.audit(
+            "gdpr.erased.reingest",
+            severity="high",
+            receipt_id=hit,
+            what=why,
+            document=subject_ref(self.session, name),
+            reason=self.allow_reason,
+        )
         self.allowed.append({"name": name, "receipt_id": hit})
 
 
 def check_allow(allow_erased: bool, reason: str | None) -> str | None:
     """The override reason for :class:`ErasureGuard`, or a usage error for a half-given override."""
     if allow_erased and not (reason and reason.strip()):
-        raise ParameterError("{allow_erased} needs {reason} TEXT (it is recorded in the audit log)", "allow_erased", "reason")
+        raise ParameterError(
+            "{allow_erased} needs {reason} TEXT (it is recorded in the audit log)", "allow_erased", "reason"
+        )
     if reason and not allow_erased:
         raise ParameterError("{reason} goes with {allow_erased}", "reason", "allow_erased")
     return reason.strip() if allow_erased and reason else None
@@ -185,8 +220,12 @@ def check_journal(session: Session) -> list[str]:
         rid = e.payload.get("receipt_id")
         if not want:
             continue
-        rows = [(k, h) for k, h in session.db.execute(
-            "SELECT kind, hash FROM erasure_journal WHERE receipt_id = ?", (rid,))]
+        rows = [
+            (k, h)
+            for k, h in session.db.execute(
+                "SELECT kind, hash FROM erasure_journal WHERE receipt_id = ?", (rid,)
+            )
+        ]
         if digest(rows) != want:
             problems.append(f"receipt {rid}: erasure journal rows changed outside the kit")
     return problems

@@ -15,8 +15,9 @@ from pathlib import Path
 from . import loaders
 
 
-def discover(paths: Iterable[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
-             ) -> tuple[list[Path], list[dict[str, str]], list[dict[str, str]]]:
+def discover(
+    paths: Iterable[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
+) -> tuple[list[Path], list[dict[str, str]], list[dict[str, str]]]:
     """Expand files and folders (recursively) into resolved file paths to ingest.
 
     Returns (files, skipped, failed): files in walk order, each once however it was reached;
@@ -50,13 +51,16 @@ def discover(paths: Iterable[str | os.PathLike[str]], *, exclude: str | os.PathL
         else:
             skipped.append({"path": str(p), "reason": "not a regular file"})
     if fence is not None:
-        skipped += [{"path": str(f), "reason": "inside the vault folder"} for f in files if f.is_relative_to(fence)]
+        skipped += [
+            {"path": str(f), "reason": "inside the vault folder"} for f in files if f.is_relative_to(fence)
+        ]
         files = [f for f in files if not f.is_relative_to(fence)]
     return files, skipped, failed
 
 
-def _walk(root: Path, add: Callable[[Path, str], None], skipped: list[dict[str, str]],
-          failed: list[dict[str, str]]) -> None:
+def _walk(
+    root: Path, add: Callable[[Path, str], None], skipped: list[dict[str, str]], failed: list[dict[str, str]]
+) -> None:
     visited = {root}
     stack = [root]
     while stack:
@@ -79,7 +83,9 @@ def _walk(root: Path, add: Callable[[Path, str], None], skipped: list[dict[str, 
                     skipped.append({"path": str(path), "reason": "broken or looping symlink"})
                     continue
                 if not target.is_relative_to(root):
-                    skipped.append({"path": str(path), "reason": "symlink points outside the ingested folder"})
+                    skipped.append(
+                        {"path": str(path), "reason": "symlink points outside the ingested folder"}
+                    )
                 elif target.is_dir():
                     if target in visited:
                         skipped.append({"path": str(path), "reason": "symlink loop"})

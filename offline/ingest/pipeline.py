@@ -143,11 +143,22 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collection: str, *,
-                 label: str | None = None, subjects: Iterable[str] = (), relabel: bool = False,
-                 max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float | None = DEFAULT_TIMEOUT_S,
-                 chunk_tokens: int | None = None, overlap: int = DEFAULT_OVERLAP, embed_model: str | None = None,
-                 progress: Progress | None = None, allow_erased_reason: str | None = None) -> dict[str, Any]:
+def ingest_paths(
+    session: Any,
+    paths: Iterable[str | os.PathLike[str]],
+    collection: str,
+    *,
+    label: str | None = None,
+    subjects: Iterable[str] = (),
+    relabel: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    chunk_tokens: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    embed_model: str | None = None,
+    progress: Progress | None = None,
+    allow_erased_reason: str | None = None,
+) -> dict[str, Any]:
     """Ingest files and folders into ``collection`` (write grant needed); returns a summary.
 
     ``label`` None keeps the labels of documents already stored (new ones get none); a label
@@ -158,29 +169,71 @@ def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collecti
     files, skipped, failed = discover(paths, exclude=session.vault_dir)
     subject_list = tuple(subjects)
     sources = [Source(key=str(f), name=f.name, label=label, subjects=subject_list, path=f) for f in files]
-    return ingest_sources(session, sources, collection, relabel=relabel, max_bytes=max_bytes, timeout_s=timeout_s,
-                          chunk_tokens=chunk_tokens, overlap=overlap, embed_model=embed_model, progress=progress,
-                          allow_erased_reason=allow_erased_reason, skipped=skipped, failed=failed)
+    return ingest_sources(
+        session,
+        sources,
+        collection,
+        relabel=relabel,
+        max_bytes=max_bytes,
+        timeout_s=timeout_s,
+        chunk_tokens=chunk_tokens,
+        overlap=overlap,
+        embed_model=embed_model,
+        progress=progress,
+        allow_erased_reason=allow_erased_reason,
+        skipped=skipped,
+        failed=failed,
+    )
 
 
-def ingest_records(session: Any, records: Iterable[TextRecord], collection: str, *, relabel: bool = False,
-                   chunk_tokens: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                   embed_model: str | None = None, progress: Progress | None = None,
-                   allow_erased_reason: str | None = None) -> dict[str, Any]:
+def ingest_records(
+    session: Any,
+    records: Iterable[TextRecord],
+    collection: str,
+    *,
+    relabel: bool = False,
+    chunk_tokens: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    embed_model: str | None = None,
+    progress: Progress | None = None,
+    allow_erased_reason: str | None = None,
+) -> dict[str, Any]:
     """Like :func:`ingest_paths` for in-memory texts: the same checks, chunking, embedding and writes."""
-    sources = (Source(key=r.source, name=r.name, label=r.label, subjects=tuple(r.subjects), text=r.text, meta=r.meta)
-               for r in records)
-    return ingest_sources(session, sources, collection, relabel=relabel, chunk_tokens=chunk_tokens, overlap=overlap,
-                          embed_model=embed_model, progress=progress, allow_erased_reason=allow_erased_reason,
-                          audit_extra={"records": True})
+    sources = (
+        Source(key=r.source, name=r.name, label=r.label, subjects=tuple(r.subjects), text=r.text, meta=r.meta)
+        for r in records
+    )
+    return ingest_sources(
+        session,
+        sources,
+        collection,
+        relabel=relabel,
+        chunk_tokens=chunk_tokens,
+        overlap=overlap,
+        embed_model=embed_model,
+        progress=progress,
+        allow_erased_reason=allow_erased_reason,
+        audit_extra={"records": True},
+    )
 
 
-def ingest_sources(session: Any, sources: Iterable[Source], collection: str, *, relabel: bool = False,
-                   max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float | None = DEFAULT_TIMEOUT_S,
-                   chunk_tokens: int | None = None, overlap: int = DEFAULT_OVERLAP, embed_model: str | None = None,
-                   progress: Progress | None = None, allow_erased_reason: str | None = None,
-                   skipped: Iterable[dict[str, str]] = (), failed: Iterable[dict[str, str]] = (),
-                   audit_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def ingest_sources(
+    session: Any,
+    sources: Iterable[Source],
+    collection: str,
+    *,
+    relabel: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    chunk_tokens: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    embed_model: str | None = None,
+    progress: Progress | None = None,
+    allow_erased_reason: str | None = None,
+    skipped: Iterable[dict[str, str]] = (),
+    failed: Iterable[dict[str, str]] = (),
+    audit_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Check, parse, embed and store ``sources`` in ``collection`` (write grant needed).
 
     Raises before writing anything: AccessDenied (audited) when the caller's grant does not cover
@@ -208,9 +261,17 @@ def ingest_sources(session: Any, sources: Iterable[Source], collection: str, *, 
     size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
     if size > embedder.max_tokens - 2:
         raise UsageError(f"chunks of {size} tokens exceed the embedding model's {embedder.max_tokens - 2}")
-    report: dict[str, Any] = {"collection": collection, "added": [], "updated": [], "relabelled": [], "unchanged": [],
-                              "skipped": [*skipped, *repeated], "failed": list(failed), "chunks": 0,
-                              "identifiers": {} if detector.enabled else None}
+    report: dict[str, Any] = {
+        "collection": collection,
+        "added": [],
+        "updated": [],
+        "relabelled": [],
+        "unchanged": [],
+        "skipped": [*skipped, *repeated],
+        "failed": list(failed),
+        "chunks": 0,
+        "identifiers": {} if detector.enabled else None,
+    }
     emit = progress or (lambda *a, **k: None)
     emit("start", files=len(plan))
     started = time.perf_counter()
@@ -246,13 +307,22 @@ def ingest_sources(session: Any, sources: Iterable[Source], collection: str, *, 
     subjects = sorted({s for item in plan for s in item.subjects})
     moved = [{"doc_id": m["doc_id"], "from": m["from"], "to": m["to"]} for m in report["relabelled"]]
     # A relabel changes who may read a document: notice severity, so a reviewer filtering the log finds it.
-    session.audit("ingest", severity="notice" if moved else "info", collection=collection,
-                  labels=sorted({item.label for item in plan}),
-                  subjects_sealed=seal_for_auditors(session, "\n".join(subjects)) if subjects else None,
-                  added=[d["doc_id"] for d in report["added"]], updated=[d["doc_id"] for d in report["updated"]],
-                  relabelled=moved, unchanged=len(report["unchanged"]), skipped=len(report["skipped"]),
-                  failed=len(report["failed"]), chunks=report["chunks"], identifiers=report["identifiers"],
-                  **(audit_extra or {}))
+    session.audit(
+        "ingest",
+        severity="notice" if moved else "info",
+        collection=collection,
+        labels=sorted({item.label for item in plan}),
+        subjects_sealed=seal_for_auditors(session, "\n".join(subjects)) if subjects else None,
+        added=[d["doc_id"] for d in report["added"]],
+        updated=[d["doc_id"] for d in report["updated"]],
+        relabelled=moved,
+        unchanged=len(report["unchanged"]),
+        skipped=len(report["skipped"]),
+        failed=len(report["failed"]),
+        chunks=report["chunks"],
+        identifiers=report["identifiers"],
+        **(audit_extra or {}),
+    )
     report["tainted_adapters"] = _taint_relabelled(session, handle, report["relabelled"])
     return report
 
@@ -267,15 +337,22 @@ def _taint_relabelled(session: Any, handle: CollectionHandle, moved: list[dict[s
     """
     from ..finetune.store import adapters_using_document, mark_tainted
 
-    names = sorted({n for m in moved if m.get("content") != "updated"
-                    for n in adapters_using_document(session, handle.id, m["doc_id"])})
+    names = sorted(
+        {
+            n
+            for m in moved
+            if m.get("content") != "updated"
+            for n in adapters_using_document(session, handle.id, m["doc_id"])
+        }
+    )
     for name in names:
         mark_tainted(session, name, f"a document it was trained on moved to another label in {handle.name}")
     return names
 
 
-def _plan(session: Any, handle: CollectionHandle, sources: Iterable[Source],
-          relabel: bool) -> tuple[list[_Planned], list[dict[str, str]]]:
+def _plan(
+    session: Any, handle: CollectionHandle, sources: Iterable[Source], relabel: bool
+) -> tuple[list[_Planned], list[dict[str, str]]]:
     """Every check that needs no file read, over all sources, before the first write.
 
     Done up front so that a refusal leaves the collection exactly as it was: the caller learns of
@@ -306,20 +383,37 @@ def _plan(session: Any, handle: CollectionHandle, sources: Iterable[Source],
             conflicts.append((src.key, stored, label))
         plan.append(_Planned(src, label, subjects, existing))
     if denied or hidden:
-        session.audit("access.denied", severity="warning", collection=handle.name, reason="label not granted",
-                      labels=sorted(denied), doc_ids=[d for d, _ in hidden])
+        session.audit(
+            "access.denied",
+            severity="warning",
+            collection=handle.name,
+            reason="label not granted",
+            labels=sorted(denied),
+            doc_ids=[d for d, _ in hidden],
+        )
         if denied:
             shown = ", ".join(repr(lb) for lb in sorted(denied))
-            raise AccessDenied(f"access denied: your grant on collection {handle.name!r} does not cover "
-                               f"label{'s' if len(denied) > 1 else ''} {shown}")
-        raise AccessDenied(f"access denied: your grant on collection {handle.name!r} does not cover "
-                           f"{len(hidden)} document(s) already stored from these sources (first: {hidden[0][1]})")
+            raise AccessDenied(
+                f"access denied: your grant on collection {handle.name!r} does not cover "
+                f"label{'s' if len(denied) > 1 else ''} {shown}"
+            )
+        raise AccessDenied(
+            f"access denied: your grant on collection {handle.name!r} does not cover "
+            f"{len(hidden)} document(s) already stored from these sources (first: {hidden[0][1]})"
+        )
     if conflicts:
         key, old, new = conflicts[0]
-        raise UsageError.naming("{n} document(s) already stored with another label (first: {key}: {old} -> {new}); "
-                                "nothing was ingested: add {relabel} to move them, or leave out {label} to keep "
-                                "their labels", "relabel", "label", n=len(conflicts), key=key, old=repr(old),
-                                new=repr(new))
+        raise UsageError.naming(
+            "{n} document(s) already stored with another label (first: {key}: {old} -> {new}); "
+            "nothing was ingested: add {relabel} to move them, or leave out {label} to keep "
+            "their labels",
+            "relabel",
+            "label",
+            n=len(conflicts),
+            key=key,
+            old=repr(old),
+            new=repr(new),
+        )
     return plan, repeated
 
 
@@ -344,8 +438,16 @@ def _read_limited(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
     return data, st
 
 
-def _prepare(item: _Planned, max_bytes: int, embedder: Any, size: int, overlap: int, guard: Any, detector: Any,
-             redactor: Any) -> Prepared | str:
+def _prepare(
+    item: _Planned,
+    max_bytes: int,
+    embedder: Any,
+    size: int,
+    overlap: int,
+    guard: Any,
+    detector: Any,
+    redactor: Any,
+) -> Prepared | str:
     """Prepared chunks for a new or changed document; "unchanged" or "relabel" when the bytes are the same."""
     src, existing = item.source, item.existing
     data, mtime = src.read(max_bytes)
@@ -354,21 +456,44 @@ def _prepare(item: _Planned, max_bytes: int, embedder: Any, size: int, overlap: 
         # Same bytes and subjects: nothing to parse or embed again, and the document keeps its id.
         return "unchanged" if existing[2] == item.label else "relabel"
     loaded = src.parse(data, max_bytes)
-    chunks, pseudonyms, identifiers = _text_stage(loaded.segments, src.name, sha, item.subjects, embedder, size,
-                                                  overlap, guard, detector, redactor)
+    chunks, pseudonyms, identifiers = _text_stage(
+        loaded.segments, src.name, sha, item.subjects, embedder, size, overlap, guard, detector, redactor
+    )
     for c in chunks:
         c.flags |= loaded.flags
-    record = DocRecord(source=src.key, name=src.name, sha256=sha, size=len(data), mtime=mtime,
-                       label=item.label, mime=loaded.mime, subjects=item.subjects,
-                       meta={**loaded.meta, **(src.meta or {}),
-                             **({"flags": sorted(loaded.flags)} if loaded.flags else {}),
-                             **({"redacted": len(pseudonyms)} if redactor.enabled else {})},
-                       identifiers=identifiers, pseudonyms=pseudonyms)
+    record = DocRecord(
+        source=src.key,
+        name=src.name,
+        sha256=sha,
+        size=len(data),
+        mtime=mtime,
+        label=item.label,
+        mime=loaded.mime,
+        subjects=item.subjects,
+        meta={
+            **loaded.meta,
+            **(src.meta or {}),
+            **({"flags": sorted(loaded.flags)} if loaded.flags else {}),
+            **({"redacted": len(pseudonyms)} if redactor.enabled else {}),
+        },
+        identifiers=identifiers,
+        pseudonyms=pseudonyms,
+    )
     return Prepared(item, record, chunks, "updated" if existing else "added")
 
 
-def _text_stage(segments: list[Any], name: str, sha: str, subjects: list[str], embedder: Any, size: int,
-                overlap: int, guard: Any, detector: Any, redactor: Any) -> tuple[list[Chunk], list[Any], list[Any]]:
+def _text_stage(
+    segments: list[Any],
+    name: str,
+    sha: str,
+    subjects: list[str],
+    embedder: Any,
+    size: int,
+    overlap: int,
+    guard: Any,
+    detector: Any,
+    redactor: Any,
+) -> tuple[list[Chunk], list[Any], list[Any]]:
     """Refuse erased data, redact (in a redacting collection), chunk, and find identifiers.
 
     The erasure guard reads the text as it came in (redaction would hide the erased names from
@@ -384,12 +509,19 @@ def _text_stage(segments: list[Any], name: str, sha: str, subjects: list[str], e
         raise InvalidInput("no text to index")
     guard.check(name, sha, [s.text for s in segments] + [c.text for c in chunks], subjects)
     texts = [c.text for c in chunks]
-    identifiers = redactor.identifiers(texts, pseudonyms) if redactor.enabled else detector.chunk_identifiers(texts)
+    identifiers = (
+        redactor.identifiers(texts, pseudonyms) if redactor.enabled else detector.chunk_identifiers(texts)
+    )
     return chunks, pseudonyms, identifiers
 
 
-def _relabel_in_place(handle: CollectionHandle, item: _Planned, report: dict[str, Any], emit: Progress,
-                      fail: Callable[[_Planned, str], None]) -> None:
+def _relabel_in_place(
+    handle: CollectionHandle,
+    item: _Planned,
+    report: dict[str, Any],
+    emit: Progress,
+    fail: Callable[[_Planned, str], None],
+) -> None:
     assert item.existing is not None
     doc_id, old = item.existing[0], item.existing[2]
     try:
@@ -399,40 +531,65 @@ def _relabel_in_place(handle: CollectionHandle, item: _Planned, report: dict[str
     except Exception as exc:  # the transaction rolled back: the document kept its old label everywhere
         fail(item, f"relabel failed: {exc.__class__.__name__}: {exc}"[:200])
     else:
-        report["relabelled"].append({"path": item.source.key, "doc_id": doc_id, "from": old, "to": item.label,
-                                     "content": "unchanged"})
+        report["relabelled"].append(
+            {"path": item.source.key, "doc_id": doc_id, "from": old, "to": item.label, "content": "unchanged"}
+        )
         emit("file", path=item.source.key, status="relabelled")
 
 
-def _embed_and_write(session: Any, handle: CollectionHandle, embedder: Any, group: list[Prepared],
-                     report: dict[str, Any], emit: Progress) -> None:
+def _embed_and_write(
+    session: Any,
+    handle: CollectionHandle,
+    embedder: Any,
+    group: list[Prepared],
+    report: dict[str, Any],
+    emit: Progress,
+) -> None:
     texts = [c.text for p in group for c in p.chunks]
     try:
         vectors = embedder.encode(texts)
     except Exception as exc:
         for p in group:
-            report["failed"].append({"path": p.record.source, "reason": f"embedding failed: {exc.__class__.__name__}"})
+            report["failed"].append(
+                {"path": p.record.source, "reason": f"embedding failed: {exc.__class__.__name__}"}
+            )
             emit("file", path=p.record.source, status="failed")
         return
     at = 0
     for p in group:
         n = len(p.chunks)
         try:
-            doc_id, _ = write_document(handle.conn, handle.name, p.record, p.chunks, vectors[at:at + n],
-                                       model=(embedder.name, embedder.sha256), user=session.user)
+            doc_id, _ = write_document(
+                handle.conn,
+                handle.name,
+                p.record,
+                p.chunks,
+                vectors[at : at + n],
+                model=(embedder.name, embedder.sha256),
+                user=session.user,
+            )
         except OfflineError as exc:
             report["failed"].append({"path": p.record.source, "reason": str(exc)})
             emit("file", path=p.record.source, status="failed")
         except Exception as exc:  # the transaction rolled back: nothing of this document was kept
-            report["failed"].append({"path": p.record.source, "reason": f"write failed: {exc.__class__.__name__}: {exc}"[:200]})
+            report["failed"].append(
+                {"path": p.record.source, "reason": f"write failed: {exc.__class__.__name__}: {exc}"[:200]}
+            )
             emit("file", path=p.record.source, status="failed")
         else:
             report[p.status].append({"path": p.record.source, "doc_id": doc_id, "chunks": n})
             report["chunks"] += n
             old = p.item.existing
             if old is not None and old[2] != p.record.label:
-                report["relabelled"].append({"path": p.record.source, "doc_id": doc_id, "from": old[2],
-                                             "to": p.record.label, "content": "updated"})
+                report["relabelled"].append(
+                    {
+                        "path": p.record.source,
+                        "doc_id": doc_id,
+                        "from": old[2],
+                        "to": p.record.label,
+                        "content": "updated",
+                    }
+                )
             low = (p.record.meta.get("ocr") or {}).get("low_confidence_pages")
             if low:  # a misread name is one an erasure will not find: say which pages to check
                 report.setdefault("ocr_low_confidence", []).append({"path": p.record.source, "pages": low})

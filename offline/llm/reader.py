@@ -34,8 +34,12 @@ class Reader:
     lora_path: Path | None
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.spec.name, "adapter_sha256": self.spec.adapter_sha256,
-                "merged": self.lora_path is None, "model_sha256": self.model.sha256}
+        return {
+            "name": self.spec.name,
+            "adapter_sha256": self.spec.adapter_sha256,
+            "merged": self.lora_path is None,
+            "model_sha256": self.model.sha256,
+        }
 
 
 def reader_for(base: GenModel) -> Reader | None:
@@ -49,10 +53,24 @@ def reader_for(base: GenModel) -> Reader | None:
             return Reader(spec, GenModel(spec.name, merged, spec.merged_sha256), None)
     adapter = checked_file(spec.adapter, spec.adapter_sha256)
     if adapter is None:
-        raise NotFound.naming("the reader {reader} of {base} is missing ({adapter}); run `offline models fetch` or "
-                              "pass {no_reader}", "no_reader", reader=repr(spec.name), base=repr(base.name),
-                              adapter=spec.adapter)
+        raise NotFound.naming(
+            "the reader {reader} of {base} is missing ({adapter}); run `offline models fetch` or "
+            "pass {no_reader}",
+            "no_reader",
+            reader=repr(spec.name),
+            base=repr(base.name),
+            adapter=spec.adapter,
+        )
     return Reader(spec, base, adapter)
 
 
-__all__ = ["Reader", "ReaderSpec", "build_merged", "checked_file", "find_file", "reader_for", "specs", "verify_files"]
+__all__ = [
+    "Reader",
+    "ReaderSpec",
+    "build_merged",
+    "checked_file",
+    "find_file",
+    "reader_for",
+    "specs",
+    "verify_files",
+]

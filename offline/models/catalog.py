@@ -96,14 +96,21 @@ def verify_models(names: list[str] | None = None) -> list[dict[str, Any]]:
         models = [m for m in models if m.name in names]
     rows, bad, missing = [], [], []
     for m in models:
-        status = "missing" if not m.path.exists() else (
-            "ok" if model_hash(m.path, fresh=True) == m.sha256 else "mismatch")
-        rows.append({"name": m.name, "role": m.role, "path": str(m.path), "sha256": m.sha256, "status": status})
+        status = (
+            "missing"
+            if not m.path.exists()
+            else ("ok" if model_hash(m.path, fresh=True) == m.sha256 else "mismatch")
+        )
+        rows.append(
+            {"name": m.name, "role": m.role, "path": str(m.path), "sha256": m.sha256, "status": status}
+        )
         (bad if status == "mismatch" else missing if status == "missing" else []).append(m.name)
     if not names:  # the retrieval-trained readers pinned beside the models (offline.models.readers)
         for r in verify_files():
             rows.append(r)
-            (bad if r["status"] == "mismatch" else missing if r["status"] == "missing" else []).append(r["name"])
+            (bad if r["status"] == "mismatch" else missing if r["status"] == "missing" else []).append(
+                r["name"]
+            )
     if bad:
         raise ModelIntegrityError(
             f"model integrity check failed for {', '.join(bad)}: file contents do not match the recorded sha256"

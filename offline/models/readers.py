@@ -48,7 +48,6 @@ class ReaderSpec:
     licence: str
 
 
-
 def specs(manifest: Path | None = None) -> list[ReaderSpec]:
     """Every ``[[reader]]`` entry of the manifest (none is fine: then no model has a reader)."""
     p = manifest or manifest_path()
@@ -56,10 +55,20 @@ def specs(manifest: Path | None = None) -> list[ReaderSpec]:
         raw = tomllib.loads(p.read_text(encoding="utf-8")).get("reader", [])
     except (OSError, tomllib.TOMLDecodeError):
         return []  # the model manifest's own loader reports a broken manifest
-    return [ReaderSpec(name=r["name"], base=r["base"], base_sha256=r["base_sha256"], adapter=r["adapter"],
-                       adapter_sha256=r["adapter_sha256"], merged=r.get("merged"),
-                       merged_sha256=r.get("merged_sha256"), merge_type=r.get("merge_type"),
-                       licence=r.get("licence", "")) for r in raw]
+    return [
+        ReaderSpec(
+            name=r["name"],
+            base=r["base"],
+            base_sha256=r["base_sha256"],
+            adapter=r["adapter"],
+            adapter_sha256=r["adapter_sha256"],
+            merged=r.get("merged"),
+            merged_sha256=r.get("merged_sha256"),
+            merge_type=r.get("merge_type"),
+            licence=r.get("licence", ""),
+        )
+        for r in raw
+    ]
 
 
 def find_file(name: str) -> Path | None:
@@ -77,8 +86,12 @@ def checked_file(name: str, sha256: str) -> Path | None:
     if p is None:
         return None
     if file_sha256(p) != sha256:
-        raise ModelIntegrityError.naming("reader file {path} does not match its pinned sha256; rebuild it "
-                                         "(`offline models fetch`) or pass {no_reader}", "no_reader", path=p)
+        raise ModelIntegrityError.naming(
+            "reader file {path} does not match its pinned sha256; rebuild it "
+            "(`offline models fetch`) or pass {no_reader}",
+            "no_reader",
+            path=p,
+        )
     return p
 
 
@@ -87,13 +100,25 @@ def verify_files() -> list[dict[str, Any]]:
     mismatch, missing (the adapter: an error) or not built (the merged file: ``models fetch`` makes it)."""
     rows = []
     for spec in specs():
-        for label, name, sha in (("adapter", spec.adapter, spec.adapter_sha256),
-                                 ("merged", spec.merged, spec.merged_sha256)):
+        for label, name, sha in (
+            ("adapter", spec.adapter, spec.adapter_sha256),
+            ("merged", spec.merged, spec.merged_sha256),
+        ):
             if not name or not sha:
                 continue
             p = find_file(name)
-            status = ("missing" if label == "adapter" else "not built") if p is None else (
-                "ok" if file_sha256(p) == sha else "mismatch")
-            rows.append({"name": f"{spec.name} ({label})", "role": "reader", "path": str(p or name),
-                         "sha256": sha, "status": status})
+            status = (
+                ("missing" if label == "adapter" else "not built")
+                if p is None
+                else ("ok" if file_sha256(p) == sha else "mismatch")
+            )
+            rows.append(
+                {
+                    "name": f"{spec.name} ({label})",
+                    "role": "reader",
+                    "path": str(p or name),
+                    "sha256": sha,
+                    "status": status,
+                }
+            )
     return rows

@@ -25,9 +25,9 @@ from typing import Any
 
 from ..errors import ParameterError, UsageError
 from ..limits import check_k
-from ..textsafe import check_number, check_text
 from ..llm import prompts
 from ..llm.prompts import SourceBlock
+from ..textsafe import check_number, check_text
 from . import citations as cit
 from . import grounding
 from .packing import pack
@@ -47,8 +47,10 @@ NO_EVIDENCE = "No relevant passages found in your documents for this question."
 NOT_SAID = "The documents do not say."
 # The answer's number is in the cited sentence, but that sentence gives it for something else than
 # what was asked (grounding.conflicting_values): a right passage read wrongly.
-CONFLICT = ("Not answered: the model took a value the source gives for something else. "
-            "The source sentence is quoted below.")
+CONFLICT = (
+    "Not answered: the model took a value the source gives for something else. "
+    "The source sentence is quoted below."
+)
 NOT_SUPPORTED = "The retrieved passages do not support an answer to this question."
 DEFAULT_MIN_SUPPORT = grounding.DEFAULT_MIN_SUPPORT
 CLOSEST = 3  # passages shown with a refusal
@@ -105,8 +107,18 @@ class Answer:
         """The closing ``Sources:`` block (empty when no sources were used)."""
         if not self.sources:
             return ""
-        blocks = [SourceBlock(n=s["n"], chunk_id=s["chunk_id"], doc_name=s["doc_name"], page=s["page"],
-                              section=s["section"], text="", flags=s["flags"]) for s in self.sources]
+        blocks = [
+            SourceBlock(
+                n=s["n"],
+                chunk_id=s["chunk_id"],
+                doc_name=s["doc_name"],
+                page=s["page"],
+                section=s["section"],
+                text="",
+                flags=s["flags"],
+            )
+            for s in self.sources
+        ]
         return cit.source_list(blocks, set(self.valid_citations))
 
 
@@ -133,10 +145,26 @@ def candidate_blocks(hits: Sequence[Any]) -> list[SourceBlock]:
     blocks = []
     for h in hits:
         raw = h.text or ""
-        flags = list(dict.fromkeys([*_as_list(getattr(h, "flags", None)), *prompts.injection_flags(raw),
-                                    *prompts.metadata_flags(h.doc_name or h.source or h.doc_id, h.section)]))
-        blocks.append(SourceBlock(n=0, chunk_id=str(h.chunk_id), doc_name=str(h.doc_name or h.source or h.doc_id),
-                                  page=h.page, section=h.section, text=prompts.neutralise(raw), flags=flags))
+        flags = list(
+            dict.fromkeys(
+                [
+                    *_as_list(getattr(h, "flags", None)),
+                    *prompts.injection_flags(raw),
+                    *prompts.metadata_flags(h.doc_name or h.source or h.doc_id, h.section),
+                ]
+            )
+        )
+        blocks.append(
+            SourceBlock(
+                n=0,
+                chunk_id=str(h.chunk_id),
+                doc_name=str(h.doc_name or h.source or h.doc_id),
+                page=h.page,
+                section=h.section,
+                text=prompts.neutralise(raw),
+                flags=flags,
+            )
+        )
     return blocks
 
 
@@ -145,9 +173,15 @@ def closest_passages(hits: Sequence[Any], limit: int = CLOSEST, chars: int = 240
     out = []
     for h in list(hits)[:limit]:
         text = " ".join((h.text or "").split())
-        out.append({"chunk_id": str(h.chunk_id), "doc_name": str(h.doc_name or h.source or h.doc_id),
-                    "page": h.page, "section": h.section,
-                    "text": text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " ..."})
+        out.append(
+            {
+                "chunk_id": str(h.chunk_id),
+                "doc_name": str(h.doc_name or h.source or h.doc_id),
+                "page": h.page,
+                "section": h.section,
+                "text": text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " ...",
+            }
+        )
     return out
 
 
@@ -161,7 +195,13 @@ def _as_list(flags: Any) -> list[str]:
             val = json.loads(flags)
         except ValueError:
             return [f for f in flags.replace(";", ",").split(",") if f.strip()]
-        return [str(f) for f in val] if isinstance(val, list) else [str(k) for k in val] if isinstance(val, dict) else []
+        return (
+            [str(f) for f in val]
+            if isinstance(val, list)
+            else [str(k) for k in val]
+            if isinstance(val, dict)
+            else []
+        )
     if isinstance(flags, dict):
         return [str(k) for k, v in flags.items() if v]
     return [str(f) for f in flags]
@@ -178,18 +218,33 @@ def _audit_question(session: Any, question: str) -> dict[str, Any]:
     return {"question_sealed": seal_for_auditors(session, question)}
 
 
-def _audit_retrieval(session: Any, question: str, mode: str, collections: list[str] | None,
-                     retrieved: list[dict[str, Any]], blocks: list[Any], model: Any, adapter: Any) -> None:
+def _audit_retrieval(
+    session: Any,
+    question: str,
+    mode: str,
+    collections: list[str] | None,
+    retrieved: list[dict[str, Any]],
+    blocks: list[Any],
+    model: Any,
+    adapter: Any,
+) -> None:
     """Committed before the model sees a passage: an answer never reaches anyone unlogged."""
-    session.audit("ask.retrieve", mode=mode, collections=collections, **_audit_question(session, question),
-                  retrieved=[{"chunk_id": r["chunk_id"], "score": r["score"]} for r in retrieved],
-                  used=[b.chunk_id for b in blocks], model_sha256=model.sha256,
-                  adapter_sha256=adapter["sha256"] if adapter else None)
+    session.audit(
+        "ask.retrieve",
+        mode=mode,
+        collections=collections,
+        **_audit_question(session, question),
+        retrieved=[{"chunk_id": r["chunk_id"], "score": r["score"]} for r in retrieved],
+        used=[b.chunk_id for b in blocks],
+        model_sha256=model.sha256,
+        adapter_sha256=adapter["sha256"] if adapter else None,
+    )
 
 
 @contextlib.contextmanager
-def _engine_for(session: Any, model: str | None, adapter: str | None, n_ctx: int | None,
-                use_reader: bool = False) -> Iterator[tuple[Any, Any, dict | None, dict | None]]:
+def _engine_for(
+    session: Any, model: str | None, adapter: str | None, n_ctx: int | None, use_reader: bool = False
+) -> Iterator[tuple[Any, Any, dict | None, dict | None]]:
     """Resolve the model (its reader when ``use_reader`` and the manifest pins one), open the
     adapter (decrypted only while llama.cpp loads it), yield (engine, model, adapter, reader)."""
     from ..llm import engine as eng
@@ -207,8 +262,14 @@ def _engine_for(session: Any, model: str | None, adapter: str | None, n_ctx: int
         elif rd.lora_path is None:  # merged into the base: served like any model, full decode speed
             yield eng.load(rd.model.path, n_ctx=n_ctx), rd.model, None, rd.info()
         else:
-            yield (eng.load(gm.path, n_ctx=n_ctx, lora_path=str(rd.lora_path), adapter_sha256=rd.spec.adapter_sha256),
-                   gm, None, rd.info())
+            yield (
+                eng.load(
+                    gm.path, n_ctx=n_ctx, lora_path=str(rd.lora_path), adapter_sha256=rd.spec.adapter_sha256
+                ),
+                gm,
+                None,
+                rd.info(),
+            )
         return
     from ..finetune.store import check_adapter_use, open_adapter, record_use
 
@@ -219,8 +280,13 @@ def _engine_for(session: Any, model: str | None, adapter: str | None, n_ctx: int
     gm = resolve_generate_model(model or info.get("base_model") or None)
     base = info.get("base_sha256")
     if base and base != gm.sha256:
-        raise UsageError.naming("adapter {name} was trained on a different base model (sha256 {base}...); pass "
-                                "{model} with that base", "model", name=repr(adapter), base=base[:12])
+        raise UsageError.naming(
+            "adapter {name} was trained on a different base model (sha256 {base}...); pass "
+            "{model} with that base",
+            "model",
+            name=repr(adapter),
+            base=base[:12],
+        )
     engine = eng.cached(gm.path, n_ctx=n_ctx, adapter_sha256=info["sha256"])
     if engine is None:
         with open_adapter(session, adapter) as (path, opened):
@@ -230,12 +296,25 @@ def _engine_for(session: Any, model: str | None, adapter: str | None, n_ctx: int
     yield engine, gm, {"name": adapter, "sha256": info["sha256"]}, None
 
 
-def answer(session: Any, question: str, *, collections: list[str] | None = None, k: int = DEFAULT_K,
-           mode: str = "rag", model: str | None = None, adapter: str | None = None,
-           on_token: Callable[[str], None] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
-           min_score: float = DEFAULT_MIN_SCORE, n_ctx: int | None = None,
-           labels: list[str] | None = None, subjects: list[str] | None = None, reader: bool = True,
-           min_support: float = DEFAULT_MIN_SUPPORT, generate: Callable[..., Any] | None = None) -> Answer:
+def answer(
+    session: Any,
+    question: str,
+    *,
+    collections: list[str] | None = None,
+    k: int = DEFAULT_K,
+    mode: str = "rag",
+    model: str | None = None,
+    adapter: str | None = None,
+    on_token: Callable[[str], None] | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    min_score: float = DEFAULT_MIN_SCORE,
+    n_ctx: int | None = None,
+    labels: list[str] | None = None,
+    subjects: list[str] | None = None,
+    reader: bool = True,
+    min_support: float = DEFAULT_MIN_SUPPORT,
+    generate: Callable[..., Any] | None = None,
+) -> Answer:
     """Answer ``question`` for the session's user; stream pieces to ``on_token``; audit once.
 
     ``generate(messages, max_tokens=, on_token=)`` replaces the local engine's generation (the team
@@ -269,18 +348,29 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
         from ..retrieval import search
 
         t0 = time.perf_counter()
-        result = search(session, question, collections=collections, k=k, labels=labels, subjects=subjects,
-                        audit=False)
+        result = search(
+            session, question, collections=collections, k=k, labels=labels, subjects=subjects, audit=False
+        )
         timings["retrieval_s"] = round(time.perf_counter() - t0, 4)
         hits = list(result.hits)
         if searched is None:
             from ..vault.collections import readable_collections
 
             searched = readable_collections(session)
-    retrieved = [{"chunk_id": str(h.chunk_id), "score": round(float(h.score), 6),
-                  "dense_rank": h.dense_rank, "bm25_rank": h.bm25_rank,
-                  **({"dense_score": round(float(h.dense_score), 6)}
-                     if getattr(h, "dense_score", None) is not None else {})} for h in hits]
+    retrieved = [
+        {
+            "chunk_id": str(h.chunk_id),
+            "score": round(float(h.score), 6),
+            "dense_rank": h.dense_rank,
+            "bm25_rank": h.bm25_rank,
+            **(
+                {"dense_score": round(float(h.dense_score), 6)}
+                if getattr(h, "dense_score", None) is not None
+                else {}
+            ),
+        }
+        for h in hits
+    ]
     # Hits the vector leg scored under the floor are noise the fusion dragged in to fill k: they do
     # not go to the model. (BM25-only hits carry no cosine and stay: they matched the words.)
     usable = [h for h in hits if getattr(h, "dense_score", None) is None or h.dense_score >= min_score]
@@ -289,15 +379,32 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
 
     if retrieving and not has_evidence(hits, min_score):
         timings["total_s"] = round(time.perf_counter() - t_start, 4)
-        ans = Answer(question=question, mode=mode, answer=NO_EVIDENCE, refused=True, sources=[], citations=[],
-                     retrieved=retrieved, flagged=flagged, model=None, adapter=None, timings=timings, hits=hits,
-                     refusal_reason="low_relevance", closest=closest_passages(hits))
+        ans = Answer(
+            question=question,
+            mode=mode,
+            answer=NO_EVIDENCE,
+            refused=True,
+            sources=[],
+            citations=[],
+            retrieved=retrieved,
+            flagged=flagged,
+            model=None,
+            adapter=None,
+            timings=timings,
+            hits=hits,
+            refusal_reason="low_relevance",
+            closest=closest_passages(hits),
+        )
         _audit(session, ans, searched, min_score, min_support)
         return ans
 
     t0 = time.perf_counter()
-    with _engine_for(session, model, adapter, n_ctx, reader and mode == "rag") as (engine, gm, adapter_info,
-                                                                                  reader_info):
+    with _engine_for(session, model, adapter, n_ctx, reader and mode == "rag") as (
+        engine,
+        gm,
+        adapter_info,
+        reader_info,
+    ):
         pass
     timings["load_s"] = round(time.perf_counter() - t0, 4)
 
@@ -317,16 +424,27 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
         flagged = list(dict.fromkeys([*flagged, *(b.chunk_id for b in candidates if b.flags)]))
         if engine.prompt_tokens(prompts.rag_messages(safe_q, [])) + max_tokens > engine.n_ctx:
             raise UsageError(f"the question is too long for the model's {engine.n_ctx}-token window")
-        packed = pack(safe_q, candidates, n_ctx=engine.n_ctx, max_tokens=max_tokens,
-                      count=engine.prompt_tokens, count_text=engine.count)
+        packed = pack(
+            safe_q,
+            candidates,
+            n_ctx=engine.n_ctx,
+            max_tokens=max_tokens,
+            count=engine.prompt_tokens,
+            count_text=engine.count,
+        )
         messages, blocks, dropped = packed.messages, packed.blocks, packed.dropped
     else:
         messages = prompts.base_messages(safe_q)
         if engine.prompt_tokens(messages) + max_tokens > engine.n_ctx:
             raise UsageError(f"the question is too long for the model's {engine.n_ctx}-token window")
     if retrieving and not blocks:
-        raise UsageError.naming("no retrieved passage fits the model's {n_ctx}-token window with {max_tokens} "
-                                "{value}; lower {max_tokens}", "max_tokens", n_ctx=engine.n_ctx, value=max_tokens)
+        raise UsageError.naming(
+            "no retrieved passage fits the model's {n_ctx}-token window with {max_tokens} "
+            "{value}; lower {max_tokens}",
+            "max_tokens",
+            n_ctx=engine.n_ctx,
+            value=max_tokens,
+        )
     engine.check_prompt(messages)  # fail closed: no control token may come from the content
 
     _audit_retrieval(session, question, mode, searched, retrieved, blocks, gm, adapter_info)
@@ -335,26 +453,59 @@ def answer(session: Any, question: str, *, collections: list[str] | None = None,
     timings["total_s"] = round(time.perf_counter() - t_start, 4)
     draft = gen.text.strip()
     hit_by_id = {str(h.chunk_id): h for h in hits}
-    sources = [{"n": b.n, "chunk_id": b.chunk_id, "doc_name": b.doc_name, "page": b.page, "section": b.section,
-                "score": round(float(hit_by_id[b.chunk_id].score), 6), "flags": b.flags} for b in blocks]
-    ans = Answer(question=question, mode=mode, answer=draft, refused=False, sources=sources, citations=[],
-                 retrieved=retrieved, flagged=flagged, model={"name": gm.name, "sha256": gm.sha256,
-                                                              "path": str(Path(gm.path).name)},
-                 adapter=adapter_info, timings=timings, dropped=dropped, prompt=messages, hits=hits,
-                 reader=reader_info, draft=draft)
+    sources = [
+        {
+            "n": b.n,
+            "chunk_id": b.chunk_id,
+            "doc_name": b.doc_name,
+            "page": b.page,
+            "section": b.section,
+            "score": round(float(hit_by_id[b.chunk_id].score), 6),
+            "flags": b.flags,
+        }
+        for b in blocks
+    ]
+    ans = Answer(
+        question=question,
+        mode=mode,
+        answer=draft,
+        refused=False,
+        sources=sources,
+        citations=[],
+        retrieved=retrieved,
+        flagged=flagged,
+        model={"name": gm.name, "sha256": gm.sha256, "path": str(Path(gm.path).name)},
+        adapter=adapter_info,
+        timings=timings,
+        dropped=dropped,
+        prompt=messages,
+        hits=hits,
+        reader=reader_info,
+        draft=draft,
+    )
     if retrieving:
         _ground(ans, blocks, hit_by_id, min_support)
     else:
-        ans.answer, _ = grounding.strip_instructions(draft, [m["content"] for m in messages if m["role"] == "system"])
+        ans.answer, _ = grounding.strip_instructions(
+            draft, [m["content"] for m in messages if m["role"] == "system"]
+        )
     _audit(session, ans, searched, min_score, min_support)
     return ans
 
 
-def _ground(ans: Answer, blocks: Sequence[SourceBlock], hit_by_id: dict[str, Any], min_support: float) -> None:
+def _ground(
+    ans: Answer, blocks: Sequence[SourceBlock], hit_by_id: dict[str, Any], min_support: float
+) -> None:
     """Check the draft against its sources (module docstring); refuse or annotate ``ans`` in place."""
     passages = [grounding.Passage(b.n, b.chunk_id, hit_by_id[b.chunk_id].text or "") for b in blocks]
-    g = grounding.check(ans.draft or "", ans.question, passages, [h.text or "" for h in ans.hits or []],
-                        [prompts.SYSTEM_RAG], min_support=min_support)
+    g = grounding.check(
+        ans.draft or "",
+        ans.question,
+        passages,
+        [h.text or "" for h in ans.hits or []],
+        [prompts.SYSTEM_RAG],
+        min_support=min_support,
+    )
     ans.grounding, ans.support, ans.quote, ans.unsupported = g.to_dict(), g.support, g.quote, g.unsupported
     if g.reader_refused:
         reason, text = "reader", NOT_SAID
@@ -376,13 +527,17 @@ def _ground(ans: Answer, blocks: Sequence[SourceBlock], hit_by_id: dict[str, Any
     # does not hold the sentence, this one does) come first: they are the ones the support rests on.
     by_n = {b.n: b for b in blocks}
     added = ([{"n": g.inferred, "inferred": True}] if g.inferred is not None else []) + [
-        {"n": c["to"], "inferred": True, "corrected_from": c["from"]} for c in g.corrected]
-    ans.citations = [{**a, "valid": True, "chunk_id": by_n[a["n"]].chunk_id, "doc_name": by_n[a["n"]].doc_name}
-                     for a in added] + cit.map_citations(text, list(blocks))
+        {"n": c["to"], "inferred": True, "corrected_from": c["from"]} for c in g.corrected
+    ]
+    ans.citations = [
+        {**a, "valid": True, "chunk_id": by_n[a["n"]].chunk_id, "doc_name": by_n[a["n"]].doc_name}
+        for a in added
+    ] + cit.map_citations(text, list(blocks))
 
 
-def _audit(session: Any, ans: Answer, collections: list[str] | None, min_score: float,
-           min_support: float) -> None:
+def _audit(
+    session: Any, ans: Answer, collections: list[str] | None, min_score: float, min_support: float
+) -> None:
     payload: dict[str, Any] = {
         "user": session.user,
         "mode": ans.mode,
@@ -397,8 +552,11 @@ def _audit(session: Any, ans: Answer, collections: list[str] | None, min_score: 
         "adapter": ans.adapter["name"] if ans.adapter else None,
         "adapter_sha256": ans.adapter["sha256"] if ans.adapter else None,
         "answer_sha256": hashlib.sha256(ans.answer.encode("utf-8")).hexdigest(),
-        "citations": {"valid": ans.valid_citations, "invalid": ans.invalid_citations,
-                      "inferred": [c["n"] for c in ans.citations if c.get("inferred")]},
+        "citations": {
+            "valid": ans.valid_citations,
+            "invalid": ans.invalid_citations,
+            "inferred": [c["n"] for c in ans.citations if c.get("inferred")],
+        },
         # Grounding: the score and how many facts no passage holds (not the facts: they are answer text).
         "support": ans.support,
         "min_support": min_support,

@@ -44,11 +44,16 @@ _REFUSAL_RE = re.compile(
     r"\b(?:documents?|sources?|passages?|texts?|context)\s+(?:do|does|did)\s*(?:not|n't)\s+"
     r"(?:say|mention|contain|state|specify|include|provide|tell)"
     r"|\bno (?:relevant )?information\b|\bnot (?:mentioned|stated|specified|given) in\b"
-    r"|\b(?:cannot|can't|unable to) (?:find|answer|determine)\b", re.IGNORECASE)
+    r"|\b(?:cannot|can't|unable to) (?:find|answer|determine)\b",
+    re.IGNORECASE,
+)
 _NUMBER_RE = re.compile(r"\d[\d,]*(?:\.\d+)?")
-_NUMBER_WORD_RE = re.compile(r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
-                             r"thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|"
-                             r"forty|fifty|sixty|hundred)\b", re.IGNORECASE)
+_NUMBER_WORD_RE = re.compile(
+    r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
+    r"thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|"
+    r"forty|fifty|sixty|hundred)\b",
+    re.IGNORECASE,
+)
 _NAME_RE = re.compile(r"\b[A-Z][\w'’-]*[A-Za-z]\b")
 
 
@@ -77,10 +82,17 @@ class Grounding:
     leaked: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"support": self.support, "sentences": self.sentences, "quote": self.quote,
-                "unsupported": self.unsupported, "inferred_citation": self.inferred,
-                "corrected_citations": self.corrected, "conflicts": self.conflicts,
-                "reader_refused": self.reader_refused, "leaked_instructions": self.leaked}
+        return {
+            "support": self.support,
+            "sentences": self.sentences,
+            "quote": self.quote,
+            "unsupported": self.unsupported,
+            "inferred_citation": self.inferred,
+            "corrected_citations": self.corrected,
+            "conflicts": self.conflicts,
+            "reader_refused": self.reader_refused,
+            "leaked_instructions": self.leaked,
+        }
 
 
 def without_marks(text: str) -> str:
@@ -95,7 +107,7 @@ def says_documents_do_not_say(text: str) -> bool:
 
 def _trigrams(text: str) -> set[tuple[str, ...]]:
     t = tokens(text)
-    return {tuple(t[i:i + 3]) for i in range(len(t) - 2)}
+    return {tuple(t[i : i + 3]) for i in range(len(t) - 2)}
 
 
 def strip_instructions(answer: str, instructions: Sequence[str]) -> tuple[str, bool]:
@@ -159,12 +171,14 @@ def facts(answer: str) -> list[tuple[str, str]]:
 
 # A number followed by one of these must occur with the same unit: "4 g" is not supported by a "4"
 # somewhere else in the passage. (Tokens as lexical.tokens writes them: lower case, plural s off.)
-UNITS = frozenset("mg g kg mcg µg ml l mmol iu % percent c f minute min hour hr day week month year "
-                  "am pm km mile dose tablet unit time night shift visit".split())
+UNITS = frozenset(
+    "mg g kg mcg µg ml l mmol iu % percent c f minute min hour hr day week month year "
+    "am pm km mile dose tablet unit time night shift visit".split()
+)
 
 
 def _unit_after(surface: str, text: str, start: int) -> str | None:
-    after = tokens(text[start + len(surface): start + len(surface) + 12].replace("%", " percent "))
+    after = tokens(text[start + len(surface) : start + len(surface) + 12].replace("%", " percent "))
     return after[0] if after and after[0] in UNITS else None
 
 
@@ -198,9 +212,15 @@ _VALUE_RE = re.compile(r"([£$€¥])?\s?(\d+(?:,\d{3})*(?:\.\d+)?)")
 
 
 # Units that answer the same question compete: "2 years" and "30 days" are both "how long".
-_FAMILY = {u: fam for fam, units in {"duration": "minute min hour hr day week month year night shift visit",
-                                     "mass": "mg g kg mcg µg", "volume": "ml l"}.items()
-           for u in units.split()}
+_FAMILY = {
+    u: fam
+    for fam, units in {
+        "duration": "minute min hour hr day week month year night shift visit",
+        "mass": "mg g kg mcg µg",
+        "volume": "ml l",
+    }.items()
+    for u in units.split()
+}
 _JOIN_RE = re.compile(r",|;|\b(?:and|or|plus|but|while|whereas|then)\b", re.IGNORECASE)
 
 
@@ -224,28 +244,37 @@ def _values(sentence: str) -> list[dict[str, Any]]:
         unit = _unit_after(m.group(2), sentence, m.start(2))
         surface = m.group(0).strip()
         if unit is not None:
-            word = re.match(r"\s*(%|[^\W\d_]+)", sentence[m.end():])
+            word = re.match(r"\s*(%|[^\W\d_]+)", sentence[m.end() :])
             surface += (" " if word and word.group(1) != "%" else "") + (word.group(1) if word else "")
-        found.append({"surface": surface, "value": normalise_number(m.group(2)),
-                      "kind": (m.group(1), _FAMILY.get(unit, unit)), "start": m.start(), "end": m.end(),
-                      "owns": set()})
+        found.append(
+            {
+                "surface": surface,
+                "value": normalise_number(m.group(2)),
+                "kind": (m.group(1), _FAMILY.get(unit, unit)),
+                "start": m.start(),
+                "end": m.end(),
+                "owns": set(),
+            }
+        )
     if found:
         lead = sentence[: found[0]["start"]].rstrip()
         if lead.endswith((":", "=", "-", "–")):
             found[0]["owns"] |= set(content_words(re.split(r"[,;:]", lead[:-1])[-1]))
     for i, v in enumerate(found):
         if i + 1 == len(found):
-            v["owns"] |= set(content_words(sentence[v["end"]:]))
+            v["owns"] |= set(content_words(sentence[v["end"] :]))
             continue
-        region = sentence[v["end"]: found[i + 1]["start"]]
+        region = sentence[v["end"] : found[i + 1]["start"]]
         cut = list(_JOIN_RE.finditer(region))
-        head, tail = (region[: cut[-1].start()], region[cut[-1].end():]) if cut else (region, "")
+        head, tail = (region[: cut[-1].start()], region[cut[-1].end() :]) if cut else (region, "")
         v["owns"] |= set(content_words(head))
         found[i + 1]["owns"] |= set(content_words(tail))
     return found
 
 
-def _other_row(n: int, rows: list[tuple[set[str], list[dict[str, Any]]]], said: set[str]) -> list[dict[str, Any]]:
+def _other_row(
+    n: int, rows: list[tuple[set[str], list[dict[str, Any]]]], said: set[str]
+) -> list[dict[str, Any]]:
     """The same test across the sentences of one passage: the answer's value stands only in sentences
     sharing fewer question words than a sentence giving another value of its kind ("10 years" from
     the row above "Vaccination records | 30 years")."""
@@ -253,12 +282,20 @@ def _other_row(n: int, rows: list[tuple[set[str], list[dict[str, Any]]]], said: 
     kinds = {v["kind"] for _, vals in rows for v in vals if v["value"] in said and v["kind"] != (None, None)}
     for kind in kinds:
         own = max(len(q) for q, vals in rows if any(v["kind"] == kind and v["value"] in said for v in vals))
-        other = [(len(q), q, v) for q, vals in rows for v in vals if v["kind"] == kind and v["value"] not in said
-                 and not any(w["kind"] == kind and w["value"] in said for w in vals)]
+        other = [
+            (len(q), q, v)
+            for q, vals in rows
+            for v in vals
+            if v["kind"] == kind
+            and v["value"] not in said
+            and not any(w["kind"] == kind and w["value"] in said for w in vals)
+        ]
         if other:
             size, q, v = max(other, key=lambda t: t[0])
             if size > own:
-                mine = next(v2 for _, vals in rows for v2 in vals if v2["kind"] == kind and v2["value"] in said)
+                mine = next(
+                    v2 for _, vals in rows for v2 in vals if v2["kind"] == kind and v2["value"] in said
+                )
                 out.append({"n": n, "answer": mine["surface"], "source": v["surface"], "for": sorted(q)})
     return out
 
@@ -288,14 +325,26 @@ def conflicting_values(answer: str, question: str, passages: Sequence[Passage]) 
                 rivals = [w for w in vals if w["kind"] == v["kind"] and w["value"] not in said]
                 best = max(rivals, key=lambda w: len(w["owns"] & asked), default=None)
                 if best is not None and len(best["owns"] & asked) > len(v["owns"] & asked):
-                    out.append({"n": p.n, "answer": v["surface"], "source": best["surface"],
-                                "for": sorted(best["owns"] & asked)})
+                    out.append(
+                        {
+                            "n": p.n,
+                            "answer": v["surface"],
+                            "source": best["surface"],
+                            "for": sorted(best["owns"] & asked),
+                        }
+                    )
         out += _other_row(p.n, rows, said)
     return list({(c["n"], c["answer"], c["source"]): c for c in out}.values())
 
 
-def check(answer: str, question: str, passages: Sequence[Passage], retrieved: Sequence[str],
-          instructions: Sequence[str] = (), min_support: float = DEFAULT_MIN_SUPPORT) -> Grounding:
+def check(
+    answer: str,
+    question: str,
+    passages: Sequence[Passage],
+    retrieved: Sequence[str],
+    instructions: Sequence[str] = (),
+    min_support: float = DEFAULT_MIN_SUPPORT,
+) -> Grounding:
     """Run every check on one answer. ``passages``: the sources in the prompt; ``retrieved``: the
     text of every retrieved chunk (for unsupported facts); ``instructions``: the prompt's own text.
 
@@ -332,5 +381,7 @@ def check(answer: str, question: str, passages: Sequence[Passage], retrieved: Se
             g.quote = {"n": used[0], "chunk_id": by_n[used[0]].chunk_id, "text": found[used[0]][1]}
     g.support = round(min(scores), 3) if scores else None
     g.unsupported = unsupported_facts(clean, retrieved, question)
-    g.conflicts = conflicting_values(clean, question, [by_n[n] for s in g.sentences for n in s["checked_against"]])
+    g.conflicts = conflicting_values(
+        clean, question, [by_n[n] for s in g.sentences for n in s["checked_against"]]
+    )
     return g
