@@ -77,7 +77,7 @@ def _mean(xs: Sequence[float]) -> float | None:
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Averages of :func:`score` rows (None where a figure does not apply)."""
+    """Averages of :func:`score_answer` rows (None where a figure does not apply)."""
     answerable = [r for r in rows if "contains" in r]
     unanswerable = [r for r in rows if "contains" not in r]
     answered = [r for r in answerable if not r["refused"]]
