@@ -320,8 +320,8 @@ def test_recommendation_follows_the_figures():
     r = rec(base=_fig(0.05), rag=_fig(0.30, 1.0, cite_correct_rate=0.6, refusal_unanswerable_rate=0.9,
                                             false_refusal_rate=0.2))
     assert r.startswith("Recommendation: no mode is good enough on this data; the best is rag")
-    assert "answer contains 0.30 (goal >= 0.60)" in r and "cite correct 0.60 (goal >= 0.85)" in r
-    assert "false refusal 0.20 (goal <= 0.10)" in r and "refusal unanswerable" not in r.split("misses")[1]
+    assert "answer contains 0.30 (goal >= 0.60)" in r and "citation correct 0.60 (goal >= 0.85)" in r
+    assert "false refusal 0.20 (goal <= 0.10)" in r and "refusal on unanswerable" not in r.split("misses")[1]
     assert "\n" not in r
 
 

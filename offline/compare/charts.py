@@ -63,7 +63,9 @@ def accuracy_latency(results: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
               borderaxespad=0)
-    ax.set_title(f"Accuracy vs latency, {results['qa']['questions']} questions", fontsize=10)
+    qa = results["qa"]
+    n = qa["questions"] - (qa.get("unanswerable") or 0)  # accuracy is over the answerable ones
+    ax.set_title(f"Accuracy vs latency, {n} answerable questions", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
