@@ -75,8 +75,8 @@ def pick_gold_removed(questions: Sequence[tuple[Hashable, Sequence[str]]], parag
 def load_squad(path: str | Path, limit: int | None, unanswerable: int = 0,
                seed: int = 0) -> tuple[list[QAItem], dict[str, str]]:
     """The first ``limit`` questions and the paragraphs to index ({file name: text}); then up to
-    ``unanswerable`` other questions of those articles, with ``answers`` empty, whose gold paragraph
-    (``doc``) is to be left out of the second collection (:func:`pick_gold_removed`, seeded order)."""
+    ``unanswerable`` questions of those articles (others first), with ``answers`` empty, whose gold
+    paragraph (``doc``) is to be left out of the second collection (:func:`pick_gold_removed`)."""
     p = Path(path)
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
@@ -121,8 +121,14 @@ def _gold_removed_items(articles: list[Any], docs: dict[str, str], taken: set[st
         by_text.setdefault(text, name)
     pool = [(str(qa["id"]), str(qa["question"]), [str(x["text"]) for x in qa["answers"]], by_text[para["context"]])
             for art in articles for para in art["paragraphs"] if para["context"] in by_text
-            for qa in para["qas"] if qa["answers"] and str(qa["id"]) not in taken]
-    random.Random(seed).shuffle(pool)
+            for qa in para["qas"] if qa["answers"]]
+    rng = random.Random(seed)
+    fresh, asked = [x for x in pool if x[0] not in taken], [x for x in pool if x[0] in taken]
+    rng.shuffle(fresh)
+    rng.shuffle(asked)
+    # Questions not asked already come first; when --limit took them all, an asked one is asked
+    # again over the collection without its paragraph (a paired test: same question, gold gone).
+    pool = fresh + asked
     picked, _ = pick_gold_removed([(doc, golds) for _, _, golds, doc in pool], docs, n)
     return [QAItem(pool[i][0], pool[i][1], [], pool[i][3]) for i in picked]
 
