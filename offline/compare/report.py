@@ -206,7 +206,8 @@ def render_markdown(results: dict[str, Any], chart_files: list[str]) -> str:
     lines = [
         "# RAG vs fine-tuning vs hybrid, measured",
         "",
-        f"{qa['questions']} questions ({qa.get('unanswerable') or 0} of them unanswerable) from `{qa['file']}` ({qa['format']}, sha256 {qa['sha256'][:12]}…) over "
+        f"{qa['questions']} questions ({qa.get('unanswerable') or 0} of them unanswerable) from `{qa['file']}` "
+        f"({qa['format']}, sha256 {qa['sha256'][:12]}…) over "
         f"collection `{results['collection']}`; model `{results['model']['name']}` "
         f"({results['model']['file']}); adapter "
         + (f"`{ad['name']}` ({ad.get('recipe')}, {_f(ad.get('train_examples'))} examples, "

@@ -106,7 +106,8 @@ def _parse_line(obj: Any, where: str) -> Example:
         if not isinstance(answers, list) or not all(isinstance(a, str) and a.strip() for a in answers):
             raise InvalidInput(f"{where}: \"answers\" must be a list of non-empty strings (empty: unanswerable)")
         answers = tuple(a.strip() for a in answers)
-        msgs = [{"role": "user", "content": q.strip()}, {"role": "assistant", "content": answers[0]}] if answers else None
+        msgs = ([{"role": "user", "content": q.strip()}, {"role": "assistant", "content": answers[0]}]
+                if answers else None)
         return Example(messages=msgs, question=q.strip(), answers=answers, qid=qid)
     raise InvalidInput(f"{where}: expected {{\"messages\": [...]}}, {{\"prompt\": ..., \"completion\": ...}} "
                        "or {\"question\": ..., \"answers\": [...]}")
