@@ -29,12 +29,14 @@ def _text(r: dict[str, Any]) -> str:
                      f"answered by: {', '.join(m for m, a in upd['after'].items() if a['answered']) or 'none'}")
     elif upd:
         lines.append(f"  update and freshness probe skipped: {upd.get('note')}")
+    lines.append(r["recommendation"])
     return "\n".join(lines)
 
 
 @click.command("compare")
 @click.option("--qa", "qa", required=True, type=FsPath(dir_okay=False, path_type=Path),
-              help="Questions: SQuAD v1.1 JSON, or JSONL of {\"question\", \"answers\": [...]}.")
+              help="Questions, in any format `finetune` reads: SQuAD JSON, or JSONL of {\"question\", \"answers\": [...]} "
+                   "(answers empty: unanswerable), {\"prompt\", \"completion\"} or {\"messages\": [...]}.")
 @click.option("-c", "--collection", type=TEXT, required=True, help="Collection holding the documents the questions are about.")
 @click.option("--adapter", type=TEXT, help="LoRA adapter for the finetune and hybrid modes.")
 @click.option("--modes", default="base,rag,finetune,hybrid", show_default=True, help="Comma-separated modes.")
