@@ -234,6 +234,18 @@ def test_a_value_from_another_row_of_the_table_is_a_conflict(question, wrong, ri
     assert g.check(f"{right} [1]", question, [ROWS], [ROWS.text]).conflicts == []
 
 
+def test_asides_and_prose_sentences_are_not_rivals():
+    """Two right answers the first version refused (eval_reader, 2026-12-01)."""
+    harvard = g.Passage(1, "c/4", "However, the university did eventually reduce its South African holdings by "
+                                  "$230 million (out of $400 million) in response to the pressure.")
+    q = "By how much did Harvard management reduce its South Africa holdings in response to pressure?"
+    assert g.check("$230 million [1]", q, [harvard], [harvard.text]).conflicts == []
+    text = (REPO / "examples" / "sample-corpus" / "incident-procedure.txt").read_text()
+    incident = g.Passage(1, "c/3", text)
+    q = "Within how long must an incident be reported to the Data Protection Officer?"
+    assert g.check("within 1 hour [1]", q, [incident], [text]).conflicts == []
+
+
 def test_values_of_another_kind_or_a_tie_never_conflict():
     dose = g.Passage(1, "c/7", "Give 500 mg every 4 hours, and no more than 4 g in 24 hours.")
     assert g.check("500 mg [1]", "What is the maximum dose in 24 hours?", [dose], [dose.text]).conflicts == []

@@ -224,6 +224,9 @@ _FAMILY = {
 _JOIN_RE = re.compile(r",|;|\b(?:and|or|plus|but|while|whereas|then)\b", re.IGNORECASE)
 
 
+_ROW_RE = re.compile(r"\s*(?:\||[-*•]\s)")
+
+
 def _unwrap(text: str) -> str:
     """Hard-wrapped prose joined back into its sentences ("rotate every\n35 days"); bullets, table
     rows and headings keep their own lines."""
@@ -254,6 +257,8 @@ def _values(sentence: str) -> list[dict[str, Any]]:
                 "start": m.start(),
                 "end": m.end(),
                 "owns": set(),
+                # "(out of $400 million)": an aside about the value before it, never a rival answer.
+                "aside": sentence.count("(", 0, m.start()) > sentence.count(")", 0, m.start()),
             }
         )
     if found:
@@ -275,9 +280,11 @@ def _values(sentence: str) -> list[dict[str, Any]]:
 def _other_row(
     n: int, rows: list[tuple[set[str], list[dict[str, Any]]]], said: set[str]
 ) -> list[dict[str, Any]]:
-    """The same test across the sentences of one passage: the answer's value stands only in sentences
-    sharing fewer question words than a sentence giving another value of its kind ("10 years" from
-    the row above "Vaccination records | 30 years")."""
+    """The same test across the table rows and list items of one passage: the answer's value stands
+    only in rows sharing fewer question words than a row giving another value of its kind ("10 years"
+    from the row above "Vaccination records | 30 years"). Prose sentences do not take part: a
+    heading sentence ("Within 1 hour of noticing the incident, ...:") shares few words with the
+    question its list answers."""
     out = []
     kinds = {v["kind"] for _, vals in rows for v in vals if v["value"] in said and v["kind"] != (None, None)}
     for kind in kinds:
@@ -318,11 +325,14 @@ def conflicting_values(answer: str, question: str, passages: Sequence[Passage]) 
             # Question words the sentence's topic already holds ("on-call paid") tell no item apart.
             topic = set(content_words(sent[: vals[0]["start"]])) if vals else set()
             asked = set(content_words(question)) - topic
-            rows.append((set(content_words(sent)) & set(content_words(question)), vals))
+            if _ROW_RE.match(sent):  # rows of a table or list: items side by side; prose is not
+                rows.append((set(content_words(sent)) & set(content_words(question)), vals))
             for v in vals:
                 if v["value"] not in said or v["kind"] == (None, None):
                     continue
-                rivals = [w for w in vals if w["kind"] == v["kind"] and w["value"] not in said]
+                rivals = [
+                    w for w in vals if w["kind"] == v["kind"] and w["value"] not in said and not w["aside"]
+                ]
                 best = max(rivals, key=lambda w: len(w["owns"] & asked), default=None)
                 if best is not None and len(best["owns"] & asked) > len(v["owns"] & asked):
                     out.append(
