@@ -88,7 +88,8 @@ def check_text(value: str, what: str) -> str:
 
 
 def check_number(value: float, param: str, low: float, high: float) -> float:
-    """``value`` if it is a finite number in [``low``, ``high``]; else a :class:`ParameterError` for ``param``."""
+    """``value`` if it is a finite number in [``low``, ``high``]; else a :class:`ParameterError` for
+    ``param``."""
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):

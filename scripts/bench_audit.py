@@ -130,7 +130,8 @@ def main() -> int:
             f"baseline {result['baseline_insert_cpu_mean_ms']:.3f} ms (load avg {result['load_avg_1m']})"
         )
         print(
-            f"ratio append/baseline: {result['ratio']:.2f}x; goal < 2 ms: {'met' if result['goal_met'] else 'NOT met'}"
+            f"ratio append/baseline: {result['ratio']:.2f}x; "
+            f"goal < 2 ms: {'met' if result['goal_met'] else 'NOT met'}"
         )
         print(
             f"verify: {result['verify_ms_per_entry']:.3f} ms per entry ({result['verify_entries']} entries)"

@@ -120,10 +120,12 @@ def main() -> int:
     else:
         print(f"{out['files']} files, {n} chunks from {n_par} SQuAD paragraphs")
         print(
-            f"  ingest  {out['ingest_chunks_per_s']:.1f} chunks/s ({out['ingest_s']:.1f} s, parse+chunk+embed+write)"
+            f"  ingest  {out['ingest_chunks_per_s']:.1f} chunks/s "
+            f"({out['ingest_s']:.1f} s, parse+chunk+embed+write)"
         )
         print(
-            f"  encode  {out['encode_chunks_per_s']:.1f} chunks/s (raw SentenceTransformer.encode, same chunks)"
+            f"  encode  {out['encode_chunks_per_s']:.1f} chunks/s "
+            "(raw SentenceTransformer.encode, same chunks)"
         )
         print(f"  ratio   {out['ratio']:.3f} (goal >= 0.85)")
     return 0

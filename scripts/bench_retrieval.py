@@ -281,17 +281,21 @@ def main() -> int:
     else:
         print(f"N={out['n']} chunks (synthetic, dim {out['dim']}), {out['queries']} queries, k={k}")
         print(
-            f"  hybrid (warm memory index)  p50 {out['hybrid_p50_ms']:.2f} ms  p95 {out['hybrid_p95_ms']:.2f} ms"
+            f"  hybrid (warm memory index)  p50 {out['hybrid_p50_ms']:.2f} ms  "
+            f"p95 {out['hybrid_p95_ms']:.2f} ms"
         )
         print(
-            f"  numpy float32 brute force   p50 {out['numpy_p50_ms']:.2f} ms  p95 {out['numpy_p95_ms']:.2f} ms"
+            f"  numpy float32 brute force   p50 {out['numpy_p50_ms']:.2f} ms  "
+            f"p95 {out['numpy_p95_ms']:.2f} ms"
         )
         print(
-            f"  ratio p50 {out['ratio_p50']:.2f}x (goal <= 2x); dense recall@10 {out['recall_at_10']:.4f} (goal >= 0.99)"
+            f"  ratio p50 {out['ratio_p50']:.2f}x (goal <= 2x); "
+            f"dense recall@10 {out['recall_at_10']:.4f} (goal >= 0.99)"
         )
         print(f"  legs: dense p50 {out['dense_leg_p50_ms']:.2f} ms, bm25 p50 {out['bm25_leg_p50_ms']:.2f} ms")
         print(
-            f"  sqlite-vec KNN alone p50 {out['sqlite_vec_p50_ms']:.2f} ms ({out['sqlite_vec_ratio_p50']:.1f}x), "
+            f"  sqlite-vec KNN alone p50 {out['sqlite_vec_p50_ms']:.2f} ms "
+            f"({out['sqlite_vec_ratio_p50']:.1f}x), "
             f"recall@10 {out['sqlite_vec_recall_at_10']:.4f}"
         )
         print(

@@ -236,13 +236,16 @@ def main() -> int:
         return 0
     s = results["subject"]
     print(
-        f"Subject recall: export {s['found_by_export']}/{s['places']} places ({s['export_recall']:.0%}; tag-only "
-        f"baseline {s['baseline_tag_only_found']}/{s['places']}); after erase {len(s['subject_markers_left_after_erase'])}"
+        f"Subject recall: export {s['found_by_export']}/{s['places']} places "
+        f"({s['export_recall']:.0%}; tag-only "
+        f"baseline {s['baseline_tag_only_found']}/{s['places']}); "
+        f"after erase {len(s['subject_markers_left_after_erase'])}"
         f" left, {len(s['other_subject_documents_removed'])} other-subject documents removed"
     )
     for kind, v in results["detection"].items():
         print(
-            f"  {kind:<14} recall {v['recall']}  precision {v['precision']}  ({v['found']}/{v['labelled']} labelled,"
+            f"  {kind:<14} recall {v['recall']}  precision {v['precision']}  "
+            f"({v['found']}/{v['labelled']} labelled,"
             f" {v['correct']}/{v['detections']} detections)"
         )
     o = results["ocr"]

@@ -118,7 +118,8 @@ def main() -> None:
     else:
         print(f"n={args.n} dim={args.dim} k={args.k}")
         print(
-            f"insert   encrypted {enc['insert_s']:.2f}s  plain {plain['insert_s']:.2f}s  ratio {out['insert_ratio']:.2f}"
+            f"insert   encrypted {enc['insert_s']:.2f}s  plain {plain['insert_s']:.2f}s  "
+            f"ratio {out['insert_ratio']:.2f}"
         )
         print(
             f"warm KNN encrypted p50 {enc['knn_p50_ms']:.1f}ms  plain p50 {plain['knn_p50_ms']:.1f}ms  "

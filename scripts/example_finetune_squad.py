@@ -15,8 +15,10 @@ llama.cpp on the Q4_1 GGUF base, greedy decoding, against the same base without 
 Equivalent commands for your own vault:
 
     scripts/example_finetune_squad.py --write-data squad-train.jsonl   # writes the training JSONL
-    offline finetune create squad --data squad-train.jsonl --max-steps 60 --batch-size 8 --lr 1e-3 --max-len 256
-    offline ask --mode finetune --adapter squad "Text: ... Question: ... Answer with a short phrase from the text."
+    offline finetune create squad --data squad-train.jsonl --max-steps 60 --batch-size 8 \\
+        --lr 1e-3 --max-len 256
+    offline ask --mode finetune --adapter squad \\
+        "Text: ... Question: ... Answer with a short phrase from the text."
 """
 
 from __future__ import annotations

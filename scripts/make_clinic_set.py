@@ -55,8 +55,8 @@ class Doc:
     def P(self, v: str) -> str:
         return self._k("PERSON", v)  # noqa: E704
 
-    def I(self, v: str) -> str:
-        return self._k("SUBJECT_ID", v)  # noqa: E704,E743
+    def ID(self, v: str) -> str:
+        return self._k("SUBJECT_ID", v)  # noqa: E704
 
     def E(self, v: str) -> str:
         return self._k("EMAIL_ADDRESS", v)  # noqa: E704
@@ -106,9 +106,11 @@ def build(out: Path) -> dict:
     d = Doc()
     put(
         "letters/referral-2024-02-gonzalez.txt",
-        f"Riverside Clinic, 12 Mill Lane, Leeds\n\nDear {d.P('Dr Tom Lee')},\n\nRe: {d.P('Maria Gonzalez')}, "
-        f"{d.I('PT-00417')}, DOB {d.D('14/03/1961')}\n\nI would be grateful if you could see this 63-year-old lady "
-        f"with poorly controlled type 2 diabetes. Her HbA1c is 71 mmol/mol despite metformin. She can be reached on "
+        f"Riverside Clinic, 12 Mill Lane, Leeds\n\nDear {d.P('Dr Tom Lee')},\n\n"
+        f"Re: {d.P('Maria Gonzalez')}, {d.ID('PT-00417')}, DOB {d.D('14/03/1961')}\n\n"
+        "I would be grateful if you could see this 63-year-old lady "
+        "with poorly controlled type 2 diabetes. Her HbA1c is 71 mmol/mol despite metformin. "
+        "She can be reached on "
         f"{d.T('07700 900123')}. Marker mgz01.\n\nYours sincerely,\n{d.P('Dr Aisha Patel')}\n",
         d,
         subject="PT-00417",
@@ -120,8 +122,10 @@ def build(out: Path) -> dict:
     d = Doc()
     put(
         "letters/discharge-summary-0415.md",
-        f"# Discharge summary\n\nPatient: {d.P('GONZALEZ, María')} ({d.I('PT-00417')})\n\n## Course\n\nAdmitted with "
-        f"hyperglycaemia, treated with insulin, discharged on day 3. Follow-up with {d.P('Dr Aisha Patel')} in four "
+        f"# Discharge summary\n\nPatient: {d.P('GONZALEZ, María')} ({d.ID('PT-00417')})\n\n"
+        "## Course\n\nAdmitted with "
+        "hyperglycaemia, treated with insulin, discharged on day 3. "
+        f"Follow-up with {d.P('Dr Aisha Patel')} in four "
         f"weeks. Marker mgz02.\n",
         d,
         marker="mgz02",
@@ -132,7 +136,8 @@ def build(out: Path) -> dict:
     d = Doc()
     put(
         "notes/phone-call-0312.txt",
-        f"Phone call 12 March. {d.P('Maria J. Gonzalez')} rang about her metformin dose; advised to keep 500 mg twice "
+        f"Phone call 12 March. {d.P('Maria J. Gonzalez')} rang about her metformin dose; "
+        "advised to keep 500 mg twice "
         f"daily and to book bloods. Marker mgz03.\n",
         d,
         marker="mgz03",
@@ -143,7 +148,8 @@ def build(out: Path) -> dict:
     d = Doc()
     put(
         "notes/nurse-0320.txt",
-        f"Nurse note 20 March: sent the diet sheet to {d.E('maria.gonzalez@example.org')} as requested at the desk. "
+        f"Nurse note 20 March: sent the diet sheet to {d.E('maria.gonzalez@example.org')} "
+        "as requested at the desk. "
         f"Marker mgz04.\n",
         d,
         marker="mgz04",
@@ -154,7 +160,8 @@ def build(out: Path) -> dict:
     d = Doc()
     put(
         "letters/pharmacy-0402.html",
-        f"<html><body><h1>Pharmacy reconciliation</h1><p>Patient: {d.P('María González')}, old hospital number "
+        "<html><body><h1>Pharmacy reconciliation</h1>"
+        f"<p>Patient: {d.P('María González')}, old hospital number "
         f"RC-88121.</p><p>Metformin 500 mg, atorvastatin 20 mg. Marker mgz05.</p></body></html>\n",
         d,
         marker="mgz05",
@@ -175,7 +182,7 @@ def build(out: Path) -> dict:
     w.writerows(rows)
     d = Doc()
     for pid, name, _, _ in rows:
-        d.I(pid)
+        d.ID(pid)
         d.P(name)
     put("appointments.csv", buf.getvalue(), d, how="subject field patient_id", about=[r[0] for r in rows])
     files["appointments.csv"]["subject_field"] = "patient_id"
@@ -201,7 +208,7 @@ def build(out: Path) -> dict:
     ]
     d = Doc()
     for r in labs:
-        d.I(r["patient"]["id"])
+        d.ID(r["patient"]["id"])
         d.P(r["patient"]["name"])
     put(
         "lab-results.json",
@@ -217,13 +224,14 @@ def build(out: Path) -> dict:
     # 8. shared ward list: her line in one chunk, other patients' lines in others
     d = Doc()
     lines = [
-        f"Ward 7 list, 4 March. Bed 1: {d.I('PT00417')} {d.P('Maria Gonzalez')}, diabetes review, marker mgz08."
+        f"Ward 7 list, 4 March. Bed 1: {d.ID('PT00417')} {d.P('Maria Gonzalez')}, "
+        "diabetes review, marker mgz08."
     ]
     beds = list(OTHERS.items()) + [(f"PT-{20000 + n}", None) for n in range(14)]
     for n, (pid, name) in enumerate(beds, start=2):
         who = f" {d.P(name)}" if name else ""
         lines.append(
-            f"Bed {n}: {d.I(pid)}{who}, observations stable, fluids and mobilisation as charted, "
+            f"Bed {n}: {d.ID(pid)}{who}, observations stable, fluids and mobilisation as charted, "
             "review by the consultant on the morning round, family informed of the plan."
         )
     lines.append("End of list, keep06.")
@@ -242,7 +250,7 @@ def build(out: Path) -> dict:
         "",
         f"Dear {d.P('Dr Tom Lee')},",
         "",
-        f"Re: {d.P('Maria Gonzalez')}, {d.I('PT-00417')}, DOB {d.D('14/03/1961')}",
+        f"Re: {d.P('Maria Gonzalez')}, {d.ID('PT-00417')}, DOB {d.D('14/03/1961')}",
         "",
         "Thank you for seeing her. Her feet were checked today and sensation is intact.",
         "Please review her statin dose. Marker mgz09.",
@@ -281,7 +289,7 @@ def build(out: Path) -> dict:
     d = Doc()
     put(
         "notes/untagged-note.txt",
-        f"{d.I('pt-00417')} seen in the foot clinic, HbA1c 52. Marker mgz11.\n",
+        f"{d.ID('pt-00417')} seen in the foot clinic, HbA1c 52. Marker mgz11.\n",
         d,
         marker="mgz11",
         how="untagged; id only, lower case",
@@ -293,7 +301,8 @@ def build(out: Path) -> dict:
             "letters/referral-smith.txt",
             "PT-00999",
             lambda d: (
-                f"Dear {d.P('Dr Tom Lee')},\nRe: {d.P('John Smith')}, {d.I('PT-00999')}, DOB {d.D('02/07/1950')}. "
+                f"Dear {d.P('Dr Tom Lee')},\nRe: {d.P('John Smith')}, {d.ID('PT-00999')}, "
+                f"DOB {d.D('02/07/1950')}. "
                 f"Hip replacement went well; physiotherapy booked. Phone {d.T('07700 900456')}. keep07\n"
             ),
         ),
@@ -301,7 +310,8 @@ def build(out: Path) -> dict:
             "letters/asthma-carlos-gonzalez.txt",
             "PT-03456",
             lambda d: (
-                f"Re: {d.P('Carlos Gonzalez')} ({d.I('PT-03456')}), born {d.D('1988-11-02')}. {d.P('Mr Gonzalez')} uses "
+                f"Re: {d.P('Carlos Gonzalez')} ({d.ID('PT-03456')}), born {d.D('1988-11-02')}. "
+                f"{d.P('Mr Gonzalez')} uses "
                 f"his inhaler twice daily. E-mail {d.E('c.gonzalez@example.net')}. keep08\n"
             ),
         ),
@@ -309,7 +319,7 @@ def build(out: Path) -> dict:
             "notes/khan-antenatal.txt",
             "PT-01234",
             lambda d: (
-                f"Antenatal check for {d.P('Aisha Khan')}, {d.I('PT-01234')}; NHS {d.N('401 023 2137')}. "
+                f"Antenatal check for {d.P('Aisha Khan')}, {d.ID('PT-01234')}; NHS {d.N('401 023 2137')}. "
                 f"Call {d.T('+44 20 7946 0958')}. keep09\n"
             ),
         ),
@@ -317,7 +327,8 @@ def build(out: Path) -> dict:
             "notes/brown-renal.md",
             "PT-02345",
             lambda d: (
-                f"# Renal clinic\n\n{d.P('Oliver Brown')} ({d.I('PT-02345')}) eGFR 58, stable. Visiting from the US: "
+                f"# Renal clinic\n\n{d.P('Oliver Brown')} ({d.ID('PT-02345')}) eGFR 58, stable. "
+                "Visiting from the US: "
                 f"SSN {d.S('536-22-1234')}. keep10\n"
             ),
         ),
@@ -325,7 +336,7 @@ def build(out: Path) -> dict:
             "notes/wei-thyroid.txt",
             "PT-04567",
             lambda d: (
-                f"{d.P('Li Wei')}, {d.I('PT-04567')}, date of birth {d.D('23 May 1975')}, TSH normal. "
+                f"{d.P('Li Wei')}, {d.ID('PT-04567')}, date of birth {d.D('23 May 1975')}, TSH normal. "
                 f"Contact {d.E('li.wei@example.com')}. keep11\n"
             ),
         ),
@@ -333,7 +344,8 @@ def build(out: Path) -> dict:
             "notes/staff-rota.txt",
             None,
             lambda d: (
-                f"Rota: {d.P('Dr Aisha Patel')} Monday, {d.P('Dr Tom Lee')} Tuesday, nurse {d.P('Grace Okafor')} "
+                f"Rota: {d.P('Dr Aisha Patel')} Monday, {d.P('Dr Tom Lee')} Tuesday, "
+                f"nurse {d.P('Grace Okafor')} "
                 f"Wednesday. Practice line {d.T('0113 496 0000')}. keep12\n"
             ),
         ),
@@ -366,7 +378,8 @@ def main() -> None:
     args = ap.parse_args()
     labels = build(args.out)
     print(
-        f"wrote {len(labels['files'])} files, {len(labels['places'])} places of {SUBJECT['id']} into {args.out}"
+        f"wrote {len(labels['files'])} files, {len(labels['places'])} places of {SUBJECT['id']} "
+        f"into {args.out}"
     )
 
 

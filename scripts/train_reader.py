@@ -103,7 +103,10 @@ def main() -> None:
         "size": len(gguf_bytes),
         "base_model": info["base_model"],
         "base_sha256": info["base_sha256"],
-        "recipe": "RAFT: offline.finetune.raft.squad_examples (p_absent 0.25, 1-3 sources, gold at a random position)",
+        "recipe": (
+            "RAFT: offline.finetune.raft.squad_examples "
+            "(p_absent 0.25, 1-3 sources, gold at a random position)"
+        ),
         "data": {
             "file": "squad-v1.1-dev-part-a.json",
             "sha256": hashlib.sha256(raw).hexdigest(),

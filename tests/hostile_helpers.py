@@ -470,7 +470,10 @@ def op_ingest(vault: str, ack: Acker, rng: random.Random, params: dict[str, Any]
 
         pending = list(op["docs"])
 
-        def progress(event: str, **info: Any) -> None:
+        # pending and op are bound as defaults (B023); the closure only runs within this iteration anyway.
+        def progress(
+            event: str, *, pending: list[dict[str, Any]] = pending, op: dict[str, Any] = op, **info: Any
+        ) -> None:
             # Called right after each document's transaction commits: acknowledge it there.
             if event == "file" and info.get("status") in ("added", "updated"):
                 done = next(d for d in pending if d["source"] == info["path"])

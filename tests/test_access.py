@@ -12,6 +12,7 @@ from offline.errors import (
     DecryptionError,
     NotFound,
     UsageError,
+    VaultCorrupted,
 )
 from offline.vault import add_user, crypto, db, open_session, remove_user
 from offline.vault import collections as C
@@ -47,7 +48,7 @@ def test_member_without_grant_cannot_decrypt_with_raw_tools(two_collections, ope
                     bob.keys.x25519, wrapped, C.collection_key_context(bob.vault_id, cid, file, context_user)
                 )
     # The vault key (which every member holds) does not open a collection file either.
-    with pytest.raises(Exception):
+    with pytest.raises(VaultCorrupted):
         db.connect(vault_dir / "collections" / file, bob.vault_key, "collection")
 
 
@@ -91,7 +92,7 @@ def test_revocation_rotates_key_so_old_key_copy_fails(two_collections, open_as, 
     C.revoke(two_collections, "legal", "bob")
     new_file = two_collections.db.execute("SELECT file FROM collections WHERE name = 'legal'").fetchone()[0]
     assert new_file != file and not (vault_dir / "collections" / file).exists()
-    with pytest.raises(Exception):
+    with pytest.raises(VaultCorrupted):
         db.connect(vault_dir / "collections" / new_file, stolen_key, "collection")
     with pytest.raises(AccessDenied):
         C.open_collection(open_as("bob"), "legal")

@@ -49,7 +49,8 @@ def test_detection_opens_no_socket_and_loads_no_other_model(tmp_path):
         "from offline import netguard\n"
         "netguard.install()\n"
         "from offline.ingest.detect import detect\n"
-        "print(sorted({f.kind for f in detect('Mail maria.g@example.org or call 07700 900123, Maria Gonzalez', '')}))\n"
+        "print(sorted({f.kind for f in detect("
+        "'Mail maria.g@example.org or call 07700 900123, Maria Gonzalez', '')}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

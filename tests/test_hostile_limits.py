@@ -1,8 +1,9 @@
 """Issue 12, limits: a 1 GB file, a folder of many tiny files, a 10k-token question.
 
 Each has a clear outcome and bounded memory. Peak memory is measured with ``resource.getrusage`` in
-the child process that does the work (forked with the models already loaded), and "without reading it" is the bytes the process actually read
-(``/proc/self/io`` rchar), so nothing here depends on how fast the machine is.
+the child process that does the work (forked with the models already loaded), and "without reading
+it" is the bytes the process actually read (``/proc/self/io`` rchar), so nothing here depends on how
+fast the machine is.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from conftest import PASSPHRASES
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from offline.audit import chain
-from offline.errors import AccessDenied, DecryptionError, UsageError
+from offline.errors import AccessDenied, AuthenticationFailed, DecryptionError, UsageError
 from offline.vault import authz, crypto
 from offline.vault import header as hdr
 from offline.vault.core import open_slot, vault_key_context
@@ -448,7 +448,8 @@ def test_member_signed_authorization_entry_is_a_forgery(vault4, cli, vault_dir):
     row = {"perm": "write", "labels": None, "granted_by": "alice", "granted_at": "2026-01-01T00:00:00+00:00"}
     bob.conn.execute("BEGIN")
     bob.sql(
-        "INSERT INTO grants(collection_id, user, perm, labels, granted_by, granted_at) VALUES (?, 'bob', ?, ?, ?, ?)",
+        "INSERT INTO grants(collection_id, user, perm, labels, granted_by, granted_at)"
+        " VALUES (?, 'bob', ?, ?, ?, ?)",
         (cid, row["perm"], None, row["granted_by"], row["granted_at"]),
     )
     chain.append_in_transaction(
@@ -552,7 +553,7 @@ def test_removal_interrupted_before_the_key_rotation_is_finished(vault4, vault_d
         remove_user(vault4, "bob")
     monkeypatch.undo()
     assert "bob" in hdr.load(vault_dir).slots  # the slot is still there, the key not yet rotated
-    with pytest.raises(Exception):
+    with pytest.raises(AuthenticationFailed):
         open_session(vault_dir, "bob", PASSPHRASES["bob"]).close()  # already refused by the signed state
     open_session(vault_dir, "alice", PASSPHRASES["alice"]).close()  # the next admin open finishes it
     h = hdr.load(vault_dir)
@@ -565,7 +566,8 @@ def test_removal_interrupted_before_the_key_rotation_is_finished(vault4, vault_d
 def test_planted_trigger_never_fires_inside_an_admins_change(vault4, cli, vault_dir):
     bob = Raw(vault_dir, "bob")
     bob.sql(
-        "CREATE TRIGGER zz AFTER INSERT ON grants BEGIN UPDATE users SET role = 'admin' WHERE name = 'bob'; END"
+        "CREATE TRIGGER zz AFTER INSERT ON grants BEGIN UPDATE users SET role = 'admin' WHERE name = 'bob';"
+        " END"
     )
     _fails_closed(
         cli(["collections", "grant", "shared", "dave"]), "trigger 'zz' is not part of this kit's schema"
@@ -614,9 +616,10 @@ def test_member_adapter_row_cannot_name_another_path(vault4, vault_dir, tmp_path
     with pytest.raises(AccessDenied, match="not an admin"):
         with bob.change("adapter.save", adapter="evil"):
             bob.db.execute(
-                "INSERT INTO adapters(id, name, file, base_model, base_sha256, base_arch, dataset_sha256, hyperparameters,"
-                " loss_curve, created_by, created_at, adapter_sha256, size, key_wrap) VALUES ('0123456789abcdef', 'evil',"
-                " ?, 'm', 's', 'a', 'd', '{}', '[]', 'bob', 't', 'x', 1, '')",
+                "INSERT INTO adapters(id, name, file, base_model, base_sha256, base_arch, dataset_sha256,"
+                " hyperparameters, loss_curve, created_by, created_at, adapter_sha256, size, key_wrap)"
+                " VALUES ('0123456789abcdef', 'evil', ?, 'm', 's', 'a', 'd', '{}', '[]', 'bob', 't', 'x',"
+                " 1, '')",
                 (str(victim),),
             )
     bob.close()
@@ -705,9 +708,10 @@ def test_tampered_legacy_vault_is_not_adopted(tmp_path, cli, vault_dir):
     bob.sql("DELETE FROM settings WHERE key = 'audit_seal_public_key'")
     r = cli(["users", "list"])  # the untouched tables are adopted and signed by alice
     assert r.exit_code == 0 and "bob" in r.output
-    confirmed = lambda: Raw(vault_dir, "alice").sql("SELECT keys_confirmed FROM users WHERE name = 'bob'")[0][
-        0
-    ]
+
+    def confirmed():
+        return Raw(vault_dir, "alice").sql("SELECT keys_confirmed FROM users WHERE name = 'bob'")[0][0]
+
     assert confirmed() == 0  # bob's X25519 key came from an editable table: unproven, nothing wrapped to it
     assert cli(["search", "x", "-c", "shared"], user="bob").exit_code == 0
     assert confirmed() == 1  # his own open proved it

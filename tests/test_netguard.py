@@ -169,7 +169,7 @@ for argv in json.loads(sys.argv[1]):
     except Exception as exc:
         codes.append(repr(exc))
 print("RESULT=" + json.dumps({"codes": codes, "events": events, "blocked": blocked}))
-"""
+"""  # noqa: E501 (script text run in a subprocess; kept byte-identical)
 
 
 def test_ingest_search_and_ask_open_no_socket(tmp_path: Path):

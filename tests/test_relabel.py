@@ -108,8 +108,8 @@ def test_different_label_is_refused_without_relabel_and_nothing_is_written(admin
     assert r.exit_code == 2
     assert r.stderr.strip() == (
         f"Error: 3 document(s) already stored with another label (first: {(kb / 'penguin.txt').resolve()}: "
-        "'internal' -> 'public'); nothing was ingested: add --relabel to move them, or leave out --label to keep "
-        "their labels"
+        "'internal' -> 'public'); nothing was ingested: add --relabel to move them, "
+        "or leave out --label to keep their labels"
     )
     assert snapshot(admin_session) == before and len(audit(admin_session, "ingest")) == ingests
     # The empty label is a label too: moving documents to "no label" also needs --relabel.

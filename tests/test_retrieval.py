@@ -52,7 +52,8 @@ def shared_vault(tmp_path_factory):
         )
         for i in range(12):
             (phi / f"patient{i}.txt").write_text(
-                f"Patient {i} note: volcano ash exposure, tides of fever, bees allergy, coffee intake {i} cups."
+                f"Patient {i} note: volcano ash exposure, tides of fever, bees allergy, "
+                f"coffee intake {i} cups."
             )
         ingest_paths(s, [pub], "kb", label="public", subjects=["pub"])
         ingest_paths(s, [phi], "kb", label="phi", subjects=[f"patient-{i}" for i in range(2)])

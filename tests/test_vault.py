@@ -39,7 +39,8 @@ def _put(session, coll: str, text: str) -> None:
 
     with transaction(h.conn):
         cur = h.conn.execute(
-            "INSERT INTO documents(source, name, sha256, size, ingested_at, ingested_by) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO documents(source, name, sha256, size, ingested_at, ingested_by)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             (f"/src/{random.random()}", "doc.txt", "0" * 64, len(text), "now", session.user),
         )
         h.conn.execute(

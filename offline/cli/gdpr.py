@@ -22,7 +22,8 @@ def gdpr() -> None:
 
 def _export_text(r: dict[str, Any]) -> str:
     return (
-        f"Exported {r['documents']} document(s), {r['chunks']} passage(s) from {r['collections']} collection(s)"
+        f"Exported {r['documents']} document(s), {r['chunks']} passage(s) "
+        f"from {r['collections']} collection(s)"
         f" about subject {r['subject']} to {r['out']}:\n"
         + "\n".join(f"  {f}" for f in r["files"])
         + "\nThese files hold personal data in clear: hand them over securely."
@@ -204,7 +205,8 @@ def _plan_text(r: dict[str, Any]) -> str:
 def _erase_text(r: dict[str, Any]) -> str:
     t = r["totals"]
     lines = [
-        f"Erased {t['documents']} document(s) and passages of {t.get('documents_in_part', 0)} shared document(s), "
+        f"Erased {t['documents']} document(s) and passages of "
+        f"{t.get('documents_in_part', 0)} shared document(s), "
         f"{t['chunks']} chunk(s), {t['vectors']} vector(s); "
         f"receipt {r['receipt_id']} (audit entry {r['audit']['seq']}) written to {r['file']}"
     ]
@@ -223,7 +225,8 @@ def _erase_text(r: dict[str, Any]) -> str:
     if r["backups_still_holding_data"]:
         lines.append("Backups made before this erasure still hold the data until they expire:")
         lines += [
-            f"  {b['dest']} (made {b['made_at']}, expires {b['expires_at'] or 'never: no backup retention set'})"
+            f"  {b['dest']} (made {b['made_at']}, "
+            f"expires {b['expires_at'] or 'never: no backup retention set'})"
             for b in r["backups_still_holding_data"]
         ]
     if r.get("collections_not_covered"):
@@ -470,7 +473,8 @@ def _bg_text(r: dict[str, Any]) -> str:
         text = (
             f"Break-glass on for {r['collection']}: emergency keys provisioned for "
             f"{', '.join(r['provisioned']) or 'nobody'}.\n"
-            f"Emergency code (shown once; seal it in an envelope kept off this laptop): {r['emergency_code']}\n"
+            "Emergency code (shown once; seal it in an envelope kept off this laptop): "
+            f"{r['emergency_code']}\n"
             "A break-glass read needs this code and the reader's own key."
         )
         if r["vault_setting"] != "on":
@@ -478,7 +482,10 @@ def _bg_text(r: dict[str, Any]) -> str:
                 " Note: the vault setting break_glass is off, so no break-glass read works until it is on."
             )
         return text
-    return f"Break-glass off for {r['collection']}: {r['wraps_removed']} emergency key(s) removed, collection key rotated."
+    return (
+        f"Break-glass off for {r['collection']}: {r['wraps_removed']} emergency key(s) removed, "
+        "collection key rotated."
+    )
 
 
 @click.command("break-glass")

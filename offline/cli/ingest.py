@@ -145,7 +145,8 @@ def ingest(
     allow_erased: bool,
     reason: str | None,
 ) -> None:
-    """Add files and folders (.txt .md .html .pdf .docx .csv .json .jsonl; scans: .pdf .png .jpg .tiff) to COLLECTION."""
+    """Add files and folders (.txt .md .html .pdf .docx .csv .json .jsonl; scans: .pdf .png .jpg .tiff)
+    to COLLECTION."""
     from ..errors import OfflineError, UsageError
     from ..gdpr.journal import check_allow
     from ..ingest import ingest_paths

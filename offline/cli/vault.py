@@ -147,7 +147,10 @@ def users_add(app: App, name: str, role: str, new_passphrase_file: str | None, a
     def text(r: dict) -> str:
         out = f"Added {r['role']} {r['name']}."
         if r["break_glass_provisioned"]:
-            out += f" Break-glass wraps for: {', '.join(r['break_glass_provisioned'])} (they still need the code)."
+            out += (
+                f" Break-glass wraps for: {', '.join(r['break_glass_provisioned'])} "
+                "(they still need the code)."
+            )
         elif r["role"] == "auditor":
             out += " Auditors get no break-glass wrap: they never read documents."
         return out

@@ -166,7 +166,8 @@ def check_kdf(vault_dir: Path) -> Check:
 
 
 def check_audit(session: Any | None) -> Check:
-    """The audit chain verifies from the pinned root, and the signed authorization state matches the tables."""
+    """The audit chain verifies from the pinned root, and the signed authorization state matches the
+    tables."""
     from ..audit.verify import verify_chain
     from ..errors import AuditChainBroken
     from ..vault import trust

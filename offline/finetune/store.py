@@ -228,7 +228,8 @@ def save_adapter(
             session.db.execute(
                 "INSERT INTO adapters(id, name, file, base_model, base_sha256, base_arch, dataset_sha256,"
                 " source_doc_ids, hyperparameters, loss_curve, eval_loss_before, eval_loss_after, created_by,"
-                " created_at, adapter_sha256, size, key_wrap, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " created_at, adapter_sha256, size, key_wrap, meta)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     aid,
                     name,
@@ -333,7 +334,8 @@ def _usable(session: Session, name: str, *, allow_tainted: bool = False) -> tupl
     _check_use(session, info, "use")
     if info["tainted_at"] and not info["override_reason"] and not allow_tainted:
         raise AdapterTainted(
-            f"adapter {name!r} is tainted ({info['taint_reason'] or 'its training data included an erased document'});"
+            f"adapter {name!r} is tainted "
+            f"({info['taint_reason'] or 'its training data included an erased document'});"
             " retrain it, or an admin runs `offline finetune override-taint NAME --reason TEXT`"
         )
     return info, key_wrap

@@ -166,8 +166,8 @@ def erase_subject(
     )
     if not coverage["complete"] and not partial:
         exc = ErasureIncomplete.naming(
-            "erasure incomplete: {gaps}; receipt {receipt_id} records what was erased. Ask an admin to cover the "
-            "rest, or pass {partial} to accept a partial erasure",
+            "erasure incomplete: {gaps}; receipt {receipt_id} records what was erased. "
+            "Ask an admin to cover the rest, or pass {partial} to accept a partial erasure",
             "partial",
             gaps=describe_gaps(coverage),
             receipt_id=receipt["receipt_id"],

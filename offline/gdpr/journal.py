@@ -82,8 +82,8 @@ def record(
 ) -> None:
     """Store one erasure's entries in the vault and (``machine``) append them to this machine's file.
 
-    A replay (:func:`offline.gdpr.reapply.reapply`) is not a new erasure: it stays out of the machine file, or the vault
-    it was replayed from would look as if it missed it.
+    A replay (:func:`offline.gdpr.reapply.reapply`) is not a new erasure: it stays out of the machine file,
+    or the vault it was replayed from would look as if it missed it.
     """
     at = erased_at or utc_now()
     with db.transaction(session.db):

@@ -293,8 +293,10 @@ def _subject_lines(m: dict[str, Any]) -> list[str]:
     det = m["detector"]
     reg, jr = m["subject_registry"], m["erasure_journal"]
     return [
-        f"- Identifier detection at ingest: {m['identifier_detection']} (subject ids, e-mail, phone, date of birth, "
-        f"NHS/SSN with checks, person names by NER); subject-id pattern: {_v(m['subject_id_pattern'])}; model "
+        f"- Identifier detection at ingest: {m['identifier_detection']} "
+        "(subject ids, e-mail, phone, date of birth, "
+        "NHS/SSN with checks, person names by NER); "
+        f"subject-id pattern: {_v(m['subject_id_pattern'])}; model "
         + (
             f"{det['name']} tree sha256 {det['tree_sha256'][:16]}... ({det['source']})"
             if det["ok"]
@@ -303,7 +305,8 @@ def _subject_lines(m: dict[str, Any]) -> list[str]:
         + f"; stored as {m['identifiers_stored_as']}.",
         f"- OCR: {m['ocr']}.",
         f"- Subject registry: {reg['subjects']} subject(s), {reg['sealed']}.",
-        f"- Erasure journal: {jr['entries']} entries from {jr['erasures']} erasure(s) ({jr['holds']}); re-ingesting "
+        f"- Erasure journal: {jr['entries']} entries from {jr['erasures']} erasure(s) ({jr['holds']}); "
+        "re-ingesting "
         "erased data is refused without --allow-erased --reason (high-severity audit entry); "
         + (
             "journal matches the signed receipts"
@@ -311,7 +314,8 @@ def _subject_lines(m: dict[str, Any]) -> list[str]:
             else "PROBLEMS: " + "; ".join(jr["problems"])
         )
         + (
-            f"; {jr['erasures_missing_here']} erasure(s) made on this machine are missing here (restored backup:"
+            f"; {jr['erasures_missing_here']} erasure(s) made on this machine are missing here "
+            "(restored backup:"
             " run `offline gdpr reapply-erasures`)"
             if jr["erasures_missing_here"]
             else ""
@@ -387,11 +391,13 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"- Encryption at rest: SQLCipher {cipher['cipher_version']} ({cipher['provider']} "
         f"{cipher['provider_version']}), {cipher['cipher']}; HMAC {cipher['hmac_algorithm']}, "
         f"page size {cipher['page_size']}; {cipher['key']}.",
-        f"- Storage: journal {cipher['journal_mode']}, secure_delete {'on' if cipher['secure_delete'] else 'off'}, "
+        f"- Storage: journal {cipher['journal_mode']}, "
+        f"secure_delete {'on' if cipher['secure_delete'] else 'off'}, "
         f"temp store {cipher['temp_store']}.",
         f"- Adapters: {sec['encryption_at_rest']['adapters']}.",
         f"- Passphrase KDF: {kdf}.",
-        f"- Key wrapping: {sec['key_management']['wrapping']}; {sec['key_management']['collection_key_wraps']} "
+        f"- Key wrapping: {sec['key_management']['wrapping']}; "
+        f"{sec['key_management']['collection_key_wraps']} "
         f"collection key wraps.",
         f"- Audit log: {audit['chain']}; questions logged as: {audit['questions_logged_as']}; chain now: "
         + (

@@ -117,7 +117,8 @@ def show_document(session: Any, collection: str, ref: str | int) -> dict[str, An
             "preview": " ".join(text.split())[:100],
         }
         for cid, o, p, s, t, fl, text in handle.conn.execute(
-            "SELECT id, ord, page, section, token_count, flags, text FROM chunks WHERE doc_id = ? ORDER BY ord",
+            "SELECT id, ord, page, section, token_count, flags, text FROM chunks"
+            " WHERE doc_id = ? ORDER BY ord",
             (row[0],),
         )
     ]

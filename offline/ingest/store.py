@@ -108,8 +108,8 @@ def write_document(
         if old:
             _delete_rows(conn, old[0])
         cur = conn.execute(
-            "INSERT INTO documents(source, name, sha256, size, mtime, label, mime, ingested_at, ingested_by, meta)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO documents(source, name, sha256, size, mtime, label, mime, ingested_at, ingested_by,"
+            " meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 doc.source,
                 doc.name,
@@ -130,7 +130,8 @@ def write_document(
         )
         first = _next_chunk_id(conn)
         conn.executemany(
-            "INSERT INTO chunks(id, doc_id, ord, text, page, section, token_count, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO chunks(id, doc_id, ord, text, page, section, token_count, flags)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (first + i, doc_id, i, c.text, c.page, c.section, c.token_count, ",".join(sorted(c.flags)))
                 for i, c in enumerate(chunks)

@@ -193,7 +193,8 @@ def render_sources(blocks: list[SourceBlock]) -> str:
 
 
 def rag_messages(question: str, blocks: list[SourceBlock]) -> list[dict[str, str]]:
-    """Chat messages for a grounded answer: rules in the system turn, sources then question in the user turn."""
+    """Chat messages for a grounded answer: rules in the system turn, sources then question in the user
+    turn."""
     user = f"Sources:\n\n{render_sources(blocks)}\n\nQuestion: {neutralise(question)}"
     return [{"role": "system", "content": SYSTEM_RAG}, {"role": "user", "content": user}]
 

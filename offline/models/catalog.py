@@ -55,7 +55,8 @@ def _check(m: ModelInfo, *, fresh: bool) -> None:
     got = model_hash(m.path, fresh=fresh)
     if got != m.sha256:
         raise ModelIntegrityError(
-            f"model {m.name!r} failed verification: sha256 of {m.path} is {got[:16]}..., expected {m.sha256[:16]}..."
+            f"model {m.name!r} failed verification: sha256 of {m.path} is {got[:16]}..., "
+            f"expected {m.sha256[:16]}..."
         )
 
 
@@ -113,7 +114,8 @@ def verify_models(names: list[str] | None = None) -> list[dict[str, Any]]:
             )
     if bad:
         raise ModelIntegrityError(
-            f"model integrity check failed for {', '.join(bad)}: file contents do not match the recorded sha256"
+            f"model integrity check failed for {', '.join(bad)}: "
+            "file contents do not match the recorded sha256"
         )
     if missing:
         raise NotFound(f"model(s) missing: {', '.join(missing)} (run `offline models fetch`)")

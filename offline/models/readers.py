@@ -21,7 +21,8 @@ _sha_cache: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached by (path, size, mtime): readers and generation models are re-checked per load."""
+    """sha256 of a file, cached by (path, size, mtime): readers and generation models are re-checked per
+    load."""
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _sha_cache:

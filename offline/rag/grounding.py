@@ -18,11 +18,11 @@ question either, are listed: "between 20 and 85°C" against a policy that says "
 
 Conflicting values. A number of the answer found in a cited sentence that gives *other* values of the
 same kind (currency or unit) is checked against the question: each value owns the words between it
-and its neighbours (the words before a sentence's first value are its topic, shared by all, and question words found
-there tell no value apart). If
-another value of that sentence owns more of the question's words than the answer's does ("£95 per
-weekday night and £260 per weekend shift", asked about the weekend shift), the answer took the wrong
-value from a right passage: support cannot see that, every word is in the source.
+and its neighbours (the words before a sentence's first value are its topic, shared by all, and
+question words found there tell no value apart). If another value of that sentence owns more of the
+question's words than the answer's does ("£95 per weekday night and £260 per weekend shift", asked
+about the weekend shift), the answer took the wrong value from a right passage: support cannot see
+that, every word is in the source.
 
 Leaked instructions. A sentence whose content words all come from the system prompt and which
 shares a three-word run with it is the prompt talking, not the documents: it is removed.

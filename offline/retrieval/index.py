@@ -56,7 +56,8 @@ def check_model(conn: Any, collection: str, model_name: str, model_sha: str) -> 
     if sha is not None and sha != model_sha:
         raise EmbeddingModelMismatch(
             f"collection {collection!r} was indexed with embedding model {get_meta(conn, 'embed_model')!r}"
-            f" (sha256 {sha[:12]}), not {model_name!r} (sha256 {model_sha[:12]}); re-ingest it to switch models"
+            f" (sha256 {sha[:12]}), not {model_name!r} (sha256 {model_sha[:12]});"
+            " re-ingest it to switch models"
         )
 
 
