@@ -236,8 +236,12 @@ def test_a_value_from_another_row_of_the_table_is_a_conflict(question, wrong, ri
 
 def test_asides_and_prose_sentences_are_not_rivals():
     """Two right answers the first version refused (eval_reader, 2026-12-01)."""
-    harvard = g.Passage(1, "c/4", "However, the university did eventually reduce its South African holdings by "
-                                  "$230 million (out of $400 million) in response to the pressure.")
+    harvard = g.Passage(
+        1,
+        "c/4",
+        "However, the university did eventually reduce its South African holdings by "
+        "$230 million (out of $400 million) in response to the pressure.",
+    )
     q = "By how much did Harvard management reduce its South Africa holdings in response to pressure?"
     assert g.check("$230 million [1]", q, [harvard], [harvard.text]).conflicts == []
     text = (REPO / "examples" / "sample-corpus" / "incident-procedure.txt").read_text()
