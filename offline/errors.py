@@ -9,15 +9,53 @@ from __future__ import annotations
 
 
 class OfflineError(Exception):
-    """Root of every error raised by the kit on purpose."""
+    """Root of every error raised by the kit on purpose.
+
+    An error about the caller's arguments names them as parameters, never as command-line flags:
+    :meth:`naming` keeps the parameter names apart so the CLI can show each as the flag that sets
+    it (``rank must be ...`` here, ``--rank must be ...`` on the command line; see
+    :func:`offline.cli.root.cli_message`).
+    """
 
     exit_code = 1
+    template: str | None = None  # set by naming(): "{rank} must be ..." with parameter fields
+    params: tuple[str, ...] = ()
+    values: dict[str, object] = {}
+
+    @classmethod
+    def naming(cls, template: str, *params: str, **values: object) -> OfflineError:
+        """This error with a message naming ``params`` as ``{name}`` fields of ``template``.
+
+        ``values`` fill the other fields (paths, numbers) as they are, so a value holding braces
+        is never parsed as a field.
+        """
+        exc = cls(template.format(**values, **{name: name for name in params}))
+        exc.template, exc.params, exc.values = template, params, values
+        return exc
+
+    def render(self, spell) -> str:  # noqa: ANN001 (a callable: parameter name -> how to show it)
+        """The message with every named parameter shown as ``spell(name)``."""
+        if self.template is None:
+            return str(self)
+        return self.template.format(**self.values, **{name: spell(name) for name in self.params})
 
 
 class UsageError(OfflineError):
     """The request itself is malformed (bad option values, missing arguments)."""
 
     exit_code = 2
+
+
+class ParameterError(UsageError):
+    """A bad argument to a library function (exit 2), worded with the names of its parameters.
+
+    ``ParameterError("{rank} must be between 1 and 1024", "rank")`` reads ``rank must be ...`` to
+    a library caller; the CLI shows ``--rank must be ...`` (see :meth:`OfflineError.naming`).
+    """
+
+    def __init__(self, template: str, *params: str, **values: object):
+        super().__init__(template.format(**values, **{name: name for name in params}))
+        self.template, self.params, self.values = template, params, values
 
 
 class NotFound(OfflineError):

@@ -40,7 +40,7 @@ def anonymous_copy(data: bytes, label: str = "offline") -> int | None:
         os.fchmod(fd, 0o600)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.lseek(fd, 0, os.SEEK_SET)
         # The bytes were hash-checked: freeze them so nothing can change what the library reads.
         seals = sum(getattr(fcntl, n, 0) for n in _SEALS)

@@ -50,6 +50,10 @@ _METHODS = ("connect", "connect_ex", "bind", "sendto", "sendmsg")
 _LOOKUPS = ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo")
 
 _originals: dict[str, Any] = {}
+# The team server's exceptions (offline.server): the one address it listens on, and the one
+# generation backend the admin named. Nothing else, and only when the server asked for them.
+_allowed_binds: set[tuple[str, int]] = set()
+_allowed_peers: set[tuple[str, int]] = set()
 _namespace: dict[str, Any] = {"active": False, "reason": "not attempted in this process"}
 
 
@@ -96,10 +100,40 @@ def _refuse(what: str, target: Any) -> None:
     raise NetworkBlocked(f"network access blocked: {what} {target!r} (offline kit never uses the network)")
 
 
+def allow_listen(host: str, port: int) -> None:
+    """Let this process bind ``host:port`` (the team server's listening socket)."""
+    _allowed_binds.add((_norm(host), int(port)))
+
+
+def allow_peer(host: str, port: int) -> None:
+    """Let this process connect to ``host:port`` and only that (``serve --generate-backend``)."""
+    _allowed_peers.add((_norm(host), int(port)))
+
+
+def clear_allowed() -> None:
+    """Withdraw every exception (tests)."""
+    _allowed_binds.clear()
+    _allowed_peers.clear()
+
+
+def allowed() -> dict[str, list[str]]:
+    """The exceptions in force, for ``offline doctor``."""
+    return {"listen": sorted(f"{h}:{p}" for h, p in _allowed_binds),
+            "peers": sorted(f"{h}:{p}" for h, p in _allowed_peers)}
+
+
+def _norm(host: Any) -> str:
+    addr = _address(host)
+    return str(addr) if addr is not None else str(host).lower()
+
+
 def _check(address: Any, family: int, *, bind: bool = False) -> None:
     if family in _LOCAL_FAMILIES:
         return
     host = address[0] if isinstance(address, tuple) and address else address
+    if isinstance(address, tuple) and len(address) >= 2 and family in _IP_FAMILIES:
+        if (_norm(host), address[1]) in (_allowed_binds if bind else _allowed_peers):
+            return
     if family not in _IP_FAMILIES:  # packet, vsock, bluetooth, can ...: nothing the kit needs
         _refuse("attempt to reach", host)
     if not (_is_loopback_bind(host) if bind else is_loopback(host)):

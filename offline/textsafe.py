@@ -17,17 +17,17 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import UsageError
+from .errors import ParameterError, UsageError
 
 # Whole escape sequences first (so their printable tails go too), 7-bit and 8-bit (C1) forms:
 # CSI, OSC (ended by BEL or ST), DCS/SOS/PM/APC strings (ended by ST), then any other ESC + final.
 # An unterminated string sequence is cut at the end of its line: the ESC is gone either way.
 _ESCAPES = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]?"                 # CSI ... final
-    r"|\x9b[0-?]*[ -/]*[@-~]?"                  # 8-bit CSI
-    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"    # OSC ... BEL | ST
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"  # CSI ... final
+    r"|\x9b[0-?]*[ -/]*[@-~]?"  # 8-bit CSI
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"  # OSC ... BEL | ST
     r"|(?:\x1b[PX^_]|[\x90\x98\x9e\x9f])[^\x1b\x9c\n]*(?:\x1b\\|\x9c)?"  # DCS SOS PM APC ... ST
-    r"|\x1b[ -/]*[0-~]?"                        # two-character and charset sequences, or a lone ESC
+    r"|\x1b[ -/]*[0-~]?"  # two-character and charset sequences, or a lone ESC
 )
 # Bidirectional embeddings, overrides and isolates ("Trojan Source"); marks (LRM/RLM) are harmless.
 _BIDI = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
@@ -87,14 +87,15 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
-def check_number(value: float, what: str, low: float, high: float) -> float:
-    """``value`` if it is a finite number in [``low``, ``high``]; else a :class:`UsageError`."""
+def check_number(value: float, param: str, low: float, high: float) -> float:
+    """``value`` if it is a finite number in [``low``, ``high``]; else a :class:`ParameterError` for
+    ``param``."""
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise UsageError(f"{what} must be a number") from None
+        raise ParameterError(f"{{{param}}} must be a number", param) from None
     if not math.isfinite(number) or not low <= number <= high:
-        raise UsageError(f"{what} must be a finite number between {low:g} and {high:g}")
+        raise ParameterError(f"{{{param}}} must be a finite number between {low:g} and {high:g}", param)
     return number
 
 

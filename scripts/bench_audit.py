@@ -26,10 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def _payload(i: int) -> dict:
     """Shaped like an ``ask`` entry: question hash, retrieved chunks with scores, model hashes, timings."""
     return {
-        "collections": ["clinic-notes", "policies"], "question_sha256": f"{i:064x}",
+        "collections": ["clinic-notes", "policies"],
+        "question_sha256": f"{i:064x}",
         "chunks": [[f"c{i % 97}-{k}", round(0.9 - k * 0.05, 4)] for k in range(6)],
-        "model_sha256": "b179c952" + "0" * 56, "adapter_sha256": None, "answer_sha256": f"{i * 7:064x}",
-        "timings_ms": {"retrieve": 12.5, "generate": 812.0}, "mode": "rag",
+        "model_sha256": "b179c952" + "0" * 56,
+        "adapter_sha256": None,
+        "answer_sha256": f"{i * 7:064x}",
+        "timings_ms": {"retrieve": 12.5, "generate": 812.0},
+        "mode": "rag",
     }
 
 
@@ -70,8 +74,17 @@ def main() -> int:
             append_ms.append((t1 - t0) * 1000)
             append_cpu_ms.append((c1 - c0) * 1000)
 
-            row = (entry.seq, entry.ts, entry.user, entry.action, entry.severity,
-                   chain.canonical_json(entry.payload).decode(), entry.prev_hash, entry.hash, entry.sig)
+            row = (
+                entry.seq,
+                entry.ts,
+                entry.user,
+                entry.action,
+                entry.severity,
+                chain.canonical_json(entry.payload).decode(),
+                entry.prev_hash,
+                entry.hash,
+                entry.sig,
+            )
             c2, t2 = time.thread_time(), time.perf_counter()
             with transaction(conn):
                 conn.execute(f"INSERT INTO bench_baseline({cols}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
@@ -104,14 +117,25 @@ def main() -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"append (Session.audit, SQLCipher): p50 {result['append_p50_ms']:.3f} ms, "
-              f"p95 {result['append_p95_ms']:.3f} ms, mean {result['append_mean_ms']:.3f} ms over {args.n}")
-        print(f"baseline plain INSERT, same DB:    mean {result['baseline_insert_mean_ms']:.3f} ms "
-              f"(p50 {result['baseline_insert_p50_ms']:.3f} ms)")
-        print(f"CPU time per op: append {result['append_cpu_mean_ms']:.3f} ms, "
-              f"baseline {result['baseline_insert_cpu_mean_ms']:.3f} ms (load avg {result['load_avg_1m']})")
-        print(f"ratio append/baseline: {result['ratio']:.2f}x; goal < 2 ms: {'met' if result['goal_met'] else 'NOT met'}")
-        print(f"verify: {result['verify_ms_per_entry']:.3f} ms per entry ({result['verify_entries']} entries)")
+        print(
+            f"append (Session.audit, SQLCipher): p50 {result['append_p50_ms']:.3f} ms, "
+            f"p95 {result['append_p95_ms']:.3f} ms, mean {result['append_mean_ms']:.3f} ms over {args.n}"
+        )
+        print(
+            f"baseline plain INSERT, same DB:    mean {result['baseline_insert_mean_ms']:.3f} ms "
+            f"(p50 {result['baseline_insert_p50_ms']:.3f} ms)"
+        )
+        print(
+            f"CPU time per op: append {result['append_cpu_mean_ms']:.3f} ms, "
+            f"baseline {result['baseline_insert_cpu_mean_ms']:.3f} ms (load avg {result['load_avg_1m']})"
+        )
+        print(
+            f"ratio append/baseline: {result['ratio']:.2f}x; "
+            f"goal < 2 ms: {'met' if result['goal_met'] else 'NOT met'}"
+        )
+        print(
+            f"verify: {result['verify_ms_per_entry']:.3f} ms per entry ({result['verify_entries']} entries)"
+        )
     return 0
 
 

@@ -59,7 +59,7 @@ def baseline_train(pm, items, cfg, pad_id: int, steps: int) -> tuple[int, float]
             fresh = list(range(len(items)))
             rng.shuffle(fresh)
             order += fresh
-        idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, cfg)
@@ -96,17 +96,32 @@ def main() -> None:
 
     from offline.finetune import data as fdata
     from offline.finetune.base import load_base, resolve_base, target_modules
-    from offline.finetune.train import TrainConfig, evaluate, train_lora
+    from offline.finetune.train import TrainConfig, train_lora
 
     t_load = time.perf_counter()
     base = resolve_base(args.base)
     model, tok = load_base(base)
     load_s = time.perf_counter() - t_load
-    cfg = TrainConfig(rank=8, alpha=16, dropout=0.0, lr=2e-4, batch_size=args.batch_size, max_len=args.max_len,
-                      max_steps=args.steps, eval_split=0.1, seed=0)
-    ds = [fdata.Example(messages=[{"role": "user", "content": r["prompt"]},
-                                  {"role": "assistant", "content": r["completion"]}])
-          for r in squad_pairs(args.examples)]
+    cfg = TrainConfig(
+        rank=8,
+        alpha=16,
+        dropout=0.0,
+        lr=2e-4,
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+        max_steps=args.steps,
+        eval_split=0.1,
+        seed=0,
+    )
+    ds = [
+        fdata.Example(
+            messages=[
+                {"role": "user", "content": r["prompt"]},
+                {"role": "assistant", "content": r["completion"]},
+            ]
+        )
+        for r in squad_pairs(args.examples)
+    ]
     train_ex, eval_ex = fdata.split(ds, cfg.eval_split, cfg.seed)
     train_enc, _ = fdata.encode_all(tok, train_ex, cfg.max_len)
     eval_enc, _ = fdata.encode_all(tok, eval_ex, cfg.max_len)
@@ -114,8 +129,9 @@ def main() -> None:
 
     def fresh():
         torch.manual_seed(cfg.seed)
-        return get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0,
-                                                target_modules=modules))
+        return get_peft_model(
+            model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=modules)
+        )
 
     kit_tok = kit_s = base_tok = base_s = 0.0
     eval_before = eval_after = None
@@ -129,25 +145,42 @@ def main() -> None:
                 base_tok += t
                 base_s += s
             else:
-                r = train_lora(pm, train_enc, [] if rnd else eval_enc, cfg, pad_id=tok.pad_token_id, progress=False)
+                r = train_lora(
+                    pm, train_enc, [] if rnd else eval_enc, cfg, pad_id=tok.pad_token_id, progress=False
+                )
                 t, s = r.tokens, r.train_seconds
                 kit_tok += t
                 kit_s += s
                 if rnd == 0:
                     eval_before, eval_after = r.eval_loss_before, r.eval_loss_after
-            per_round.append({"round": rnd, "loop": which, "tokens": t, "seconds": round(s, 2),
-                              "tokens_per_s": round(t / s, 1)})
+            per_round.append(
+                {
+                    "round": rnd,
+                    "loop": which,
+                    "tokens": t,
+                    "seconds": round(s, 2),
+                    "tokens_per_s": round(t / s, 1),
+                }
+            )
             print(f"round {rnd} {which}: {t} tokens in {s:.1f} s = {t / s:.1f} tokens/s", file=sys.stderr)
             model = pm.unload()  # back to the bare base for the next loop
     tps, btps = kit_tok / kit_s, base_tok / base_s
     out = {
-        "tokens_per_s": round(tps, 1), "baseline_tokens_per_s": round(btps, 1), "ratio": round(tps / btps, 3),
+        "tokens_per_s": round(tps, 1),
+        "baseline_tokens_per_s": round(btps, 1),
+        "ratio": round(tps / btps, 3),
         "eval_loss_before": round(eval_before, 4) if eval_before is not None else None,
         "eval_loss_after": round(eval_after, 4) if eval_after is not None else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "steps_per_loop_per_round": args.steps, "rounds": args.rounds, "batch_size": cfg.batch_size,
-        "train_examples": len(train_enc), "eval_examples": len(eval_enc), "base": base.name,
-        "base_load_s": round(load_s, 1), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "steps_per_loop_per_round": args.steps,
+        "rounds": args.rounds,
+        "batch_size": cfg.batch_size,
+        "train_examples": len(train_enc),
+        "eval_examples": len(eval_enc),
+        "base": base.name,
+        "base_load_s": round(load_s, 1),
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
         "per_round": per_round,
     }
     if args.json:

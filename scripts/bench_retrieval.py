@@ -93,10 +93,24 @@ def build(session, collection: str, vecs, words, chunk_per_doc: int = 1000) -> f
         rows = range(start, min(n, start + chunk_per_doc))
         chunks = [Chunk(" ".join(word(w) for w in words[i]), None, None, 60) for i in rows]
         label = ("public", "internal", "phi")[d % 3]
-        rec = DocRecord(source=f"synthetic:{d}", name=f"doc{d}.txt", sha256="0" * 64, size=0, mtime=None,
-                        label=label, mime="text/plain")
-        write_document(h.conn, collection, rec, chunks, vecs[rows.start:rows.stop], model=(emb.name, emb.sha256),
-                       user=session.user)
+        rec = DocRecord(
+            source=f"synthetic:{d}",
+            name=f"doc{d}.txt",
+            sha256="0" * 64,
+            size=0,
+            mtime=None,
+            label=label,
+            mime="text/plain",
+        )
+        write_document(
+            h.conn,
+            collection,
+            rec,
+            chunks,
+            vecs[rows.start : rows.stop],
+            model=(emb.name, emb.sha256),
+            user=session.user,
+        )
     return time.perf_counter() - t0
 
 
@@ -107,8 +121,12 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--repeat", type=int, default=3, help="timings per query per side; the best is kept")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="BLAS/OpenMP threads for both sides (default: the libraries' own choice)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS/OpenMP threads for both sides (default: the libraries' own choice)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -132,12 +150,17 @@ def main() -> int:
         load_ms = (time.perf_counter() - t0) * 1000
 
         qi = rng.choice(args.n, size=args.queries, replace=False)
-        qv = vecs[qi] + 0.5 * rng.standard_normal((args.queries, emb.dim)).astype(np.float32) / np.sqrt(emb.dim) * 4
+        qv = (
+            vecs[qi]
+            + 0.5 * rng.standard_normal((args.queries, emb.dim)).astype(np.float32) / np.sqrt(emb.dim) * 4
+        )
         qv = (qv / np.linalg.norm(qv, axis=1, keepdims=True)).astype(np.float32)
         texts = []
         for i in qi:
             content = [w for w in dict.fromkeys(words[i]) if w >= 100]
-            texts.append(" ".join(word(w) for w in rng.choice(content, size=min(4, len(content)), replace=False)))
+            texts.append(
+                " ".join(word(w) for w in rng.choice(content, size=min(4, len(content)), replace=False))
+            )
 
         matrix = np.ascontiguousarray(vecs)  # the baseline's own copy of the same vectors
         exact64 = vecs.astype(np.float64)
@@ -150,8 +173,15 @@ def main() -> int:
 
         for _ in range(5):  # warm caches, threads and the BM25 worker on both sides
             numpy_topk(qv[0])
-            search(session, texts[0], collections=["bench"], k=k, audit=False, query_vector=qv[0],
-                   dense_backend="memory")
+            search(
+                session,
+                texts[0],
+                collections=["bench"],
+                k=k,
+                audit=False,
+                query_vector=qv[0],
+                dense_backend="memory",
+            )
         np_ms, hy_ms, leg = [], [], {"dense_ms": [], "bm25_ms": []}
         recall_mem = []
         for j in range(args.queries):
@@ -163,8 +193,15 @@ def main() -> int:
                 numpy_topk(qv[j])
                 best_np = min(best_np, (time.perf_counter() - t0) * 1000)
                 t0 = time.perf_counter()
-                r = search(session, texts[j], collections=["bench"], k=k, audit=False, query_vector=qv[j],
-                           dense_backend="memory")
+                r = search(
+                    session,
+                    texts[j],
+                    collections=["bench"],
+                    k=k,
+                    audit=False,
+                    query_vector=qv[j],
+                    dense_backend="memory",
+                )
                 took = (time.perf_counter() - t0) * 1000
                 if took < best_hy:
                     best_hy, res = took, r
@@ -173,16 +210,32 @@ def main() -> int:
             for key in leg:
                 leg[key].append(res.timings.get(key, 0.0))
             truth = set(np.argsort(-(exact64 @ qv[j].astype(np.float64)))[:k] + 1)  # rowid = index + 1
-            dense = search(session, texts[j], collections=["bench"], k=k, mode="dense", audit=False,
-                           query_vector=qv[j], dense_backend="memory")
+            dense = search(
+                session,
+                texts[j],
+                collections=["bench"],
+                k=k,
+                mode="dense",
+                audit=False,
+                query_vector=qv[j],
+                dense_backend="memory",
+            )
             recall_mem.append(len(truth & {int(h.chunk_id.split("/")[1]) for h in dense.hits}) / k)
 
         n_sql = min(args.queries, 30)
         sql_ms, recall_sql = [], []
         for j in range(n_sql):
             t0 = time.perf_counter()
-            dense = search(session, texts[j], collections=["bench"], k=k, mode="dense", audit=False,
-                           query_vector=qv[j], dense_backend="sqlite")
+            dense = search(
+                session,
+                texts[j],
+                collections=["bench"],
+                k=k,
+                mode="dense",
+                audit=False,
+                query_vector=qv[j],
+                dense_backend="sqlite",
+            )
             sql_ms.append((time.perf_counter() - t0) * 1000)
             truth = set(np.argsort(-(exact64 @ qv[j].astype(np.float64)))[:k] + 1)
             recall_sql.append(len(truth & {int(h.chunk_id.split("/")[1]) for h in dense.hits}) / k)
@@ -196,9 +249,15 @@ def main() -> int:
             q_ms.append((time.perf_counter() - t0) * 1000)
 
         out = {
-            "n": args.n, "dim": emb.dim, "queries": args.queries, "k": k, "synthetic": True,
-            "hybrid_p50_ms": round(pct(hy_ms, 50), 3), "hybrid_p95_ms": round(pct(hy_ms, 95), 3),
-            "numpy_p50_ms": round(pct(np_ms, 50), 3), "numpy_p95_ms": round(pct(np_ms, 95), 3),
+            "n": args.n,
+            "dim": emb.dim,
+            "queries": args.queries,
+            "k": k,
+            "synthetic": True,
+            "hybrid_p50_ms": round(pct(hy_ms, 50), 3),
+            "hybrid_p95_ms": round(pct(hy_ms, 95), 3),
+            "numpy_p50_ms": round(pct(np_ms, 50), 3),
+            "numpy_p95_ms": round(pct(np_ms, 95), 3),
             "ratio_p50": round(pct(hy_ms, 50) / pct(np_ms, 50), 3),
             "recall_at_10": round(statistics.mean(recall_mem), 4),
             "dense_leg_p50_ms": round(pct(leg["dense_ms"], 50), 3),
@@ -206,10 +265,13 @@ def main() -> int:
             "sqlite_vec_p50_ms": round(pct(sql_ms, 50), 3),
             "sqlite_vec_ratio_p50": round(pct(sql_ms, 50) / pct(np_ms, 50), 3),
             "sqlite_vec_recall_at_10": round(statistics.mean(recall_sql), 4),
-            "index_load_ms": round(load_ms, 1), "build_s": round(build_s, 1),
+            "index_load_ms": round(load_ms, 1),
+            "build_s": round(build_s, 1),
             "query_embed_p50_ms": round(pct(q_ms, 50), 3),
-            "cpu_count": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
-            "threads": args.threads, "repeat": args.repeat,
+            "cpu_count": os.cpu_count(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+            "threads": args.threads,
+            "repeat": args.repeat,
         }
         session.close()
     finally:
@@ -218,14 +280,28 @@ def main() -> int:
         print(json.dumps(out, indent=2))
     else:
         print(f"N={out['n']} chunks (synthetic, dim {out['dim']}), {out['queries']} queries, k={k}")
-        print(f"  hybrid (warm memory index)  p50 {out['hybrid_p50_ms']:.2f} ms  p95 {out['hybrid_p95_ms']:.2f} ms")
-        print(f"  numpy float32 brute force   p50 {out['numpy_p50_ms']:.2f} ms  p95 {out['numpy_p95_ms']:.2f} ms")
-        print(f"  ratio p50 {out['ratio_p50']:.2f}x (goal <= 2x); dense recall@10 {out['recall_at_10']:.4f} (goal >= 0.99)")
+        print(
+            f"  hybrid (warm memory index)  p50 {out['hybrid_p50_ms']:.2f} ms  "
+            f"p95 {out['hybrid_p95_ms']:.2f} ms"
+        )
+        print(
+            f"  numpy float32 brute force   p50 {out['numpy_p50_ms']:.2f} ms  "
+            f"p95 {out['numpy_p95_ms']:.2f} ms"
+        )
+        print(
+            f"  ratio p50 {out['ratio_p50']:.2f}x (goal <= 2x); "
+            f"dense recall@10 {out['recall_at_10']:.4f} (goal >= 0.99)"
+        )
         print(f"  legs: dense p50 {out['dense_leg_p50_ms']:.2f} ms, bm25 p50 {out['bm25_leg_p50_ms']:.2f} ms")
-        print(f"  sqlite-vec KNN alone p50 {out['sqlite_vec_p50_ms']:.2f} ms ({out['sqlite_vec_ratio_p50']:.1f}x), "
-              f"recall@10 {out['sqlite_vec_recall_at_10']:.4f}")
-        print(f"  index load {out['index_load_ms']:.0f} ms; build {out['build_s']:.0f} s; "
-              f"query embedding p50 {out['query_embed_p50_ms']:.1f} ms")
+        print(
+            f"  sqlite-vec KNN alone p50 {out['sqlite_vec_p50_ms']:.2f} ms "
+            f"({out['sqlite_vec_ratio_p50']:.1f}x), "
+            f"recall@10 {out['sqlite_vec_recall_at_10']:.4f}"
+        )
+        print(
+            f"  index load {out['index_load_ms']:.0f} ms; build {out['build_s']:.0f} s; "
+            f"query embedding p50 {out['query_embed_p50_ms']:.1f} ms"
+        )
     return 0
 
 

@@ -34,6 +34,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from offline.eval.metrics import char_accuracy  # noqa: E402 (after the path set-up)
+from offline.vault import set_setting  # noqa: E402
+
 os.environ.setdefault("OFFLINE_KDF_TARGET_S", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PATTERN = r"\b(?:PT|pt)-?\d{5}\b"
@@ -60,7 +62,9 @@ def subject_recall(session) -> dict:
     baseline = sum(1 for p in lab["places"] if place_name(p) in tagged)
     docs_before = {r[0] for r in conn.execute("SELECT name FROM documents")}
     found = places_found(collect_subject_data(session, sub["id"]), lab)
-    export_names = {d["name"] for c in collect_subject_data(session, sub["id"])["collections"] for d in c["documents"]}
+    export_names = {
+        d["name"] for c in collect_subject_data(session, sub["id"])["collections"] for d in c["documents"]
+    }
     mine = {place_name(p) for p in lab["places"]}
     with tempfile.TemporaryDirectory() as rc:
         receipt = erase_subject(session, sub["id"], receipt_dir=rc)
@@ -68,17 +72,22 @@ def subject_recall(session) -> dict:
     conn = open_collection(session, "clinic", "read").conn
     docs_after = {r[0] for r in conn.execute("SELECT name FROM documents")}
     others_removed = sorted((docs_before - docs_after) - mine)
-    return {"places": len(found), "found_by_export": sum(found.values()),
-            "export_recall": round(sum(found.values()) / len(found), 3),
-            "export_other_documents": sorted(export_names - mine),
-            "baseline_tag_only_found": baseline, "baseline_recall": round(baseline / len(found), 3),
-            "missed": [k for k, v in found.items() if not v],
-            "erased_documents": receipt["totals"]["documents"],
-            "erased_in_part": receipt["totals"]["documents_in_part"],
-            "subject_markers_left_after_erase": left["subject_markers_left"],
-            "erase_recall": round(1 - len(left["subject_markers_left"]) / len(lab["places"]), 3),
-            "other_subject_documents_removed": others_removed,
-            "other_markers_lost": left["other_markers_lost"], "ingest_failed": rep["failed"]}
+    return {
+        "places": len(found),
+        "found_by_export": sum(found.values()),
+        "export_recall": round(sum(found.values()) / len(found), 3),
+        "export_other_documents": sorted(export_names - mine),
+        "baseline_tag_only_found": baseline,
+        "baseline_recall": round(baseline / len(found), 3),
+        "missed": [k for k, v in found.items() if not v],
+        "erased_documents": receipt["totals"]["documents"],
+        "erased_in_part": receipt["totals"]["documents_in_part"],
+        "subject_markers_left_after_erase": left["subject_markers_left"],
+        "erase_recall": round(1 - len(left["subject_markers_left"]) / len(lab["places"]), 3),
+        "other_subject_documents_removed": others_removed,
+        "other_markers_lost": left["other_markers_lost"],
+        "ingest_failed": rep["failed"],
+    }
 
 
 def detection() -> dict:
@@ -94,8 +103,11 @@ def detection() -> dict:
         text = "\n".join(s.text for s in load(path, path.read_bytes(), max_bytes=1 << 28).segments)
         truth = [(k, v) for k, v in info["identifiers"]]
         # The set's marker words (mgz01, keep07) are test scaffolding, not text a clinic writes.
-        got = [(f.kind, text[f.start:f.end]) for f in detect(text, PATTERN)
-               if not any(m in text[f.start:f.end].lower() for m in ("mgz", "keep", "marker"))]
+        got = [
+            (f.kind, text[f.start : f.end])
+            for f in detect(text, PATTERN)
+            if not any(m in text[f.start : f.end].lower() for m in ("mgz", "keep", "marker"))
+        ]
 
         def same(a: tuple[str, str], b: tuple[str, str]) -> bool:
             if a[0] != b[0]:
@@ -112,17 +124,30 @@ def detection() -> dict:
             c["found"] += sum(1 for x in t if any(same(x, y) for y in g))
             c["detections"] += len(g)
             c["correct"] += sum(1 for y in g if any(same(x, y) for x in t))
-    return {k: {**v, "recall": round(v["found"] / v["labelled"], 3) if v["labelled"] else None,
-                "precision": round(v["correct"] / v["detections"], 3) if v["detections"] else None}
-            for k, v in sorted(per.items())}
+    return {
+        k: {
+            **v,
+            "recall": round(v["found"] / v["labelled"], 3) if v["labelled"] else None,
+            "precision": round(v["correct"] / v["detections"], 3) if v["detections"] else None,
+        }
+        for k, v in sorted(per.items())
+    }
 
 
 def squad_paragraphs(n: int) -> list[tuple[str, str]]:
-    squad = next(p for p in (REPO.parent / "shared/data/squad-v1.1-dev-part-a.json",
-                             REPO / "tests/data/squad-beir-slice.json") if p.exists())
+    squad = next(
+        p
+        for p in (
+            REPO.parent / "shared/data/squad-v1.1-dev-part-a.json",
+            REPO / "tests/data/squad-beir-slice.json",
+        )
+        if p.exists()
+    )
     data = json.loads(squad.read_text(encoding="utf-8"))
     if "data" in data:
-        return [(a["title"].replace("_", " "), p["context"]) for a in data["data"] for p in a["paragraphs"]][:n]
+        return [(a["title"].replace("_", " "), p["context"]) for a in data["data"] for p in a["paragraphs"]][
+            :n
+        ]
     return [(str(i), p["context"] if isinstance(p, dict) else str(p)) for i, p in enumerate(data)][:n]
 
 
@@ -134,7 +159,7 @@ def ocr(pages: int) -> dict:
     paras = squad_paragraphs(pages * 2)
     accs, confs, seconds = [], [], 0.0
     for i in range(pages):
-        text = "\n\n".join(c for _, c in paras[2 * i:2 * i + 2])
+        text = "\n\n".join(c for _, c in paras[2 * i : 2 * i + 2])
         lines = [ln for para in text.split("\n\n") for ln in textwrap.wrap(para, 78) + [""]]
         img = render_page(lines[:44])
         truth = "\n".join(lines[:44])
@@ -143,9 +168,15 @@ def ocr(pages: int) -> dict:
         seconds += time.perf_counter() - t0
         accs.append(char_accuracy(truth, got.text))
         confs.append(got.confidence)
-    return {"pages": pages, "dpi": 200, "char_accuracy_mean": round(sum(accs) / len(accs), 4),
-            "char_accuracy_min": round(min(accs), 4), "confidence_mean": round(sum(confs) / len(confs), 3),
-            "pages_per_s": round(pages / seconds, 3), "engine": "tesseract 5.3.0 (eng, tessdata_fast)"}
+    return {
+        "pages": pages,
+        "dpi": 200,
+        "char_accuracy_mean": round(sum(accs) / len(accs), 4),
+        "char_accuracy_min": round(min(accs), 4),
+        "confidence_mean": round(sum(confs) / len(confs), 3),
+        "pages_per_s": round(pages / seconds, 3),
+        "engine": "tesseract 5.3.0 (eng, tessdata_fast)",
+    }
 
 
 def throughput(session, work: Path, n: int) -> dict:
@@ -156,17 +187,20 @@ def throughput(session, work: Path, n: int) -> dict:
     docs = work / "squad"
     docs.mkdir()
     for i in range(0, len(paras), 5):
-        body = "\n\n".join(f"## {t} ({i + j})\n\n{c}" for j, (t, c) in enumerate(paras[i:i + 5]))
+        body = "\n\n".join(f"## {t} ({i + j})\n\n{c}" for j, (t, c) in enumerate(paras[i : i + 5]))
         (docs / f"doc{i // 5:04d}.md").write_text(f"# Part {i // 5}\n\n{body}\n", encoding="utf-8")
     out = {}
     for mode in ("off", "on", "off2"):  # off twice: machine drift shows as the difference of the two
-        session.set_setting("identifier_detection", "on" if mode == "on" else "off")
+        set_setting(session, "identifier_detection", "on" if mode == "on" else "off")
         create_collection(session, f"tp-{mode}")
         t0 = time.perf_counter()
         rep = ingest_paths(session, [docs], f"tp-{mode}")
-        out[mode] = {"chunks": rep["chunks"], "seconds": round(time.perf_counter() - t0, 2),
-                     "chunks_per_s": round(rep["chunks"] / (time.perf_counter() - t0), 2),
-                     "identifiers": rep.get("identifiers")}
+        out[mode] = {
+            "chunks": rep["chunks"],
+            "seconds": round(time.perf_counter() - t0, 2),
+            "chunks_per_s": round(rep["chunks"] / (time.perf_counter() - t0), 2),
+            "identifiers": rep.get("identifiers"),
+        }
     off = (out["off"]["chunks_per_s"] + out["off2"]["chunks_per_s"]) / 2
     out["ratio_on_vs_off"] = round(out["on"]["chunks_per_s"] / off, 3)
     return out
@@ -190,7 +224,7 @@ def main() -> int:
         _engine(PATTERN)
         _engine("")
         session = create_vault(work / "vault", "bench", secrets.token_urlsafe(16))
-        session.set_setting("subject_id_pattern", PATTERN)
+        set_setting(session, "subject_id_pattern", PATTERN)
         results = {"subject": subject_recall(session), "detection": detection(), "ocr": ocr(args.ocr_pages)}
         results["throughput"] = throughput(session, work, args.paragraphs)
         session.close()
@@ -201,18 +235,29 @@ def main() -> int:
         print(json.dumps(results, indent=2, ensure_ascii=False))
         return 0
     s = results["subject"]
-    print(f"Subject recall: export {s['found_by_export']}/{s['places']} places ({s['export_recall']:.0%}; tag-only "
-          f"baseline {s['baseline_tag_only_found']}/{s['places']}); after erase {len(s['subject_markers_left_after_erase'])}"
-          f" left, {len(s['other_subject_documents_removed'])} other-subject documents removed")
+    print(
+        f"Subject recall: export {s['found_by_export']}/{s['places']} places "
+        f"({s['export_recall']:.0%}; tag-only "
+        f"baseline {s['baseline_tag_only_found']}/{s['places']}); "
+        f"after erase {len(s['subject_markers_left_after_erase'])}"
+        f" left, {len(s['other_subject_documents_removed'])} other-subject documents removed"
+    )
     for kind, v in results["detection"].items():
-        print(f"  {kind:<14} recall {v['recall']}  precision {v['precision']}  ({v['found']}/{v['labelled']} labelled,"
-              f" {v['correct']}/{v['detections']} detections)")
+        print(
+            f"  {kind:<14} recall {v['recall']}  precision {v['precision']}  "
+            f"({v['found']}/{v['labelled']} labelled,"
+            f" {v['correct']}/{v['detections']} detections)"
+        )
     o = results["ocr"]
-    print(f"OCR: char accuracy {o['char_accuracy_mean']:.4f} (min {o['char_accuracy_min']:.4f}) at 200 dpi, "
-          f"{o['pages_per_s']:.2f} pages/s")
+    print(
+        f"OCR: char accuracy {o['char_accuracy_mean']:.4f} (min {o['char_accuracy_min']:.4f}) at 200 dpi, "
+        f"{o['pages_per_s']:.2f} pages/s"
+    )
     t = results["throughput"]
-    print(f"Ingest: detection on {t['on']['chunks_per_s']} chunks/s vs off {t['off']['chunks_per_s']}/"
-          f"{t['off2']['chunks_per_s']} chunks/s -> ratio {t['ratio_on_vs_off']}")
+    print(
+        f"Ingest: detection on {t['on']['chunks_per_s']} chunks/s vs off {t['off']['chunks_per_s']}/"
+        f"{t['off2']['chunks_per_s']} chunks/s -> ratio {t['ratio_on_vs_off']}"
+    )
     return 0
 
 

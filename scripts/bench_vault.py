@@ -46,12 +46,16 @@ def open_plain(path: Path):
 
 def run_side(conn, vectors: np.ndarray, queries: np.ndarray, k: int) -> dict:
     dim = vectors.shape[1]
-    conn.execute(f"CREATE VIRTUAL TABLE v USING vec0(id INTEGER PRIMARY KEY, e float[{dim}] distance_metric=cosine)")
+    conn.execute(
+        f"CREATE VIRTUAL TABLE v USING vec0(id INTEGER PRIMARY KEY, e float[{dim}] distance_metric=cosine)"
+    )
     t0 = time.perf_counter()
     for start in range(0, len(vectors), BATCH):
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO v(id, e) VALUES (?, ?)",
-                         [(start + i + 1, vec.tobytes()) for i, vec in enumerate(vectors[start:start + BATCH])])
+        conn.executemany(
+            "INSERT INTO v(id, e) VALUES (?, ?)",
+            [(start + i + 1, vec.tobytes()) for i, vec in enumerate(vectors[start : start + BATCH])],
+        )
         conn.execute("COMMIT")
     insert_s = time.perf_counter() - t0
     sql = "SELECT id, distance FROM v WHERE e MATCH ? AND k = ?"
@@ -61,9 +65,13 @@ def run_side(conn, vectors: np.ndarray, queries: np.ndarray, k: int) -> dict:
         t = time.perf_counter()
         results.append([r[0] for r in conn.execute(sql, (q.tobytes(), k)).fetchall()])
         times.append((time.perf_counter() - t) * 1000)
-    return {"insert_s": insert_s, "insert_rows_per_s": len(vectors) / insert_s,
-            "knn_p50_ms": statistics.median(times), "knn_p95_ms": float(np.percentile(times, 95)),
-            "results": results}
+    return {
+        "insert_s": insert_s,
+        "insert_rows_per_s": len(vectors) / insert_s,
+        "knn_p50_ms": statistics.median(times),
+        "knn_p95_ms": float(np.percentile(times, 95)),
+        "results": results,
+    }
 
 
 def main() -> None:
@@ -92,21 +100,31 @@ def main() -> None:
 
     same = sum(a == b for a, b in zip(enc.pop("results"), plain.pop("results")))
     out = {
-        "n": args.n, "dim": args.dim, "k": args.k, "queries": args.queries,
-        "encrypted": enc, "plain": plain,
+        "n": args.n,
+        "dim": args.dim,
+        "k": args.k,
+        "queries": args.queries,
+        "encrypted": enc,
+        "plain": plain,
         "knn_ratio_p50": enc["knn_p50_ms"] / plain["knn_p50_ms"],
         "insert_ratio": enc["insert_s"] / plain["insert_s"],
         "identical_results": f"{same}/{args.queries}",
         "goal": "knn_ratio_p50 <= 1.1, insert_ratio <= 1.3",
-        "cache_kib": db.CACHE_KIB, "cpus": os.cpu_count(),
+        "cache_kib": db.CACHE_KIB,
+        "cpus": os.cpu_count(),
     }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         print(f"n={args.n} dim={args.dim} k={args.k}")
-        print(f"insert   encrypted {enc['insert_s']:.2f}s  plain {plain['insert_s']:.2f}s  ratio {out['insert_ratio']:.2f}")
-        print(f"warm KNN encrypted p50 {enc['knn_p50_ms']:.1f}ms  plain p50 {plain['knn_p50_ms']:.1f}ms  "
-              f"ratio {out['knn_ratio_p50']:.2f}")
+        print(
+            f"insert   encrypted {enc['insert_s']:.2f}s  plain {plain['insert_s']:.2f}s  "
+            f"ratio {out['insert_ratio']:.2f}"
+        )
+        print(
+            f"warm KNN encrypted p50 {enc['knn_p50_ms']:.1f}ms  plain p50 {plain['knn_p50_ms']:.1f}ms  "
+            f"ratio {out['knn_ratio_p50']:.2f}"
+        )
         print(f"identical top-{args.k}: {out['identical_results']}")
 
 

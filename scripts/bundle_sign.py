@@ -47,8 +47,9 @@ def load_or_create_key(key_path: Path, bundle: Path) -> Ed25519PrivateKey:
             print(f"warning: signing key {key_path} is readable by others; chmod 600 it", file=sys.stderr)
         return key
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -84,8 +85,9 @@ def sign(bundle: Path, key_path: Path) -> str:
     sums = (bundle / SUMS).read_bytes()
     (bundle / SIG).write_bytes(key.sign(sums))
     pub = key.public_key()
-    (bundle / PUB).write_bytes(pub.public_bytes(serialization.Encoding.PEM,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo))
+    (bundle / PUB).write_bytes(
+        pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     fingerprint = hashlib.sha256(der).hexdigest()
     print(f"signed {n} files; public key sha256 {fingerprint}", file=sys.stderr)

@@ -52,25 +52,17 @@ def log(msg: str) -> None:
 
 
 def squad_sets(articles: list[dict], n_answerable: int, n_gone: int, seed: int):
-    """(answerable, gone, removed paragraph sources): disjoint questions, seeded."""
-    from offline.eval.metrics import normalize_answer
+    """(answerable, gone, removed paragraph sources): disjoint questions, seeded; the gone ones
+    chosen by the library's :func:`offline.eval.qa.pick_gold_removed` (as ``eval qa`` does)."""
+    from offline.eval.qa import pick_gold_removed
 
     rng = random.Random(seed)
     items = [(a["title"], i, qa["question"], sorted({x["text"] for x in qa["answers"]}))
              for a in articles for i, p in enumerate(a["paragraphs"]) for qa in p["qas"]]
     rng.shuffle(items)
-    texts = {(a["title"], i): normalize_answer(p["context"]) for a in articles for i, p in enumerate(a["paragraphs"])}
-    gone, removed = [], set()
-    for t, i, q, golds in items:
-        if len(gone) >= n_gone:
-            break
-        if (t, i) in removed:
-            continue
-        others = [v for key, v in texts.items() if key != (t, i) and key not in removed]
-        if any(f" {normalize_answer(g)} " in f" {o} " for g in golds for o in others):
-            continue  # still answerable elsewhere: not a test of refusal
-        gone.append((q, []))
-        removed.add((t, i))
+    paragraphs = {(a["title"], i): p["context"] for a in articles for i, p in enumerate(a["paragraphs"])}
+    picked, removed = pick_gold_removed([((t, i), golds) for t, i, _, golds in items], paragraphs, n_gone)
+    gone = [(items[n][2], []) for n in picked]
     answerable = [(q, golds) for t, i, q, golds in items if (t, i) not in removed][:n_answerable]
     return answerable, gone, removed
 
@@ -81,13 +73,13 @@ def jsonl(path: Path) -> list[tuple[str, list[str]]]:
 
 
 def run_set(session, questions, collection: str, *, k: int, reader: bool, model: str | None, max_tokens: int):
-    from offline.eval.grounded import score
+    from offline.eval.grounded import score_answer
     from offline.rag import answer
 
     rows = []
     for q, golds in questions:
         a = answer(session, q, collections=[collection], k=k, reader=reader, model=model, max_tokens=max_tokens)
-        rows.append({**score(a, golds), "question": q, "answer": a.answer, "draft": a.draft})
+        rows.append({**score_answer(a, golds), "question": q, "answer": a.answer, "draft": a.draft})
     return rows
 
 

@@ -4,7 +4,10 @@
 1. A fresh vault in WORKDIR; collection ``squad`` gets every paragraph of a few SQuAD v1.1 dev
    articles (one document per paragraph, so the rest of each article acts as distractors).
 2. The questions of those articles are split per article, deterministically: ``--questions`` are
-   held out for the comparison, the others (up to ``--train-max``) train a LoRA adapter ``squad-qa``
+   held out for the comparison, ``--unanswerable`` more are made unanswerable by leaving their gold
+   paragraph out of the collection (``offline.eval.qa.pick_gold_removed``, as ``eval qa`` and
+   ``scripts/eval_reader.py`` do; never a paragraph a held-out question needs), the others (up to
+   ``--train-max``) train a LoRA adapter ``squad-qa``
    (closed-book: question -> gold answer, with the same system prompt ``--mode finetune`` uses;
    ``--raft``: RAFT-style on the prompts ``ask`` builds from the collection, the right hybrid).
 3. ``offline compare`` (the library call) runs base, rag, finetune and hybrid on the held-out
@@ -12,7 +15,7 @@
 4. The charts go to docs/img/compare-*.png and a copy of results.json without the per-question
    rows to docs/compare-results.json; the full report stays in WORKDIR/report.
 
-    scripts/example_compare.py [--questions 200] [--articles Victoria_(Australia),...] [--steps 60]
+    scripts/example_compare.py [--questions 200] [--unanswerable 20] [--articles Victoria_(Australia),...] [--steps 60]
                                [--workdir DIR] [--max-tokens 32] [--no-docs]
 
 Data: ../shared/data/squad-v1.1-dev-part-a.json (SQuAD v1.1 dev, CC BY-SA 4.0).
@@ -62,6 +65,22 @@ def split_questions(articles: list[dict], n_eval: int, train_max: int, seed: int
     return evals, trains[:train_max]
 
 
+def gold_removed(articles: list[dict], keep: set[str], n: int, seed: int) -> tuple[list[dict], set[tuple[str, int]]]:
+    """``n`` questions (none in ``keep``) that no paragraph answers once their own is left out, and
+    the paragraphs to leave out; a paragraph that hosts a question in ``keep`` is never one of them."""
+    from offline.eval.qa import pick_gold_removed
+
+    paragraphs = {(a["title"], i): p["context"] for a in articles for i, p in enumerate(a["paragraphs"])}
+    needed = {(a["title"], i) for a in articles for i, p in enumerate(a["paragraphs"])
+              if any(qa["id"] in keep for qa in p["qas"])}
+    pool = [((a["title"], i), qa) for a in articles for i, p in enumerate(a["paragraphs"]) for qa in p["qas"]
+            if (a["title"], i) not in needed and qa["id"] not in keep and qa["answers"]]
+    random.Random(f"{seed}-unanswerable").shuffle(pool)
+    picked, removed = pick_gold_removed([(key, [x["text"] for x in qa["answers"]]) for key, qa in pool],
+                                        paragraphs, n)
+    return [{"id": pool[j][1]["id"], "question": pool[j][1]["question"], "answers": []} for j in picked], removed
+
+
 def compare_phase(work: Path, max_tokens: int, update_steps: int, run_compare) -> int:
     """The measured part, in its own process: open the vault, run every mode, write the report."""
     from offline.vault import open_session
@@ -80,6 +99,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--articles", default=ARTICLES)
+    ap.add_argument("--unanswerable", type=int, default=20,
+                    help="questions asked with their gold paragraph left out of the collection (refusal rate)")
     ap.add_argument("--train-max", type=int, default=320, help="training questions (others of the same articles)")
     ap.add_argument("--steps", type=int, default=80, help="adapter training steps")
     ap.add_argument("--max-tokens", type=int, default=32)
@@ -114,13 +135,16 @@ def main() -> int:
         return 2
     articles = [data[t] for t in titles]
     evals, trains = split_questions(articles, args.questions, args.train_max, args.seed)
+    gone, removed = gold_removed(articles, {q["id"] for q in evals} | {qa["id"] for qa in trains},
+                                 args.unanswerable, args.seed)
     qa_file = work / "heldout.jsonl"
-    qa_file.write_text("".join(json.dumps(q) + "\n" for q in evals), encoding="utf-8")
+    qa_file.write_text("".join(json.dumps(q) + "\n" for q in evals + gone), encoding="utf-8")
     train_file = work / "train.jsonl"
     train_file.write_text("".join(json.dumps({"messages": [
         {"role": "system", "content": SYSTEM_BASE}, {"role": "user", "content": qa["question"]},
         {"role": "assistant", "content": qa["answers"][0]["text"]}]}) + "\n" for qa in trains), encoding="utf-8")
-    log(f"{len(evals)} held-out questions, {len(trains)} training questions over {len(articles)} articles")
+    log(f"{len(evals)} held-out questions (+{len(gone)} with their gold paragraph left out), "
+        f"{len(trains)} training questions over {len(articles)} articles")
 
     vault = work / "vault"
     if vault.exists():
@@ -130,7 +154,7 @@ def main() -> int:
     try:
         create_collection(session, "squad")
         recs = [TextRecord(source=f"{a['title']}/p{i:03d}", name=f"{a['title']}-p{i:03d}.txt", text=p["context"])
-                for a in articles for i, p in enumerate(a["paragraphs"])]
+                for a in articles for i, p in enumerate(a["paragraphs"]) if (a["title"], i) not in removed]
         t = time.perf_counter()
         rep = ingest_records(session, recs, "squad")
         log(f"ingested {len(rep['added'])} paragraphs, {rep['chunks']} chunks in {time.perf_counter() - t:.1f} s")
@@ -168,6 +192,7 @@ def main() -> int:
             shutil.copyfile(out / c, img / f"compare-{c}")
         slim = {k: v for k, v in res.items() if k not in ("per_question", "files")}
         slim["example"] = {"articles": titles, "held_out_questions": len(evals), "training_questions": len(trains),
+                           "unanswerable_questions": len(gone), "paragraphs_left_out": len(removed),
                            "adapter_recipe": "raft" if args.raft else "closed-book",
                            "adapter_steps": args.steps, "adapter_eval_loss": [info["eval_loss_before"],
                                                                               info["eval_loss_after"]]}

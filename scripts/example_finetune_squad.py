@@ -15,8 +15,10 @@ llama.cpp on the Q4_1 GGUF base, greedy decoding, against the same base without 
 Equivalent commands for your own vault:
 
     scripts/example_finetune_squad.py --write-data squad-train.jsonl   # writes the training JSONL
-    offline finetune create squad --data squad-train.jsonl --max-steps 60 --batch-size 8 --lr 1e-3 --max-len 256
-    offline ask --mode finetune --adapter squad "Text: ... Question: ... Answer with a short phrase from the text."
+    offline finetune create squad --data squad-train.jsonl --max-steps 60 --batch-size 8 \\
+        --lr 1e-3 --max-len 256
+    offline ask --mode finetune --adapter squad \\
+        "Text: ... Question: ... Answer with a short phrase from the text."
 """
 
 from __future__ import annotations
@@ -61,17 +63,32 @@ def score(llm, test: list[dict]) -> dict:
     samples = []
     t0 = time.perf_counter()
     for it in test:
-        out = llm.create_chat_completion(messages=[{"role": "user", "content": it["prompt"]}], max_tokens=24,
-                                         temperature=0.0, top_k=1, seed=0)
+        out = llm.create_chat_completion(
+            messages=[{"role": "user", "content": it["prompt"]}],
+            max_tokens=24,
+            temperature=0.0,
+            top_k=1,
+            seed=0,
+        )
         pred = out["choices"][0]["message"]["content"].strip().split("\n")[0]
         em += max(normalize(pred) == normalize(a) for a in it["answers"])
         f1s += max(f1(pred, a) for a in it["answers"])
         if len(samples) < 5:
-            samples.append({"question": it["prompt"].split("Question: ")[1].split("\n")[0], "pred": pred,
-                            "gold": it["answers"]})
+            samples.append(
+                {
+                    "question": it["prompt"].split("Question: ")[1].split("\n")[0],
+                    "pred": pred,
+                    "gold": it["answers"],
+                }
+            )
     n = len(test)
-    return {"exact_match": round(100 * em / n, 1), "f1": round(100 * f1s / n, 1), "n": n,
-            "seconds": round(time.perf_counter() - t0, 1), "samples": samples}
+    return {
+        "exact_match": round(100 * em / n, 1),
+        "f1": round(100 * f1s / n, 1),
+        "n": n,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "samples": samples,
+    }
 
 
 def main() -> None:
@@ -97,7 +114,9 @@ def main() -> None:
     random.Random(0).shuffle(train)
     random.Random(1).shuffle(test)
     train, test = train[: args.train], test[: args.test]
-    lines = "\n".join(json.dumps({"prompt": t["prompt"], "completion": t["completion"]}) for t in train) + "\n"
+    lines = (
+        "\n".join(json.dumps({"prompt": t["prompt"], "completion": t["completion"]}) for t in train) + "\n"
+    )
     if args.write_data:
         args.write_data.write_text(lines)
         print(f"wrote {len(train)} training pairs to {args.write_data}")
@@ -121,8 +140,16 @@ def main() -> None:
         before = score(llm, test)
         llm.close()
         t0 = time.perf_counter()
-        cfg = TrainConfig(rank=args.rank, alpha=2 * args.rank, lr=args.lr, max_steps=args.steps,
-                          batch_size=args.batch_size, max_len=256, eval_split=0.1, dropout=0.05)
+        cfg = TrainConfig(
+            rank=args.rank,
+            alpha=2 * args.rank,
+            lr=args.lr,
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            max_len=256,
+            eval_split=0.1,
+            dropout=0.05,
+        )
         info = create_adapter(session, "squad", data=datafile, cfg=cfg, progress=not args.json)
         train_s = time.perf_counter() - t0
         with store.open_adapter(session, "squad") as (path, _):
@@ -130,19 +157,34 @@ def main() -> None:
         after = score(llm, test)
         llm.close()
         session.close()
-    out = {"exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"],
-           "f1_before": before["f1"], "f1_after": after["f1"], "test_questions": len(test),
-           "train_pairs": len(train), "steps": args.steps, "batch_size": args.batch_size,
-           "train_wall_s": round(train_s, 1), "train_tokens_per_s": info["meta"]["tokens_per_s"],
-           "eval_loss_before": info["eval_loss_before"], "eval_loss_after": info["eval_loss_after"],
-           "adapter_sha256": info["sha256"], "samples_before": before["samples"], "samples_after": after["samples"]}
+    out = {
+        "exact_match_before": before["exact_match"],
+        "exact_match_after": after["exact_match"],
+        "f1_before": before["f1"],
+        "f1_after": after["f1"],
+        "test_questions": len(test),
+        "train_pairs": len(train),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "train_wall_s": round(train_s, 1),
+        "train_tokens_per_s": info["meta"]["tokens_per_s"],
+        "eval_loss_before": info["eval_loss_before"],
+        "eval_loss_after": info["eval_loss_after"],
+        "adapter_sha256": info["sha256"],
+        "samples_before": before["samples"],
+        "samples_after": after["samples"],
+    }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"exact match {out['exact_match_before']}% -> {out['exact_match_after']}%, "
-              f"F1 {out['f1_before']} -> {out['f1_after']} on {len(test)} held-out questions")
-        print(f"training: {args.steps} steps in {out['train_wall_s']} s, eval loss "
-              f"{out['eval_loss_before']:.3f} -> {out['eval_loss_after']:.3f}")
+        print(
+            f"exact match {out['exact_match_before']}% -> {out['exact_match_after']}%, "
+            f"F1 {out['f1_before']} -> {out['f1_after']} on {len(test)} held-out questions"
+        )
+        print(
+            f"training: {args.steps} steps in {out['train_wall_s']} s, eval loss "
+            f"{out['eval_loss_before']:.3f} -> {out['eval_loss_after']:.3f}"
+        )
 
 
 if __name__ == "__main__":

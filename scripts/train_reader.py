@@ -33,8 +33,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SQUAD = REPO.parent / "shared" / "data" / "squad-v1.1-dev-part-a.json"
 # Whole articles never trained on: the four scripts/example_compare.py ingests, plus two more.
-HELD_OUT = ("Victoria_(Australia)", "1973_oil_crisis", "Black_Death", "Harvard_University",
-            "Pharmacy", "Private_school")
+HELD_OUT = (
+    "Victoria_(Australia)",
+    "1973_oil_crisis",
+    "Black_Death",
+    "Harvard_University",
+    "Pharmacy",
+    "Private_school",
+)
 DEFAULT_OUT = REPO / "models" / "smollm2-135m-reader.lora.gguf"
 
 
@@ -70,8 +76,16 @@ def main() -> None:
     from offline.vault import create_vault
 
     steps = args.steps or max(1, round(len(rows) * 0.95 / args.batch_size))
-    cfg = TrainConfig(rank=args.rank, alpha=2 * args.rank, lr=args.lr, max_steps=steps,
-                      batch_size=args.batch_size, max_len=args.max_len, eval_split=0.05, seed=args.seed)
+    cfg = TrainConfig(
+        rank=args.rank,
+        alpha=2 * args.rank,
+        lr=args.lr,
+        max_steps=steps,
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+        eval_split=0.05,
+        seed=args.seed,
+    )
     with tempfile.TemporaryDirectory(prefix="offline-reader-") as tmp:
         datafile = Path(tmp) / "raft-train.jsonl"
         data_sha = raft.write_jsonl(rows, datafile)
@@ -84,22 +98,44 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(gguf_bytes)
     lineage = {
-        "adapter": args.out.name, "sha256": hashlib.sha256(gguf_bytes).hexdigest(), "size": len(gguf_bytes),
-        "base_model": info["base_model"], "base_sha256": info["base_sha256"],
-        "recipe": "RAFT: offline.finetune.raft.squad_examples (p_absent 0.25, 1-3 sources, gold at a random position)",
-        "data": {"file": "squad-v1.1-dev-part-a.json", "sha256": hashlib.sha256(raw).hexdigest(),
-                 "licence": "CC BY-SA 4.0 (Rajpurkar et al. 2016)", "held_out_articles": list(HELD_OUT),
-                 "train_articles": [a["title"] for a in articles], "examples": len(rows),
-                 "examples_jsonl_sha256": data_sha},
-        "hyperparameters": info["hyperparameters"], "seed": args.seed,
+        "adapter": args.out.name,
+        "sha256": hashlib.sha256(gguf_bytes).hexdigest(),
+        "size": len(gguf_bytes),
+        "base_model": info["base_model"],
+        "base_sha256": info["base_sha256"],
+        "recipe": (
+            "RAFT: offline.finetune.raft.squad_examples "
+            "(p_absent 0.25, 1-3 sources, gold at a random position)"
+        ),
+        "data": {
+            "file": "squad-v1.1-dev-part-a.json",
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "licence": "CC BY-SA 4.0 (Rajpurkar et al. 2016)",
+            "held_out_articles": list(HELD_OUT),
+            "train_articles": [a["title"] for a in articles],
+            "examples": len(rows),
+            "examples_jsonl_sha256": data_sha,
+        },
+        "hyperparameters": info["hyperparameters"],
+        "seed": args.seed,
         "command": "scripts/train_reader.py " + " ".join(sys.argv[1:]),
-        "eval_loss_before": info["eval_loss_before"], "eval_loss_after": info["eval_loss_after"],
-        "loss_curve": info.get("loss_curve"), "train_wall_s": round(wall, 1), "meta": info.get("meta"),
+        "eval_loss_before": info["eval_loss_before"],
+        "eval_loss_after": info["eval_loss_after"],
+        "loss_curve": info.get("loss_curve"),
+        "train_wall_s": round(wall, 1),
+        "meta": info.get("meta"),
     }
     lineage_path = args.out.with_suffix(".lineage.json")
     lineage_path.write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-    print(json.dumps({k: lineage[k] for k in ("sha256", "size", "eval_loss_before", "eval_loss_after",
-                                              "train_wall_s")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: lineage[k]
+                for k in ("sha256", "size", "eval_loss_before", "eval_loss_after", "train_wall_s")
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

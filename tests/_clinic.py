@@ -47,7 +47,9 @@ def place_name(place: dict[str, Any]) -> str:
 def chunk_texts(session: Any, collection: str) -> list[str]:
     from offline.vault.collections import open_collection
 
-    return [r[0] for r in open_collection(session, collection, "read").conn.execute("SELECT text FROM chunks")]
+    return [
+        r[0] for r in open_collection(session, collection, "read").conn.execute("SELECT text FROM chunks")
+    ]
 
 
 def places_found(export: dict[str, Any], lab: dict[str, Any]) -> dict[str, bool]:
@@ -56,11 +58,15 @@ def places_found(export: dict[str, Any], lab: dict[str, Any]) -> dict[str, bool]
     for coll in export["collections"]:
         for d in coll["documents"]:
             got[d["name"]] = got.get(d["name"], "") + "\n".join(c["text"] for c in d["chunks"])
-    return {f"{place_name(p)}:{p['marker']}": p["marker"] in got.get(place_name(p), "") for p in lab["places"]}
+    return {
+        f"{place_name(p)}:{p['marker']}": p["marker"] in got.get(place_name(p), "") for p in lab["places"]
+    }
 
 
 def survivors(session: Any, collection: str, lab: dict[str, Any]) -> dict[str, Any]:
     """After an erasure: markers of the subject still found, and other patients' markers lost."""
     text = "\n".join(chunk_texts(session, collection))
-    return {"subject_markers_left": [p["marker"] for p in lab["places"] if p["marker"] in text],
-            "other_markers_lost": [m for m in lab["keep_markers"] if m not in text]}
+    return {
+        "subject_markers_left": [p["marker"] for p in lab["places"] if p["marker"] in text],
+        "other_markers_lost": [m for m in lab["keep_markers"] if m not in text],
+    }

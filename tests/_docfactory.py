@@ -17,8 +17,10 @@ def write_pdf(path: Path, pages: list[str]) -> Path:
     for i, text in enumerate(pages):
         safe = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
         stream = f"BT /F1 12 Tf 72 720 Td ({safe}) Tj ET".encode()
-        objs.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
-                    f" /Contents {5 + 2 * i} 0 R >>".encode())
+        objs.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
+            f" /Contents {5 + 2 * i} 0 R >>".encode()
+        )
         objs.append(b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream")
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
@@ -52,8 +54,9 @@ def render_page(lines: list[str], dpi: int = 200, noise: float = 0.0):
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
-    font = ImageFont.truetype(str(Path(matplotlib.__file__).parent / "mpl-data/fonts/ttf/DejaVuSerif.ttf"),
-                              int(11 / 72 * dpi))
+    font = ImageFont.truetype(
+        str(Path(matplotlib.__file__).parent / "mpl-data/fonts/ttf/DejaVuSerif.ttf"), int(11 / 72 * dpi)
+    )
     img = Image.new("L", (int(8.27 * dpi), int(11.69 * dpi)), 255)
     draw = ImageDraw.Draw(img)
     y = int(0.8 * dpi)
@@ -72,6 +75,7 @@ def scanned_pdf(images: list) -> bytes:
     import io
 
     buf = io.BytesIO()
-    images[0].convert("RGB").save(buf, format="PDF", save_all=True, resolution=200,
-                                  append_images=[i.convert("RGB") for i in images[1:]])
+    images[0].convert("RGB").save(
+        buf, format="PDF", save_all=True, resolution=200, append_images=[i.convert("RGB") for i in images[1:]]
+    )
     return buf.getvalue()

@@ -23,3 +23,16 @@ def tiny_smollm2_lora(path: Path) -> bytes:
     w.write_tensors_to_file()
     w.close()
     return path.read_bytes()
+
+
+def tiny_raft_adapter(session, name: str, qa_file: Path, collection: str, folder: Path, donor: Path) -> Path:
+    """A RAFT adapter trained for one step (rank 2) on a tiny random llama with ``donor``'s tokenizer,
+    through the real ``finetune create --raft`` pipeline; returns the tiny model's path (its base)."""
+    from offline.finetune.pipeline import create_adapter
+    from offline.finetune.tiny_base import write_tiny_llama_gguf
+    from offline.finetune.train import TrainConfig
+
+    tiny = write_tiny_llama_gguf(folder / "tiny.gguf", donor)
+    create_adapter(session, name, raft_qa=qa_file, raft_collection=collection, base=str(tiny), raft_k=2,
+                   cfg=TrainConfig(max_steps=1, rank=2, eval_split=0.0, seed=0), progress=False)
+    return tiny

@@ -25,8 +25,14 @@ def offline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("OFFLINE_HOME", str(home))
     monkeypatch.setenv("OFFLINE_MODELS_DIR", os.environ["OFFLINE_MODELS_DIR"])
     monkeypatch.setenv("OFFLINE_KDF_TARGET_S", "0")  # OWASP floor: tests stay fast, never below it
-    for var in ("OFFLINE_VAULT", "OFFLINE_USER", "OFFLINE_PASSPHRASE", "OFFLINE_PASSPHRASE_FILE",
-                "OFFLINE_NEW_PASSPHRASE", "OFFLINE_NEW_PASSPHRASE_FILE"):
+    for var in (
+        "OFFLINE_VAULT",
+        "OFFLINE_USER",
+        "OFFLINE_PASSPHRASE",
+        "OFFLINE_PASSPHRASE_FILE",
+        "OFFLINE_NEW_PASSPHRASE",
+        "OFFLINE_NEW_PASSPHRASE_FILE",
+    ):
         monkeypatch.delenv(var, raising=False)
     return home
 
@@ -75,8 +81,11 @@ def cli(vault_dir: Path, monkeypatch: pytest.MonkeyPatch):
     runner = CliRunner()
 
     def run(args: list[str], user: str = "alice", input: str | None = None, env: dict | None = None):
-        e = {"OFFLINE_VAULT": str(vault_dir), "OFFLINE_USER": user,
-             "OFFLINE_PASSPHRASE": PASSPHRASES.get(user, "x")}
+        e = {
+            "OFFLINE_VAULT": str(vault_dir),
+            "OFFLINE_USER": user,
+            "OFFLINE_PASSPHRASE": PASSPHRASES.get(user, "x"),
+        }
         e.update(env or {})
         return runner.invoke(main, args, env=e, input=input, catch_exceptions=False)
 

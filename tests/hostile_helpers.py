@@ -41,6 +41,7 @@ REPORT_ENV = "OFFLINE_HOSTILE_REPORT"
 
 # -- trial bookkeeping (for docs/hostile.md) -------------------------------------------------------
 
+
 def record(condition: str, trials: int, failures: int = 0, **extra: Any) -> None:
     """Append one line of trial counts to ``$OFFLINE_HOSTILE_REPORT`` (scripts/test-hostile sets it)."""
     path = os.environ.get(REPORT_ENV)
@@ -55,6 +56,7 @@ def record(condition: str, trials: int, failures: int = 0, **extra: Any) -> None
 
 
 # -- the ack protocol -----------------------------------------------------------------------------
+
 
 class Acker:
     """Writes protocol lines atomically (one write per line, O_APPEND)."""
@@ -113,9 +115,16 @@ def wait_for(path: str | Path, predicate, timeout: float, what: str, proc_alive=
 
 # -- launching children ---------------------------------------------------------------------------
 
+
 def child_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OFFLINE_KDF_TARGET_S": "0", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "OFFLINE_KDF_TARGET_S": "0",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     env.update(extra)
     return env
 
@@ -127,8 +136,20 @@ class Spawned:
         self.ack = ack
         log = open(f"{ack}.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE), "child", op, str(vault), str(ack), str(seed), json.dumps(params or {})],
-            stdout=log, stderr=subprocess.STDOUT, env=child_env())
+            [
+                sys.executable,
+                str(HERE),
+                "child",
+                op,
+                str(vault),
+                str(ack),
+                str(seed),
+                json.dumps(params or {}),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+        )
         log.close()
 
     def alive(self) -> bool:
@@ -146,17 +167,36 @@ class Zygote:
     """A fork server with the embedding model loaded; ``fork`` returns a :class:`Forked` child."""
 
     def __init__(self, heavy: bool = True) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(HERE), "zygote" if heavy else "zygote-light"],
-                                     stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=None, env=child_env(), text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE), "zygote" if heavy else "zygote-light"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            env=child_env(),
+            text=True,
+            bufsize=1,
+        )
         line = self.proc.stdout.readline()
         if line.strip() != "zygote ready":
             raise RuntimeError(f"zygote failed to start: {line!r}")
 
-    def fork(self, op: str, vault: Path, ack: Path, seed: int, params: dict[str, Any] | None = None,
-             env: dict[str, str] | None = None) -> Forked:
-        req = {"op": op, "vault": str(vault), "ack": str(ack), "seed": seed, "params": params or {},
-               "env": env or {}}
+    def fork(
+        self,
+        op: str,
+        vault: Path,
+        ack: Path,
+        seed: int,
+        params: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Forked:
+        req = {
+            "op": op,
+            "vault": str(vault),
+            "ack": str(ack),
+            "seed": seed,
+            "params": params or {},
+            "env": env or {},
+        }
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         pid = int(self.proc.stdout.readline())
@@ -215,14 +255,21 @@ def zygote(heavy: bool = True) -> Zygote:
 
 # -- checkers -------------------------------------------------------------------------------------
 
+
 def check_no_half_documents(conn: Any) -> dict[str, int]:
     """Every document has chunks 0..n-1; every chunk has its vector and FTS row; counts match."""
     docs = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
-    orphans = conn.execute("SELECT count(*) FROM chunks WHERE doc_id NOT IN (SELECT id FROM documents)").fetchone()[0]
+    orphans = conn.execute(
+        "SELECT count(*) FROM chunks WHERE doc_id NOT IN (SELECT id FROM documents)"
+    ).fetchone()[0]
     assert orphans == 0, f"{orphans} chunks without a document"
-    empty = conn.execute("SELECT count(*) FROM documents WHERE id NOT IN (SELECT doc_id FROM chunks)").fetchone()[0]
+    empty = conn.execute(
+        "SELECT count(*) FROM documents WHERE id NOT IN (SELECT doc_id FROM chunks)"
+    ).fetchone()[0]
     assert empty == 0, f"{empty} documents without chunks"
-    for doc_id, n, lo, hi in conn.execute("SELECT doc_id, count(*), min(ord), max(ord) FROM chunks GROUP BY doc_id"):
+    for doc_id, n, lo, hi in conn.execute(
+        "SELECT doc_id, count(*), min(ord), max(ord) FROM chunks GROUP BY doc_id"
+    ):
         assert (lo, hi) == (0, n - 1), f"document {doc_id}: chunk ords {lo}..{hi} for {n} chunks"
     chunk_ids = {r[0] for r in conn.execute("SELECT id FROM chunks")}
     has_vec = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'vec_chunks'").fetchone() is not None
@@ -235,11 +282,15 @@ def check_no_half_documents(conn: Any) -> dict[str, int]:
         assert not chunk_ids, "chunks but no vector table"
     # FTS5 compares its index with the content table and raises on any difference.
     conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('integrity-check')")
-    fts = conn.execute("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0] if conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE name = 'chunks_fts_docsize'").fetchone() else len(chunk_ids)
+    fts = (
+        conn.execute("SELECT count(*) FROM chunks_fts_docsize").fetchone()[0]
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks_fts_docsize'").fetchone()
+        else len(chunk_ids)
+    )
     assert fts == len(chunk_ids), f"FTS rows {fts} vs chunks {len(chunk_ids)}"
     dangling = conn.execute(
-        "SELECT count(*) FROM doc_subjects WHERE doc_id NOT IN (SELECT id FROM documents)").fetchone()[0]
+        "SELECT count(*) FROM doc_subjects WHERE doc_id NOT IN (SELECT id FROM documents)"
+    ).fetchone()[0]
     assert dangling == 0, "subjects of missing documents"
     return {"documents": docs, "chunks": len(chunk_ids)}
 
@@ -247,8 +298,8 @@ def check_no_half_documents(conn: Any) -> dict[str, int]:
 def check_vault_healthy(vault_dir: Path, users: tuple[str, ...] = ("alice",)) -> dict[str, Any]:
     """Open as each user; as alice: ``check_vault``, audit verify, no half documents, no orphan files."""
     from offline.audit.verify import verify_chain
-    from offline.vault import open_session
     from offline.vault import collections as C
+    from offline.vault import open_session
     from offline.vault.maintenance import check_vault
 
     info: dict[str, Any] = {}
@@ -280,6 +331,7 @@ def flip_byte(path: Path, offset: int | None = None) -> int:
 
 # -- child operations -----------------------------------------------------------------------------
 
+
 def _session(vault: str, user: str = "alice"):
     from offline.vault import open_session
 
@@ -307,8 +359,11 @@ def op_grants(vault: str, ack: Acker, rng: random.Random, params: dict[str, Any]
     ack.say("ready")
     for n in range(10**9):
         coll = rng.choice(pool)
-        held = s.db.execute("SELECT g.perm FROM grants g JOIN collections c ON c.id = g.collection_id"
-                            " WHERE c.name = ? AND g.user = 'bob'", (coll,)).fetchone()
+        held = s.db.execute(
+            "SELECT g.perm FROM grants g JOIN collections c ON c.id = g.collection_id"
+            " WHERE c.name = ? AND g.user = 'bob'",
+            (coll,),
+        ).fetchone()
         choice = rng.random()
         if choice < 0.35:
             op = {"op": "put", "collection": coll, "text": f"{params['tag']}-row-{n}"}
@@ -320,7 +375,9 @@ def op_grants(vault: str, ack: Acker, rng: random.Random, params: dict[str, Any]
         if op["op"] == "put":
             h = C.open_collection(s, coll, "write")
             with transaction(h.conn):
-                h.conn.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (f"row:{op['text']}", op["text"]))
+                h.conn.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)", (f"row:{op['text']}", op["text"])
+                )
         elif op["op"] == "grant":
             C.grant(s, coll, "bob", op["perm"])
         else:
@@ -341,8 +398,10 @@ def op_rekey(vault: str, ack: Acker, rng: random.Random, params: dict[str, Any])
 
 def doc_text(key: str, version: Any, words: int) -> str:
     """A document whose marker words are unique to (key, version), padded with prose."""
-    filler = ("The retention schedule for clinical records is reviewed every quarter by the records office. "
-              "Each request is logged, and the reviewer signs the register before archiving. ").split()
+    filler = (
+        "The retention schedule for clinical records is reviewed every quarter by the records office. "
+        "Each request is logged, and the reviewer signs the register before archiving. "
+    ).split()
     body = " ".join(filler[i % len(filler)] for i in range(words))
     m = marker(key, version)
     return f"Document {key} version {version} {m}.\n\n{body}\n\nClosing note {m}."
@@ -377,16 +436,29 @@ def op_ingest(vault: str, ack: Acker, rng: random.Random, params: dict[str, Any]
                 path = src / f"{key}.txt"
                 text = doc_text(key, 1, rng.randint(40, params.get("max_words", 900)))
                 path.write_text(text)
-                batch.append({"source": str(path.resolve()), "sha256": hashlib.sha256(text.encode()).hexdigest(),
-                              "marker": marker(key, 1)})
+                batch.append(
+                    {
+                        "source": str(path.resolve()),
+                        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                        "marker": marker(key, 1),
+                    }
+                )
             op = {"op": "add", "docs": batch}
             ack.say("begin", op)
         elif choice < 0.85:
             source = rng.choice(current)
             key, version = Path(source).stem, f"{tag}n{n}"
             text = doc_text(key, version, rng.randint(40, params.get("max_words", 900)))
-            op = {"op": "update", "docs": [{"source": source, "sha256": hashlib.sha256(text.encode()).hexdigest(),
-                                            "marker": marker(key, version)}]}
+            op = {
+                "op": "update",
+                "docs": [
+                    {
+                        "source": source,
+                        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                        "marker": marker(key, version),
+                    }
+                ],
+            }
             ack.say("begin", op)
             Path(source).write_text(text)
         else:
@@ -398,7 +470,10 @@ def op_ingest(vault: str, ack: Acker, rng: random.Random, params: dict[str, Any]
 
         pending = list(op["docs"])
 
-        def progress(event: str, **info: Any) -> None:
+        # pending and op are bound as defaults (B023); the closure only runs within this iteration anyway.
+        def progress(
+            event: str, *, pending: list[dict[str, Any]] = pending, op: dict[str, Any] = op, **info: Any
+        ) -> None:
             # Called right after each document's transaction commits: acknowledge it there.
             if event == "file" and info.get("status") in ("added", "updated"):
                 done = next(d for d in pending if d["source"] == info["path"])
@@ -434,8 +509,13 @@ def op_search(vault: str, ack: Acker, rng: random.Random, params: dict[str, Any]
         from offline.rag.answer import answer
 
         ack.say("begin", {"op": "ask"})
-        ans = answer(s, "How often is the retention schedule reviewed?", collections=[params["collection"]],
-                     max_tokens=16, min_score=0.0)
+        ans = answer(
+            s,
+            "How often is the retention schedule reviewed?",
+            collections=[params["collection"]],
+            max_tokens=16,
+            min_score=0.0,
+        )
         ack.say("ack", {"op": "ask", "refused": ans.refused, "sources": len(ans.sources)})
 
 
@@ -477,13 +557,23 @@ def op_measure(vault: str, ack: Acker, rng: random.Random, params: dict[str, Any
             from offline.ingest import ingest_paths
 
             report = ingest_paths(s, [params["folder"]], params["collection"])
-            out.update(added=len(report["added"]), failed=len(report["failed"]), skipped=len(report["skipped"]),
-                       seconds=report.get("seconds"))
+            out.update(
+                added=len(report["added"]),
+                failed=len(report["failed"]),
+                skipped=len(report["skipped"]),
+                seconds=report.get("seconds"),
+            )
         else:
             from offline.rag.answer import answer
 
-            ans = answer(s, params["question"], collections=params.get("collections"), mode=params["mode"],
-                         min_score=0.0, max_tokens=16)
+            ans = answer(
+                s,
+                params["question"],
+                collections=params.get("collections"),
+                mode=params["mode"],
+                min_score=0.0,
+                max_tokens=16,
+            )
             out.update(refused=ans.refused)
     except OfflineError as exc:
         out.update(error=str(exc), exit_code=exc.exit_code)
@@ -491,8 +581,15 @@ def op_measure(vault: str, ack: Acker, rng: random.Random, params: dict[str, Any
     ack.say("ack", out)
 
 
-OPS = {"audit": op_audit, "grants": op_grants, "rekey": op_rekey, "ingest": op_ingest, "search": op_search,
-       "writer": op_writer, "measure": op_measure}
+OPS = {
+    "audit": op_audit,
+    "grants": op_grants,
+    "rekey": op_rekey,
+    "ingest": op_ingest,
+    "search": op_search,
+    "writer": op_writer,
+    "measure": op_measure,
+}
 
 
 def run_child(op: str, vault: str, ack_path: str, seed: int, params: dict[str, Any]) -> int:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import pytest
-
-from offline.errors import AccessDenied, AlreadyExists, AuthenticationFailed, DecryptionError, NotFound, UsageError
-from offline.vault import add_user, open_session, remove_user
-from offline.vault import collections as C
-from offline.vault import crypto, db
-
 from conftest import PASSPHRASES
+
+from offline.errors import (
+    AccessDenied,
+    AlreadyExists,
+    AuthenticationFailed,
+    DecryptionError,
+    NotFound,
+    UsageError,
+    VaultCorrupted,
+)
+from offline.vault import add_user, crypto, db, open_session, remove_user
+from offline.vault import collections as C
 
 
 @pytest.fixture
@@ -31,15 +37,18 @@ def test_member_without_grant_cannot_decrypt_with_raw_tools(two_collections, ope
     bob = open_as("bob")
     cid, file = bob.db.execute("SELECT id, file FROM collections WHERE name = 'hr'").fetchone()
     # No wrap for bob, and none of the wraps that exist open with his private key.
-    wraps = bob.db.execute("SELECT user, wrapped FROM collection_keys WHERE collection_id = ?", (cid,)).fetchall()
+    wraps = bob.db.execute(
+        "SELECT user, wrapped FROM collection_keys WHERE collection_id = ?", (cid,)
+    ).fetchall()
     assert "bob" not in {u for u, _ in wraps}
     for user, wrapped in wraps:
         for context_user in (user, "bob"):
             with pytest.raises(DecryptionError):
-                crypto.unwrap_with(bob.keys.x25519, wrapped,
-                                   C.collection_key_context(bob.vault_id, cid, file, context_user))
+                crypto.unwrap_with(
+                    bob.keys.x25519, wrapped, C.collection_key_context(bob.vault_id, cid, file, context_user)
+                )
     # The vault key (which every member holds) does not open a collection file either.
-    with pytest.raises(Exception):
+    with pytest.raises(VaultCorrupted):
         db.connect(vault_dir / "collections" / file, bob.vault_key, "collection")
 
 
@@ -52,7 +61,8 @@ def test_denial_message_is_the_same_whether_or_not_it_exists(two_collections, op
         msgs.append(str(exc.value).replace(name, "X"))
     assert msgs[0] == msgs[1] == "access denied: collection 'X'"
     denied = bob.db.execute(
-        "SELECT payload FROM audit_log WHERE action = 'access.denied' AND user = 'bob'").fetchall()
+        "SELECT payload FROM audit_log WHERE action = 'access.denied' AND user = 'bob'"
+    ).fetchall()
     assert len(denied) == 2  # every deny is audited
 
 
@@ -71,15 +81,18 @@ def test_read_grant_cannot_write(two_collections, open_as):
 def test_revocation_rotates_key_so_old_key_copy_fails(two_collections, open_as, vault_dir):
     bob = open_as("bob")
     cid, file = bob.db.execute("SELECT id, file FROM collections WHERE name = 'legal'").fetchone()
-    wrapped = bob.db.execute("SELECT wrapped FROM collection_keys WHERE collection_id = ? AND user = 'bob'",
-                             (cid,)).fetchone()[0]
-    stolen_key = crypto.unwrap_with(bob.keys.x25519, wrapped, C.collection_key_context(bob.vault_id, cid, file, "bob"))
+    wrapped = bob.db.execute(
+        "SELECT wrapped FROM collection_keys WHERE collection_id = ? AND user = 'bob'", (cid,)
+    ).fetchone()[0]
+    stolen_key = crypto.unwrap_with(
+        bob.keys.x25519, wrapped, C.collection_key_context(bob.vault_id, cid, file, "bob")
+    )
     db.connect(vault_dir / "collections" / file, stolen_key, "collection").close()  # works today
     bob.close()
     C.revoke(two_collections, "legal", "bob")
     new_file = two_collections.db.execute("SELECT file FROM collections WHERE name = 'legal'").fetchone()[0]
     assert new_file != file and not (vault_dir / "collections" / file).exists()
-    with pytest.raises(Exception):
+    with pytest.raises(VaultCorrupted):
         db.connect(vault_dir / "collections" / new_file, stolen_key, "collection")
     with pytest.raises(AccessDenied):
         C.open_collection(open_as("bob"), "legal")
@@ -117,8 +130,12 @@ def test_admin_reads_only_with_a_grant(two_collections, open_as):
         with pytest.raises(AccessDenied):
             C.open_collection(dave, "hr")
         C.grant(dave, "hr", "dave", "read")
-        assert C.open_collection(dave, "hr").conn.execute(
-            "SELECT value FROM meta WHERE key = 'secret'").fetchone()[0] == "salary table"
+        assert (
+            C.open_collection(dave, "hr")
+            .conn.execute("SELECT value FROM meta WHERE key = 'secret'")
+            .fetchone()[0]
+            == "salary table"
+        )
     finally:
         dave.close()
 
@@ -145,7 +162,10 @@ def test_removed_user_old_passphrase_fails(two_collections, vault_dir, cli):
     with pytest.raises(AuthenticationFailed):
         open_session(vault_dir, "bob", PASSPHRASES["bob"])
     r = cli(["collections", "list"], user="bob")
-    assert r.exit_code == 3 and r.output == "Error: authentication failed for user 'bob': unknown user or wrong passphrase\n"
+    assert (
+        r.exit_code == 3
+        and r.output == "Error: authentication failed for user 'bob': unknown user or wrong passphrase\n"
+    )
 
 
 def test_label_limited_grant_is_recorded(two_collections, open_as):

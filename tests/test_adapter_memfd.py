@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import PASSPHRASES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="memfd_c
 
 def _needle(data: bytes) -> bytes:
     """256 bytes of the adapter's random tensors: in no other file on this machine."""
-    return data[len(data) // 2: len(data) // 2 + 256]
+    return data[len(data) // 2 : len(data) // 2 + 256]
 
 
 def files_holding(data: bytes, *roots: Path) -> list[str]:
@@ -63,9 +62,19 @@ def tiny(admin_session, tmp_path):
     src = tmp_path / "lora.gguf"
     data = tiny_smollm2_lora(src)
     src.unlink()  # the only plaintext copy on disk is gone before the test looks
-    save_adapter(admin_session, "tiny", data, base_model="smollm2-135m-instruct", base_sha256=SMOL_SHA,
-                 base_arch="llama", dataset_sha256="0" * 64, hyperparameters={"rank": 2}, loss_curve=[],
-                 eval_loss_before=None, eval_loss_after=None)
+    save_adapter(
+        admin_session,
+        "tiny",
+        data,
+        base_model="smollm2-135m-instruct",
+        base_sha256=SMOL_SHA,
+        base_arch="llama",
+        dataset_sha256="0" * 64,
+        hyperparameters={"rank": 2},
+        loss_curve=[],
+        eval_loss_before=None,
+        eval_loss_after=None,
+    )
     assert files_holding(data, admin_session.vault_dir) == []  # the stored file is ciphertext
     return data
 
@@ -127,8 +136,14 @@ else:  # killed at a random moment while serving questions, decrypting afresh ea
 def test_sigkilled_child_leaves_no_plaintext_behind(admin_session, tiny, vault_dir, how):
     before = set(os.listdir(SHM)) if SHM.is_dir() else set()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(vault_dir), PASSPHRASES["alice"], how],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(vault_dir), PASSPHRASES["alice"], how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     try:
         line = child.stdout.readline()
         assert line.strip() == "ready", child.stderr.read()[-3000:]

@@ -17,7 +17,7 @@ import pytest
 from conftest import PASSPHRASES
 
 from offline.agent import client, paths, protocol
-
+from offline.vault import set_setting
 
 
 @pytest.fixture
@@ -59,6 +59,7 @@ def _actions(vault_dir: Path) -> list[tuple[str, dict]]:
 
 
 # -- peer credentials ---------------------------------------------------------------------------
+
 
 def test_peer_check_rejects_other_uid():
     assert protocol.peer_allowed(os.getuid())
@@ -148,6 +149,7 @@ def test_other_os_user_cannot_use_socket(vault_dir: Path, monkeypatch, agents):
 
 # -- lifecycle ----------------------------------------------------------------------------------
 
+
 def test_unlock_status_lock_cli(cli, vault_dir: Path, agents):
     r = cli(["status"])
     assert r.exit_code == 0 and r.output.startswith("Locked: no agent for alice")
@@ -176,7 +178,7 @@ def test_wrong_passphrase_fails_at_once(cli, vault_dir: Path, admin_session):
 
 
 def test_default_idle_is_vault_setting(vault_dir: Path, admin_session, agents):
-    admin_session.set_setting("idle_timeout_s", "123")
+    set_setting(admin_session, "idle_timeout_s", "123")
     assert agents("alice", idle_s=None)["idle_timeout_s"] == 123
 
 
@@ -213,8 +215,11 @@ def test_killed_agent_leaves_no_key_and_falls_back(cli, vault_dir: Path, admin_s
     assert _reap(info["pid"])
     sock = Path(info["socket"])
     assert sock.exists()  # a SIGKILLed agent cannot clean up: the next client must
-    secrets = [admin_session.vault_key, admin_session.vault_key.hex().encode(),
-               admin_session.vault_key.hex().upper().encode()]
+    secrets = [
+        admin_session.vault_key,
+        admin_session.vault_key.hex().encode(),
+        admin_session.vault_key.hex().upper().encode(),
+    ]
     for root in (offline_home, vault_dir):
         for p in root.rglob("*"):
             if p.is_file() and not p.is_socket():
@@ -236,11 +241,11 @@ CASES = [
     ("alice", ["collections", "list"]),
     ("bob", ["users", "list"]),
     ("bob", ["collections", "list"]),
-    ("bob", ["collections", "create", "secret"]),          # exit 4, one line
-    ("bob", ["users", "remove", "carol", "--yes"]),                   # exit 4, one line
-    ("alice", ["collections", "grant", "nosuch", "bob"]),    # exit 1, one line (admins see everything)
-    ("alice", ["users", "list", "--bogus"]),                 # exit 2, click usage error
-    ("alice", ["vault", "set", "nosuch", "1"]),              # exit 2, one line
+    ("bob", ["collections", "create", "secret"]),  # exit 4, one line
+    ("bob", ["users", "remove", "carol", "--yes"]),  # exit 4, one line
+    ("alice", ["collections", "grant", "nosuch", "bob"]),  # exit 1, one line (admins see everything)
+    ("alice", ["users", "list", "--bogus"]),  # exit 2, click usage error
+    ("alice", ["vault", "set", "nosuch", "1"]),  # exit 2, one line
 ]
 
 
@@ -265,7 +270,10 @@ def test_forwarding_matches_in_process(cli, vault_dir: Path, admin_session, agen
 
 def test_local_commands_not_forwarded(cli, vault_dir: Path, agents):
     agents("alice")
-    r = cli(["users", "add", "dave"], env={"OFFLINE_PASSPHRASE": "wrong", "OFFLINE_NEW_PASSPHRASE": "dave-pass-123"})
+    r = cli(
+        ["users", "add", "dave"],
+        env={"OFFLINE_PASSPHRASE": "wrong", "OFFLINE_NEW_PASSPHRASE": "dave-pass-123"},
+    )
     assert r.exit_code == 3  # ran here: needed the (wrong) passphrase, never sent a new one to the agent
     assert client.status(vault_dir, "alice")["requests"] == 0
     assert client.should_forward("search", ["q"], False)
@@ -313,11 +321,16 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 
 
 def _heavy_after(args: list[str], env: dict | None = None) -> str:
-    r = subprocess.run([sys.executable, "-c", _IMPORTS, *args], capture_output=True, text=True,
-                       env={**os.environ, **(env or {})}, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _IMPORTS, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
     line = [ln for ln in r.stderr.splitlines() if ln.startswith("HEAVY=")]
     assert line, r.stderr
-    return line[-1][len("HEAVY="):]
+    return line[-1][len("HEAVY=") :]
 
 
 def test_help_and_client_path_import_nothing_heavy(vault_dir: Path, agents):
@@ -336,11 +349,14 @@ def test_socket_path_is_private_and_short_enough(vault_dir: Path, offline_home: 
 
 # -- fast entry point (offline.agent.fast) -------------------------------------------------------
 
+
 def test_fast_entry_parses_only_what_it_knows():
     from offline.agent.fast import parse_globals
 
     assert parse_globals(["--json", "--vault", "/v", "--user=bob", "search", "q", "--help"]) == (
-        {"json": True, "verbose": False, "vault": "/v", "user": "bob"}, ["search", "q", "--help"])
+        {"json": True, "verbose": False, "vault": "/v", "user": "bob"},
+        ["search", "q", "--help"],
+    )
     assert parse_globals(["--passphrase-file", "f", "users", "list"])[1] == ["users", "list"]
     for argv in ([], ["--help"], ["--version"], ["-h"], ["--vault"], ["--bogus", "users", "list"]):
         assert parse_globals(argv) is None, argv
@@ -360,11 +376,17 @@ sys.exit(code)
 
 
 def test_fast_entry_forwards_without_click(cli, vault_dir: Path, agents):
-    env = {**os.environ, "OFFLINE_VAULT": str(vault_dir), "OFFLINE_USER": "bob", "OFFLINE_PASSPHRASE": "wrong"}
+    env = {
+        **os.environ,
+        "OFFLINE_VAULT": str(vault_dir),
+        "OFFLINE_USER": "bob",
+        "OFFLINE_PASSPHRASE": "wrong",
+    }
 
     def fast(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", _FAST, *args], capture_output=True, text=True, env=env,
-                              timeout=120)
+        return subprocess.run(
+            [sys.executable, "-c", _FAST, *args], capture_output=True, text=True, env=env, timeout=120
+        )
 
     agents("bob")
     for args in (["users", "list"], ["collections", "create", "x"], ["users", "list", "--bogus"]):
@@ -407,3 +429,56 @@ def test_unlocked_agent_refuses_a_table_edited_while_it_runs(cli, vault_dir: Pat
     # The agent's refresh finds the row, locks, and the in-process fallback names it: exit 5.
     assert r.exit_code == 5 and 'table users, row ["bob"]' in r.output, r.output
     assert _reap(info["pid"])
+
+
+# -- the CLI's in-process entry point and the start handshake ------------------------------------
+
+
+def test_run_in_process_uses_the_streams_env_and_folder_it_is_given(admin_session, vault_dir: Path, tmp_path):
+    """The agent's way into the CLI changes no global: not sys.stdout, os.environ or the cwd."""
+    import io
+
+    from offline.cli import Streams, run_in_process
+
+    def run(*args: str, env: dict | None = None) -> tuple[int, str, str]:
+        streams = Streams(io.StringIO(""), io.StringIO(), io.StringIO())
+        code = run_in_process(
+            ["--vault", str(vault_dir), "--user", "alice", *args],
+            admin_session,
+            streams,
+            env=env or {},
+            cwd=tmp_path,
+        )
+        return code, streams.stdout.getvalue(), streams.stderr.getvalue()
+
+    before = (sys.stdin, sys.stdout, sys.stderr, dict(os.environ), os.getcwd())
+    code, out, err = run("--json", "users", "list")
+    assert code == 0 and err == "" and "alice" in [u["name"] for u in json.loads(out)]
+    code, out, err = run("audit", "export", "--format", "jsonl", "--out", "exported.jsonl")  # a relative path
+    assert code == 0 and (tmp_path / "exported.jsonl").is_file(), err
+    assert not (Path(before[4]) / "exported.jsonl").exists() or Path(before[4]) == tmp_path
+    code, out, err = run("collections", "grant", "nosuch", "bob")
+    assert code == 1 and out == "" and err.startswith("Error: ") and err.count("\n") == 1
+    code, out, err = run("users", "list", "--bogus")
+    assert code == 2 and err.startswith("Error: ") and err.count("\n") == 1
+    code, out, err = run("search", "q", "-k", "500")  # a bound the CLI words with the flag
+    assert code == 2 and err == "Error: -k must be between 1 and 100\n"
+    code, _, err = run("--vault", str(tmp_path / "elsewhere"), "users", "list")
+    assert code == 2 and err == "Error: this agent serves another vault or user\n"
+    assert (sys.stdin, sys.stdout, sys.stderr, dict(os.environ), os.getcwd()) == before
+    assert not admin_session.closed  # lent, not handed over
+
+
+def test_unlock_gives_up_when_the_agent_never_answers(vault_dir: Path, admin_session, tmp_path, monkeypatch):
+    """A start that hangs before its handshake fails after START_TIMEOUT_S, and the child is killed."""
+    from offline.errors import OfflineError
+
+    hang = tmp_path / "hang"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(hang))  # unlock() starts "python -m offline.agent.server"
+    monkeypatch.setattr(client, "START_TIMEOUT_S", 1.0)
+    t0 = time.monotonic()
+    with pytest.raises(OfflineError, match="^the agent did not start within 1 s$"):
+        client.unlock(vault_dir, "alice", lambda: PASSPHRASES["alice"], 60.0, preload=False)
+    assert time.monotonic() - t0 < 15

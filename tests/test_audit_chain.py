@@ -24,8 +24,16 @@ from offline.audit.verify import verify_chain, verify_log
 from offline.errors import AuditChainBroken, IntegrityError, UsageError
 
 N_ENTRIES = 320
-NASTY = ["pipe | and = equals", "back\\slash \\n not newline", "line1\nline2\r\nline3", 'quote " and ] bracket',
-         "unicode: café ☕ 日本語 🚀 \u2028 \u0085", "tab\tand\x00nul", "CEF:0|x|y|1|a|b|5|ext=1", ""]
+NASTY = [
+    "pipe | and = equals",
+    "back\\slash \\n not newline",
+    "line1\nline2\r\nline3",
+    'quote " and ] bracket',
+    "unicode: café ☕ 日本語 🚀 \u2028 \u0085",
+    "tab\tand\x00nul",
+    "CEF:0|x|y|1|a|b|5|ext=1",
+    "",
+]
 
 
 def _payload(i: int) -> dict:
@@ -52,8 +60,11 @@ def log(tmp_path_factory: pytest.TempPathFactory):
         alice = create_vault(vault, "alice", PASSPHRASES["alice"])
         add_user(alice, "bob", "member", PASSPHRASES["bob"])
         add_user(alice, "carol", "auditor", PASSPHRASES["carol"])
-        sessions = {"alice": alice, "bob": open_session(vault, "bob", PASSPHRASES["bob"]),
-                    "carol": open_session(vault, "carol", PASSPHRASES["carol"])}
+        sessions = {
+            "alice": alice,
+            "bob": open_session(vault, "bob", PASSPHRASES["bob"]),
+            "carol": open_session(vault, "carol", PASSPHRASES["carol"]),
+        }
         users = ["alice", "bob", "carol"]
         severities = list(chain.SEVERITIES)
         i = chain.head(alice.db)[0]
@@ -94,12 +105,16 @@ def row(conn, seq: int) -> dict:
 
 
 def insert(conn, r: dict) -> None:
-    conn.execute("INSERT INTO audit_log(seq, ts, user, action, severity, payload, prev_hash, hash, sig)"
-                 " VALUES (:seq, :ts, :user, :action, :severity, :payload, :prev_hash, :hash, :sig)", r)
+    conn.execute(
+        "INSERT INTO audit_log(seq, ts, user, action, severity, payload, prev_hash, hash, sig)"
+        " VALUES (:seq, :ts, :user, :action, :severity, :payload, :prev_hash, :hash, :sig)",
+        r,
+    )
 
 
-def forge(conn, seq: int, user: str, action: str, payload: dict, key: Ed25519PrivateKey,
-          prev: str | None = None) -> dict:
+def forge(
+    conn, seq: int, user: str, action: str, payload: dict, key: Ed25519PrivateKey, prev: str | None = None
+) -> dict:
     """A well-formed entry at ``seq`` that links to the entry before it, signed by ``key``."""
     prev = prev if prev is not None else (row(conn, seq - 1)["hash"] if seq > 1 else chain.GENESIS)
     e = chain.Entry(seq, chain._utc_now(), user, action, "info", payload, prev, "", "")
@@ -142,7 +157,9 @@ def test_byte_flip_is_detected(log, seq: int, field: str):
         pytest.skip("empty cell")
     for k in range(2):  # two different byte positions per cell
         with mutated(conn):
-            conn.execute(f"UPDATE audit_log SET {field} = ? WHERE seq = ?", (_flip(original, seq * 97 + k), seq))
+            conn.execute(
+                f"UPDATE audit_log SET {field} = ? WHERE seq = ?", (_flip(original, seq * 97 + k), seq)
+            )
             expect_broken(conn, seq)
 
 
@@ -180,10 +197,13 @@ def test_every_byte_of_one_entry_in_memory(log):
 def test_non_canonical_payload_with_same_value_is_detected(log):
     alice, _ = log
     conn = alice.db
-    seq = next(r[0] for r in conn.execute("SELECT seq, payload FROM audit_log ORDER BY seq")
-               if "1e+20" in r[1])
+    seq = next(
+        r[0] for r in conn.execute("SELECT seq, payload FROM audit_log ORDER BY seq") if "1e+20" in r[1]
+    )
     with mutated(conn):
-        conn.execute("UPDATE audit_log SET payload = replace(payload, '1e+20', '1E+20') WHERE seq = ?", (seq,))
+        conn.execute(
+            "UPDATE audit_log SET payload = replace(payload, '1e+20', '1E+20') WHERE seq = ?", (seq,)
+        )
         expect_broken(conn, seq, "canonical")
     with mutated(conn):  # reordered keys parse to the same object
         data = json.loads(row(conn, seq)["payload"])
@@ -200,6 +220,7 @@ def test_nan_payload_is_detected_not_a_crash(log):
 
 
 # -- structural changes ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seq", [1, 2, 3, 100, N_ENTRIES - 1])
 def test_deleted_entry_is_named(log, seq: int):
@@ -255,9 +276,17 @@ def test_member_forging_user_add_is_rejected(log):
     bob = sessions["bob"]
     puppet = Ed25519PrivateKey.generate()
     with mutated(alice.db) as conn:
-        insert(conn, forge(conn, N_ENTRIES + 1, "bob", "user.add",
-                           {"name": "mallory", "role": "admin", "ed25519": puppet.public_key().public_bytes_raw().hex()},
-                           bob.keys.ed25519))
+        insert(
+            conn,
+            forge(
+                conn,
+                N_ENTRIES + 1,
+                "bob",
+                "user.add",
+                {"name": "mallory", "role": "admin", "ed25519": puppet.public_key().public_bytes_raw().hex()},
+                bob.keys.ed25519,
+            ),
+        )
         insert(conn, forge(conn, N_ENTRIES + 2, "mallory", "grant.add", {"user": "mallory"}, puppet))
         expect_broken(conn, N_ENTRIES + 1, "user.add signed by 'bob', who is not an admin")
 
@@ -265,7 +294,10 @@ def test_member_forging_user_add_is_rejected(log):
 def test_member_forging_user_remove_is_rejected(log):
     alice, sessions = log
     with mutated(alice.db) as conn:
-        insert(conn, forge(conn, N_ENTRIES + 1, "bob", "user.remove", {"name": "carol"}, sessions["bob"].keys.ed25519))
+        insert(
+            conn,
+            forge(conn, N_ENTRIES + 1, "bob", "user.remove", {"name": "carol"}, sessions["bob"].keys.ed25519),
+        )
         expect_broken(conn, N_ENTRIES + 1, "not an admin")
 
 
@@ -294,8 +326,15 @@ def test_rewritten_entry_with_rehash_and_resign_by_attacker(log):
     conn = alice.db
     r = row(conn, 120)
     with mutated(conn):
-        forged = forge(conn, 120, r["user"], r["action"], {"edited": True}, Ed25519PrivateKey.generate(),
-                       prev=r["prev_hash"])
+        forged = forge(
+            conn,
+            120,
+            r["user"],
+            r["action"],
+            {"edited": True},
+            Ed25519PrivateKey.generate(),
+            prev=r["prev_hash"],
+        )
         conn.execute("DELETE FROM audit_log WHERE seq = 120")
         insert(conn, forged)
         expect_broken(conn, 120, "bad signature")
@@ -305,11 +344,20 @@ def test_own_entry_rewritten_with_own_key_breaks_the_next_link(log):
     """bob can re-sign his own entry, but the next entry (someone else's) no longer links."""
     alice, sessions = log
     conn = alice.db
-    seq = next(r[0] for r in conn.execute("SELECT seq FROM audit_log WHERE user = 'bob' AND seq > 100 ORDER BY seq"))
+    seq = next(
+        r[0] for r in conn.execute("SELECT seq FROM audit_log WHERE user = 'bob' AND seq > 100 ORDER BY seq")
+    )
     r = row(conn, seq)
     with mutated(conn):
-        forged = forge(conn, seq, "bob", r["action"], {"erased": "evidence"}, sessions["bob"].keys.ed25519,
-                       prev=r["prev_hash"])
+        forged = forge(
+            conn,
+            seq,
+            "bob",
+            r["action"],
+            {"erased": "evidence"},
+            sessions["bob"].keys.ed25519,
+            prev=r["prev_hash"],
+        )
         conn.execute("DELETE FROM audit_log WHERE seq = ?", (seq,))
         insert(conn, forged)
         expect_broken(conn, seq + 1, "does not link")
@@ -318,7 +366,10 @@ def test_own_entry_rewritten_with_own_key_breaks_the_next_link(log):
 def test_second_vault_init_and_wrong_first_entry(log):
     alice, _ = log
     with mutated(alice.db) as conn:
-        insert(conn, forge(conn, N_ENTRIES + 1, "alice", "vault.init", {"ed25519": "00" * 32}, alice.keys.ed25519))
+        insert(
+            conn,
+            forge(conn, N_ENTRIES + 1, "alice", "vault.init", {"ed25519": "00" * 32}, alice.keys.ed25519),
+        )
         expect_broken(conn, N_ENTRIES + 1, "second vault.init")
     with mutated(alice.db) as conn:
         conn.execute("DELETE FROM audit_log WHERE seq = 1")
@@ -340,6 +391,7 @@ def test_payload_that_is_not_an_object(log):
 
 # -- cross-checks against the vault (no checkpoint needed) -----------------------------------
 
+
 def test_audit_key_setting_swapped(log):
     alice, _ = log
     with mutated(alice.db) as conn:
@@ -356,8 +408,18 @@ def test_whole_log_rebuilt_with_new_keys(log):
     with mutated(alice.db) as conn:
         real = json.loads(row(conn, 1)["payload"])
         conn.execute("DELETE FROM audit_log")
-        insert(conn, forge(conn, 1, "alice", "vault.init", {**real, "ed25519": fake.public_key().public_bytes_raw().hex()},
-                           fake, prev=chain.GENESIS))
+        insert(
+            conn,
+            forge(
+                conn,
+                1,
+                "alice",
+                "vault.init",
+                {**real, "ed25519": fake.public_key().public_bytes_raw().hex()},
+                fake,
+                prev=chain.GENESIS,
+            ),
+        )
         chain.verify(conn)  # internally consistent...
         with pytest.raises(AuditChainBroken) as info:  # ...but not with alice's keyslot or users row
             verify_chain(alice)
@@ -390,6 +452,7 @@ def test_removed_user_cannot_sign_afterwards(admin_session, open_as):
 
 
 # -- checkpoints -----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def checkpointed(admin_session, open_as, tmp_path: Path):
@@ -441,10 +504,15 @@ def test_truncate_then_regrow_past_checkpoint(checkpointed):
     with pytest.raises(AuditChainBroken) as info:
         verify_log(alice, cp)
     assert info.value.seq == n
-    assert str(info.value) == f"audit entry {n}: does not match the checkpoint (the log was rewritten up to here)"
+    assert (
+        str(info.value)
+        == f"audit entry {n}: does not match the checkpoint (the log was rewritten up to here)"
+    )
     # the failed verification was itself recorded
     last = next(iter(chain.iter_entries(conn, descending=True, limit=1)))
-    assert last.action == "audit.verify" and last.payload["ok"] is False and last.payload["first_bad_seq"] == n
+    assert (
+        last.action == "audit.verify" and last.payload["ok"] is False and last.payload["first_bad_seq"] == n
+    )
 
 
 def test_tampered_checkpoint_file_is_rejected(checkpointed, tmp_path: Path):
@@ -490,7 +558,9 @@ def test_copy_of_vault_detects_tamper(admin_session, tmp_path: Path):
     shutil.copytree(admin_session.vault_dir, copy)
     with open_session(copy, "alice", PASSPHRASES["alice"]) as s:
         s.db.execute("UPDATE audit_log SET ts = '2000-01-01T00:00:00.000000+00:00' WHERE seq = 2")
-    with (open_session(copy, "alice", PASSPHRASES["alice"]) as s,
-          pytest.raises(AuditChainBroken, match="^audit entry 2: content does not match its hash$")):
+    with (
+        open_session(copy, "alice", PASSPHRASES["alice"]) as s,
+        pytest.raises(AuditChainBroken, match="^audit entry 2: content does not match its hash$"),
+    ):
         verify_log(s)
     verify_log(admin_session)  # the original is untouched

@@ -14,8 +14,9 @@ from offline.audit import chain
 def log(admin_session, open_as):
     bob = open_as("bob")
     for i in range(12):
-        (admin_session, bob)[i % 2].audit("search" if i % 3 else "ingest.add", severity="warning" if i == 5 else "info",
-                                          i=i)
+        (admin_session, bob)[i % 2].audit(
+            "search" if i % 3 else "ingest.add", severity="warning" if i == 5 else "info", i=i
+        )
     return admin_session
 
 
@@ -30,7 +31,9 @@ def test_tail_admin_and_filters(log, cli):
     assert rows[-1]["seq"] == chain.head(log.db)[0] - 1  # newest last; the audit.tail entry comes after
     bob_rows = j(cli(["audit", "tail", "--user", "bob", "--json"]))
     assert bob_rows and {r["user"] for r in bob_rows} == {"bob"}
-    assert {r["action"] for r in j(cli(["--json", "audit", "tail", "--action", "search", "-n", "100"]))} == {"search"}
+    assert {r["action"] for r in j(cli(["--json", "audit", "tail", "--action", "search", "-n", "100"]))} == {
+        "search"
+    }
     assert {r["action"] for r in j(cli(["--json", "audit", "tail", "--action", "ingest"]))} == {"ingest.add"}
     sev = j(cli(["--json", "audit", "tail", "--severity", "warning", "-n", "100"]))
     assert sev and all(r["severity"] in ("warning", "high") for r in sev)
@@ -78,7 +81,11 @@ def test_verify_ok_and_broken(log, cli):
     r = cli(["--json", "audit", "verify"])
     assert r.exit_code == 5
     out = json.loads(r.stdout)
-    assert out == {"ok": False, "first_bad_seq": 10, "error": "audit entry 10: content does not match its hash"}
+    assert out == {
+        "ok": False,
+        "first_bad_seq": 10,
+        "error": "audit entry 10: content does not match its hash",
+    }
 
 
 def test_verify_names_deletion(log, cli):
@@ -98,7 +105,9 @@ def test_checkpoint_then_truncate(log, cli, tmp_path: Path):
     log.db.execute("DELETE FROM audit_log WHERE seq > ?", (n - 3,))
     # Every client that saw the lost entries catches the truncation on its next command...
     r = cli(["audit", "verify"])
-    assert r.exit_code == 5 and f"Error: audit entry {n - 2}: missing; the audit log was truncated" in r.output
+    assert (
+        r.exit_code == 5 and f"Error: audit entry {n - 2}: missing; the audit log was truncated" in r.output
+    )
     # ...and a client that never saw them still has the checkpoint, which names what is gone.
     import shutil
 
@@ -109,25 +118,37 @@ def test_checkpoint_then_truncate(log, cli, tmp_path: Path):
     assert cli(["audit", "verify"]).exit_code == 0  # appends entry n-2
     r = cli(["audit", "verify", "--checkpoint", str(cp)])
     assert r.exit_code == 5
-    assert r.output == (f"Error: audit entry {n - 1}: missing; the log was truncated "
-                        f"(checkpoint has {n} entries, the log only {n - 2})\n")
+    assert r.output == (
+        f"Error: audit entry {n - 1}: missing; the log was truncated "
+        f"(checkpoint has {n} entries, the log only {n - 2})\n"
+    )
 
 
 def test_checkpoint_and_export_denied_for_members(log, cli, tmp_path: Path):
     r = cli(["audit", "checkpoint", "--out", str(tmp_path / "c.json")], user="bob")
-    assert r.exit_code == 4 and r.output == "Error: access denied: writing an audit checkpoint needs role admin or auditor\n"
+    assert (
+        r.exit_code == 4
+        and r.output == "Error: access denied: writing an audit checkpoint needs role admin or auditor\n"
+    )
     r = cli(["audit", "export", "--format", "csv", "--out", str(tmp_path / "e.csv")], user="bob")
-    assert r.exit_code == 4 and r.output == "Error: access denied: exporting the audit log needs role admin or auditor\n"
+    assert (
+        r.exit_code == 4
+        and r.output == "Error: access denied: exporting the audit log needs role admin or auditor\n"
+    )
     assert not list(tmp_path.glob("c.json*")) and not list(tmp_path.glob("e.csv*"))
 
 
 def test_export_cli(log, cli, tmp_path: Path):
     out = tmp_path / "q.cef"
-    r = cli(["audit", "export", "--format", "cef", "--out", str(out), "--user", "bob", "--action", "search"],
-            user="carol")
+    r = cli(
+        ["audit", "export", "--format", "cef", "--out", str(out), "--user", "bob", "--action", "search"],
+        user="carol",
+    )
     assert r.exit_code == 0 and r.output.startswith("Exported ")
     manifest = json.loads(Path(str(out) + ".manifest").read_text())
-    assert manifest["filters"] == {"user": "bob", "action": "search"} and manifest["exporter"]["user"] == "carol"
+    assert (
+        manifest["filters"] == {"user": "bob", "action": "search"} and manifest["exporter"]["user"] == "carol"
+    )
     assert all("suser=bob" in line for line in out.read_text().split("\n")[:-1])
     data = j(cli(["--json", "audit", "export", "--format", "jsonl", "--out", str(tmp_path / "all.jsonl")]))
     assert data["count"] == data["head_seq"] and data["paths"]["pub"].endswith("all.jsonl.pub.pem")
@@ -144,7 +165,10 @@ def test_tampered_checkpoint_file_cli(log, cli, tmp_path: Path):
     doc["statement"]["entries"] = 3
     cp.write_text(json.dumps(doc))
     r = cli(["audit", "verify", "--checkpoint", str(cp)])
-    assert r.exit_code == 5 and r.output == "Error: checkpoint cp.json: signature does not verify (the file was altered)\n"
+    assert (
+        r.exit_code == 5
+        and r.output == "Error: checkpoint cp.json: signature does not verify (the file was altered)\n"
+    )
     (tmp_path / "junk.json").write_text("not json")
     r = cli(["audit", "verify", "--checkpoint", str(tmp_path / "junk.json")])
     assert r.exit_code == 1 and r.output == "Error: junk.json is not an offline audit checkpoint\n"

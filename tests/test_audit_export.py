@@ -23,12 +23,21 @@ OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
 
 NASTY = [
-    "pipe | pipe || end|", "equals = a=b ==", "back\\slash \\\\ \\n \\| \\= \\]", "new\nline\r\ncrlf\rcr",
-    'double "quotes" and \'single\'', "close ] bracket ]] and [open", "unicode: café ☕ 日本語 🚀 Ωμέγα",
-    "line sep \u2028 para \u2029 nel \u0085", "tab\there\x00nul\x1bescape", "CEF:0|fake|header|1|2|3|4|k=v",
-    '<13>1 - - - - [x@1 a="b"] fake syslog', " leading and trailing spaces ", "key=value suser=mallory act=x",
+    "pipe | pipe || end|",
+    "equals = a=b ==",
+    "back\\slash \\\\ \\n \\| \\= \\]",
+    "new\nline\r\ncrlf\rcr",
+    "double \"quotes\" and 'single'",
+    "close ] bracket ]] and [open",
+    "unicode: café ☕ 日本語 🚀 Ωμέγα",
+    "line sep \u2028 para \u2029 nel \u0085",
+    "tab\there\x00nul\x1bescape",
+    "CEF:0|fake|header|1|2|3|4|k=v",
+    '<13>1 - - - - [x@1 a="b"] fake syslog',
+    " leading and trailing spaces ",
+    "key=value suser=mallory act=x",
 ]
-ODD_ACTIONS = ["odd|action\\name=x", "with space ]\"", "ünïcode.action"]
+ODD_ACTIONS = ["odd|action\\name=x", 'with space ]"', "ünïcode.action"]
 
 
 @pytest.fixture
@@ -37,7 +46,9 @@ def populated(admin_session, open_as):
     bob, carol = open_as("bob"), open_as("carol")
     for i, text in enumerate(NASTY):
         s = (admin_session, bob, carol)[i % 3]
-        s.audit("search", severity=chain.SEVERITIES[i % 4], question=text, nested={"k=|]\\\"": [text, i, 0.125]})
+        s.audit(
+            "search", severity=chain.SEVERITIES[i % 4], question=text, nested={'k=|]\\"': [text, i, 0.125]}
+        )
     for action in ODD_ACTIONS:
         admin_session.audit(action, severity="notice", note=action)
     return admin_session
@@ -61,6 +72,7 @@ def rehash(rec: dict) -> str:
 
 
 # -- small independent parsers, written from the specs ----------------------------------------
+
 
 def parse_cef(line: str) -> tuple[list[str], dict[str, str]]:
     """ArcSight CEF: 7 header fields split on unescaped pipes, then key=value extension."""
@@ -92,8 +104,8 @@ def parse_cef(line: str) -> tuple[list[str], dict[str, str]]:
     out: dict[str, str] = {}
     starts = [ext.rfind(" ", 0, p) + 1 for p in eq]
     for n, p in enumerate(eq):
-        key = ext[starts[n]:p]
-        raw = ext[p + 1: starts[n + 1] - 1] if n + 1 < len(eq) else ext[p + 1:]
+        key = ext[starts[n] : p]
+        raw = ext[p + 1 : starts[n + 1] - 1] if n + 1 < len(eq) else ext[p + 1 :]
         val, k = "", 0
         while k < len(raw):
             if raw[k] == "\\":
@@ -117,13 +129,13 @@ def parse_syslog(line: str) -> tuple[dict[str, str], str, dict[str, str]]:
     i = m.end()
     assert line[i] == "["
     j = line.index(" ", i)
-    sd_id = line[i + 1:j]
+    sd_id = line[i + 1 : j]
     params: dict[str, str] = {}
     i = j
     while line[i] != "]":
         assert line[i] == " "
         eq = line.index("=", i)
-        name = line[i + 1:eq]
+        name = line[i + 1 : eq]
         assert line[eq + 1] == '"'
         k, val = eq + 2, ""
         while line[k] != '"':
@@ -136,12 +148,13 @@ def parse_syslog(line: str) -> tuple[dict[str, str], str, dict[str, str]]:
                 k += 1
         params[name] = val
         i = k + 1
-    msg = line[i + 2:]
+    msg = line[i + 2 :]
     assert line[i + 1] == " " and msg.startswith(formats.BOM)
     return {**head, "sd_id": sd_id}, msg[1:], params
 
 
 # -- round trips ------------------------------------------------------------------------------
+
 
 def test_jsonl_round_trip_and_reverify(populated, exp: Path):
     out = exp / "audit.jsonl"
@@ -190,13 +203,24 @@ def test_cef_round_trip(populated, exp: Path):
         assert header[4] == header[5] == ext["act"] == e["action"]
         assert int(header[6]) == formats.CEF_SEVERITY[e["severity"]]
         labels = {ext[f"cs{n}Label"]: ext[f"cs{n}"] for n in range(1, 7)}
-        rec = {"seq": seq, "ts": labels["ts"], "user": ext["suser"], "action": ext["act"], "severity": e["severity"],
-               "payload": json.loads(labels["payload"]), "prev_hash": labels["prev_hash"], "hash": labels["hash"],
-               "sig": labels["sig"]}
+        rec = {
+            "seq": seq,
+            "ts": labels["ts"],
+            "user": ext["suser"],
+            "action": ext["act"],
+            "severity": e["severity"],
+            "payload": json.loads(labels["payload"]),
+            "prev_hash": labels["prev_hash"],
+            "hash": labels["hash"],
+            "sig": labels["sig"],
+        }
         assert rec == e
         assert rehash(rec) == rec["hash"]
         assert labels["vault_id"] == populated.vault_id
-        assert abs(int(ext["rt"]) / 1000 - __import__("datetime").datetime.fromisoformat(e["ts"]).timestamp()) < 0.002
+        assert (
+            abs(int(ext["rt"]) / 1000 - __import__("datetime").datetime.fromisoformat(e["ts"]).timestamp())
+            < 0.002
+        )
         seen_odd |= {e["action"]} & set(ODD_ACTIONS)
     assert seen_odd == set(ODD_ACTIONS)
 
@@ -216,9 +240,17 @@ def test_syslog_round_trip(populated, exp: Path):
         assert head["timestamp"] == e["ts"].replace("+00:00", "Z")
         assert head["app"] == "offline" and head["sd_id"] == "audit@32473" and len(head["msgid"]) <= 32
         assert head["msgid"] in (e["action"], "-")
-        rec = {"seq": int(p["seq"]), "ts": p["ts"], "user": p["user"], "action": p["action"],
-               "severity": p["severity"], "payload": json.loads(p["payload"]), "prev_hash": p["prev_hash"],
-               "hash": p["hash"], "sig": p["sig"]}
+        rec = {
+            "seq": int(p["seq"]),
+            "ts": p["ts"],
+            "user": p["user"],
+            "action": p["action"],
+            "severity": p["severity"],
+            "payload": json.loads(p["payload"]),
+            "prev_hash": p["prev_hash"],
+            "hash": p["hash"],
+            "sig": p["sig"],
+        }
         assert rec == e
         assert msg == f"{e['user']} {e['action']} seq={e['seq']}"
         assert p["vault"] == populated.vault_id
@@ -233,6 +265,7 @@ def test_escapers_directly():
 
 
 # -- the manifest, the signature and the reviewer's own steps --------------------------------
+
 
 def _doc_python() -> str:
     m = re.search(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
@@ -258,8 +291,13 @@ def run_doc_script(out: Path, exp: Path, env: dict | None = None, *extra: str) -
     script.write_text(_doc_python(), encoding="utf-8")
     import os
 
-    return subprocess.run([sys.executable, str(script), str(out), *extra], capture_output=True, text=True,
-                          check=False, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(script), str(out), *extra],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_reviewer_compares_the_recorded_fingerprint(populated, exp: Path):
@@ -271,8 +309,14 @@ def test_reviewer_compares_the_recorded_fingerprint(populated, exp: Path):
     other = "0000 1111 2222 3333 4444 5555 6666 7777"
     bad = run_doc_script(out, exp, None, other)
     assert bad.returncode != 0 and "not the vault whose fingerprint you recorded" in bad.stderr
-    cmd = next(line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith("python3 -c 'import hashlib"))
-    r = subprocess.run(["bash", "-c", cmd.replace("audit.jsonl", out.name)], cwd=exp, capture_output=True, text=True)
+    cmd = next(
+        line
+        for line in DOC.read_text(encoding="utf-8").splitlines()
+        if line.startswith("python3 -c 'import hashlib")
+    )
+    r = subprocess.run(
+        ["bash", "-c", cmd.replace("audit.jsonl", out.name)], cwd=exp, capture_output=True, text=True
+    )
     assert r.returncode == 0 and r.stdout.strip() == f"{recorded} OK", r.stdout + r.stderr
 
 
@@ -280,8 +324,12 @@ def test_manifest_contents(populated, exp: Path):
     out = exp / "audit.jsonl"
     result = export_log(populated, "jsonl", out)
     paths = export_paths(out)
-    assert {p.name for p in exp.iterdir()} == {"audit.jsonl", "audit.jsonl.manifest", "audit.jsonl.manifest.sig",
-                                                     "audit.jsonl.pub.pem"}
+    assert {p.name for p in exp.iterdir()} == {
+        "audit.jsonl",
+        "audit.jsonl.manifest",
+        "audit.jsonl.manifest.sig",
+        "audit.jsonl.pub.pem",
+    }
     manifest_bytes = paths["manifest"].read_bytes()
     m = json.loads(manifest_bytes)
     assert m["vault_id"] == populated.vault_id and m["format"] == "jsonl"
@@ -312,11 +360,21 @@ def test_reviewer_openssl_and_sha256sum(populated, exp: Path, fmt: str):
     export_log(populated, fmt, out)
     r = run_doc_openssl(out)
     assert r.returncode == 0 and "Signature Verified Successfully" in r.stdout, r.stdout + r.stderr
-    sha = subprocess.run(["bash", "-c", _doc_command("sha256sum audit.jsonl").replace("audit.jsonl", out.name)],
-                         cwd=exp, capture_output=True, text=True, check=False).stdout.split()[0]
+    sha = subprocess.run(
+        ["bash", "-c", _doc_command("sha256sum audit.jsonl").replace("audit.jsonl", out.name)],
+        cwd=exp,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()[0]
     assert sha == json.loads(export_paths(out)["manifest"].read_text())["file_sha256"]
-    fp = subprocess.run(["bash", "-c", _doc_command("openssl pkey -pubin").replace("audit.jsonl", out.name)],
-                        cwd=exp, capture_output=True, text=True, check=False).stdout.split()[0]
+    fp = subprocess.run(
+        ["bash", "-c", _doc_command("openssl pkey -pubin").replace("audit.jsonl", out.name)],
+        cwd=exp,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()[0]
     assert "sha256:" + fp == json.loads(export_paths(out)["manifest"].read_text())["audit_key_fingerprint"]
 
 
@@ -340,7 +398,9 @@ def test_openssl_rejects_tampered_manifest_and_signature(populated, exp: Path):
     # another key entirely
     paths["sig"].write_bytes(good_sig)
     subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(exp / "k.pem")], check=True)
-    subprocess.run(["openssl", "pkey", "-in", str(exp / "k.pem"), "-pubout", "-out", str(paths["pub"])], check=True)
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(exp / "k.pem"), "-pubout", "-out", str(paths["pub"])], check=True
+    )
     assert run_doc_openssl(out).returncode != 0
 
 
@@ -389,12 +449,17 @@ def test_doc_script_openssl_path_on_filtered_export(populated, exp: Path):
 
 # -- filters, roles, failure modes ----------------------------------------------------------
 
+
 def test_filters(populated, exp: Path):
     truth = entries_of(populated)
     m = export_log(populated, "jsonl", exp / "a.jsonl", action="search")
     recs = [json.loads(x) for x in (exp / "a.jsonl").read_text(encoding="utf-8").split("\n")[:-1]]
     assert {r["action"] for r in recs} == {"search"} and len(recs) == len(NASTY) == m["count"]
-    assert (m["first_seq"], m["last_seq"], m["last_entry_hash"]) == (recs[0]["seq"], recs[-1]["seq"], recs[-1]["hash"])
+    assert (m["first_seq"], m["last_seq"], m["last_entry_hash"]) == (
+        recs[0]["seq"],
+        recs[-1]["seq"],
+        recs[-1]["hash"],
+    )
     mid = truth[10]["ts"]
     m2 = export_log(populated, "csv", exp / "b.csv", since=mid)
     assert m2["first_seq"] == 10
@@ -408,7 +473,9 @@ def test_filters(populated, exp: Path):
 
 
 def test_member_cannot_export(populated, open_as, exp: Path):
-    with pytest.raises(AccessDenied, match="^access denied: exporting the audit log needs role admin or auditor$"):
+    with pytest.raises(
+        AccessDenied, match="^access denied: exporting the audit log needs role admin or auditor$"
+    ):
         export_log(open_as("bob"), "jsonl", exp / "x.jsonl")
     assert list(exp.glob("x.jsonl*")) == []
     export_log(open_as("carol"), "jsonl", exp / "y.jsonl")  # auditors may

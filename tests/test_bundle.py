@@ -11,27 +11,35 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 INSTALL = REPO / "scripts" / "bundle-install.sh"
 SIGN = REPO / "scripts" / "bundle_sign.py"
-QUESTION = ("How long does Harbourside Family Clinic keep adult patient records, "
-            "and who owns the retention policy?")
+QUESTION = (
+    "How long does Harbourside Family Clinic keep adult patient records, and who owns the retention policy?"
+)
 
 
 def blocked_env(**extra: str) -> dict[str, str]:
     """A process environment in which pip can reach no registry and no find-links but the bundle's."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST")}
-    env.update(PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_CONFIG_FILE="/dev/null",
-               PIP_FIND_LINKS="", **extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST")
+    }
+    env.update(
+        PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_CONFIG_FILE="/dev/null", PIP_FIND_LINKS="", **extra
+    )
     return env
 
 
 def sign(bundle: Path, key: Path) -> str:
-    out = subprocess.run([sys.executable, str(SIGN), "sign", str(bundle), "--key", str(key)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(SIGN), "sign", str(bundle), "--key", str(key)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -52,9 +60,21 @@ def fake_bundle(tmp_path: Path) -> tuple[Path, str]:
 
 
 def run_install(bundle: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(bundle / "install.sh"), "--venv", str(tmp_path / "venv"),
-                           "--models-dir", str(tmp_path / "installed-models"), *args],
-                          capture_output=True, text=True, env=blocked_env(), timeout=120)
+    return subprocess.run(
+        [
+            "bash",
+            str(bundle / "install.sh"),
+            "--venv",
+            str(tmp_path / "venv"),
+            "--models-dir",
+            str(tmp_path / "installed-models"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=blocked_env(),
+        timeout=120,
+    )
 
 
 def test_signing_key_is_private_pem_outside_bundle(fake_bundle, tmp_path):
@@ -66,11 +86,33 @@ def test_signing_key_is_private_pem_outside_bundle(fake_bundle, tmp_path):
     assert len((bundle / "SHA256SUMS.sig").read_bytes()) == 64
     assert len(fingerprint) == 64
     # openssl alone verifies the signature (no Python packages needed on the air-gapped side)
-    subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-in",
-                    "SHA256SUMS", "-sigfile", "SHA256SUMS.sig"], cwd=bundle, check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            "pub.pem",
+            "-rawin",
+            "-in",
+            "SHA256SUMS",
+            "-sigfile",
+            "SHA256SUMS.sig",
+        ],
+        cwd=bundle,
+        check=True,
+        capture_output=True,
+    )
     listed = sorted(line.split("  ", 1)[1] for line in (bundle / "SHA256SUMS").read_text().splitlines())
-    assert listed == ["./BUNDLE-INFO", "./constraints.txt", "./install.sh", "./models/manifest.toml",
-                      "./models/tiny.gguf", "./wheelhouse/offline_kit-0.0.0-py3-none-any.whl"]
+    assert listed == [
+        "./BUNDLE-INFO",
+        "./constraints.txt",
+        "./install.sh",
+        "./models/manifest.toml",
+        "./models/tiny.gguf",
+        "./wheelhouse/offline_kit-0.0.0-py3-none-any.whl",
+    ]
     with pytest.raises(subprocess.CalledProcessError):  # the key must stay out of the bundle
         sign(bundle, bundle / "key.pem")
 
@@ -100,18 +142,26 @@ def _resum(bundle: Path) -> None:
 
 
 TAMPERS = {
-    "flipped byte in a wheel": (lambda b: _flip(b / "wheelhouse" / "offline_kit-0.0.0-py3-none-any.whl"),
-                                "checksum mismatch"),
+    "flipped byte in a wheel": (
+        lambda b: _flip(b / "wheelhouse" / "offline_kit-0.0.0-py3-none-any.whl"),
+        "checksum mismatch",
+    ),
     "flipped byte in a model": (lambda b: _flip(b / "models" / "tiny.gguf"), "checksum mismatch"),
     "file removed": (lambda b: (b / "models" / "tiny.gguf").unlink(), "checksum mismatch or missing"),
-    "wheel added": (lambda b: (b / "wheelhouse" / "evil-9.9-py3-none-any.whl").write_bytes(b"x"),
-                    "not covered by SHA256SUMS: ./wheelhouse/evil-9.9-py3-none-any.whl"),
-    "sums recomputed": (lambda b: (_flip(b / "wheelhouse" / "offline_kit-0.0.0-py3-none-any.whl"), _resum(b)),
-                        "signature of SHA256SUMS does not verify"),
+    "wheel added": (
+        lambda b: (b / "wheelhouse" / "evil-9.9-py3-none-any.whl").write_bytes(b"x"),
+        "not covered by SHA256SUMS: ./wheelhouse/evil-9.9-py3-none-any.whl",
+    ),
+    "sums recomputed": (
+        lambda b: (_flip(b / "wheelhouse" / "offline_kit-0.0.0-py3-none-any.whl"), _resum(b)),
+        "signature of SHA256SUMS does not verify",
+    ),
     "signature flipped": (lambda b: _flip(b / "SHA256SUMS.sig"), "signature of SHA256SUMS does not verify"),
     "signature missing": (lambda b: (b / "SHA256SUMS.sig").unlink(), "SHA256SUMS.sig is missing"),
-    "symlink added": (lambda b: (b / "models" / "link").symlink_to("/etc/passwd"),
-                      "symlinks or special files"),
+    "symlink added": (
+        lambda b: (b / "models" / "link").symlink_to("/etc/passwd"),
+        "symlinks or special files",
+    ),
 }
 
 
@@ -141,8 +191,22 @@ def test_python_fallback_verifier(fake_bundle, tmp_path):
     bundle, fingerprint = fake_bundle
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    for tool in ("bash", "sha256sum", "cut", "grep", "sort", "find", "comm", "head", "tr", "wc", "dirname",
-                 "cat", "sed", "basename"):
+    for tool in (
+        "bash",
+        "sha256sum",
+        "cut",
+        "grep",
+        "sort",
+        "find",
+        "comm",
+        "head",
+        "tr",
+        "wc",
+        "dirname",
+        "cat",
+        "sed",
+        "basename",
+    ):
         found = shutil.which(tool)
         if found:
             (bindir / tool).symlink_to(found)
@@ -158,6 +222,7 @@ def test_python_fallback_verifier(fake_bundle, tmp_path):
 
 # -- the real thing ------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_build_bundle_install_airgapped_and_ask(tmp_path_factory):
     """Build a real bundle, install it into a new venv with every registry blocked, ask the question."""
@@ -165,9 +230,19 @@ def test_build_bundle_install_airgapped_and_ask(tmp_path_factory):
     try:
         t0 = time.monotonic()
         bundle = work / "bundle"
-        build = subprocess.run([str(REPO / "scripts" / "make-bundle"), "--out", str(bundle), "--tar",
-                                "--signing-key", str(work / "keys" / "sign.pem")],
-                               capture_output=True, text=True, timeout=3600)
+        build = subprocess.run(
+            [
+                str(REPO / "scripts" / "make-bundle"),
+                "--out",
+                str(bundle),
+                "--tar",
+                "--signing-key",
+                str(work / "keys" / "sign.pem"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         assert build.returncode == 0, build.stderr[-4000:]
         t_build = time.monotonic() - t0
         fingerprint = build.stderr.split("public key sha256 (tell the installer out of band): ")[1].split()[0]
@@ -183,9 +258,21 @@ def test_build_bundle_install_airgapped_and_ask(tmp_path_factory):
             env.pop(var, None)
         venv = side / "venv"
         t1 = time.monotonic()
-        inst = subprocess.run(["bash", str(side / "bundle" / "install.sh"), "--venv", str(venv),
-                               "--expect-key-sha256", fingerprint],
-                              capture_output=True, text=True, env=env, timeout=3600, cwd=side)
+        inst = subprocess.run(
+            [
+                "bash",
+                str(side / "bundle" / "install.sh"),
+                "--venv",
+                str(venv),
+                "--expect-key-sha256",
+                fingerprint,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=3600,
+            cwd=side,
+        )
         assert inst.returncode == 0, inst.stderr[-4000:] + inst.stdout[-4000:]
         t_install = time.monotonic() - t1
         assert "signature OK (openssl)" in inst.stderr
@@ -200,13 +287,18 @@ def test_build_bundle_install_airgapped_and_ask(tmp_path_factory):
             for assignment in line.removeprefix("export ").split():
                 key, _, value = assignment.partition("=")
                 env[key] = value
-        env.update(OFFLINE_VAULT=str(side / "vault"), OFFLINE_USER="demo",
-                   OFFLINE_PASSPHRASE="demo-passphrase-1", OFFLINE_NEW_PASSPHRASE="demo-passphrase-1")
+        env.update(
+            OFFLINE_VAULT=str(side / "vault"),
+            OFFLINE_USER="demo",
+            OFFLINE_PASSPHRASE="demo-passphrase-1",
+            OFFLINE_NEW_PASSPHRASE="demo-passphrase-1",
+        )
         offline = str(venv / "bin" / "offline")
 
         def run(*args: str) -> subprocess.CompletedProcess:
-            res = subprocess.run([offline, *args], capture_output=True, text=True, env=env, timeout=1800,
-                                 cwd=side)
+            res = subprocess.run(
+                [offline, *args], capture_output=True, text=True, env=env, timeout=1800, cwd=side
+            )
             assert res.returncode == 0, f"offline {' '.join(args)}: {res.stderr[-3000:]}"
             return res
 
@@ -219,7 +311,9 @@ def test_build_bundle_install_airgapped_and_ask(tmp_path_factory):
         assert "data-retention-policy" in answer.stdout, answer.stdout
         doctor = run("doctor")
         assert "FAIL" not in doctor.stdout and "PASS  plaintext canary" in doctor.stdout
-        print(f"\nbundle: build {t_build:.0f} s, install {t_install:.0f} s, quickstart {t_ask:.0f} s; "
-              f"{(work / 'bundle.tar').stat().st_size / 1e6:.0f} MB tar\n{answer.stdout}")
+        print(
+            f"\nbundle: build {t_build:.0f} s, install {t_install:.0f} s, quickstart {t_ask:.0f} s; "
+            f"{(work / 'bundle.tar').stat().st_size / 1e6:.0f} MB tar\n{answer.stdout}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)

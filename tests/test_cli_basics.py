@@ -55,10 +55,12 @@ def test_help_lists_groups_and_version():
 
 def test_help_starts_fast_without_heavy_imports():
     """`offline --help` must not import torch, transformers, llama_cpp, sentence_transformers or gguf."""
-    code = ("import sys; from offline.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'llama_cpp', 'gguf', 'peft')"
-            " if m in sys.modules]\nprint('HEAVY=' + ','.join(heavy))")
+    code = (
+        "import sys; from offline.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'llama_cpp', 'gguf', 'peft')"
+        " if m in sys.modules]\nprint('HEAVY=' + ','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
@@ -73,7 +75,9 @@ def test_missing_vault(cli, vault_dir: Path):
 def test_wrong_passphrase_and_unknown_user_read_the_same(cli, admin_session):
     r = cli(["users", "list"], env={"OFFLINE_PASSPHRASE": "not-the-passphrase"})
     assert r.exit_code == 3
-    assert r.stderr.strip() == "Error: authentication failed for user 'alice': unknown user or wrong passphrase"
+    assert (
+        r.stderr.strip() == "Error: authentication failed for user 'alice': unknown user or wrong passphrase"
+    )
     r2 = cli(["users", "list"], user="mallory")  # an unknown user reads the same, but for the name tried
     assert (r2.exit_code, r2.stderr.replace("mallory", "alice")) == (r.exit_code, r.stderr)
 
@@ -97,8 +101,9 @@ def test_usage_errors_exit_2(cli, admin_session):
 def test_no_passphrase_without_a_terminal(cli, admin_session):
     r = cli(["users", "list"], env={"OFFLINE_PASSPHRASE": ""})
     assert r.exit_code == 2
-    assert r.stderr.strip() == ("Error: no passphrase: use --passphrase-file, OFFLINE_PASSPHRASE_FILE "
-                                "or OFFLINE_PASSPHRASE")
+    assert r.stderr.strip() == (
+        "Error: no passphrase: use --passphrase-file, OFFLINE_PASSPHRASE_FILE or OFFLINE_PASSPHRASE"
+    )
 
 
 def test_passphrase_file_option(cli, admin_session, tmp_path: Path):

@@ -14,6 +14,8 @@ import pytest
 from _clinic import ROOT, ingest_clinic, labels, place_name, places_found, survivors
 from test_gdpr import _raw_scan
 
+from offline.vault import set_setting
+
 HAVE_OCR = shutil.which("tesseract") is not None
 
 
@@ -24,7 +26,7 @@ def trial(admin_session):
 
     s = admin_session
     create_collection(s, "clinic")
-    s.set_setting("subject_id_pattern", r"\b(?:PT|pt)-?\d{5}\b")
+    set_setting(s, "subject_id_pattern", r"\b(?:PT|pt)-?\d{5}\b")
     rep = ingest_clinic(s, "clinic")
     lab = labels()
     if not HAVE_OCR:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 from pathlib import Path
 
@@ -13,6 +15,14 @@ from conftest import DATA
 
 SQUAD = DATA / "squad-mini.json"
 MODES = ["base", "rag", "finetune", "hybrid"]
+REPO = Path(__file__).resolve().parent.parent
+DONOR = Path(os.environ.get("OFFLINE_MODELS_DIR", REPO / "models")) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _modes_0600(folder: Path) -> dict[str, str]:
+    """Every file the comparison wrote, with its permission bits unless they are 0600."""
+    return {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir()
+            if stat.S_IMODE(p.stat().st_mode) != 0o600}
 
 
 def _audit(session, action: str) -> list[dict]:
@@ -125,6 +135,12 @@ def test_compare_report_json_charts_and_audit(squad_kb, tiny_adapter, cli, tmp_p
         assert 300 <= w <= 1000 and 150 <= h <= 800
         assert f"]({c})" in report
     assert not list(out.glob(".*"))  # no temp files left behind
+    assert _modes_0600(out) == {}  # charts too: they show figures of private data
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    # The adapter is closed-book (no RAFT lineage): the report says hybrid served it a prompt it never saw.
+    assert res["adapter"]["recipe"] == "closed-book" and "> hybrid served `tiny`, a closed-book adapter" in report
+    last = report.rstrip("\n").splitlines()[-1]
+    assert last == res["recommendation"] and last.startswith("Recommendation: ")
 
     starts, ends = _audit(squad_kb, "compare.start"), _audit(squad_kb, "compare.end")
     assert len(starts) == 1 and starts[0]["questions"] == 2 and starts[0]["adapter"] == "tiny"
@@ -153,8 +169,10 @@ def test_adapter_modes_skipped_without_adapter_and_jsonl_input(admin_session, cl
     lines = r.output.splitlines()
     assert lines[0].startswith("Compared base on 1 questions in ") and lines[0].endswith(f"{out}/report.md")
     assert lines[1].startswith("  base      contains ")
-    assert lines[2:] == ["  finetune  skipped: needs --adapter NAME",
-                         "  update and freshness probe skipped: --no-freshness"]
+    assert lines[2:4] == ["  finetune  skipped: needs --adapter NAME",
+                          "  update and freshness probe skipped: --no-freshness"]
+    assert lines[4:] == [json.loads((out / "results.json").read_text())["recommendation"]]
+    assert lines[4].startswith("Recommendation: ") and " base " in lines[4]  # the only mode run
     res = json.loads((out / "results.json").read_text())
     assert res["qa"] == {**res["qa"], "format": "jsonl", "questions": 1, "available": 2}
     assert res["modes"]["finetune"] == {"status": "skipped", "note": "needs --adapter NAME"}
@@ -180,7 +198,8 @@ def test_usage_and_access_errors(admin_session, cli, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "Q?", "answers": ["A"]}\n{"question": "no answers"}\n')
     r = cli(["compare", "--qa", str(bad), "-c", "kb", "--out", str(out)])
-    assert r.exit_code == 1 and r.output.strip() == 'Error: bad.jsonl:2: "answers" must be a non-empty list of strings'
+    assert r.exit_code == 1 and r.output.strip() == ('Error: bad.jsonl line 2: "answers" must be a list of '
+                                                     'non-empty strings (empty: unanswerable)')
     r = cli(["compare", "--qa", str(tmp_path / "missing.json"), "-c", "kb", "--out", str(out)])
     assert r.exit_code == 2 and r.output.strip().startswith("Error: no such QA file")
     r = cli([*base[:-4], "-c", "secret", "--out", str(out)])
@@ -204,7 +223,7 @@ def test_qa_loader_formats_and_limits(tmp_path):
     q = load_qa(p).questions
     assert q[0].qid == "x1" and q[0].answers == ("A",)
     p.write_text("not json\n")
-    with pytest.raises(InvalidInput, match=r"one.jsonl:1: not valid JSON"):
+    with pytest.raises(InvalidInput, match=r"one.jsonl line 1: invalid JSON"):
         load_qa(p)
     p.write_text('{"data": [{"paragraphs": [{"qas": [{"id": 1, "answers": [{"text": "x"}]}]}]}]}')
     with pytest.raises(InvalidInput, match="bad article/paragraph/qas layout"):
@@ -216,3 +235,152 @@ def test_qa_loader_formats_and_limits(tmp_path):
     pr.write_text('{"document": "x"}')
     with pytest.raises(InvalidInput, match="expected"):
         load_probe(pr)
+
+
+# -- one Q/A loader for finetune and compare ---------------------------------------------------
+
+QA_FORMATS = {
+    "question-answers": ('{"id": "a", "question": "Who wrote Hamlet?", "answers": ["Shakespeare", "W. Shakespeare"]}\n'
+                         '{"question": "What is the door code?", "answers": []}\n', "jsonl"),
+    "prompt-completion": ('{"prompt": "Who wrote Hamlet?", "completion": "Shakespeare"}\n', "jsonl"),
+    "messages": ('{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": '
+                 '"Who wrote Hamlet?"}, {"role": "assistant", "content": "Shakespeare"}]}\n', "jsonl"),
+    "squad": (json.dumps({"data": [{"title": "T", "paragraphs": [{"context": "Hamlet is by Shakespeare.", "qas": [
+        {"id": "s1", "question": "Who wrote Hamlet?", "answers": [{"text": "Shakespeare", "answer_start": 13}]},
+        {"id": "s2", "question": "Who wrote Ulysses?", "answers": [], "is_impossible": True}]}]}]}), "squad"),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(QA_FORMATS))
+def test_qa_formats_accepted_identically_by_finetune_and_compare(fmt, tmp_path):
+    from offline.compare.data import load_qa
+    from offline.finetune.data import load_jsonl, load_qa_file
+    from offline.finetune.raft import load_qa_pairs
+
+    text, kind = QA_FORMATS[fmt]
+    f = tmp_path / "qa.jsonl"
+    f.write_text(text)
+    qa = load_qa_file(f)
+    asked = load_qa(f)
+    train = load_jsonl(f)
+    assert qa.format == asked.format == kind and asked.sha256 == train.sha256 == qa.sha256
+    # The same records, the same questions and gold answers, whoever reads the file.
+    assert [(q.question, q.answers) for q in asked.questions] == [(e.question, e.answers) for e in qa.examples]
+    assert load_qa_pairs(f) == [(q.question, list(q.answers)) for q in asked.questions]
+    assert asked.questions[0].question == "Who wrote Hamlet?" and "Shakespeare" in asked.questions[0].answers
+    # Training learns the answerable ones (first gold answer); an unanswerable one teaches nothing closed-book.
+    assert [e.messages[-1]["content"] for e in train.examples] == ["Shakespeare"]
+    assert train.meta["unanswerable_skipped"] == len(asked.questions) - asked.total
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{nope", "qa.jsonl line 1: invalid JSON"),
+    ('{"question": "Q?"}', 'qa.jsonl line 1: "answers" must be a list of non-empty strings'),
+    ('{"prompt": "a"}', 'qa.jsonl line 1: "prompt" and "completion" must both be strings'),
+    ('{"messages": [{"role": "user", "content": "x"}]}', "qa.jsonl line 1: no non-empty assistant message"),
+    ('{"text": "x"}', 'qa.jsonl line 1: expected {"messages": [...]}'),
+])
+def test_bad_qa_lines_refused_alike_by_finetune_and_compare(line, message, tmp_path):
+    from offline.compare.data import load_qa
+    from offline.errors import InvalidInput
+    from offline.finetune.data import load_jsonl
+
+    f = tmp_path / "qa.jsonl"
+    f.write_text(line + "\n")
+    errors = []
+    for load in (load_qa, load_jsonl):
+        with pytest.raises(InvalidInput) as err:
+            load(f)
+        errors.append(str(err.value))
+    assert errors[0] == errors[1] and errors[0].startswith(message)
+
+
+# -- the recommendation line -----------------------------------------------------------------
+
+def _fig(contains: float, ttft: float = 0.5, **kw) -> dict:
+    return {"status": "ok", "answer_contains": contains, "f1": contains, "exact_match": contains,
+            "ttft_s": {"p50": ttft}, **kw}
+
+
+def test_recommendation_follows_the_figures():
+    from offline.compare.report import recommendation
+
+    def rec(**modes) -> str:
+        return recommendation({"modes_order": list(modes), "modes": modes})
+
+    good_rag = dict(cite_correct_rate=0.9, refusal_unanswerable_rate=0.85, false_refusal_rate=0.05)
+    r = rec(base=_fig(0.1, 0.1), rag=_fig(0.7, 1.2, **good_rag))
+    assert r.startswith("Recommendation: use rag on this data (answer contains 0.70") and "next best base 0.10" in r
+    # Within 0.05 of a closed-book best, retrieval wins: it cites, and an ingest updates it.
+    r = rec(finetune=_fig(0.72, 0.1), rag=_fig(0.70, 1.2, **good_rag))
+    assert r.startswith("Recommendation: use rag") and "within 0.05 of finetune (0.72)" in r
+    r = rec(finetune=_fig(0.80, 0.1), rag=_fig(0.70, 1.2, **good_rag))
+    assert r.startswith("Recommendation: use finetune")
+    # None good enough: the best is named with every goal it misses.
+    r = rec(base=_fig(0.05), rag=_fig(0.30, 1.0, cite_correct_rate=0.6, refusal_unanswerable_rate=0.9,
+                                            false_refusal_rate=0.2))
+    assert r.startswith("Recommendation: no mode is good enough on this data; the best is rag")
+    assert "answer contains 0.30 (goal >= 0.60)" in r and "citation correct 0.60 (goal >= 0.85)" in r
+    assert "false refusal 0.20 (goal <= 0.10)" in r and "refusal on unanswerable" not in r.split("misses")[1]
+    assert "\n" not in r
+
+
+# -- hybrid with a RAFT adapter, as it was trained ----------------------------------------------
+
+WARD = {"fridges.txt": "Vaccine fridges must be kept between +2 °C and +8 °C.",
+        "pep.txt": "Post-exposure prophylaxis should ideally start within 1 hour.",
+        "lead.txt": "The ward lead is Dr Anna Novak."}
+WARD_QA = [{"question": "What temperature must vaccine fridges be kept at?", "answers": ["+2 °C and +8 °C"]},
+           {"question": "When should post-exposure prophylaxis start?", "answers": ["within 1 hour"]},
+           {"question": "Who is the ward lead?", "answers": ["Dr Anna Novak"]}]
+
+
+@pytest.fixture
+def ward(admin_session, tmp_path):
+    """Collection 'ward': three one-line documents, short enough for a tiny model's 256-token window."""
+    from offline.ingest import TextRecord, ingest_records
+    from offline.vault.collections import create_collection
+
+    create_collection(admin_session, "ward")
+    ingest_records(admin_session, [TextRecord(source=n, name=n, text=t) for n, t in WARD.items()], "ward")
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(x) + "\n" for x in WARD_QA))
+    return admin_session, train
+
+
+@pytest.mark.skipif(not DONOR.is_file(), reason="default model file missing (offline models fetch)")
+def test_hybrid_serves_a_raft_adapter_on_its_training_prompt(ward, tmp_path):
+    import random
+
+    from _loras import tiny_raft_adapter
+
+    from offline.compare import run_compare
+    from offline.finetune import raft
+    from offline.rag import answer
+
+    session, train = ward
+    tiny = tiny_raft_adapter(session, "raft", train, "ward", tmp_path, DONOR)
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(x) + "\n" for x in [
+        WARD_QA[0], {"question": "What is the door code of the ward pharmacy?", "answers": []}, WARD_QA[2]]))
+    out = tmp_path / "o"
+    res = run_compare(session, qa, "ward", out=out, adapter="raft", modes="rag,hybrid", model=str(tiny), k=2,
+                      max_tokens=6, freshness=False, min_score=-1.0)
+    assert res["adapter"]["recipe"] == "raft"
+    for m in ("rag", "hybrid"):
+        f = res["modes"][m]
+        assert f["questions"] == 2 and f["unanswerable_questions"] == 1
+        assert 0 <= f["refusal_unanswerable_rate"] <= 1 and 0 <= f["false_refusal_rate"] <= 1
+        assert 0 <= f["answer_contains"] <= 1 and (f["cited_rate"] is None or 0 <= f["cited_rate"] <= 1)
+        assert f["retrieval_hit_rate"] == 1.0  # every answerable question's document is retrieved
+    assert "> hybrid served" not in (out / "report.md").read_text() and _modes_0600(out) == {}
+    # Byte for byte the prompt RAFT trained on: ask's chat over the retrieved passages, in their order.
+    q = WARD_QA[0]["question"]
+    ans = answer(session, q, collections=["ward"], k=2, mode="hybrid", adapter="raft", model=str(tiny),
+                 max_tokens=4, min_score=-1.0)
+    hits = {str(h.chunk_id): h for h in ans.hits}
+    shown = [raft.Passage(chunk_id=s["chunk_id"], doc_name=s["doc_name"], text=hits[s["chunk_id"]].text,
+                          section=s["section"], page=s["page"]) for s in ans.sources]
+    assert len(shown) == 2
+    trained = raft.raft_messages(q, "", None, shown, random.Random(0), len(shown))
+    assert ans.prompt == trained[:-1] and ans.adapter["name"] == "raft"

@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
-LETTER = ("Dear Dr Aisha Patel,\nI saw Maria Gonzalez (PT-00417, DOB 14/03/1961) today. NHS number 943 476 5919. "
-          "Call her on 07700 900123 or write to maria.g@example.org. Her US SSN is 536-22-1234.\n"
-          "Appointment on 2 May 2024.")
+LETTER = (
+    "Dear Dr Aisha Patel,\nI saw Maria Gonzalez (PT-00417, DOB 14/03/1961) today. NHS number 943 476 5919. "
+    "Call her on 07700 900123 or write to maria.g@example.org. Her US SSN is 536-22-1234.\n"
+    "Appointment on 2 May 2024."
+)
 
 
 def test_entities_look_right():
@@ -21,10 +23,17 @@ def test_entities_look_right():
     meta = json.loads((model_folder() / "meta.json").read_text())
     assert (meta["lang"], meta["version"]) == ("en", "3.8.0") and "ner" in meta["pipeline"]
     assert info["tree_sha256"] == "2b7c03c0b08454d585020ab5c8126562c4a49eeb6f5165b2ccc7c1143397f584"
-    found = {(f.kind, LETTER[f.start:f.end]) for f in detect(LETTER, r"PT-\d{5}")}
-    for expected in [("PERSON", "Maria Gonzalez"), ("PERSON", "Aisha Patel"), ("SUBJECT_ID", "PT-00417"),
-                     ("DATE_OF_BIRTH", "14/03/1961"), ("UK_NHS", "943 476 5919"), ("PHONE_NUMBER", "07700 900123"),
-                     ("EMAIL_ADDRESS", "maria.g@example.org"), ("US_SSN", "536-22-1234")]:
+    found = {(f.kind, LETTER[f.start : f.end]) for f in detect(LETTER, r"PT-\d{5}")}
+    for expected in [
+        ("PERSON", "Maria Gonzalez"),
+        ("PERSON", "Aisha Patel"),
+        ("SUBJECT_ID", "PT-00417"),
+        ("DATE_OF_BIRTH", "14/03/1961"),
+        ("UK_NHS", "943 476 5919"),
+        ("PHONE_NUMBER", "07700 900123"),
+        ("EMAIL_ADDRESS", "maria.g@example.org"),
+        ("US_SSN", "536-22-1234"),
+    ]:
         assert expected in found, (expected, found)
     assert not any(kind == "DATE_OF_BIRTH" and "2024" in value for kind, value in found)  # not a birth date
     # Checksums: a wrong NHS check digit and an impossible SSN are no national ids.
@@ -40,7 +49,9 @@ def test_detection_opens_no_socket_and_loads_no_other_model(tmp_path):
         "from offline import netguard\n"
         "netguard.install()\n"
         "from offline.ingest.detect import detect\n"
-        "print(sorted({f.kind for f in detect('Mail maria.g@example.org or call 07700 900123, Maria Gonzalez', '')}))\n")
+        "print(sorted({f.kind for f in detect("
+        "'Mail maria.g@example.org or call 07700 900123, Maria Gonzalez', '')}))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "EMAIL_ADDRESS" in out.stdout and "PERSON" in out.stdout

@@ -8,7 +8,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from conftest import PASSPHRASES
 
 from offline import netguard
@@ -17,8 +16,15 @@ from offline.doctor.vault_checks import SQLITE_HEADER, read_canary
 from offline.models.hashing import model_hash
 
 VAULT_LINES = ["vault encryption", "plaintext canary", "file permissions", "KDF parameters", "audit chain"]
-ENV_LINES = ["network guard", "hugging face offline", "telemetry off", "sqlcipher version",
-             "sqlite-vec version", "llama.cpp version", "python packages"]
+ENV_LINES = [
+    "network guard",
+    "hugging face offline",
+    "telemetry off",
+    "sqlcipher version",
+    "sqlite-vec version",
+    "llama.cpp version",
+    "python packages",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +45,10 @@ def tiny_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (d / "tiny-embed" / "weights.bin").write_bytes(os.urandom(2048))
     (d / "tiny-embed" / "config.json").write_text("{}")
     entries = []
-    for name, role, kind, local in [("tiny-gen", "generate", "gguf", "tiny.gguf"),
-                                    ("tiny-embed", "embed", "st-folder", "tiny-embed")]:
+    for name, role, kind, local in [
+        ("tiny-gen", "generate", "gguf", "tiny.gguf"),
+        ("tiny-embed", "embed", "st-folder", "tiny-embed"),
+    ]:
         p = d / local
         size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
         entries.append(f'''[[model]]
@@ -189,6 +197,7 @@ def test_env_variables(tmp_path, tiny_models, monkeypatch):
 
 
 # -- CLI ------------------------------------------------------------------------------------------
+
 
 def test_cli_healthy_real_models(cli, admin_session):
     result = cli(["--json", "doctor"])

@@ -15,23 +15,40 @@ FAKE_GGUF = b"GGUF" + bytes(range(256)) * 4
 
 
 def _save(session, name="a1", sources=None):
-    return store.save_adapter(session, name, FAKE_GGUF, base_model="smollm2", base_sha256="b" * 64,
-                              base_arch="llama", dataset_sha256="d" * 64, hyperparameters={"rank": 8},
-                              loss_curve=[[1, 2.5], [2, 2.0]], eval_loss_before=2.6, eval_loss_after=2.1,
-                              source_doc_ids=sources)
+    return store.save_adapter(
+        session,
+        name,
+        FAKE_GGUF,
+        base_model="smollm2",
+        base_sha256="b" * 64,
+        base_arch="llama",
+        dataset_sha256="d" * 64,
+        hyperparameters={"rank": 8},
+        loss_curve=[[1, 2.5], [2, 2.0]],
+        eval_loss_before=2.6,
+        eval_loss_after=2.1,
+        source_doc_ids=sources,
+    )
 
 
 # -- data -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("lines, message", [
-    (['{"prompt": "a", "completion": "b"}', "{nope"], "d.jsonl line 2: invalid JSON"),
-    (['{"messages": [{"role": "robot", "content": "x"}]}'], "d.jsonl line 1: message 1 has role 'robot'"),
-    (['{"messages": [{"role": "user", "content": "x"}]}'], "d.jsonl line 1: no non-empty assistant message"),
-    (['{"prompt": "a"}'], "d.jsonl line 1: \"prompt\" and \"completion\" must both be strings"),
-    (['', '{"text": "x"}'], "d.jsonl line 2: expected {\"messages\": [...]}"),
-    (['[1, 2]'], "d.jsonl line 1: expected a JSON object"),
-    ([''], "d.jsonl: no training examples"),
-])
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"prompt": "a", "completion": "b"}', "{nope"], "d.jsonl line 2: invalid JSON"),
+        (['{"messages": [{"role": "robot", "content": "x"}]}'], "d.jsonl line 1: message 1 has role 'robot'"),
+        (
+            ['{"messages": [{"role": "user", "content": "x"}]}'],
+            "d.jsonl line 1: no non-empty assistant message",
+        ),
+        (['{"prompt": "a"}'], 'd.jsonl line 1: "prompt" and "completion" must both be strings'),
+        (["", '{"text": "x"}'], 'd.jsonl line 2: expected {"messages": [...]}'),
+        (["[1, 2]"], "d.jsonl line 1: expected a JSON object"),
+        ([""], "d.jsonl: no training examples"),
+    ],
+)
 def test_jsonl_validation_names_the_line(tmp_path: Path, lines, message):
     f = tmp_path / "d.jsonl"
     f.write_text("\n".join(lines) + "\n")
@@ -43,9 +60,11 @@ def test_jsonl_validation_names_the_line(tmp_path: Path, lines, message):
 
 def test_jsonl_formats_and_hash(tmp_path: Path):
     f = tmp_path / "d.jsonl"
-    f.write_text('{"prompt": "p", "completion": "c"}\n\n'
-                 '{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},'
-                 ' {"role": "assistant", "content": "a"}]}\n')
+    f.write_text(
+        '{"prompt": "p", "completion": "c"}\n\n'
+        '{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},'
+        ' {"role": "assistant", "content": "a"}]}\n'
+    )
     ds = data.load_jsonl(f)
     assert [len(e.messages) for e in ds.examples] == [2, 3]
     assert ds.examples[0].messages[1] == {"role": "assistant", "content": "c"}
@@ -62,6 +81,7 @@ def test_split_is_deterministic_and_keeps_one_for_eval():
 
 
 # -- store ------------------------------------------------------------------------------------
+
 
 def test_adapter_is_ciphertext_and_opens_to_a_private_temp_file(admin_session, monkeypatch):
     info = _save(admin_session)
@@ -121,7 +141,11 @@ def test_collection_trained_adapter_needs_a_read_grant(admin_session, open_as):
     from offline.vault.collections import create_collection
 
     c = create_collection(admin_session, "clinic")
-    _save(admin_session, "from-clinic", sources=[{"collection": "clinic", "collection_id": c["id"], "doc_ids": [3, 5]}])
+    _save(
+        admin_session,
+        "from-clinic",
+        sources=[{"collection": "clinic", "collection_id": c["id"], "doc_ids": [3, 5]}],
+    )
     _save(admin_session, "plain")
     assert store.adapters_using_document(admin_session, c["id"], 5) == ["from-clinic"]
     assert store.adapters_using_document(admin_session, c["id"], 4) == []
@@ -146,7 +170,10 @@ def test_collection_trained_adapter_needs_a_read_grant(admin_session, open_as):
     with pytest.raises(AccessDenied):
         store.remove_adapter(bob, "plain")  # neither admin nor its creator
     assert store.remove_adapter(admin_session, "plain")["removed"]
-    assert not any(p.name.endswith(".bin") and "plain" in p.name for p in (admin_session.vault_dir / "adapters").iterdir())
+    assert not any(
+        p.name.endswith(".bin") and "plain" in p.name
+        for p in (admin_session.vault_dir / "adapters").iterdir()
+    )
 
 
 def test_checkpoints_are_sealed(admin_session):
@@ -166,6 +193,7 @@ def test_checkpoints_are_sealed(admin_session):
 
 # -- CLI --------------------------------------------------------------------------------------
 
+
 def test_cli_errors_and_listing(admin_session, cli, tmp_path: Path):
     _save(admin_session)
     bad = tmp_path / "bad.jsonl"
@@ -174,7 +202,11 @@ def test_cli_errors_and_listing(admin_session, cli, tmp_path: Path):
     assert r.exit_code == 1
     assert r.stderr.strip() == 'Error: bad.jsonl line 2: "prompt" and "completion" must both be strings'
     r = cli(["finetune", "create", "x", "--data", str(bad), "--from-collection", "c"])
-    assert r.exit_code == 2 and r.stderr.strip() == "Error: give exactly one of --data FILE, --from-collection NAME or --raft --qa FILE"
+    assert (
+        r.exit_code == 2
+        and r.stderr.strip()
+        == "Error: give exactly one of --data FILE, --from-collection NAME or --raft --qa FILE"
+    )
     r = cli(["finetune", "create", "x", "--data", str(bad), "--rank", "0"])
     assert r.exit_code == 2 and r.stderr.strip() == "Error: --rank must be between 1 and 1024"
     r = cli(["finetune", "create", "a1", "--data", str(bad)])

@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 DONOR = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = "The quick brown fox jumps over the lazy dog. Patients were seen on 3 May; notes follow."
 
-pytestmark = pytest.mark.skipif(not DONOR.is_file(), reason="default model file missing (offline models fetch)")
+pytestmark = pytest.mark.skipif(
+    not DONOR.is_file(), reason="default model file missing (offline models fetch)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +43,9 @@ def _llama_logits(model: Path, ids: list[int], lora: Path | None):
     return out
 
 
-def _peft_vs_llama(base_path: Path, tmp: Path, targets: list[str], *, rank: int = 4, alpha: float = 8.0,
-                   dtype: str = "f32"):
+def _peft_vs_llama(
+    base_path: Path, tmp: Path, targets: list[str], *, rank: int = 4, alpha: float = 8.0, dtype: str = "f32"
+):
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
@@ -60,7 +63,13 @@ def _peft_vs_llama(base_path: Path, tmp: Path, targets: list[str], *, rank: int 
             if "lora_B" in n:  # PEFT starts B at zero: make the adapter actually do something
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
     pm.eval()
-    out = write_lora_gguf(tmp / "adapter.gguf", get_peft_model_state_dict(pm, save_embedding_layers=False), base.info, alpha=alpha, dtype=dtype)
+    out = write_lora_gguf(
+        tmp / "adapter.gguf",
+        get_peft_model_state_dict(pm, save_embedding_layers=False),
+        base.info,
+        alpha=alpha,
+        dtype=dtype,
+    )
     ids = tok(TEXT, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         ref = pm(torch.tensor([ids])).logits[0].numpy()
@@ -94,16 +103,26 @@ def test_lm_head_on_tied_embeddings_is_refused(tiny_base: Path):
     from offline.finetune.export_gguf import check_targets, read_base_info
 
     info = read_base_info(tiny_base)
-    with pytest.raises(UsageError, match="LoRA target 'lm_head' has no tensor in the base GGUF "
-                                         "\\(this base ties its output layer to the token embeddings\\)"):
+    with pytest.raises(
+        UsageError,
+        match="LoRA target 'lm_head' has no tensor in the base GGUF "
+        "\\(this base ties its output layer to the token embeddings\\)",
+    ):
         check_targets(["lm_head"], info)
     check_targets(["model.layers.1.mlp.up_proj"], info)
 
 
 def _write_data(path: Path, n: int = 24) -> Path:
     rows = [{"prompt": f"What is code {i}?", "completion": f"Code {i} means item {i * 7}."} for i in range(n)]
-    rows.append({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                              {"role": "assistant", "content": "Hello."}]})
+    rows.append(
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+            ]
+        }
+    )
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -117,9 +136,25 @@ def test_create_interrupt_resume_and_serve(admin_session, cli, tiny_base: Path, 
     from offline.finetune.train import TrainConfig, TrainingInterrupted
 
     data = _write_data(tmp_path / "train.jsonl")
-    args = ["--rank", "4", "--alpha", "8", "--lr", "5e-3", "--max-steps", "6", "--batch-size", "4",
-            "--eval-split", "0.2", "--dropout", "0.1"]
-    r = cli(["--json", "finetune", "create", "straight", "--data", str(data), "--base", str(tiny_base), *args])
+    args = [
+        "--rank",
+        "4",
+        "--alpha",
+        "8",
+        "--lr",
+        "5e-3",
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--eval-split",
+        "0.2",
+        "--dropout",
+        "0.1",
+    ]
+    r = cli(
+        ["--json", "finetune", "create", "straight", "--data", str(data), "--base", str(tiny_base), *args]
+    )
     assert r.exit_code == 0, r.stderr
     straight = json.loads(r.stdout)
     assert straight["eval_loss_after"] < straight["eval_loss_before"]
@@ -138,20 +173,26 @@ def test_create_interrupt_resume_and_serve(admin_session, cli, tiny_base: Path, 
 
     monkeypatch.setattr(train, "label_loss", flaky)
     with pytest.raises(TrainingInterrupted, match="interrupted at step 4/6; checkpoint kept"):
-        pipeline.create_adapter(admin_session, "resumed", data=data, base=str(tiny_base), cfg=cfg, progress=False)
+        pipeline.create_adapter(
+            admin_session, "resumed", data=data, base=str(tiny_base), cfg=cfg, progress=False
+        )
     monkeypatch.setattr(train, "label_loss", real)
     ck = pipeline.EncryptedCheckpoints(admin_session, "resumed")
     assert ck.exists() and b"lora" not in ck.path.read_bytes()  # sealed safetensors
     with pytest.raises(UsageError, match="left a checkpoint; add --resume"):
-        pipeline.create_adapter(admin_session, "resumed", data=data, base=str(tiny_base), cfg=cfg, progress=False)
-    info = pipeline.create_adapter(admin_session, "resumed", data=data, base=str(tiny_base), cfg=cfg,
-                                   resume=True, progress=False)
+        pipeline.create_adapter(
+            admin_session, "resumed", data=data, base=str(tiny_base), cfg=cfg, progress=False
+        )
+    info = pipeline.create_adapter(
+        admin_session, "resumed", data=data, base=str(tiny_base), cfg=cfg, resume=True, progress=False
+    )
     assert info["meta"]["resumed_from_step"] == 4 and not ck.dir.exists()
     assert info["loss_curve"] == straight["loss_curve"]
     assert info["eval_loss_after"] == pytest.approx(straight["eval_loss_after"], abs=1e-5)
 
     entry = admin_session.db.execute(
-        "SELECT payload FROM audit_log WHERE action = 'finetune.create' ORDER BY seq DESC").fetchone()
+        "SELECT payload FROM audit_log WHERE action = 'finetune.create' ORDER BY seq DESC"
+    ).fetchone()
     payload = json.loads(entry[0])
     assert payload["adapter_sha256"] == info["sha256"] and payload["dataset_sha256"] == info["dataset_sha256"]
     assert payload["base_sha256"] == info["base_sha256"] and payload["hyperparameters"]["lr"] == 5e-3
@@ -159,7 +200,9 @@ def test_create_interrupt_resume_and_serve(admin_session, cli, tiny_base: Path, 
     # Served through llama.cpp: the trained adapter loads and changes the output distribution.
     ids = [1, 504, 2365, 6354, 16438]
     with store.open_adapter(admin_session, "resumed") as (path, _):
-        llm = Llama(str(tiny_base), lora_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+        llm = Llama(
+            str(tiny_base), lora_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2
+        )
     assert not path.exists()
     llm.eval(ids)
     tuned = np.array(llm.scores[: len(ids)])
@@ -172,8 +215,9 @@ def test_real_default_base_lora_matches_llama_cpp(tmp_path: Path):
     """SmolLM2 Q4_1: llama.cpp runs quantised matmuls, so compare against its own base-vs-base gap."""
     import numpy as np
 
-    ref, ref0, got, got0, _ = _peft_vs_llama(DONOR, tmp_path, ["q_proj", "k_proj", "v_proj", "o_proj"], rank=8,
-                                             alpha=16, dtype="f16")
+    ref, ref0, got, got0, _ = _peft_vs_llama(
+        DONOR, tmp_path, ["q_proj", "k_proj", "v_proj", "o_proj"], rank=8, alpha=16, dtype="f16"
+    )
     base_gap = np.abs(got0 - ref0).mean()  # Q4_1 matmuls with q8 activations vs dequantised f32: ~0.27
     lora_gap = np.abs(got - ref).mean()
     effect = np.abs(ref - ref0).max()
@@ -191,14 +235,21 @@ def _add_docs(admin_session, name: str) -> str:
 
     cid = create_collection(admin_session, name)["id"]
     h = open_collection(admin_session, name, need="write")
-    docs = [("a.txt", "public", ["Ward 3 rounds happen at nine.", "Handover notes go in the blue folder."]),
-            ("b.txt", "secret", ["The door code is 4711."])]
+    docs = [
+        ("a.txt", "public", ["Ward 3 rounds happen at nine.", "Handover notes go in the blue folder."]),
+        ("b.txt", "secret", ["The door code is 4711."]),
+    ]
     with transaction(h.conn):
         for i, (src, label, chunks) in enumerate(docs, 1):
-            h.conn.execute("INSERT INTO documents(id, source, name, sha256, size, label, ingested_at, ingested_by)"
-                           " VALUES (?, ?, ?, ?, 1, ?, 'now', 'alice')", (i, src, src, "0" * 64, label))
+            h.conn.execute(
+                "INSERT INTO documents(id, source, name, sha256, size, label, ingested_at, ingested_by)"
+                " VALUES (?, ?, ?, ?, 1, ?, 'now', 'alice')",
+                (i, src, src, "0" * 64, label),
+            )
             for o, text in enumerate(chunks):
-                h.conn.execute("INSERT INTO chunks(doc_id, ord, text, token_count) VALUES (?, ?, ?, 5)", (i, o, text))
+                h.conn.execute(
+                    "INSERT INTO chunks(doc_id, ord, text, token_count) VALUES (?, ?, ?, 5)", (i, o, text)
+                )
     return cid
 
 
@@ -213,9 +264,12 @@ def test_from_collection_records_lineage_and_respects_grants(admin_session, open
     grant(admin_session, "ward", "bob", "read", labels=["public"])  # 'secret' documents stay hidden from bob
     bob = open_as("bob")
     cfg = TrainConfig(rank=2, alpha=4, max_steps=1, batch_size=4, eval_split=0.0)
-    info = create_adapter(bob, "ward-bob", from_collection="ward", base=str(tiny_base), cfg=cfg, progress=False)
-    assert info["source_doc_ids"] == [{"collection": "ward", "collection_id": cid, "doc_ids": [1],
-                                       "labels": ["public"]}]
+    info = create_adapter(
+        bob, "ward-bob", from_collection="ward", base=str(tiny_base), cfg=cfg, progress=False
+    )
+    assert info["source_doc_ids"] == [
+        {"collection": "ward", "collection_id": cid, "doc_ids": [1], "labels": ["public"]}
+    ]
     assert info["meta"]["train_examples"] == 2  # the two public chunks, not the secret one
     assert store.adapters_using_document(admin_session, cid, 1) == ["ward-bob"]
     assert store.adapters_using_document(admin_session, cid, 2) == []

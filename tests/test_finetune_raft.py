@@ -4,6 +4,7 @@ with context retrieved under the caller's grants (lineage records the chunk ids)
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from offline.finetune import raft
 from offline.llm import prompts
 
 REPO = Path(__file__).resolve().parent.parent
-DONOR = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+DONOR = Path(os.environ.get("OFFLINE_MODELS_DIR", REPO / "models")) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 P = [raft.Passage(chunk_id=f"c/{i}", doc_name=f"doc{i}.txt", text=t) for i, t in enumerate(
     ["Vaccine fridges are kept between +2 °C and +8 °C.", "The lead is Dr Anna Novak.", "Parking is free."])]
@@ -67,14 +68,16 @@ def test_finetune_create_raft_on_a_tiny_model_respects_grants(admin_session, cli
     qa.write_text("".join(json.dumps(x) + "\n" for x in [
         {"question": "What temperature must vaccine fridges be kept at?", "answers": ["+2 °C and +8 °C"]},
         {"question": "When should post-exposure prophylaxis start?", "answers": ["within 1 hour"]},
-        {"question": "What is a practice nurse paid?", "answers": ["31,000 pounds"]}]))
+        {"question": "What is a practice nurse paid?", "answers": ["31,000 pounds"]},
+        {"question": "What is the ward's door code?", "answers": []}]))  # unanswerable: a refusal example
     args = ["--json", "finetune", "create", "ward-raft", "--raft", "--qa", str(qa), "-c", "ward", "-k", "2",
             "--base", str(tiny), "--max-steps", "1", "--rank", "2", "--eval-split", "0", "--no-progress"]
     r = cli(args, user="bob")
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
     meta = info["meta"]["raft"]
-    assert meta["examples"] == 2 and meta["skipped_no_gold"] == 1  # the salary is in a chunk bob cannot read
+    assert meta["examples"] == 3 and meta["skipped_no_gold"] == 1  # the salary is in a chunk bob cannot read
+    assert meta["unanswerable_refusals"] == 1
     bob = open_as("bob")
     from offline.retrieval import search
 

@@ -19,7 +19,10 @@ def test_json_after_the_command(cli, admin_session):
 
 def test_status_without_a_vault_says_so(cli, tmp_path: Path):
     r = cli(["--vault", str(tmp_path / "none"), "status"])
-    assert r.exit_code == 1 and r.output == f"Error: no vault at {tmp_path / 'none'} (create one with `offline init`)\n"
+    assert (
+        r.exit_code == 1
+        and r.output == f"Error: no vault at {tmp_path / 'none'} (create one with `offline init`)\n"
+    )
 
 
 def test_grants_list_and_holders(cli, admin_session):
@@ -48,7 +51,8 @@ def test_config_file_finds_models_vault_and_user(offline_home: Path, monkeypatch
     monkeypatch.delenv("OFFLINE_MODELS_DIR", raising=False)
     offline_home.mkdir(parents=True, exist_ok=True)
     (offline_home / "config.toml").write_text(
-        f'models_dir = "{tmp_path / "m"}"\nvault = "{tmp_path / "v"}"\nuser = "nurse"\n')
+        f'models_dir = "{tmp_path / "m"}"\nvault = "{tmp_path / "v"}"\nuser = "nurse"\n'
+    )
     assert config.models_dir() == tmp_path / "m"
     assert config.default_vault_path() == tmp_path / "v"
     assert config.default_user() == "nurse"
@@ -67,6 +71,9 @@ def test_weak_passphrases_are_refused_with_advice(cli, vault_dir: Path):
         assert not vault_dir.exists()
     r = cli(["init", "--allow-weak"], env={"OFFLINE_NEW_PASSPHRASE": "aaaaaaaaaa"})
     assert r.exit_code == 0, r.output
-    r = cli(["users", "add", "dora"], user="alice", env={"OFFLINE_PASSPHRASE": "aaaaaaaaaa",
-                                                          "OFFLINE_NEW_PASSPHRASE": "dora2024"})
+    r = cli(
+        ["users", "add", "dora"],
+        user="alice",
+        env={"OFFLINE_PASSPHRASE": "aaaaaaaaaa", "OFFLINE_NEW_PASSPHRASE": "dora2024"},
+    )
     assert r.exit_code == 2 and "too easy to guess" in r.output

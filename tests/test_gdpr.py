@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-
 CANARY = "qjzcanary7731xz"
 # FTS5 stores terms prefix-compressed against the previous term: scan for a suffix, which every
 # stored form of the term contains, as does the chunk text.
@@ -23,11 +22,27 @@ NEEDLE = CANARY[3:].encode()
 OTHER = "keepsakemarker9"
 
 DOCS = [
-    ("a", "visit-a.txt", f"Patient record. During the visit the patient said {CANARY} twice. Blood pressure normal.",
-     "phi", ("p7",)),
-    ("b", "visit-b.txt", "Follow-up notes for the same patient: knee pain improving with physiotherapy.",
-     "notes", ("p7",)),
-    ("c", "other.txt", f"Unrelated patient {OTHER} has diabetes type 2 and takes metformin daily.", "notes", ("p9",)),
+    (
+        "a",
+        "visit-a.txt",
+        f"Patient record. During the visit the patient said {CANARY} twice. Blood pressure normal.",
+        "phi",
+        ("p7",),
+    ),
+    (
+        "b",
+        "visit-b.txt",
+        "Follow-up notes for the same patient: knee pain improving with physiotherapy.",
+        "notes",
+        ("p7",),
+    ),
+    (
+        "c",
+        "other.txt",
+        f"Unrelated patient {OTHER} has diabetes type 2 and takes metformin daily.",
+        "notes",
+        ("p9",),
+    ),
 ]
 
 
@@ -36,8 +51,11 @@ def _populate(session, collection: str = "clinic") -> dict[str, int]:
     from offline.vault.collections import create_collection
 
     create_collection(session, collection)
-    report = ingest_records(session, [TextRecord(src, name, text, label, subj) for src, name, text, label, subj in DOCS],
-                            collection)
+    report = ingest_records(
+        session,
+        [TextRecord(src, name, text, label, subj) for src, name, text, label, subj in DOCS],
+        collection,
+    )
     assert not report["failed"], report["failed"]
     return {d["path"]: d["doc_id"] for d in report["added"]}
 
@@ -55,9 +73,11 @@ PAGE, RESERVE = 4096, 80  # SQLCipher 4 defaults: 16-byte IV + 64-byte HMAC-SHA5
 def _decrypt_page(page: bytes, key: bytes, first: bool) -> bytes:
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    iv = page[PAGE - RESERVE:PAGE - RESERVE + 16]
+    iv = page[PAGE - RESERVE : PAGE - RESERVE + 16]
     dec = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
-    return dec.update(page[16 if first else 0:PAGE - RESERVE]) + dec.finalize()  # page 1 starts with the salt
+    return (
+        dec.update(page[16 if first else 0 : PAGE - RESERVE]) + dec.finalize()
+    )  # page 1 starts with the salt
 
 
 def _decrypted_pages(path: Path, key: bytes) -> list[bytes]:
@@ -68,14 +88,16 @@ def _decrypted_pages(path: Path, key: bytes) -> list[bytes]:
     """
     data = path.read_bytes()
     assert len(data) % PAGE == 0
-    pages = [_decrypt_page(data[off:off + PAGE], key, off == 0) for off in range(0, len(data), PAGE)]
+    pages = [_decrypt_page(data[off : off + PAGE], key, off == 0) for off in range(0, len(data), PAGE)]
     assert pages[0][:2] == b"\x10\x00", "page 1 did not decrypt to a SQLite header (page size 4096)"
     wal = Path(f"{path}-wal")
     if wal.exists():
         raw = wal.read_bytes()
-        for off in range(32, len(raw) - 24 - PAGE + 1, 24 + PAGE):  # 32-byte WAL header, 24-byte frame headers
-            pgno = int.from_bytes(raw[off:off + 4], "big")
-            pages.append(_decrypt_page(raw[off + 24:off + 24 + PAGE], key, pgno == 1))
+        for off in range(
+            32, len(raw) - 24 - PAGE + 1, 24 + PAGE
+        ):  # 32-byte WAL header, 24-byte frame headers
+            pgno = int.from_bytes(raw[off : off + 4], "big")
+            pages.append(_decrypt_page(raw[off + 24 : off + 24 + PAGE], key, pgno == 1))
     return pages
 
 
@@ -132,12 +154,30 @@ def test_erase_leaves_no_trace_and_receipt_verifies(admin_session, tmp_path):
     canary_text = _chunk_text(handle.conn, ids["a"])
     canary_chunk = handle.conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (ids["a"],)).fetchone()[0]
     # An adapter trained on the canary document, and one trained on the unrelated document.
-    meta = dict(base_model="m", base_sha256="0" * 64, base_arch="llama", dataset_sha256="1" * 64,
-                hyperparameters={}, loss_curve=[], eval_loss_before=None, eval_loss_after=None)
-    save_adapter(s, "tuned-a", b"GGUF lora bytes a", source_doc_ids=[
-        {"collection": "clinic", "collection_id": cid, "doc_ids": [ids["a"]]}], **meta)
-    save_adapter(s, "tuned-c", b"GGUF lora bytes c", source_doc_ids=[
-        {"collection": "clinic", "collection_id": cid, "doc_ids": [ids["c"]]}], **meta)
+    meta = dict(
+        base_model="m",
+        base_sha256="0" * 64,
+        base_arch="llama",
+        dataset_sha256="1" * 64,
+        hyperparameters={},
+        loss_curve=[],
+        eval_loss_before=None,
+        eval_loss_after=None,
+    )
+    save_adapter(
+        s,
+        "tuned-a",
+        b"GGUF lora bytes a",
+        source_doc_ids=[{"collection": "clinic", "collection_id": cid, "doc_ids": [ids["a"]]}],
+        **meta,
+    )
+    save_adapter(
+        s,
+        "tuned-c",
+        b"GGUF lora bytes c",
+        source_doc_ids=[{"collection": "clinic", "collection_id": cid, "doc_ids": [ids["c"]]}],
+        **meta,
+    )
     set_backup_retention(s, 30)
     backup_vault(s, tmp_path / "backup-1")
 
@@ -172,8 +212,13 @@ def test_erase_leaves_no_trace_and_receipt_verifies(admin_session, tmp_path):
     removed = {d["sha256"] for c in receipt["collections"] for d in c["documents"]}
     import hashlib
 
-    assert removed == {hashlib.sha256(DOCS[0][2].encode()).hexdigest(), hashlib.sha256(DOCS[1][2].encode()).hexdigest()}
-    assert receipt["collections"][0]["scrub"]["vacuum"] and receipt["collections"][0]["scrub"]["wal_truncated"]
+    assert removed == {
+        hashlib.sha256(DOCS[0][2].encode()).hexdigest(),
+        hashlib.sha256(DOCS[1][2].encode()).hexdigest(),
+    }
+    assert (
+        receipt["collections"][0]["scrub"]["vacuum"] and receipt["collections"][0]["scrub"]["wal_truncated"]
+    )
     path = Path(receipt["file"])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert CANARY not in path.read_text()
@@ -182,7 +227,9 @@ def test_erase_leaves_no_trace_and_receipt_verifies(admin_session, tmp_path):
     assert "p7" not in json.dumps(entry.payload)  # the chain keeps only the subject's hash
     chain.verify(s.db)
     assert verify_receipt(s, path)["ok"]
-    assert [b["dest"] for b in receipt["backups_still_holding_data"]] == [str((tmp_path / "backup-1").resolve())]
+    assert [b["dest"] for b in receipt["backups_still_holding_data"]] == [
+        str((tmp_path / "backup-1").resolve())
+    ]
     assert receipt["backups_still_holding_data"][0]["expires_at"]
 
     # A doctored receipt no longer matches its entry.
@@ -253,7 +300,10 @@ def test_export_respects_labels_lists_recipients_purpose_retention(admin_session
     assert coll["purpose"] == "treatment of patients" and coll["legal_basis"] == "Art. 9(2)(h) GDPR"
     by_name = {d["name"]: d for d in coll["documents"]}
     assert [r["user"] for r in by_name["visit-b.txt"]["recipients"]] == ["bob"]
-    assert by_name["visit-a.txt"]["retention"]["days"] == 3650 and by_name["visit-a.txt"]["retention"]["expires_at"]
+    assert (
+        by_name["visit-a.txt"]["retention"]["days"] == 3650
+        and by_name["visit-a.txt"]["retention"]["expires_at"]
+    )
     assert CANARY in by_name["visit-a.txt"]["chunks"][0]["text"]
     for f in result["files"]:
         assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
@@ -262,7 +312,9 @@ def test_export_respects_labels_lists_recipients_purpose_retention(admin_session
     assert stat.S_IMODE((tmp_path / "alice-export").stat().st_mode) == 0o700
 
     # Bob's grant covers label "notes" only: his export never shows the phi document.
-    r = cli(["--json", "gdpr", "export", "--subject", "p7", "--out", str(tmp_path / "bob-export")], user="bob")
+    r = cli(
+        ["--json", "gdpr", "export", "--subject", "p7", "--out", str(tmp_path / "bob-export")], user="bob"
+    )
     assert r.exit_code == 0, r.output
     bob_data = json.loads((tmp_path / "bob-export" / "subject-export.json").read_text())
     assert [d["name"] for c in bob_data["collections"] for d in c["documents"]] == ["visit-b.txt"]
@@ -270,7 +322,9 @@ def test_export_respects_labels_lists_recipients_purpose_retention(admin_session
     # Exports never overwrite; auditors read no documents.
     r = cli(["gdpr", "export", "--subject", "p7", "--out", str(tmp_path / "bob-export")], user="bob")
     assert r.exit_code == 2 and "already exists" in r.output
-    assert cli(["gdpr", "export", "--subject", "p7", "--out", str(tmp_path / "c")], user="carol").exit_code == 4
+    assert (
+        cli(["gdpr", "export", "--subject", "p7", "--out", str(tmp_path / "c")], user="carol").exit_code == 4
+    )
     tail = cli(["audit", "tail", "--action", "gdpr.export", "--json"], user="carol")
     assert tail.exit_code == 0 and "p7" not in tail.output and "subject_ref" in tail.output
 
@@ -295,11 +349,14 @@ def test_retention_apply_erases_expired_with_receipt(admin_session, cli, tmp_pat
     assert apply_retention(s, receipt_dir=tmp_path)["expired"] == []
     # Backdate the phi document by 40 days: only it has run out.
     conn = open_collection(s, "clinic", "write").conn
-    old = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(days=40)).isoformat(timespec="seconds")
+    old = (_dt.datetime.now(_dt.UTC) - _dt.timedelta(days=40)).isoformat(timespec="seconds")
     with db.transaction(conn):
         conn.execute("UPDATE documents SET ingested_at = ? WHERE id = ?", (old, ids["a"]))
     dry = json.loads(cli(["--json", "gdpr", "retention", "--apply", "--dry-run"]).output)
-    assert dry["expired"] == [{"collection": "clinic", "documents": 1, "doc_ids": [ids["a"]]}] and not dry["receipt"]
+    assert (
+        dry["expired"] == [{"collection": "clinic", "documents": 1, "doc_ids": [ids["a"]]}]
+        and not dry["receipt"]
+    )
     r = cli(["--json", "gdpr", "retention", "--apply", "--receipt-dir", str(tmp_path / "rc")])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
@@ -309,7 +366,7 @@ def test_retention_apply_erases_expired_with_receipt(admin_session, cli, tmp_pat
     assert sorted(r[0] for r in conn.execute("SELECT id FROM documents")) == [ids["b"], ids["c"]]
     assert _fts(conn, CANARY) == []
     # Later, the collection's 365 days run out for the rest.
-    later = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=400)
+    later = _dt.datetime.now(_dt.UTC) + _dt.timedelta(days=400)
     res = apply_retention(s, receipt_dir=tmp_path / "rc2", now=later)
     assert res["receipt"]["totals"]["documents"] == 2
 
@@ -334,7 +391,11 @@ def test_record_of_processing(admin_session, cli, tmp_path):
     assert rec["last_verification"]["vault.check"]["result"]["ok"] is True
     assert rec["last_verification"]["audit.verify"]["result"]["ok"] is True
     assert {lb["label"] for lb in rec["categories_of_data"]["labels"]} == {"phi", "notes"}
-    assert {u["name"]: u["role"] for u in rec["users"]} == {"alice": "admin", "bob": "member", "carol": "auditor"}
+    assert {u["name"]: u["role"] for u in rec["users"]} == {
+        "alice": "admin",
+        "bob": "member",
+        "carol": "auditor",
+    }
     assert rec["collections"][0]["purpose"] == "treatment"
     md = (tmp_path / "rop" / "record-of-processing.md").read_text()
     assert "Record of processing" in md and "argon2id" in md and "SQLCipher 4." in md
@@ -378,7 +439,11 @@ def test_break_glass(admin_session, open_as, cli):
     assert hits
     r = cli(["--json", "audit", "tail", "--severity", "high"], user="carol")
     entries = [e for e in json.loads(r.output) if e["action"] == "break_glass.read"]
-    assert entries and entries[-1]["user"] == "bob" and entries[-1]["payload"]["reason"] == "patient unconscious in ER"
+    assert (
+        entries
+        and entries[-1]["user"] == "bob"
+        and entries[-1]["payload"]["reason"] == "patient unconscious in ER"
+    )
     assert entries[-1]["severity"] == "high"
     # Auditors never read documents, break-glass or not.
     with pytest.raises(AccessDenied):
@@ -387,7 +452,9 @@ def test_break_glass(admin_session, open_as, cli):
     # Off again: wraps gone, key rotated, so the emergency path is closed.
     r = cli(["collections", "break-glass", "clinic", "off"])
     assert r.exit_code == 0 and "rotated" in r.output
-    assert s.db.execute("SELECT count(*) FROM vault_keys WHERE purpose LIKE 'break-glass:%'").fetchone()[0] == 0
+    assert (
+        s.db.execute("SELECT count(*) FROM vault_keys WHERE purpose LIKE 'break-glass:%'").fetchone()[0] == 0
+    )
     with pytest.raises(AccessDenied):
         open_break_glass(open_as("bob"), ["clinic"], "patient unconscious in ER", lambda: code)
 
@@ -406,16 +473,36 @@ def test_break_glass_cli_flags(admin_session, cli):
     r = cli(["search", "knee", "-c", "clinic", "--break-glass", "--reason", "ER"], user="bob")
     assert r.exit_code == 2 and "Error: break-glass needs the emergency code" in r.output
     env = {"OFFLINE_BREAK_GLASS_CODE": code}
-    r = cli(["--json", "search", "knee pain", "-c", "clinic", "--break-glass", "--reason", "ER"], user="bob", env=env)
+    r = cli(
+        ["--json", "search", "knee pain", "-c", "clinic", "--break-glass", "--reason", "ER"],
+        user="bob",
+        env=env,
+    )
     assert r.exit_code == 0, r.output
     assert "knee" in r.output
     # ask: a min-score no passage reaches refuses before any model loads, but the read happened.
-    r = cli(["--json", "ask", "knee pain?", "-c", "clinic", "--break-glass", "--reason", "ER", "--min-score", "1.5"],
-            user="bob", env=env)
+    r = cli(
+        [
+            "--json",
+            "ask",
+            "knee pain?",
+            "-c",
+            "clinic",
+            "--break-glass",
+            "--reason",
+            "ER",
+            "--min-score",
+            "1.5",
+        ],
+        user="bob",
+        env=env,
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["refused"] is True
-    reads = admin_session.db.execute("SELECT count(*) FROM audit_log WHERE action = 'break_glass.read'"
-                                     " AND severity = 'high' AND user = 'bob'").fetchone()[0]
+    reads = admin_session.db.execute(
+        "SELECT count(*) FROM audit_log WHERE action = 'break_glass.read'"
+        " AND severity = 'high' AND user = 'bob'"
+    ).fetchone()[0]
     assert reads == 2
 
 
@@ -430,8 +517,12 @@ def test_subject_field_rows_are_erased_individually(admin_session, cli, tmp_path
     csv_file = tmp_path / "patients.csv"
     csv_file.write_text(f"patient_id,name,note\nP1,Ann,{CANARY} allergy\nP2,Ben,asthma\nP3,Cy,{OTHER}\n")
     jsonl = tmp_path / "visits.jsonl"
-    jsonl.write_text(json.dumps({"patient": {"id": "P1"}, "visit": "x-ray"}) + "\n"
-                     + json.dumps({"patient": {"id": "P2"}, "visit": "blood test"}) + "\n")
+    jsonl.write_text(
+        json.dumps({"patient": {"id": "P1"}, "visit": "x-ray"})
+        + "\n"
+        + json.dumps({"patient": {"id": "P2"}, "visit": "blood test"})
+        + "\n"
+    )
     with pytest.raises(UsageError, match="no column"):
         ingest_with_subject_field(s, [csv_file], "registry", "pid")
     (tmp_path / "bad.csv").write_text("patient_id,note\nP1,x\n,untagged\n")
@@ -443,9 +534,16 @@ def test_subject_field_rows_are_erased_individually(admin_session, cli, tmp_path
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.output)["added"]) == 2
     conn = open_collection(s, "registry", "read").conn
-    subjects = dict(conn.execute("SELECT d.name, s.subject FROM documents d JOIN doc_subjects s ON s.doc_id = d.id"))
-    assert subjects == {"patients.csv#row-1": "P1", "patients.csv#row-2": "P2", "patients.csv#row-3": "P3",
-                        "visits.jsonl#row-1": "P1", "visits.jsonl#row-2": "P2"}
+    subjects = dict(
+        conn.execute("SELECT d.name, s.subject FROM documents d JOIN doc_subjects s ON s.doc_id = d.id")
+    )
+    assert subjects == {
+        "patients.csv#row-1": "P1",
+        "patients.csv#row-2": "P2",
+        "patients.csv#row-3": "P3",
+        "visits.jsonl#row-1": "P1",
+        "visits.jsonl#row-2": "P2",
+    }
     receipt = erase_subject(s, "P1", collections=["registry"], receipt_dir=tmp_path / "rc")
     assert receipt["totals"]["documents"] == 2
     conn = open_collection(s, "registry", "read").conn

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hostile_helpers import check_vault_healthy, child_env, read_acks, record, zygote
+
 from offline.vault import collections as C
 
 
@@ -24,14 +24,39 @@ def _round(vault_dir: Path, tmp_path: Path, r: int, ops: int, ask: bool, words: 
     stop = tmp_path / f"stop-{r}"
     acks = {name: tmp_path / f"{name}-{r}.ack" for name in ("a", "b", "s")}
     writers = [
-        z.fork("ingest", vault_dir, acks["a"], 100 + r,
-               {"collection": "kb", "src": str(tmp_path / "src-a"), "tag": f"a{r}", "ops": ops, "only_add": True,
-                "max_words": words}),
-        z.fork("ingest", vault_dir, acks["b"], 200 + r,
-               {"collection": "kb", "src": str(tmp_path / "src-b"), "tag": f"b{r}", "ops": ops, "only_add": True,
-                "user": "bob", "max_words": words}),
+        z.fork(
+            "ingest",
+            vault_dir,
+            acks["a"],
+            100 + r,
+            {
+                "collection": "kb",
+                "src": str(tmp_path / "src-a"),
+                "tag": f"a{r}",
+                "ops": ops,
+                "only_add": True,
+                "max_words": words,
+            },
+        ),
+        z.fork(
+            "ingest",
+            vault_dir,
+            acks["b"],
+            200 + r,
+            {
+                "collection": "kb",
+                "src": str(tmp_path / "src-b"),
+                "tag": f"b{r}",
+                "ops": ops,
+                "only_add": True,
+                "user": "bob",
+                "max_words": words,
+            },
+        ),
     ]
-    reader = z.fork("search", vault_dir, acks["s"], 300 + r, {"collection": "kb", "stop": str(stop), "ask": ask})
+    reader = z.fork(
+        "search", vault_dir, acks["s"], 300 + r, {"collection": "kb", "stop": str(stop), "ask": ask}
+    )
     for w in writers:
         rc = w.wait(900)
         log = Path(f"{w.ack}.log").read_text()
@@ -51,8 +76,9 @@ def _round(vault_dir: Path, tmp_path: Path, r: int, ops: int, ask: bool, words: 
     return {"docs": len(docs), "searches": searches, "sources": [d["source"] for d in docs]}
 
 
-def _concurrent(admin_session, vault_dir: Path, tmp_path: Path, rounds: int, ops: int, ask: bool,
-                words: int) -> None:
+def _concurrent(
+    admin_session, vault_dir: Path, tmp_path: Path, rounds: int, ops: int, ask: bool, words: int
+) -> None:
     C.create_collection(admin_session, "kb")
     C.grant(admin_session, "kb", "bob", "write")
     admin_session.close()
@@ -63,11 +89,14 @@ def _concurrent(admin_session, vault_dir: Path, tmp_path: Path, rounds: int, ops
         total_searches += out["searches"]
         expected.update(out["sources"])
         from conftest import PASSPHRASES
+
         from offline.vault import open_session
 
         s = open_session(vault_dir, "alice", PASSPHRASES["alice"])
         try:
-            stored = {row[0] for row in C.open_collection(s, "kb").conn.execute("SELECT source FROM documents")}
+            stored = {
+                row[0] for row in C.open_collection(s, "kb").conn.execute("SELECT source FROM documents")
+            }
             ingests = [e for e in s.db.execute("SELECT user, payload FROM audit_log WHERE action = 'ingest'")]
         finally:
             s.close()
@@ -75,8 +104,14 @@ def _concurrent(admin_session, vault_dir: Path, tmp_path: Path, rounds: int, ops
         assert {u for u, _ in ingests} == {"alice", "bob"}
         assert sum(len(json.loads(p)["added"]) for _, p in ingests) == len(expected)
         check_vault_healthy(vault_dir, ("alice", "bob"))
-    record("concurrency: 2 ingesting + 1 searching (and asking) process", rounds, 0, asked=ask,
-           documents=len(expected), searches=total_searches)
+    record(
+        "concurrency: 2 ingesting + 1 searching (and asking) process",
+        rounds,
+        0,
+        asked=ask,
+        documents=len(expected),
+        searches=total_searches,
+    )
 
 
 def test_two_ingesters_and_a_searcher(admin_session, vault_dir, tmp_path):
@@ -91,8 +126,8 @@ def test_two_ingesters_and_a_searcher_many_rounds(admin_session, vault_dir, tmp_
 @pytest.mark.slow
 def test_two_cli_ingests_and_a_cli_search_at_once(admin_session, vault_dir, tmp_path):
     """The real command line, three processes at once: both ingests exit 0, nothing says 'locked'."""
-    from hostile_helpers import doc_text
     from conftest import PASSPHRASES
+    from hostile_helpers import doc_text
 
     C.create_collection(admin_session, "kb")
     admin_session.close()
@@ -103,14 +138,29 @@ def test_two_cli_ingests_and_a_cli_search_at_once(admin_session, vault_dir, tmp_
         for i in range(40):
             (f / f"{name}{i}.txt").write_text(doc_text(f"{name}{i}", 1, 300))
         folders.append(f)
-    env = child_env(OFFLINE_VAULT=str(vault_dir), OFFLINE_USER="alice", OFFLINE_PASSPHRASE=PASSPHRASES["alice"])
+    env = child_env(
+        OFFLINE_VAULT=str(vault_dir), OFFLINE_USER="alice", OFFLINE_PASSPHRASE=PASSPHRASES["alice"]
+    )
     exe = [str(Path(sys.executable).parent / "offline")]
-    procs = [subprocess.Popen([*exe, "ingest", str(f), "-c", "kb"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for f in folders]
+    procs = [
+        subprocess.Popen(
+            [*exe, "ingest", str(f), "-c", "kb"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for f in folders
+    ]
     searches = 0
     while any(p.poll() is None for p in procs):
-        s = subprocess.run([*exe, "search", "retention schedule", "-c", "kb"], env=env, capture_output=True,
-                           text=True, timeout=600)
+        s = subprocess.run(
+            [*exe, "search", "retention schedule", "-c", "kb"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert s.returncode == 0 and "locked" not in s.stderr, s.stderr
         searches += 1
     for p in procs:

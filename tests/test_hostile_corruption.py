@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hostile_helpers import Spawned, flip_byte, record, wait_for
+
 from offline.vault import collections as C
 from offline.vault.db import transaction
 
@@ -33,9 +33,13 @@ def _build(session, n_docs: int = 40) -> None:
             with transaction(h.conn):
                 cur = h.conn.execute(
                     "INSERT INTO documents(source, name, sha256, size, ingested_at, ingested_by)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", (f"/src/{coll}/{i}.txt", f"{i}.txt", "0" * 64, 900, "now", "alice"))
-                h.conn.execute("INSERT INTO chunks(doc_id, ord, text, token_count) VALUES (?, 0, ?, 150)",
-                               (cur.lastrowid, f"{coll} clause {i}: the zebra register is audited. " * 20))
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (f"/src/{coll}/{i}.txt", f"{i}.txt", "0" * 64, 900, "now", "alice"),
+                )
+                h.conn.execute(
+                    "INSERT INTO chunks(doc_id, ord, text, token_count) VALUES (?, 0, ?, 150)",
+                    (cur.lastrowid, f"{coll} clause {i}: the zebra register is audited. " * 20),
+                )
 
 
 @pytest.fixture
@@ -68,6 +72,7 @@ def _files(vault_dir: Path) -> dict[str, Path]:
 
 def _catalog(vault_dir: Path) -> dict[str, str]:
     from conftest import PASSPHRASES
+
     from offline.vault import open_session
 
     s = open_session(vault_dir, "alice", PASSPHRASES["alice"])
@@ -85,9 +90,11 @@ def _stable(result) -> object:
     return data
 
 
-READS = [["--json", "search", "zebra register", "-c", "legal", "-c", "hr", "-k", "60"],
-         ["--json", "docs", "list"],
-         ["--json", "audit", "verify"]]
+READS = [
+    ["--json", "search", "zebra register", "-c", "legal", "-c", "hr", "-k", "60"],
+    ["--json", "docs", "list"],
+    ["--json", "audit", "verify"],
+]
 
 
 def _assert_integrity_error(result, name: str) -> None:
@@ -114,8 +121,10 @@ def _damaged_reads(cli, name: str, baseline: list[object]) -> int:
         if r.exit_code == 0:
             got = _stable(r)
             if args[1] == "audit":  # the count grows with the entries this very loop appended
-                got, want = {k: v for k, v in got.items() if k not in ("entries", "head_hash")}, \
-                    {k: v for k, v in want.items() if k not in ("entries", "head_hash")}
+                got, want = (
+                    {k: v for k, v in got.items() if k not in ("entries", "head_hash")},
+                    {k: v for k, v in want.items() if k not in ("entries", "head_hash")},
+                )
             assert got == want, f"{args}: damaged vault returned different data"
         else:
             _assert_integrity_error(r, name)
@@ -130,7 +139,9 @@ def _flip_trials(cli, restore, vault_dir: Path, offsets_per_file: int, every_pag
     for target in ("vault", "legal"):
         restore()
         size = _files(vault_dir)[target].stat().st_size
-        pages = range(size // PAGE) if every_page else sorted(rng.sample(range(size // PAGE), offsets_per_file))
+        pages = (
+            range(size // PAGE) if every_page else sorted(rng.sample(range(size // PAGE), offsets_per_file))
+        )
         for page in pages:
             restore()
             path = _files(vault_dir)[target]
@@ -174,15 +185,18 @@ def _truncate_trials(cli, restore, vault_dir: Path, sizes_for) -> int:
 
 def test_truncated_files(cli, pristine, vault_dir):
     # Empty (SQLite would take it for a new database), inside page 1, page boundaries, mid-page.
-    n = _truncate_trials(cli, pristine, vault_dir,
-                         lambda full: [0, 1, 100, 3 * PAGE, full // 2 + 123])
+    n = _truncate_trials(cli, pristine, vault_dir, lambda full: [0, 1, 100, 3 * PAGE, full // 2 + 123])
     record("corruption: truncated file", n, 0)
 
 
 @pytest.mark.slow
 def test_truncated_files_every_page(cli, pristine, vault_dir):
-    n = _truncate_trials(cli, pristine, vault_dir,
-                         lambda full: [0, 1, 17, 100, *range(PAGE, full, PAGE), *range(PAGE + 999, full, PAGE * 3)])
+    n = _truncate_trials(
+        cli,
+        pristine,
+        vault_dir,
+        lambda full: [0, 1, 17, 100, *range(PAGE, full, PAGE), *range(PAGE + 999, full, PAGE * 3)],
+    )
     record("corruption: truncated file", n, 0)
 
 

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import PASSPHRASES
 from hostile_helpers import check_vault_healthy, read_acks, record, wait_for, zygote
+
 from offline.errors import AccessDenied
-from offline.vault import open_session
 from offline.vault import collections as C
+from offline.vault import open_session
 from offline.vault.db import transaction
 
 DEFAULT = {"audit": 2, "grants": 2, "rekey": 1, "ingest": 2}
@@ -39,6 +39,7 @@ def _kill_at_random(child, ack: Path, rng: random.Random, max_delay: float) -> N
 
 # -- audit appends --------------------------------------------------------------------------------
 
+
 def _audit_trials(admin_session, vault_dir: Path, tmp_path: Path, trials: int, seed: int) -> None:
     admin_session.close()
     rng = random.Random(seed)
@@ -51,8 +52,12 @@ def _audit_trials(admin_session, vault_dir: Path, tmp_path: Path, trials: int, s
         assert not acks.errors, acks.errors
         s = open_session(vault_dir, "alice", PASSPHRASES["alice"])
         try:
-            rows = {r[0]: (r[1], r[2]) for r in s.db.execute(
-                "SELECT seq, payload, hash FROM audit_log WHERE action = 'hostile.append'")}
+            rows = {
+                r[0]: (r[1], r[2])
+                for r in s.db.execute(
+                    "SELECT seq, payload, hash FROM audit_log WHERE action = 'hostile.append'"
+                )
+            }
             mine = {seq: json.loads(p) for seq, (p, _) in rows.items() if json.loads(p)["tag"] == f"t{t}"}
             for a in acks.acked:  # every acknowledged entry is there, unchanged
                 assert a["seq"] in mine and mine[a["seq"]]["n"] == a["n"] and rows[a["seq"]][1] == a["hash"]
@@ -84,11 +89,18 @@ def _grant_state(vault_dir: Path) -> dict[str, object]:
     s = open_session(vault_dir, "alice", PASSPHRASES["alice"])
     try:
         perms = {c: None for c in POOL}
-        for name, perm in s.db.execute("SELECT c.name, g.perm FROM grants g JOIN collections c"
-                                       " ON c.id = g.collection_id WHERE g.user = 'bob'"):
+        for name, perm in s.db.execute(
+            "SELECT c.name, g.perm FROM grants g JOIN collections c"
+            " ON c.id = g.collection_id WHERE g.user = 'bob'"
+        ):
             perms[name] = perm
-        rows = {c: {r[0] for r in C.open_collection(s, c).conn.execute(
-            "SELECT value FROM meta WHERE key LIKE 'row:%'")} for c in POOL}
+        rows = {
+            c: {
+                r[0]
+                for r in C.open_collection(s, c).conn.execute("SELECT value FROM meta WHERE key LIKE 'row:%'")
+            }
+            for c in POOL
+        }
     finally:
         s.close()
     return {"perms": perms, "rows": rows}
@@ -115,8 +127,12 @@ def _bob_sees(vault_dir: Path, state: dict) -> None:
                 with pytest.raises(AccessDenied):
                     C.open_collection(s, c)
             else:
-                got = {r[0] for r in C.open_collection(s, c).conn.execute(
-                    "SELECT value FROM meta WHERE key LIKE 'row:%'")}
+                got = {
+                    r[0]
+                    for r in C.open_collection(s, c).conn.execute(
+                        "SELECT value FROM meta WHERE key LIKE 'row:%'"
+                    )
+                }
                 assert got == state["rows"][c]
     finally:
         s.close()
@@ -134,8 +150,9 @@ def _grant_trials(admin_session, vault_dir: Path, tmp_path: Path, trials: int, s
     acked_total = 0
     for t in range(trials):
         ack = tmp_path / f"grants-{t}.ack"
-        child = zygote(heavy=False).fork("grants", vault_dir, ack, seed * 1000 + t,
-                                         {"tag": f"t{t}", "collections": POOL})
+        child = zygote(heavy=False).fork(
+            "grants", vault_dir, ack, seed * 1000 + t, {"tag": f"t{t}", "collections": POOL}
+        )
         _kill_at_random(child, ack, rng, 1.5)
         acks = read_acks(ack)
         assert not acks.errors, acks.errors
@@ -163,6 +180,7 @@ def test_kill_during_grant_changes_many(admin_session, vault_dir, tmp_path):
 
 # -- whole-vault rekey ----------------------------------------------------------------------------
 
+
 def _rekey_trials(admin_session, vault_dir: Path, tmp_path: Path, trials: int, seed: int) -> None:
     for c in ("legal", "hr"):
         C.create_collection(admin_session, c)
@@ -188,8 +206,12 @@ def _rekey_trials(admin_session, vault_dir: Path, tmp_path: Path, trials: int, s
             s = open_session(vault_dir, user, PASSPHRASES[user])
             try:
                 for c, rows in expected.items():
-                    got = {r[0] for r in C.open_collection(s, c).conn.execute(
-                        "SELECT value FROM meta WHERE key LIKE 'row:%'")}
+                    got = {
+                        r[0]
+                        for r in C.open_collection(s, c).conn.execute(
+                            "SELECT value FROM meta WHERE key LIKE 'row:%'"
+                        )
+                    }
                     assert got == rows
             finally:
                 s.close()
@@ -209,10 +231,13 @@ def test_kill_during_rekey_many(admin_session, vault_dir, tmp_path):
 
 # -- ingest (add, update, remove) -----------------------------------------------------------------
 
+
 def _documents(vault_dir: Path) -> dict[str, str]:
     s = open_session(vault_dir, "alice", PASSPHRASES["alice"])
     try:
-        return dict(C.open_collection(s, "docs").conn.execute("SELECT source, sha256 FROM documents").fetchall())
+        return dict(
+            C.open_collection(s, "docs").conn.execute("SELECT source, sha256 FROM documents").fetchall()
+        )
     finally:
         s.close()
 
@@ -236,10 +261,14 @@ def _markers_found(vault_dir: Path, acked: list[dict]) -> None:
             for d in op["docs"]:
                 if "marker" not in d:
                     continue
-                row = conn.execute("SELECT d.source, d.sha256 FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid"
-                                   " JOIN documents d ON d.id = c.doc_id WHERE chunks_fts MATCH ? LIMIT 1",
-                                   (f'"{d["marker"]}"',)).fetchone()
-                current = conn.execute("SELECT sha256 FROM documents WHERE source = ?", (d["source"],)).fetchone()
+                row = conn.execute(
+                    "SELECT d.source, d.sha256 FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid"
+                    " JOIN documents d ON d.id = c.doc_id WHERE chunks_fts MATCH ? LIMIT 1",
+                    (f'"{d["marker"]}"',),
+                ).fetchone()
+                current = conn.execute(
+                    "SELECT sha256 FROM documents WHERE source = ?", (d["source"],)
+                ).fetchone()
                 if current is not None and current[0] == d["sha256"]:  # not replaced or removed since
                     assert row == (d["source"], d["sha256"]), (d, row)
     finally:
@@ -256,8 +285,9 @@ def _ingest_trials(admin_session, vault_dir: Path, tmp_path: Path, trials: int, 
     acked_total = 0
     for t in range(trials):
         ack = tmp_path / f"ingest-{t}.ack"
-        child = z.fork("ingest", vault_dir, ack, seed * 1000 + t,
-                       {"collection": "docs", "src": str(src), "tag": f"t{t}"})
+        child = z.fork(
+            "ingest", vault_dir, ack, seed * 1000 + t, {"collection": "docs", "src": str(src), "tag": f"t{t}"}
+        )
         _kill_at_random(child, ack, rng, 4.0)
         acks = read_acks(ack)
         assert not acks.errors, (acks.errors, Path(f"{ack}.log").read_text()[-2000:])
@@ -276,8 +306,9 @@ def _ingest_trials(admin_session, vault_dir: Path, tmp_path: Path, trials: int, 
         _markers_found(vault_dir, acks.acked)
         check_vault_healthy(vault_dir, ("alice",))
         acked_total += len(acks.acked)
-    record("crash: kill -9 during ingest (add/update/remove)", trials, 0, acked=acked_total,
-           documents=len(docs))
+    record(
+        "crash: kill -9 during ingest (add/update/remove)", trials, 0, acked=acked_total, documents=len(docs)
+    )
 
 
 def test_kill_during_ingest(admin_session, vault_dir, tmp_path):

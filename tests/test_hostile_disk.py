@@ -1,11 +1,11 @@
 """Issue 12, full disk: ingest into a vault on a tiny tmpfs fails cleanly and the vault survives.
 
 The test mounts a 16 MiB tmpfs (room for the vault and a write-ahead log
-that may grow to 4 MiB before SQLite checkpoints it) (we run as root; skipped with the reason when mounting is not
-permitted), puts a vault on it, fills most of the rest with a filler file, then ingests more than
-fits through the real CLI. It must stop with a one-line error and a non-zero exit, and after the
-filler is deleted the vault must open, check, verify, hold only whole documents, and take a new
-ingest.
+that may grow to 4 MiB before SQLite checkpoints it) (we run as root; skipped with the reason when
+mounting is not permitted), puts a vault on it, fills most of the rest with a filler file, then
+ingests more than fits through the real CLI. It must stop with a one-line error and a non-zero exit,
+and after the filler is deleted the vault must open, check, verify, hold only whole documents, and
+take a new ingest.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import PASSPHRASES
 from hostile_helpers import check_vault_healthy, doc_text, record
 
@@ -26,8 +25,11 @@ from hostile_helpers import check_vault_healthy, doc_text, record
 def small_fs(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip() or r.returncode}")
     try:

@@ -22,24 +22,28 @@ import zlib
 from pathlib import Path
 
 import pytest
+from _docfactory import write_docx, write_pdf
+from hostile_helpers import check_vault_healthy, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _docfactory import write_docx, write_pdf
-from hostile_helpers import check_vault_healthy, record
 from offline.errors import InvalidInput
 from offline.ingest import loaders
-from offline.ingest.pipeline import discover, time_limit
-
+from offline.ingest.discovery import discover
+from offline.ingest.pipeline import time_limit
 
 # -- seeds and builders ---------------------------------------------------------------------------
+
 
 def _seeds(tmp: Path) -> dict[str, bytes]:
     tmp.mkdir(parents=True, exist_ok=True)
     pdf = write_pdf(tmp / "s.pdf", ["First page about retention.", "Second page about audits."]).read_bytes()
-    docx = write_docx(tmp / "s.docx", [("Scope", "Applies to records."), ("Duties", "Review yearly.")]).read_bytes()
+    docx = write_docx(
+        tmp / "s.docx", [("Scope", "Applies to records."), ("Duties", "Review yearly.")]
+    ).read_bytes()
     return {
-        ".pdf": pdf, ".docx": docx,
+        ".pdf": pdf,
+        ".docx": docx,
         ".json": json.dumps({"a": [1, {"b": "text"}], "c": "more text"}).encode(),
         ".jsonl": b'{"q": "one"}\n{"q": "two", "n": [1, 2]}\n',
         ".csv": b"name,role\nann,admin\nbob,member\n",
@@ -78,12 +82,21 @@ def _fuzz(tmp_path: Path, examples: int) -> dict[str, int]:
     seeds = _seeds(tmp_path / "seeds")
     outcomes = {"ok": 0, "refused": 0}
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
-    @given(ext=st.sampled_from(sorted(seeds)),
-           flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), max_size=6),
-           cut=st.one_of(st.none(), st.integers(0, 1 << 20)),
-           junk=st.binary(max_size=64), at=st.integers(0, 1 << 20), noise=st.booleans())
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        ext=st.sampled_from(sorted(seeds)),
+        flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), max_size=6),
+        cut=st.one_of(st.none(), st.integers(0, 1 << 20)),
+        junk=st.binary(max_size=64),
+        at=st.integers(0, 1 << 20),
+        noise=st.booleans(),
+    )
     def check(ext, flips, cut, junk, at, noise):
         data = junk * 8 if noise else _mutate(seeds[ext], flips, cut, junk, at)
         outcomes[_load_or_refuse(ext, data)] += 1
@@ -151,14 +164,30 @@ def make_hostile(folder: Path, big: bool) -> dict[str, str]:
     (folder / "header-only.pdf").write_bytes(b"%PDF-1.7\n")
     expect["header-only.pdf"] = "PDF"
     stream = _deflate_bomb(400 if big else 100, b"BT /F1 12 Tf 72 720 Td (boom) Tj ET\n")
-    (folder / "flate-bomb.pdf").write_bytes(_pdf_with([
-        b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
-        b"<< /Length " + str(len(stream)).encode() + b" /Filter /FlateDecode >>\nstream\n" + stream + b"\nendstream"]))
+    (folder / "flate-bomb.pdf").write_bytes(
+        _pdf_with(
+            [
+                b"<< /Type /Catalog /Pages 2 0 R >>",
+                b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+                b"<< /Length "
+                + str(len(stream)).encode()
+                + b" /Filter /FlateDecode >>\nstream\n"
+                + stream
+                + b"\nendstream",
+            ]
+        )
+    )
     expect["flate-bomb.pdf"] = "PDF"
-    (folder / "page-loop.pdf").write_bytes(_pdf_with([
-        b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [2 0 R 3 0 R] /Count 2 >>",
-        b"<< /Type /Pages /Parent 2 0 R /Kids [2 0 R] /Count 1 >>"]))
+    (folder / "page-loop.pdf").write_bytes(
+        _pdf_with(
+            [
+                b"<< /Type /Catalog /Pages 2 0 R >>",
+                b"<< /Type /Pages /Kids [2 0 R 3 0 R] /Count 2 >>",
+                b"<< /Type /Pages /Parent 2 0 R /Kids [2 0 R] /Count 1 >>",
+            ]
+        )
+    )
     expect["page-loop.pdf"] = "PDF"
 
     depth = 1_000_000 if big else 100_000
@@ -176,7 +205,9 @@ def make_hostile(folder: Path, big: bool) -> dict[str, str]:
     (folder / "long-line.md").write_text("the quarterly register review " * ((60_000) if big else 600))
     expect["long-line.md"] = "added"
 
-    (folder / "invalid-utf8.txt").write_bytes(b"valid start \xff\xfe\xc3\x28 broken middle \xed\xa0\x80 end\n")
+    (folder / "invalid-utf8.txt").write_bytes(
+        b"valid start \xff\xfe\xc3\x28 broken middle \xed\xa0\x80 end\n"
+    )
     expect["invalid-utf8.txt"] = "added"
     (folder / "picture.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(4000))
     expect["picture.txt"] = "binary"
@@ -261,8 +292,9 @@ def _ingest_hostile(cli, tmp_path: Path, big: bool) -> int:
             assert kind == "added", (name, kind, reason)
         else:
             assert kind in ("skipped", "failed") and want.lower() in reason.lower(), (name, kind, reason)
-    check_vault_healthy(Path(os.environ["OFFLINE_VAULT"]) if "OFFLINE_VAULT" in os.environ else
-                        tmp_path / "vault", ("alice",))
+    check_vault_healthy(
+        Path(os.environ["OFFLINE_VAULT"]) if "OFFLINE_VAULT" in os.environ else tmp_path / "vault", ("alice",)
+    )
     r = cli(["--json", "search", "quarterly register review", "-c", "h"])
     assert r.exit_code == 0 and json.loads(r.stdout)["hits"]
     return len(expect) - 1

@@ -1,8 +1,9 @@
 """Issue 12, limits: a 1 GB file, a folder of many tiny files, a 10k-token question.
 
 Each has a clear outcome and bounded memory. Peak memory is measured with ``resource.getrusage`` in
-the child process that does the work (forked with the models already loaded), and "without reading it" is the bytes the process actually read
-(``/proc/self/io`` rchar), so nothing here depends on how fast the machine is.
+the child process that does the work (forked with the models already loaded), and "without reading
+it" is the bytes the process actually read (``/proc/self/io`` rchar), so nothing here depends on how
+fast the machine is.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from hostile_helpers import check_vault_healthy, read_acks, record, zygote
 
 # Embedder (torch) + llama.cpp with the small default model stay well under this; the point is that
@@ -59,7 +59,11 @@ def _measured(vault_dir: Path, tmp_path: Path, name: str, params: dict) -> dict:
     child = zygote().fork("measure", vault_dir, ack, 0, params)
     rc = child.wait(3600)
     acks = read_acks(ack)
-    assert rc == 0 and acks.acked and not acks.errors, (rc, acks.errors, Path(f"{ack}.log").read_text()[-2000:])
+    assert rc == 0 and acks.acked and not acks.errors, (
+        rc,
+        acks.errors,
+        Path(f"{ack}.log").read_text()[-2000:],
+    )
     return acks.acked[-1]
 
 
@@ -74,15 +78,20 @@ def _tiny_files(admin_session, vault_dir: Path, tmp_path: Path, n: int) -> dict:
         if i % 1000 == 0:
             sub.mkdir(parents=True)
         (sub / f"n{i}.txt").write_text(f"note {i} ward {i % 97}")
-    out = _measured(vault_dir, tmp_path, "tiny", {"action": "ingest_folder", "folder": str(folder),
-                                                  "collection": "kb"})
+    out = _measured(
+        vault_dir, tmp_path, "tiny", {"action": "ingest_folder", "folder": str(folder), "collection": "kb"}
+    )
     assert out["added"] == n and out["failed"] == 0 and out["skipped"] == 0, out
     info = check_vault_healthy(vault_dir, ("alice",))
     assert info["kb"]["documents"] == n and info["kb"]["chunks"] == n
     assert out["peak_rss_mib"] < RSS_CEILING_MIB, out
     assert out["peak_rss_mib"] - out["rss_start_mib"] < GROWTH_CEILING_MIB, out
-    return {"files": n, "peak_rss_mib": out["peak_rss_mib"],
-            "rss_growth_mib": out["peak_rss_mib"] - out["rss_start_mib"], "seconds": out["seconds"]}
+    return {
+        "files": n,
+        "peak_rss_mib": out["peak_rss_mib"],
+        "rss_growth_mib": out["peak_rss_mib"] - out["rss_start_mib"],
+        "seconds": out["seconds"],
+    }
 
 
 def test_folder_of_2k_tiny_files(admin_session, vault_dir, tmp_path):
@@ -120,12 +129,30 @@ def test_ten_thousand_token_question(admin_session, vault_dir, tmp_path, cli):
     assert r.exit_code == 0 and json.loads(r.stdout)["hits"], r.output
     # Ask: refused with one clear line and the usage exit code, before any generation.
     r = cli(["--json", "ask", question, "-c", "kb", "--min-score", "0"])
-    assert r.exit_code == 2 and r.output == f"Error: the question is too long for the model's {engine.n_ctx}-token window\n"
+    assert (
+        r.exit_code == 2
+        and r.output == f"Error: the question is too long for the model's {engine.n_ctx}-token window\n"
+    )
     rss = {}
     for mode in ("rag", "base"):
-        out = _measured(vault_dir, tmp_path, f"ask-{mode}", {"action": "ask", "question": question, "mode": mode,
-                                                            "collections": ["kb"] if mode == "rag" else None})
+        out = _measured(
+            vault_dir,
+            tmp_path,
+            f"ask-{mode}",
+            {
+                "action": "ask",
+                "question": question,
+                "mode": mode,
+                "collections": ["kb"] if mode == "rag" else None,
+            },
+        )
         assert out["exit_code"] == 2 and "too long" in out["error"], out
-        assert out["peak_rss_mib"] < RSS_CEILING_MIB and out["peak_rss_mib"] - out["rss_start_mib"] < GROWTH_CEILING_MIB
-        rss[mode] = {"peak_rss_mib": out["peak_rss_mib"], "growth_mib": out["peak_rss_mib"] - out["rss_start_mib"]}
+        assert (
+            out["peak_rss_mib"] < RSS_CEILING_MIB
+            and out["peak_rss_mib"] - out["rss_start_mib"] < GROWTH_CEILING_MIB
+        )
+        rss[mode] = {
+            "peak_rss_mib": out["peak_rss_mib"],
+            "growth_mib": out["peak_rss_mib"] - out["rss_start_mib"],
+        }
     record("limits: 10k-token question (clear refusal, bounded RSS)", 3, 0, tokens=tokens, rss=rss)

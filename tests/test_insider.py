@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 import sqlcipher3
+from conftest import PASSPHRASES
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from offline.audit import chain
-from offline.errors import AccessDenied, DecryptionError, UsageError
-from offline.vault import authz, crypto, header as hdr
+from offline.errors import AccessDenied, AuthenticationFailed, DecryptionError, UsageError
+from offline.vault import authz, crypto
+from offline.vault import header as hdr
 from offline.vault.core import open_slot, vault_key_context
-
-from conftest import PASSPHRASES
 
 PASSPHRASES = {**PASSPHRASES, "dave": "dave-passphrase-44", "erin": "erin-passphrase-55"}
 
@@ -36,7 +36,9 @@ class Raw:
         self.vault, self.user = vault, user
         h = hdr.load(vault)
         self.keys, _ = open_slot(h, user, passphrase or PASSPHRASES[user])
-        self.vault_key = crypto.unwrap_with(self.keys.x25519, h.slots[user]["vault_key"], vault_key_context(h, user))
+        self.vault_key = crypto.unwrap_with(
+            self.keys.x25519, h.slots[user]["vault_key"], vault_key_context(h, user)
+        )
         self.db_file = h.db_file
         self.conn = raw_connect(vault / h.db_file, self.vault_key)
 
@@ -61,8 +63,11 @@ class Raw:
         vid = hdr.load(self.vault).vault_id
         out = [f"audit-key|{vid}|{self.user}", f"audit-seal-key|{vid}|{self.user}"]
         for cid, file in self.sql("SELECT id, file FROM collections"):
-            out += [f"collection-key|{vid}|{cid}|{file}|{self.user}",
-                    f"break-glass-user|{vid}|{cid}|{self.user}", f"break-glass-code|{vid}|{cid}|{self.user}"]
+            out += [
+                f"collection-key|{vid}|{cid}|{file}|{self.user}",
+                f"break-glass-user|{vid}|{cid}|{self.user}",
+                f"break-glass-code|{vid}|{cid}|{self.user}",
+            ]
         for (aid,) in self.sql("SELECT id FROM adapters"):
             out.append(f"adapter-key|{vid}|{aid}|{self.user}")
         return out
@@ -99,6 +104,7 @@ def _fails_closed(result, *fragments: str) -> None:
 
 # -- 1. the whole chain replaced ----------------------------------------------------------------
 
+
 def _forge_chain(bob: Raw) -> None:
     """Rebuild the log from vault.init, signed by bob, introducing every real keyslot: consistent."""
     audit_key = Ed25519PrivateKey.generate()
@@ -106,14 +112,27 @@ def _forge_chain(bob: Raw) -> None:
     bob.sql("DELETE FROM audit_log")
     image = authz.read_image(bob.conn)
     bob.conn.execute("BEGIN")
-    chain.append_in_transaction(bob.conn, "bob", bob.keys.ed25519, "vault.init", {
-        "vault_id": vid, "ed25519": bob.keys.ed25519_pub.hex(),
-        "audit_public_key": audit_key.public_key().public_bytes_raw().hex(),
-        "authz": authz.diff(authz.Policy().image, image)})
+    chain.append_in_transaction(
+        bob.conn,
+        "bob",
+        bob.keys.ed25519,
+        "vault.init",
+        {
+            "vault_id": vid,
+            "ed25519": bob.keys.ed25519_pub.hex(),
+            "audit_public_key": audit_key.public_key().public_bytes_raw().hex(),
+            "authz": authz.diff(authz.Policy().image, image),
+        },
+    )
     slots = hdr.load(bob.vault).slots
     for user in ("alice", "carol", "dave"):
-        chain.append_in_transaction(bob.conn, "bob", bob.keys.ed25519, "user.add",
-                                    {"name": user, "role": "admin", "ed25519": slots[user]["ed25519"]})
+        chain.append_in_transaction(
+            bob.conn,
+            "bob",
+            bob.keys.ed25519,
+            "user.add",
+            {"name": user, "role": "admin", "ed25519": slots[user]["ed25519"]},
+        )
     bob.conn.execute("COMMIT")
     chain.verify(bob.conn)  # internally consistent: the first build's checks all said OK here
 
@@ -129,8 +148,11 @@ def test_whole_chain_rewritten_from_init_is_caught(vault4, cli, vault_dir, offli
     shutil.rmtree(vault_dir / "clients")
     shutil.rmtree(offline_home / "seen")  # and the copies outside the vault folder
     for user in ("alice", "carol", "dave"):
-        _fails_closed(cli(["users", "list"], user=user, env={"OFFLINE_PASSPHRASE": PASSPHRASES[user]}),
-                      "pinned root", "replaced")
+        _fails_closed(
+            cli(["users", "list"], user=user, env={"OFFLINE_PASSPHRASE": PASSPHRASES[user]}),
+            "pinned root",
+            "replaced",
+        )
     _fails_closed(cli(["audit", "verify"], user="carol"), "pinned root")
 
 
@@ -138,29 +160,40 @@ def test_fingerprint_is_the_same_everywhere(vault4, cli, vault_dir, tmp_path):
     fp = vault4.fingerprint
     assert len(fp.replace(" ", "")) == 32
     assert fp in cli(["audit", "verify"]).output
-    r = cli(["--json", "audit", "export", "--format", "jsonl", "--out", str(tmp_path / "a.jsonl")], user="carol")
+    r = cli(
+        ["--json", "audit", "export", "--format", "jsonl", "--out", str(tmp_path / "a.jsonl")], user="carol"
+    )
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "a.jsonl.manifest").read_text())
     import hashlib
 
-    text = (f"offline-vault-fingerprint/v1|{manifest['vault_id']}|{manifest['founder_ed25519']}|"
-            f"{manifest['audit_public_key']}")
+    text = (
+        f"offline-vault-fingerprint/v1|{manifest['vault_id']}|{manifest['founder_ed25519']}|"
+        f"{manifest['audit_public_key']}"
+    )
     assert manifest["vault_fingerprint"] == hashlib.sha256(text.encode()).hexdigest()
     assert manifest["vault_fingerprint"][:32] == fp.replace(" ", "")
 
 
 # -- 2. planted key row, routine rotation -------------------------------------------------------
 
+
 def test_planted_key_row_is_refused_and_never_wrapped(vault4, cli, vault_dir):
     from offline.vault.collections import _holder_pubs
 
     bob = Raw(vault_dir, "bob")
     cid = bob.sql("SELECT id FROM collections WHERE name = 'secret'")[0][0]
-    bob.sql("INSERT INTO collection_keys(collection_id, user, wrapped) VALUES (?, 'bob', ?)",
-            (cid, crypto.wrap_to(bob.keys.x25519_pub, crypto.random_key(), "x")))
+    bob.sql(
+        "INSERT INTO collection_keys(collection_id, user, wrapped) VALUES (?, 'bob', ?)",
+        (cid, crypto.wrap_to(bob.keys.x25519_pub, crypto.random_key(), "x")),
+    )
     # The admin's routine rotation is refused before it wraps anything, naming what was planted.
-    _fails_closed(cli(["collections", "revoke", "shared", "bob"]), "collection_keys", f'["{cid}","bob"]',
-                  "added outside the signed audit log")
+    _fails_closed(
+        cli(["collections", "revoke", "shared", "bob"]),
+        "collection_keys",
+        f'["{cid}","bob"]',
+        "added outside the signed audit log",
+    )
     _fails_closed(cli(["vault", "rekey"]), "collection_keys")
     # Even code that ignored the check asks the signed policy who holds keys: bob is not among them.
     vault4.sync()
@@ -178,12 +211,15 @@ def test_swapped_wrap_is_refused(vault4, cli, vault_dir):
     bob = Raw(vault_dir, "bob")
     cid, file = bob.sql("SELECT id, file FROM collections WHERE name = 'shared'")[0]
     alice_pub = bytes.fromhex(bob.sql("SELECT x25519_pub FROM users WHERE name = 'alice'")[0][0])
-    bob.sql("UPDATE collection_keys SET wrapped = ? WHERE collection_id = ? AND user = 'alice'",
-            (crypto.wrap_to(alice_pub, crypto.random_key(), f"collection-key|x|{cid}|{file}|alice"), cid))
+    bob.sql(
+        "UPDATE collection_keys SET wrapped = ? WHERE collection_id = ? AND user = 'alice'",
+        (crypto.wrap_to(alice_pub, crypto.random_key(), f"collection-key|x|{cid}|{file}|alice"), cid),
+    )
     _fails_closed(cli(["search", "anything", "-c", "shared"]), "collection_keys", "changed outside")
 
 
 # -- 3. UPDATE users SET role = 'admin' ---------------------------------------------------------
+
 
 def test_self_promotion_is_detected_and_never_honoured(vault4, cli, vault_dir):
     from offline.vault.collections import grant, revoke
@@ -195,8 +231,13 @@ def test_self_promotion_is_detected_and_never_honoured(vault4, cli, vault_dir):
     bob.sql("UPDATE users SET role = 'member' WHERE name = 'bob'")
     assert cli(["collections", "create", "later"]).exit_code == 0  # a collection made after the flip
     bob = Raw(vault_dir, "bob")
-    assert bob.sql("SELECT 1 FROM collection_keys k JOIN collections c ON c.id = k.collection_id"
-                   " WHERE c.name = 'later' AND k.user = 'bob'") == []
+    assert (
+        bob.sql(
+            "SELECT 1 FROM collection_keys k JOIN collections c ON c.id = k.collection_id"
+            " WHERE c.name = 'later' AND k.user = 'bob'"
+        )
+        == []
+    )
     # Revoke decides custodianship from the signed policy, whatever bob's row says while it runs.
     vault4.sync()
     grant(vault4, "later", "bob", "read")
@@ -206,11 +247,17 @@ def test_self_promotion_is_detected_and_never_honoured(vault4, cli, vault_dir):
         revoke(vault4, "later", "bob")  # refused on the tampered row, nothing changed
     bob.sql("UPDATE users SET role = 'member' WHERE name = 'bob'")
     revoke(vault4, "later", "bob")
-    assert Raw(vault_dir, "bob").sql("SELECT 1 FROM collection_keys k JOIN collections c ON c.id = k.collection_id"
-                                     " WHERE c.name = 'later' AND k.user = 'bob'") == []
+    assert (
+        Raw(vault_dir, "bob").sql(
+            "SELECT 1 FROM collection_keys k JOIN collections c ON c.id = k.collection_id"
+            " WHERE c.name = 'later' AND k.user = 'bob'"
+        )
+        == []
+    )
 
 
 # -- 4. removal is final ---------------------------------------------------------------------------
+
 
 def test_removed_user_cannot_come_back(vault4, cli, vault_dir):
     old_header = (vault_dir / "header.json").read_text()
@@ -233,6 +280,7 @@ def test_removed_user_cannot_come_back(vault4, cli, vault_dir):
 
 # -- 5. adapters ------------------------------------------------------------------------------------
 
+
 def test_adapters_are_keyed_to_their_sources(vault4, cli, vault_dir):
     from offline.finetune import store
     from offline.vault import open_session
@@ -240,18 +288,31 @@ def test_adapters_are_keyed_to_their_sources(vault4, cli, vault_dir):
 
     cid = vault4.policy.collection("secret")[0]
     grant(vault4, "secret", "bob", "read", labels=["public"])  # bob may not read the phi documents
-    info = store.save_adapter(vault4, "phi-adapter", b"GGUF" + b"memorised PHI " * 64, base_model="m",
-                              base_sha256="0" * 64, base_arch="llama", dataset_sha256="1" * 64,
-                              hyperparameters={}, loss_curve=[], eval_loss_before=None, eval_loss_after=None,
-                              source_doc_ids=[{"collection": "secret", "collection_id": cid, "doc_ids": [1],
-                                               "labels": ["phi"]}])
+    info = store.save_adapter(
+        vault4,
+        "phi-adapter",
+        b"GGUF" + b"memorised PHI " * 64,
+        base_model="m",
+        base_sha256="0" * 64,
+        base_arch="llama",
+        dataset_sha256="1" * 64,
+        hyperparameters={},
+        loss_curve=[],
+        eval_loss_before=None,
+        eval_loss_after=None,
+        source_doc_ids=[{"collection": "secret", "collection_id": cid, "doc_ids": [1], "labels": ["phi"]}],
+    )
     blob = (vault_dir / "adapters" / info["file"]).read_bytes()
-    assert Raw(vault_dir, "alice").sql("SELECT count(*) FROM adapter_keyring")[0][0] == 0  # no shared root key
+    assert (
+        Raw(vault_dir, "alice").sql("SELECT count(*) FROM adapter_keyring")[0][0] == 0
+    )  # no shared root key
     for user in ("bob", "carol", "dave"):
         raw = Raw(vault_dir, user)
         for key in raw.unwrap_anything():  # every key this user can unwrap, raw
             with pytest.raises(DecryptionError):
-                crypto.unseal(key, blob, f"offline/v1/adapter|{vault4.vault_id}|{info['id']}|{info['file']}".encode())
+                crypto.unseal(
+                    key, blob, f"offline/v1/adapter|{vault4.vault_id}|{info['id']}|{info['file']}".encode()
+                )
         s = open_session(vault_dir, user, PASSPHRASES[user])
         with pytest.raises(AccessDenied):
             store.read_adapter_bytes(s, "phi-adapter")  # label-limited bob included
@@ -260,6 +321,7 @@ def test_adapters_are_keyed_to_their_sources(vault4, cli, vault_dir):
 
 
 # -- 6. break-glass ----------------------------------------------------------------------------------
+
 
 def test_emergency_wrap_alone_opens_nothing(vault4, cli, vault_dir):
     from offline.gdpr.breakglass import set_break_glass
@@ -279,11 +341,17 @@ def test_emergency_wrap_alone_opens_nothing(vault4, cli, vault_dir):
 
     for k_bg in opened:
         for k_e in opened:
-            kek = emergency._hkdf(k_bg + k_e, __import__("base64").b64decode(blob["salt"]),
-                                  f"break-glass-key|{vault4.vault_id}|{cid}")
+            kek = emergency._hkdf(
+                k_bg + k_e,
+                __import__("base64").b64decode(blob["salt"]),
+                f"break-glass-key|{vault4.vault_id}|{cid}",
+            )
             with pytest.raises(DecryptionError):
-                crypto.unseal(kek, crypto.b64d(blob["key_box"]),
-                              f"offline/v1/break-glass-key|{vault4.vault_id}|{cid}|{file}".encode())
+                crypto.unseal(
+                    kek,
+                    crypto.b64d(blob["key_box"]),
+                    f"offline/v1/break-glass-key|{vault4.vault_id}|{cid}|{file}".encode(),
+                )
     # With the envelope's code the kit reads, after committing the high-severity entry.
     env = {"OFFLINE_BREAK_GLASS_CODE": code}
     r = cli(["search", "x", "-c", "secret", "--break-glass", "--reason", "ER"], user="bob", env=env)
@@ -296,17 +364,23 @@ def test_emergency_wrap_alone_opens_nothing(vault4, cli, vault_dir):
     assert r.exit_code == 0, r.output
     alice = Raw(vault_dir, "alice")
     assert alice.sql("SELECT count(*) FROM vault_keys WHERE purpose LIKE 'break-glass%'")[0][0] == 0
-    assert alice.sql("SELECT emergency, break_glass, file FROM collections WHERE id = ?", (cid,))[0][:2] == (None, 0)
+    assert alice.sql("SELECT emergency, break_glass, file FROM collections WHERE id = ?", (cid,))[0][:2] == (
+        None,
+        0,
+    )
     assert alice.sql("SELECT file FROM collections WHERE id = ?", (cid,))[0][0] != file
 
 
 # -- 7. grants and settings edited ----------------------------------------------------------------
 
+
 def test_read_grant_turned_into_write_is_refused(vault4, cli, vault_dir, tmp_path):
     bob = Raw(vault_dir, "bob")
     bob.sql("UPDATE grants SET perm = 'write' WHERE user = 'bob'")
     (tmp_path / "n.txt").write_text("planted note")
-    _fails_closed(cli(["ingest", str(tmp_path / "n.txt"), "-c", "shared"], user="bob"), "table grants", "perm changed")
+    _fails_closed(
+        cli(["ingest", str(tmp_path / "n.txt"), "-c", "shared"], user="bob"), "table grants", "perm changed"
+    )
     _fails_closed(cli(["users", "list"]), "table grants")
 
 
@@ -329,20 +403,31 @@ def test_settings_change_only_through_signed_entries(vault4, cli, vault_dir):
 
 # -- 8. audited data that a member could recover -----------------------------------------------
 
+
 def test_questions_and_subject_ids_are_sealed(vault4, cli, vault_dir, tmp_path):
     from offline.vault.core import unseal_for_auditors
 
     q = "does John Doe have HIV"
     (tmp_path / "letter.txt").write_text("Referral letter for a patient.")
-    assert cli(["ingest", str(tmp_path / "letter.txt"), "-c", "secret", "--subject", "PT-12345"]).exit_code == 0
+    assert (
+        cli(["ingest", str(tmp_path / "letter.txt"), "-c", "secret", "--subject", "PT-12345"]).exit_code == 0
+    )
     assert cli(["search", q, "-c", "shared"], user="bob").exit_code == 0
     bob = Raw(vault_dir, "bob")
     import hashlib
 
     rows = " ".join(p for (p,) in bob.sql("SELECT payload FROM audit_log"))
-    for secret in (q, hashlib.sha256(q.encode()).hexdigest(), "PT-12345", hashlib.sha256(b"PT-12345").hexdigest()):
+    for secret in (
+        q,
+        hashlib.sha256(q.encode()).hexdigest(),
+        "PT-12345",
+        hashlib.sha256(b"PT-12345").hexdigest(),
+    ):
         assert secret not in rows
-    sealed = [json.loads(p)["query_sealed"] for (p,) in bob.sql("SELECT payload FROM audit_log WHERE action = 'search'")]
+    sealed = [
+        json.loads(p)["query_sealed"]
+        for (p,) in bob.sql("SELECT payload FROM audit_log WHERE action = 'search'")
+    ]
     from offline.vault import open_session
 
     s = open_session(vault_dir, "bob", PASSPHRASES["bob"])
@@ -356,15 +441,24 @@ def test_questions_and_subject_ids_are_sealed(vault4, cli, vault_dir, tmp_path):
 
 # -- the chain itself: forged entries, truncation, client state ---------------------------------
 
+
 def test_member_signed_authorization_entry_is_a_forgery(vault4, cli, vault_dir):
     bob = Raw(vault_dir, "bob")
     cid = bob.sql("SELECT id FROM collections WHERE name = 'secret'")[0][0]
     row = {"perm": "write", "labels": None, "granted_by": "alice", "granted_at": "2026-01-01T00:00:00+00:00"}
     bob.conn.execute("BEGIN")
-    bob.sql("INSERT INTO grants(collection_id, user, perm, labels, granted_by, granted_at) VALUES (?, 'bob', ?, ?, ?, ?)",
-            (cid, row["perm"], None, row["granted_by"], row["granted_at"]))
-    chain.append_in_transaction(bob.conn, "bob", bob.keys.ed25519, "grant.add",
-                                {"authz": [{"t": "grants", "k": [cid, "bob"], "v": row}]})
+    bob.sql(
+        "INSERT INTO grants(collection_id, user, perm, labels, granted_by, granted_at)"
+        " VALUES (?, 'bob', ?, ?, ?, ?)",
+        (cid, row["perm"], None, row["granted_by"], row["granted_at"]),
+    )
+    chain.append_in_transaction(
+        bob.conn,
+        "bob",
+        bob.keys.ed25519,
+        "grant.add",
+        {"authz": [{"t": "grants", "k": [cid, "bob"], "v": row}]},
+    )
     bob.conn.execute("COMMIT")
     _fails_closed(cli(["users", "list"]), "is not an admin")
     _fails_closed(cli(["audit", "verify"], user="carol"), "is not an admin")
@@ -402,12 +496,16 @@ Raw(Path({str(vault_dir)!r}), "dave").sql("UPDATE users SET role = 'admin' WHERE
 
 # -- 9. no answer without a committed entry --------------------------------------------------------
 
+
 def test_bad_break_glass_code_is_a_usage_error(vault4, cli):
     from offline.gdpr.breakglass import set_break_glass
 
     set_break_glass(vault4, "secret", True)
-    r = cli(["search", "x", "-c", "secret", "--break-glass", "--reason", "ER"], user="bob",
-            env={"OFFLINE_BREAK_GLASS_CODE": "nope"})
+    r = cli(
+        ["search", "x", "-c", "secret", "--break-glass", "--reason", "ER"],
+        user="bob",
+        env={"OFFLINE_BREAK_GLASS_CODE": "nope"},
+    )
     assert r.exit_code == 2 and r.output.startswith("Error: that is not a break-glass code")
     with pytest.raises(UsageError):
         from offline.vault.emergency import normalise_code
@@ -429,8 +527,14 @@ def test_ask_commits_what_it_retrieved_before_the_first_token(vault4, tmp_path):
             raw = Raw(vault4.vault_dir, "alice")
             seen.append(bool(raw.sql("SELECT 1 FROM audit_log WHERE action = 'ask.retrieve'")))
 
-    ans = answer(vault4, "What temperature must vaccine fridges be kept at?", collections=["shared"], k=1,
-                 max_tokens=8, on_token=on_token)
+    ans = answer(
+        vault4,
+        "What temperature must vaccine fridges be kept at?",
+        collections=["shared"],
+        k=1,
+        max_tokens=8,
+        on_token=on_token,
+    )
     assert ans.refusal_reason != "low_relevance" and seen == [True]
     retrieve = [e.payload for e in iter_entries(vault4.db, "action = 'ask.retrieve'")][-1]
     assert retrieve["used"] == [s["chunk_id"] for s in ans.sources]
@@ -449,7 +553,7 @@ def test_removal_interrupted_before_the_key_rotation_is_finished(vault4, vault_d
         remove_user(vault4, "bob")
     monkeypatch.undo()
     assert "bob" in hdr.load(vault_dir).slots  # the slot is still there, the key not yet rotated
-    with pytest.raises(Exception):
+    with pytest.raises(AuthenticationFailed):
         open_session(vault_dir, "bob", PASSPHRASES["bob"]).close()  # already refused by the signed state
     open_session(vault_dir, "alice", PASSPHRASES["alice"]).close()  # the next admin open finishes it
     h = hdr.load(vault_dir)
@@ -458,10 +562,16 @@ def test_removal_interrupted_before_the_key_rotation_is_finished(vault4, vault_d
 
 # -- found by attacking the first version of this design --------------------------------------
 
+
 def test_planted_trigger_never_fires_inside_an_admins_change(vault4, cli, vault_dir):
     bob = Raw(vault_dir, "bob")
-    bob.sql("CREATE TRIGGER zz AFTER INSERT ON grants BEGIN UPDATE users SET role = 'admin' WHERE name = 'bob'; END")
-    _fails_closed(cli(["collections", "grant", "shared", "dave"]), "trigger 'zz' is not part of this kit's schema")
+    bob.sql(
+        "CREATE TRIGGER zz AFTER INSERT ON grants BEGIN UPDATE users SET role = 'admin' WHERE name = 'bob';"
+        " END"
+    )
+    _fails_closed(
+        cli(["collections", "grant", "shared", "dave"]), "trigger 'zz' is not part of this kit's schema"
+    )
     assert Raw(vault_dir, "alice").sql("SELECT role FROM users WHERE name = 'bob'") == [("member",)]
     bob.sql("DROP TRIGGER zz")
     bob.sql("CREATE VIEW v AS SELECT * FROM users")
@@ -472,7 +582,9 @@ def test_header_slot_pointing_at_another_key_is_refused(vault4, cli, vault_dir):
     doc = json.loads((vault_dir / "header.json").read_text())
     doc["slots"]["carol"]["x25519"] = doc["slots"]["bob"]["x25519"]  # next rotation would wrap to bob
     (vault_dir / "header.json").write_text(json.dumps(doc))
-    _fails_closed(cli(["users", "remove", "dave", "--yes"]), "keyslot of 'carol' does not match the signed users table")
+    _fails_closed(
+        cli(["users", "remove", "dave", "--yes"]), "keyslot of 'carol' does not match the signed users table"
+    )
 
 
 def test_old_state_files_put_back_with_a_truncated_log(vault4, cli, vault_dir, offline_home):
@@ -504,9 +616,12 @@ def test_member_adapter_row_cannot_name_another_path(vault4, vault_dir, tmp_path
     with pytest.raises(AccessDenied, match="not an admin"):
         with bob.change("adapter.save", adapter="evil"):
             bob.db.execute(
-                "INSERT INTO adapters(id, name, file, base_model, base_sha256, base_arch, dataset_sha256, hyperparameters,"
-                " loss_curve, created_by, created_at, adapter_sha256, size, key_wrap) VALUES ('0123456789abcdef', 'evil',"
-                " ?, 'm', 's', 'a', 'd', '{}', '[]', 'bob', 't', 'x', 1, '')", (str(victim),))
+                "INSERT INTO adapters(id, name, file, base_model, base_sha256, base_arch, dataset_sha256,"
+                " hyperparameters, loss_curve, created_by, created_at, adapter_sha256, size, key_wrap)"
+                " VALUES ('0123456789abcdef', 'evil', ?, 'm', 's', 'a', 'd', '{}', '[]', 'bob', 't', 'x',"
+                " 1, '')",
+                (str(victim),),
+            )
     bob.close()
     with pytest.raises(Exception, match="not the kit's"):
         store.adapter_path(vault4, {"id": "0123456789abcdef", "file": "../../victim.txt", "name": "evil"})
@@ -520,10 +635,22 @@ def test_narrowed_grant_loses_the_adapter_key_and_only_writers_taint(vault4, vau
 
     cid = vault4.policy.collection("secret")[0]
     grant(vault4, "secret", "dave", "read")
-    store.save_adapter(vault4, "conf", b"GGUF-conf", base_model="m", base_sha256="0" * 64, base_arch="llama",
-                       dataset_sha256="1" * 64, hyperparameters={}, loss_curve=[], eval_loss_before=None,
-                       eval_loss_after=None, source_doc_ids=[{"collection": "secret", "collection_id": cid,
-                                                              "doc_ids": [1], "labels": ["confidential"]}])
+    store.save_adapter(
+        vault4,
+        "conf",
+        b"GGUF-conf",
+        base_model="m",
+        base_sha256="0" * 64,
+        base_arch="llama",
+        dataset_sha256="1" * 64,
+        hyperparameters={},
+        loss_curve=[],
+        eval_loss_before=None,
+        eval_loss_after=None,
+        source_doc_ids=[
+            {"collection": "secret", "collection_id": cid, "doc_ids": [1], "labels": ["confidential"]}
+        ],
+    )
     assert Raw(vault_dir, "dave").sql("SELECT count(*) FROM adapter_keys WHERE user = 'dave'")[0][0] == 1
     grant(vault4, "secret", "dave", "read", labels=["public"])  # narrowed: the wrap must go
     assert Raw(vault_dir, "dave").sql("SELECT count(*) FROM adapter_keys WHERE user = 'dave'")[0][0] == 0
@@ -534,7 +661,9 @@ def test_narrowed_grant_loses_the_adapter_key_and_only_writers_taint(vault4, vau
 
 
 def test_a_blob_key_is_named_not_a_crash(vault4, cli, vault_dir):
-    Raw(vault_dir, "bob").sql("INSERT INTO vault_keys(purpose, user, wrapped) VALUES (x'6175646974', 'bob', 'x')")
+    Raw(vault_dir, "bob").sql(
+        "INSERT INTO vault_keys(purpose, user, wrapped) VALUES (x'6175646974', 'bob', 'x')"
+    )
     _fails_closed(cli(["users", "list"]), "table vault_keys", "added outside")
 
 
@@ -542,32 +671,47 @@ def test_tampered_legacy_vault_is_not_adopted(tmp_path, cli, vault_dir):
     """A vault made by the version before signed authorization, edited by a member before the upgrade."""
     repo = Path(__file__).resolve().parent.parent
     old = tmp_path / "old"
-    made = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(old), "d77a659"],
-                          capture_output=True)
+    made = subprocess.run(
+        ["git", "-C", str(repo), "worktree", "add", "--detach", str(old), "d77a659"], capture_output=True
+    )
     if made.returncode != 0:
         pytest.skip("the pre-upgrade revision is not in this clone's history")
     try:
-        script = (f"from pathlib import Path\nfrom offline.vault import create_vault, add_user\n"
-                  f"from offline.vault.collections import create_collection, grant\n"
-                  f"s = create_vault(Path({str(vault_dir)!r}), 'alice', {PASSPHRASES['alice']!r})\n"
-                  f"add_user(s, 'bob', 'member', {PASSPHRASES['bob']!r})\n"
-                  f"create_collection(s, 'shared'); grant(s, 'shared', 'bob', 'read'); s.close()\n")
+        script = (
+            f"from pathlib import Path\nfrom offline.vault import create_vault, add_user\n"
+            f"from offline.vault.collections import create_collection, grant\n"
+            f"s = create_vault(Path({str(vault_dir)!r}), 'alice', {PASSPHRASES['alice']!r})\n"
+            f"add_user(s, 'bob', 'member', {PASSPHRASES['bob']!r})\n"
+            f"create_collection(s, 'shared'); grant(s, 'shared', 'bob', 'read'); s.close()\n"
+        )
         import os
 
-        subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(old)})
+        subprocess.run(
+            [sys.executable, "-c", script],
+            check=True,
+            cwd=tmp_path,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(old)},
+        )
     finally:
-        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(old)], capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(repo), "worktree", "remove", "--force", str(old)], capture_output=True
+        )
     Raw(vault_dir, "bob").sql("UPDATE users SET role = 'admin' WHERE name = 'bob'")
     _fails_closed(cli(["users", "list"]), "cannot adopt this older vault", 'table users, row ["bob"]')
     Raw(vault_dir, "bob").sql("UPDATE users SET role = 'member' WHERE name = 'bob'")
     bob = Raw(vault_dir, "bob")  # a seal key of bob's own, so that questions would be sealed to him
-    bob.sql("INSERT INTO settings(key, value) VALUES ('audit_seal_public_key', ?)", (bob.keys.x25519_pub.hex(),))
+    bob.sql(
+        "INSERT INTO settings(key, value) VALUES ('audit_seal_public_key', ?)", (bob.keys.x25519_pub.hex(),)
+    )
     _fails_closed(cli(["users", "list"]), "table settings", "an audit seal key in a vault made before")
     bob.sql("DELETE FROM settings WHERE key = 'audit_seal_public_key'")
     r = cli(["users", "list"])  # the untouched tables are adopted and signed by alice
     assert r.exit_code == 0 and "bob" in r.output
-    confirmed = lambda: Raw(vault_dir, "alice").sql("SELECT keys_confirmed FROM users WHERE name = 'bob'")[0][0]
+
+    def confirmed():
+        return Raw(vault_dir, "alice").sql("SELECT keys_confirmed FROM users WHERE name = 'bob'")[0][0]
+
     assert confirmed() == 0  # bob's X25519 key came from an editable table: unproven, nothing wrapped to it
     assert cli(["search", "x", "-c", "shared"], user="bob").exit_code == 0
     assert confirmed() == 1  # his own open proved it
@@ -576,12 +720,16 @@ def test_tampered_legacy_vault_is_not_adopted(tmp_path, cli, vault_dir):
 
 # -- found by the second round of attacks ------------------------------------------------------
 
+
 def test_blob_twin_of_a_grant_is_refused(vault4, cli, vault_dir):
     bob = Raw(vault_dir, "bob")
     cid = bob.sql("SELECT id FROM collections WHERE name = 'shared'")[0][0]
     # A write grant keyed by the BLOB spelling of the same id, first in table order.
-    bob.sql("INSERT INTO grants(rowid, collection_id, user, perm, labels, granted_by, granted_at)"
-            " VALUES (-1, ?, 'bob', 'write', NULL, 'alice', 't')", (cid.encode(),))
+    bob.sql(
+        "INSERT INTO grants(rowid, collection_id, user, perm, labels, granted_by, granted_at)"
+        " VALUES (-1, ?, 'bob', 'write', NULL, 'alice', 't')",
+        (cid.encode(),),
+    )
     _fails_closed(cli(["collections", "revoke", "shared", "bob"]), "table grants", "not text")
 
 
@@ -590,11 +738,11 @@ def test_trigger_in_a_collection_file_is_refused(vault4, cli, vault_dir, tmp_pat
     assert cli(["ingest", str(tmp_path / "a.txt"), "-c", "shared"]).exit_code == 0
     bob = Raw(vault_dir, "bob")
     cid, file = bob.sql("SELECT id, file FROM collections WHERE name = 'shared'")[0]
-    from offline.vault.collections import _unwrap_key
     from offline.vault import open_session
+    from offline.vault.collections import unwrap_collection_key
 
     s = open_session(vault_dir, "bob", PASSPHRASES["bob"])
-    key = _unwrap_key(s, cid, file)
+    key = unwrap_collection_key(s, cid, file)
     s.close()
     coll = raw_connect(vault_dir / "collections" / file, key)  # bob's read grant is the key itself
     coll.execute("CREATE TABLE stash(t TEXT)")
@@ -609,9 +757,19 @@ def test_owner_cannot_lift_a_taint(vault4, vault_dir):
     from offline.vault import open_session
 
     bob = open_session(vault_dir, "bob", PASSPHRASES["bob"])
-    store.save_adapter(bob, "mine", b"GGUF-mine", base_model="m", base_sha256="0" * 64, base_arch="llama",
-                       dataset_sha256="1" * 64, hyperparameters={}, loss_curve=[], eval_loss_before=None,
-                       eval_loss_after=None)
+    store.save_adapter(
+        bob,
+        "mine",
+        b"GGUF-mine",
+        base_model="m",
+        base_sha256="0" * 64,
+        base_arch="llama",
+        dataset_sha256="1" * 64,
+        hyperparameters={},
+        loss_curve=[],
+        eval_loss_before=None,
+        eval_loss_after=None,
+    )
     bob.close()
     store.mark_tainted(vault4, "mine", "document 4 erased")
     bob = open_session(vault_dir, "bob", PASSPHRASES["bob"])
@@ -671,8 +829,14 @@ def test_a_column_added_by_a_later_migration_is_not_tampering():
     from offline.vault.authz import TABLES, first_difference
 
     old = {t: {} for t in TABLES}
-    old["users"]['["bob"]'] = {"role": "member", "x25519_pub": "aa", "ed25519_pub": "bb", "created_at": "t",
-                               "created_by": "alice", "removed_at": None}  # signed before keys_confirmed
+    old["users"]['["bob"]'] = {
+        "role": "member",
+        "x25519_pub": "aa",
+        "ed25519_pub": "bb",
+        "created_at": "t",
+        "created_by": "alice",
+        "removed_at": None,
+    }  # signed before keys_confirmed
     now = {t: {k: dict(v) for k, v in rows.items()} for t, rows in old.items()}
     now["users"]['["bob"]']["keys_confirmed"] = 1
     assert first_difference(old, now) is None
@@ -684,5 +848,7 @@ def test_swapped_audit_seal_key_is_refused(vault4, cli, vault_dir):
     """A member puts their own key in as the audit seal key, so every question would be sealed to them."""
     bob = Raw(vault_dir, "bob")
     bob.sql("UPDATE settings SET value = ? WHERE key = 'audit_seal_public_key'", (bob.keys.x25519_pub.hex(),))
-    _fails_closed(cli(["search", "does John Doe have HIV", "-c", "shared"], user="bob"),
-                  'table settings, row ["audit_seal_public_key"]')
+    _fails_closed(
+        cli(["search", "does John Doe have HIV", "-c", "shared"], user="bob"),
+        'table settings, row ["audit_seal_public_key"]',
+    )

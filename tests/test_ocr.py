@@ -9,12 +9,18 @@ from _docfactory import render_page, scanned_pdf
 
 from offline.eval.metrics import char_accuracy
 
-pytestmark = pytest.mark.skipif(shutil.which("tesseract") is None, reason="Tesseract (Debian tesseract-ocr) absent")
+pytestmark = pytest.mark.skipif(
+    shutil.which("tesseract") is None, reason="Tesseract (Debian tesseract-ocr) absent"
+)
 
-LETTER = ["Riverside Clinic, 12 Mill Lane, Leeds", "Dear Dr Lee,",
-          "Re: Maria Gonzalez, PT-00417, DOB 14/03/1961",
-          "I reviewed Mrs Gonzalez in clinic today. Her blood pressure was 132/84.",
-          "Plan: continue current treatment, repeat bloods in three months.", "Yours sincerely, Dr Aisha Patel"]
+LETTER = [
+    "Riverside Clinic, 12 Mill Lane, Leeds",
+    "Dear Dr Lee,",
+    "Re: Maria Gonzalez, PT-00417, DOB 14/03/1961",
+    "I reviewed Mrs Gonzalez in clinic today. Her blood pressure was 132/84.",
+    "Plan: continue current treatment, repeat bloods in three months.",
+    "Yours sincerely, Dr Aisha Patel",
+]
 
 
 def test_png_and_scanned_pdf_are_read_with_flags(admin_session, tmp_path, cli):
@@ -35,8 +41,10 @@ def test_png_and_scanned_pdf_are_read_with_flags(admin_session, tmp_path, cli):
     assert shown["meta"]["ocr"]["confidence"]["1"] > 0.85
     assert "Maria Gonzalez" in json.dumps(shown)
     found = cli(["--json", "search", "PT-00417", "-c", "clinic", "--mode", "bm25"])
-    assert {h["citation"].split(",")[0] for h in json.loads(found.output)["hits"]} >= {"letter.png", "scan.pdf"} or \
-        len(json.loads(found.output)["hits"]) >= 2
+    assert {h["citation"].split(",")[0] for h in json.loads(found.output)["hits"]} >= {
+        "letter.png",
+        "scan.pdf",
+    } or len(json.loads(found.output)["hits"]) >= 2
 
 
 def test_ocr_character_accuracy_on_clean_page():

@@ -14,8 +14,10 @@ from offline.rag import answer
 
 REPO = Path(__file__).resolve().parent.parent
 SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-FACTS = {"retention.txt": "Harbourside Family Clinic keeps adult patient records for 8 years after the "
-                          "patient's last visit. Vaccination records are kept for 30 years."}
+FACTS = {
+    "retention.txt": "Harbourside Family Clinic keeps adult patient records for 8 years after the "
+    "patient's last visit. Vaccination records are kept for 30 years."
+}
 
 
 def _spec() -> dict:
@@ -32,7 +34,8 @@ def test_reader_is_pinned_with_lineage_and_licence():
     lineage = json.loads((REPO / "models" / spec["lineage"]).read_text())
     assert lineage["sha256"] == spec["adapter_sha256"] and "CC BY-SA 4.0" in lineage["data"]["licence"]
     assert lineage["data"]["held_out_articles"] and not set(lineage["data"]["held_out_articles"]) & set(
-        lineage["data"]["train_articles"])
+        lineage["data"]["train_articles"]
+    )
     assert "CC BY-SA 4.0" in spec["licence"] and lineage["seed"] == 0
 
 
@@ -63,14 +66,15 @@ def test_ask_uses_the_reader_by_default_and_cites(kb, cli):
     assert d["quote"]["text"].startswith("Harbourside Family Clinic keeps adult patient records for 8 years")
     e = [x.payload for x in iter_entries(kb.db, "action = ?", ("ask",))][-1]
     assert e["reader"]["name"] == spec["name"] and e["support"] == d["support"] == 1.0
-    plain = json.loads(cli(["--json", "ask", "How long are adult patient records kept?", "-c", "kb",
-                            "--no-reader"]).output)
+    plain = json.loads(
+        cli(["--json", "ask", "How long are adult patient records kept?", "-c", "kb", "--no-reader"]).output
+    )
     assert plain["reader"] is None and plain["model"]["sha256"] == SMOL_SHA
 
 
 def test_reader_file_that_does_not_match_its_pin_fails_closed(kb, tmp_path, monkeypatch):
     from offline.errors import ModelIntegrityError
-    from offline.llm import reader
+    from offline.models import readers as reader  # where the pinned reader files are found
 
     spec = _spec()
     bad = tmp_path / spec["adapter"]
@@ -84,14 +88,17 @@ def test_reader_file_that_does_not_match_its_pin_fails_closed(kb, tmp_path, monk
     monkeypatch.setattr(reader, "find_file", lambda name: None)
     from offline.errors import NotFound
 
-    with pytest.raises(NotFound, match="--no-reader"):
+    with pytest.raises(NotFound, match="pass no_reader"):  # the CLI shows --no-reader
         answer(kb, "How long are adult patient records kept?", collections=["kb"])
-    assert answer(kb, "How long are adult patient records kept?", collections=["kb"], reader=False).reader is None
+    assert (
+        answer(kb, "How long are adult patient records kept?", collections=["kb"], reader=False).reader
+        is None
+    )
 
 
 def test_models_verify_rehashes_the_reader_files(tmp_path, monkeypatch):
     from offline.errors import ModelIntegrityError
-    from offline.llm import reader
+    from offline.models import readers as reader
     from offline.models import verify_models
 
     rows = {r["name"]: r["status"] for r in verify_models()}

@@ -27,7 +27,9 @@ def test_row_dates_first_ingest_and_cli(admin_session, cli, tmp_path):
     create_collection(s, "clinic")
     csv_file = tmp_path / "visits.csv"
     csv_file.write_text("patient_id,visited,note\nP1,2010-01-05,old visit\nP2,2024-06-01,new visit\n")
-    r = cli(["ingest", str(csv_file), "-c", "clinic", "--subject-field", "patient_id", "--date-field", "visited"])
+    r = cli(
+        ["ingest", str(csv_file), "-c", "clinic", "--subject-field", "patient_id", "--date-field", "visited"]
+    )
     assert r.exit_code == 0, r.output
     assert cli(["ingest", str(csv_file), "-c", "clinic", "--date-field", "visited"]).exit_code == 2
     bad = tmp_path / "bad.csv"
@@ -51,6 +53,6 @@ def test_row_dates_first_ingest_and_cli(admin_session, cli, tmp_path):
     meta = json.loads(conn.execute("SELECT meta FROM documents WHERE source = 'note'").fetchone()[0])
     assert meta["first_ingested_at"].startswith("2001-01-01") and "first_ingested_at" not in first
     # In 2012 the note (first ingested 2001) is past 8 years though re-ingested today; the rows are not.
-    expired = apply_retention(s, dry_run=True, now=_dt.datetime(2012, 1, 1, tzinfo=_dt.timezone.utc))
+    expired = apply_retention(s, dry_run=True, now=_dt.datetime(2012, 1, 1, tzinfo=_dt.UTC))
     names = dict(conn.execute("SELECT id, name FROM documents"))
     assert [names[i] for e in expired["expired"] for i in e["doc_ids"]] == ["note.txt"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from _docfactory import write_pdf
+
 from offline.errors import AccessDenied
+from offline.vault import set_setting
 
 TOPICS = {
     "volcano": "Volcanic eruptions eject lava, ash and sulfur dioxide into the atmosphere.",
@@ -27,6 +28,7 @@ def shared_vault(tmp_path_factory):
     collections, so the shared one stays as built.
     """
     from conftest import PASSPHRASES
+
     from offline.ingest import ingest_paths
     from offline.vault import add_user, create_vault
     from offline.vault.collections import create_collection, grant
@@ -44,10 +46,15 @@ def shared_vault(tmp_path_factory):
         phi.mkdir()
         for name, text in TOPICS.items():
             (pub / f"{name}.txt").write_text(text)
-        write_pdf(pub / "report.pdf", ["Annual safety report overview.", "Forklift incidents fell by half this year."])
+        write_pdf(
+            pub / "report.pdf",
+            ["Annual safety report overview.", "Forklift incidents fell by half this year."],
+        )
         for i in range(12):
             (phi / f"patient{i}.txt").write_text(
-                f"Patient {i} note: volcano ash exposure, tides of fever, bees allergy, coffee intake {i} cups.")
+                f"Patient {i} note: volcano ash exposure, tides of fever, bees allergy, "
+                f"coffee intake {i} cups."
+            )
         ingest_paths(s, [pub], "kb", label="public", subjects=["pub"])
         ingest_paths(s, [phi], "kb", label="phi", subjects=[f"patient-{i}" for i in range(2)])
         grant(s, "kb", "bob", "read", labels=["public"])
@@ -70,7 +77,9 @@ def test_hybrid_dense_bm25_find_the_right_document(kb):
     from offline.retrieval import search
 
     for mode in ("hybrid", "dense", "bm25"):
-        hits = search(kb, "what causes ocean tides?", mode=mode, k=3, labels=["public"], collections=["kb"]).hits
+        hits = search(
+            kb, "what causes ocean tides?", mode=mode, k=3, labels=["public"], collections=["kb"]
+        ).hits
         assert hits[0].doc_name == "tides.txt", mode
         assert hits[0].chunk_id == f"kb/{hits[0].chunk_id.split('/')[1]}"
     h = search(kb, "forklift incidents", k=1, collections=["kb"]).hits[0]
@@ -85,14 +94,28 @@ def test_filter_before_rank_returns_k_when_k_exist(kb):
     # would leave few or none of the public docs in the top k.
     for mode in ("hybrid", "dense", "bm25"):
         for backend in ("sqlite", "memory"):
-            hits = search(kb, "volcano ash bees coffee tides", k=6, labels=["public"], mode=mode,
-                          dense_backend=backend, collections=["kb"]).hits
+            hits = search(
+                kb,
+                "volcano ash bees coffee tides",
+                k=6,
+                labels=["public"],
+                mode=mode,
+                dense_backend=backend,
+                collections=["kb"],
+            ).hits
             if mode == "bm25":  # only docs sharing a term can match
                 assert {h.doc_name for h in hits} == {"volcano.txt", "bees.txt", "coffee.txt", "tides.txt"}
             else:
                 assert len(hits) == 6 and {h.label for h in hits} == {"public"}, (mode, backend)
-            hits = search(kb, "volcano ash", k=2, subjects=["patient-1"], mode=mode, dense_backend=backend,
-                          collections=["kb"]).hits
+            hits = search(
+                kb,
+                "volcano ash",
+                k=2,
+                subjects=["patient-1"],
+                mode=mode,
+                dense_backend=backend,
+                collections=["kb"],
+            ).hits
             assert len(hits) == 2 and {h.label for h in hits} == {"phi"}
     assert search(kb, "volcano", labels=["nope"], k=5).hits == []
 
@@ -103,7 +126,9 @@ def test_label_limited_grant_on_both_legs(kb, open_as):
     bob = open_as("bob")
     for mode in ("dense", "bm25", "hybrid"):
         for backend in ("sqlite", "memory"):
-            hits = search(bob, "patient volcano ash fever allergy coffee", k=1000, mode=mode, dense_backend=backend).hits
+            hits = search(
+                bob, "patient volcano ash fever allergy coffee", k=1000, mode=mode, dense_backend=backend
+            ).hits
             assert hits, (mode, backend)
             assert all(h.label == "public" for h in hits), (mode, backend)
             assert not any("Patient" in h.text for h in hits)
@@ -120,7 +145,9 @@ def test_no_access_collection_same_message_exists_or_not(kb, open_as, cli):
     from offline.retrieval import search
     from offline.vault.collections import create_collection
 
-    if "secret" not in [c["name"] for c in __import__("offline.vault.collections", fromlist=["x"]).list_collections(kb)]:
+    if "secret" not in [
+        c["name"] for c in __import__("offline.vault.collections", fromlist=["x"]).list_collections(kb)
+    ]:
         create_collection(kb, "secret")
     bob = open_as("bob")
     msgs = []
@@ -140,11 +167,32 @@ def test_no_access_collection_same_message_exists_or_not(kb, open_as, cli):
 def test_memory_and_sqlite_backends_agree(kb):
     from offline.retrieval import search
 
-    for labels, subjects in ((None, None), (["phi"], None), (None, ["pub"]), (["public", "phi"], ["patient-0"])):
-        a = search(kb, "gravity of the moon", k=20, mode="dense", labels=labels, subjects=subjects,
-                   dense_backend="sqlite", collections=["kb"])
-        b = search(kb, "gravity of the moon", k=20, mode="dense", labels=labels, subjects=subjects,
-                   dense_backend="memory", collections=["kb"])
+    for labels, subjects in (
+        (None, None),
+        (["phi"], None),
+        (None, ["pub"]),
+        (["public", "phi"], ["patient-0"]),
+    ):
+        a = search(
+            kb,
+            "gravity of the moon",
+            k=20,
+            mode="dense",
+            labels=labels,
+            subjects=subjects,
+            dense_backend="sqlite",
+            collections=["kb"],
+        )
+        b = search(
+            kb,
+            "gravity of the moon",
+            k=20,
+            mode="dense",
+            labels=labels,
+            subjects=subjects,
+            dense_backend="memory",
+            collections=["kb"],
+        )
         assert a.backend == "sqlite" and b.backend == "memory"
         assert [h.chunk_id for h in a.hits] == [h.chunk_id for h in b.hits]
         assert [h.score for h in a.hits] == pytest.approx([h.score for h in b.hits], abs=1e-5)
@@ -170,8 +218,18 @@ def test_fts_query_sanitised(kb):
     from offline.retrieval import search
     from offline.retrieval.fts import fts_query
 
-    for q in ['"unbalanced', "a AND (b OR", "NEAR(x y", "-minus *star ^caret", "   ", "!!!", "col:on",
-              "ünïcödé — quotes ' \" ", "OR AND NOT", "bees*"]:
+    for q in [
+        '"unbalanced',
+        "a AND (b OR",
+        "NEAR(x y",
+        "-minus *star ^caret",
+        "   ",
+        "!!!",
+        "col:on",
+        "ünïcödé — quotes ' \" ",
+        "OR AND NOT",
+        "bees*",
+    ]:
         search(kb, q, mode="bm25", k=3, audit=False, collections=["kb"])
     for q in ['"unbalanced', "a AND (b OR", "OR AND NOT"]:
         search(kb, q, mode="hybrid", k=3, audit=False, collections=["kb"], labels=["public"])
@@ -202,14 +260,14 @@ def test_search_audit_entry_follows_setting(kb):
     assert unseal_for_auditors(kb, entry.payload["query_sealed"]) == "secret question about bees"
     assert [h["chunk_id"] for h in entry.payload["hits"]] == [h.chunk_id for h in res.hits]
     assert "total_ms" in entry.payload["timings"]
-    kb.set_setting("audit_questions", "full")
+    set_setting(kb, "audit_questions", "full")
     search(kb, "secret question about bees", k=2)
     assert list(iter_entries(kb.db, "action = 'search'"))[-1].payload["query"] == "secret question about bees"
-    kb.set_setting("audit_questions", "none")
+    set_setting(kb, "audit_questions", "none")
     search(kb, "another", k=2)
     p = list(iter_entries(kb.db, "action = 'search'"))[-1].payload
     assert "query" not in p and "query_sealed" not in p
-    kb.set_setting("audit_questions", "sealed")
+    set_setting(kb, "audit_questions", "sealed")
     n = len(list(iter_entries(kb.db, "action = 'search'")))
     search(kb, "x", audit=False)
     assert len(list(iter_entries(kb.db, "action = 'search'"))) == n

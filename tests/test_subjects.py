@@ -10,17 +10,22 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_gdpr import _raw_scan
+
+from offline.vault import set_setting
 
 PID, NAME = "PT-00417", "Maria Gonzalez"
 NOTE = "Phone call 3 March: GONZALEZ, María rang about her metformin dose; advised to keep 500 mg. qjzmaria1"
 # Long enough to span several chunks: her line and his are in different ones.
-WARD = ("Ward list 4 March.\nBed 1: PT-00417 Maria Gonzalez, diabetes review.\n"
-        + "".join(f"Bed {n}: PT-{10000 + n} observations stable, fluids and mobilisation as charted, "
-                  f"review by the consultant on the morning round, family informed of the plan.\n"
-                  for n in range(2, 30))
-        + "Bed 30: PT-00999 John Smith, hip replacement, keepjohn2.")
+WARD = (
+    "Ward list 4 March.\nBed 1: PT-00417 Maria Gonzalez, diabetes review.\n"
+    + "".join(
+        f"Bed {n}: PT-{10000 + n} observations stable, fluids and mobilisation as charted, "
+        f"review by the consultant on the morning round, family informed of the plan.\n"
+        for n in range(2, 30)
+    )
+    + "Bed 30: PT-00999 John Smith, hip replacement, keepjohn2."
+)
 OTHER = "Letter about PT-00999 John Smith: hip replacement went well, physiotherapy booked. keepjohn3"
 
 
@@ -31,12 +36,15 @@ def clinic(admin_session, tmp_path):
 
     s = admin_session
     create_collection(s, "clinic")
-    s.set_setting("subject_id_pattern", r"PT-?\d{5}") if _has_pattern_setting() else None
-    recs = [TextRecord("letter-1", "letter-1.txt", f"Dear Dr Lee, I saw {NAME} ({PID}) today. qjzmaria0",
-                       "phi", (PID,)),
-            TextRecord("note-1", "note-1.txt", NOTE),
-            TextRecord("ward", "ward.txt", WARD),
-            TextRecord("other", "other.txt", OTHER, "phi", ("PT-00999",))]
+    set_setting(s, "subject_id_pattern", r"PT-?\d{5}") if _has_pattern_setting() else None
+    recs = [
+        TextRecord(
+            "letter-1", "letter-1.txt", f"Dear Dr Lee, I saw {NAME} ({PID}) today. qjzmaria0", "phi", (PID,)
+        ),
+        TextRecord("note-1", "note-1.txt", NOTE),
+        TextRecord("ward", "ward.txt", WARD),
+        TextRecord("other", "other.txt", OTHER, "phi", ("PT-00999",)),
+    ]
     rep = ingest_records(s, recs, "clinic")
     assert not rep["failed"], rep["failed"]
     return s
@@ -118,9 +126,15 @@ def test_erased_data_stays_out(clinic, cli, tmp_path):
     s = clinic
     erase_subject(s, PID, names=(NAME,), receipt_dir=tmp_path / "rc")
     # Re-ingesting the note (another path, same text) or a new letter naming her is refused.
-    rep = ingest_records(s, [TextRecord("note-copy", "note-copy.txt", NOTE),
-                             TextRecord("new", "new.txt", "Review for maria gonzalez next week."),
-                             TextRecord("fine", "fine.txt", "Review for John Smith next week.")], "clinic")
+    rep = ingest_records(
+        s,
+        [
+            TextRecord("note-copy", "note-copy.txt", NOTE),
+            TextRecord("new", "new.txt", "Review for maria gonzalez next week."),
+            TextRecord("fine", "fine.txt", "Review for John Smith next week."),
+        ],
+        "clinic",
+    )
     assert {f["path"] for f in rep["failed"]} == {"note-copy", "new"}
     assert all("erased before" in f["reason"] for f in rep["failed"])
     f = tmp_path / "note.txt"
@@ -135,12 +149,13 @@ def test_erased_data_stays_out(clinic, cli, tmp_path):
 
 
 def test_backup_from_before_erasure_warns_and_reapplies(clinic, cli, tmp_path, vault_dir):
+    from conftest import PASSPHRASES
+
     from offline.gdpr.erase import erase_subject
-    from offline.gdpr.journal import check_journal, missing_erasures, reapply
+    from offline.gdpr.journal import check_journal, missing_erasures
+    from offline.gdpr.reapply import reapply
     from offline.vault import open_session
     from offline.vault.maintenance import backup_vault
-
-    from conftest import PASSPHRASES
 
     s = clinic
     backup = tmp_path / "backup"
@@ -204,8 +219,12 @@ def test_redacting_collection_hides_values_and_export_resolves(admin_session, op
     erase_subject(s, PID, collections=["ward"], receipt_dir=tmp_path / "rc")
     left = "\n".join(r[0] for r in open_collection(s, "ward", "read").conn.execute("SELECT text FROM chunks"))
     assert "qjzward1" not in left and "keepjohn4" in left
-    assert open_collection(s, "ward", "read").conn.execute(
-        "SELECT count(*) FROM pseudonyms WHERE kind = 'SUBJECT_ID'").fetchone()[0] == 1  # only John's left
+    assert (
+        open_collection(s, "ward", "read")
+        .conn.execute("SELECT count(*) FROM pseudonyms WHERE kind = 'SUBJECT_ID'")
+        .fetchone()[0]
+        == 1
+    )  # only John's left
     assert cli(["collections", "redact", "ward", "off"], user="bob").exit_code == 4
 
 
@@ -227,7 +246,9 @@ def test_member_erases_by_names_given_and_planted_registry_rows_fail_closed(clin
     assert "qjzmaria1" not in _texts(s)
     # A member with raw SQL plants a registry row: the admin's registry refuses to read it (exit 5).
     add_subject(s, "PT-00001", name="Real Person")
-    bob.db.execute("INSERT INTO subject_registry(ref, sealed, created_at, created_by) VALUES ('x', 'AAAA', 'now', 'bob')")
+    bob.db.execute(
+        "INSERT INTO subject_registry(ref, sealed, created_at, created_by) VALUES ('x', 'AAAA', 'now', 'bob')"
+    )
     with pytest.raises(VaultCorrupted):
         list_subjects(s)
     assert cli(["gdpr", "subject", "list"]).exit_code == 5

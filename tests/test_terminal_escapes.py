@@ -15,13 +15,16 @@ import unicodedata
 import pytest
 
 from offline.textsafe import StreamSanitizer, one_line, terminal_safe
+from offline.vault import set_setting
 
 ESC = "\x1b"
 NASTY_NAME = f"evil{ESC}]0;pwned-title\x07{ESC}[2J\nfake-row.md"
-NASTY_TEXT = (f"# Pay {ESC}[31mrates{ESC}[0m\n\n"
-              f"The Zephyr ward pays {ESC}]8;;http://evil.example/{ESC}\\on-call staff{ESC}]8;;{ESC}\\ "
-              f"ninety pounds a night.\x07\x08\x08 \x9b2J\rOVERWRITE \u202egnp.exe {ESC}P1$qm{ESC}\\ {ESC}c"
-              f" {ESC}]52;c;ZXZpbA==\x07 done.\n")
+NASTY_TEXT = (
+    f"# Pay {ESC}[31mrates{ESC}[0m\n\n"
+    f"The Zephyr ward pays {ESC}]8;;http://evil.example/{ESC}\\on-call staff{ESC}]8;;{ESC}\\ "
+    f"ninety pounds a night.\x07\x08\x08 \x9b2J\rOVERWRITE \u202egnp.exe {ESC}P1$qm{ESC}\\ {ESC}c"
+    f" {ESC}]52;c;ZXZpbA==\x07 done.\n"
+)
 QUESTION = f"What does the Zephyr ward pay {ESC}]0;q-title\x07 per night?"
 
 
@@ -37,7 +40,7 @@ def assert_clean(text: str) -> None:
 
 @pytest.fixture
 def nasty(admin_session, cli, tmp_path):
-    admin_session.set_setting("audit_questions", "full")  # the question shows in audit tail too
+    set_setting(admin_session, "audit_questions", "full")  # the question shows in audit tail too
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / NASTY_NAME).write_text(NASTY_TEXT)
@@ -70,8 +73,11 @@ def test_search_ask_docs_and_audit_print_no_control_sequences(nasty, cli):
     assert_clean(r.output)
     assert len(r.output.strip().splitlines()) == 3  # header + two documents, one line each
 
-    doc_id = next(d["id"] for d in json.loads(cli(["--json", "docs", "list", "-c", "kb"]).output)
-                  if d["name"].startswith("evil"))
+    doc_id = next(
+        d["id"]
+        for d in json.loads(cli(["--json", "docs", "list", "-c", "kb"]).output)
+        if d["name"].startswith("evil")
+    )
     r = cli(["docs", "show", str(doc_id), "-c", "kb"])
     assert r.exit_code == 0, r.output
     assert_clean(r.output)

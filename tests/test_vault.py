@@ -15,14 +15,20 @@ import time
 from pathlib import Path
 
 import pytest
-
-from offline.errors import AuthenticationFailed, InvalidInput, NotFound, OfflineError, UsageError, VaultCorrupted
-from offline.vault import add_user, change_passphrase, create_vault, open_session
-from offline.vault import collections as C
-from offline.vault import crypto, maintenance as M
-from offline.vault.migrations import VAULT_MIGRATIONS
-
 from conftest import PASSPHRASES
+
+from offline.errors import (
+    AuthenticationFailed,
+    InvalidInput,
+    NotFound,
+    OfflineError,
+    UsageError,
+    VaultCorrupted,
+)
+from offline.vault import change_passphrase, crypto, open_session
+from offline.vault import collections as C
+from offline.vault import maintenance as M
+from offline.vault.migrations import VAULT_MIGRATIONS
 
 CANARY = "CANARY-7f3e-PATIENT-Zebulon-Quixote"
 
@@ -33,13 +39,19 @@ def _put(session, coll: str, text: str) -> None:
 
     with transaction(h.conn):
         cur = h.conn.execute(
-            "INSERT INTO documents(source, name, sha256, size, ingested_at, ingested_by) VALUES (?, ?, ?, ?, ?, ?)",
-            (f"/src/{random.random()}", "doc.txt", "0" * 64, len(text), "now", session.user))
-        h.conn.execute("INSERT INTO chunks(doc_id, ord, text, token_count) VALUES (?, 0, ?, 1)", (cur.lastrowid, text))
+            "INSERT INTO documents(source, name, sha256, size, ingested_at, ingested_by)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (f"/src/{random.random()}", "doc.txt", "0" * 64, len(text), "now", session.user),
+        )
+        h.conn.execute(
+            "INSERT INTO chunks(doc_id, ord, text, token_count) VALUES (?, 0, ?, 1)", (cur.lastrowid, text)
+        )
 
 
 def _texts(session, coll: str) -> list[str]:
-    return [r[0] for r in C.open_collection(session, coll).conn.execute("SELECT text FROM chunks ORDER BY id")]
+    return [
+        r[0] for r in C.open_collection(session, coll).conn.execute("SELECT text FROM chunks ORDER BY id")
+    ]
 
 
 def test_round_trip_users_and_keys(admin_session, open_as, vault_dir):
@@ -155,7 +167,9 @@ def test_canary_never_in_clear(admin_session, vault_dir):
         _put(admin_session, "phi", f"{CANARY} note {i} " + "x" * 500)
     # Search it through FTS so temp structures are exercised too.
     h = C.open_collection(admin_session, "phi")
-    assert h.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'zebulon'").fetchone()[0] == 50
+    assert (
+        h.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'zebulon'").fetchone()[0] == 50
+    )
     admin_session.audit("test.note", text=CANARY)  # the audit log is encrypted too
     needle = CANARY.encode()
     for path, data in _all_files_bytes(vault_dir):  # while open: includes -wal and -shm
@@ -177,7 +191,9 @@ def test_byte_flip_is_caught(admin_session, vault_dir, target, cli):
         _put(admin_session, "legal", f"paragraph {i} " + "y" * 900)
     header = json.loads((vault_dir / "header.json").read_text())
     admin_session.close()
-    path = vault_dir / header["db_file"] if target == "vault" else next((vault_dir / "collections").glob("*.db"))
+    path = (
+        vault_dir / header["db_file"] if target == "vault" else next((vault_dir / "collections").glob("*.db"))
+    )
     data = bytearray(path.read_bytes())
     offset = 4096 * 2 + 100 if len(data) > 4096 * 3 else len(data) // 2
     data[offset] ^= 0x01
@@ -198,7 +214,10 @@ def test_flip_on_first_page_fails_open(admin_session, vault_dir, cli):
     path.write_bytes(bytes(data))
     result = cli(["users", "list"])
     assert result.exit_code == 5
-    assert result.output == f"Error: {header['db_file']}: cannot be opened or authenticated (file is not a database)\n"
+    assert (
+        result.output
+        == f"Error: {header['db_file']}: cannot be opened or authenticated (file is not a database)\n"
+    )
 
 
 def test_rekey_rotates_everything(admin_session, vault_dir, open_as):
@@ -238,8 +257,12 @@ def _rekey_kill_trials(admin_session, vault_dir, trials: int, seed: int) -> None
     rng = random.Random(seed)
     env = {**os.environ, "OFFLINE_KDF_TARGET_S": "0"}
     for _ in range(trials):
-        child = subprocess.Popen([sys.executable, "-c", REKEY_CHILD, str(vault_dir), PASSPHRASES["alice"]],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-c", REKEY_CHILD, str(vault_dir), PASSPHRASES["alice"]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         assert child.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.0, 0.6))
         child.send_signal(signal.SIGKILL)
@@ -315,6 +338,12 @@ def test_cli_init_and_errors(tmp_path, cli, vault_dir):
     r = cli(["init"], env={"OFFLINE_NEW_PASSPHRASE": PASSPHRASES["alice"]})
     assert r.exit_code == 1 and r.output == f"Error: a vault already exists at {vault_dir}\n"
     r = cli(["users", "list"], env={"OFFLINE_PASSPHRASE": "nope-nope-nope"})
-    assert r.exit_code == 3 and r.output == "Error: authentication failed for user 'alice': unknown user or wrong passphrase\n"
+    assert (
+        r.exit_code == 3
+        and r.output == "Error: authentication failed for user 'alice': unknown user or wrong passphrase\n"
+    )
     r = cli(["--vault", str(tmp_path / "nowhere"), "users", "list"])
-    assert r.exit_code == 1 and r.output == f"Error: no vault at {tmp_path / 'nowhere'} (create one with `offline init`)\n"
+    assert (
+        r.exit_code == 1
+        and r.output == f"Error: no vault at {tmp_path / 'nowhere'} (create one with `offline init`)\n"
+    )

@@ -2,6 +2,6 @@
 unwrapped keys and warm models, serves CLI commands over a private Unix socket, and locks itself
 after an idle time.
 
-Only :mod:`.protocol`, :mod:`.paths`, :mod:`.inproc`, :mod:`.client` and :mod:`.fast` are imported
+Only :mod:`.protocol`, :mod:`.paths`, :mod:`.client` and :mod:`.fast` are imported
 by the CLI at start-up, so they use the standard library only. :mod:`.server` is the agent process.
 """

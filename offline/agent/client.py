@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OfflineError, UsageError
-from . import inproc, paths, protocol
+from . import paths, protocol
 
 ARGS_KEY = "offline.agent.args"  # ctx.meta key: the root's raw arguments (set by OfflineGroup.invoke)
 SECRET_ENV = frozenset({"OFFLINE_PASSPHRASE", "OFFLINE_NEW_PASSPHRASE", "OFFLINE_PASSPHRASE_FILE",
@@ -190,19 +190,12 @@ def forward(sock: socket.socket, args: list[str], *, as_json: bool, verbose: boo
 
 
 def route(ctx: Any, app: Any) -> None:
-    """CLI root hook: lend the agent's session (inside the agent) or forward the command to it.
+    """CLI root hook: forward the command to the agent for this vault and user, if one is up.
 
     Returns normally when the command should run in this process; exits the context with the
-    agent's exit code when the agent ran it.
+    agent's exit code when the agent ran it. (Inside the agent, commands run through
+    :func:`offline.cli.inprocess.run_in_process`, which never comes here.)
     """
-    lent = inproc.hosted()
-    if lent is not None:
-        vault, user, session = lent
-        if str(app.vault_path.expanduser().resolve()) != vault or app.user_name != user:
-            raise UsageError("this agent serves another vault or user")
-        app._session = session
-        app._borrowed = True
-        return
     args = ctx.meta.get(ARGS_KEY)
     command = ctx.invoked_subcommand
     if not args or command is None:

@@ -62,7 +62,9 @@ def try_forward(argv: list[str]) -> int | None:
 
 # Commands whose whole job is to reach a package registry on a connected machine (their pip runs
 # in a child process, which a private network namespace would cut off; the in-process guard stays).
-REGISTRY_COMMANDS = (("models", "fetch"),)
+# `serve` listens for the team's clients: in a namespace of its own nobody could reach it (the
+# in-process guard still allows only its listening address and --generate-backend).
+REGISTRY_COMMANDS = (("models", "fetch"), ("serve",))
 
 
 def wants_namespace(argv: list[str]) -> bool:

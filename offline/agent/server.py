@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import netguard
 from ..errors import OfflineError
-from . import inproc, paths, protocol
+from . import paths, protocol
 
 _PR_SET_DUMPABLE = 4
 
@@ -153,7 +153,6 @@ class Agent:
     def lock(self, reason: str) -> None:
         """Audit, close the session (zeroes the vault key), drop key references, remove the socket."""
         session, self.session = self.session, None
-        inproc.clear()
         if session is not None:
             with contextlib.suppress(Exception):
                 session.audit("agent.lock", reason=reason, pid=os.getpid(),
@@ -276,7 +275,12 @@ class Agent:
         self._exit()
 
     def _run_command(self, conn: socket.socket, request: dict[str, Any]) -> int:
-        from ..cli import main
+        """Run the forwarded command through the CLI's one in-process entry point.
+
+        The client's streams (socket frames), its non-secret OFFLINE_* and terminal settings and its
+        working folder are handed to the command; this process's own stay untouched.
+        """
+        from ..cli import Streams, run_in_process
 
         args = [str(a) for a in request.get("args") or []]
         argv = ["--vault", str(self.vault), "--user", self.user]
@@ -291,45 +295,22 @@ class Agent:
         for secret in ("OFFLINE_PASSPHRASE", "OFFLINE_NEW_PASSPHRASE", "OFFLINE_PASSPHRASE_FILE",
                        "OFFLINE_NEW_PASSPHRASE_FILE"):
             env.pop(secret, None)
-        saved_env = {k: v for k, v in os.environ.items()
-                     if k.startswith("OFFLINE_") or k in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TERM")}
-        saved_streams = (sys.stdin, sys.stdout, sys.stderr)
-        saved_cwd = os.getcwd()
         out = _text_stream(conn, protocol.STDOUT, tty)
         err = _text_stream(conn, protocol.STDERR, tty)
-        code = 1
+        cwd = str(request.get("cwd") or "/")
         try:
-            for k in saved_env:
-                os.environ.pop(k, None)
-            os.environ.update(env)
-            netguard.set_offline_env()
-            sys.stdin, sys.stdout, sys.stderr = io.StringIO(""), out, err
-            try:
-                os.chdir(str(request.get("cwd") or "/"))
-            except OSError:
+            if not os.path.isabs(cwd) or not os.path.isdir(cwd):
                 err.write("Error: cannot use the current working directory\n")
                 return 1
-            inproc.host(str(self.vault), self.user, self.session)
             try:
-                main.main(args=argv, prog_name="offline", standalone_mode=True)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                return run_in_process(argv, self.session, Streams(io.StringIO(""), out, err), env=env, cwd=cwd)
             except BaseException as exc:  # never let a command take the agent down
                 err.write(f"Error: internal error: {exc.__class__.__name__}: {exc}\n")
-                code = 1
+                return 1
         finally:
-            inproc.clear()
             with contextlib.suppress(Exception):
                 out.flush()
                 err.flush()
-            sys.stdin, sys.stdout, sys.stderr = saved_streams
-            with contextlib.suppress(OSError):
-                os.chdir(saved_cwd)
-            for k in [k for k in os.environ if k.startswith("OFFLINE_") or k in saved_env]:
-                os.environ.pop(k, None)
-            os.environ.update(saved_env)
-        return code
 
 
 def _hold_flock(folder: Path) -> int | None:

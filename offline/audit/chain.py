@@ -178,6 +178,37 @@ class VerifyReport:
 
 # Entries that change who may sign: only an admin (as the chain itself recorded) may write them.
 KEY_ACTIONS = ("user.add", "user.remove")
+TOKEN_ACTIONS = ("token.create", "token.revoke")
+
+
+def fold_token(tokens: dict[str, dict[str, Any]], e: Entry, roles: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The API-token registry after entry ``e`` (a new dict; ``tokens`` is left alone).
+
+    A token's expiry is the one its *first* ``token.create`` entry records, signed by the token's
+    own user (only they hold the keys it unwraps); an id is never created twice. A ``token.revoke``
+    by the owner or an admin ends it for good. ``header.json`` holds only the wrapped keys: what a
+    member edits there (an expiry, a deleted slot put back) cannot change this signed record.
+    """
+    tid = e.payload.get("token_id")
+    if not isinstance(tid, str) or not tid:
+        raise _broken(e.seq, f"{e.action} without a token id")
+    out = dict(tokens)
+    if e.action == "token.create":
+        expires = e.payload.get("expires_at")
+        if tid in tokens:
+            raise _broken(e.seq, f"token {tid} created a second time")
+        if e.payload.get("user") != e.user or not isinstance(expires, str):
+            raise _broken(e.seq, f"token {tid} created by {e.user!r} for someone else or without an expiry")
+        out[tid] = {"user": e.user, "expires_at": expires, "created_seq": e.seq, "revoked_seq": None}
+    else:
+        row = tokens.get(tid)
+        if row is None:
+            raise _broken(e.seq, f"token {tid} revoked but never created")
+        if e.user != row["user"] and roles.get(e.user) != "admin":
+            raise _broken(e.seq, f"token {tid} revoked by {e.user!r}, neither its owner nor an admin")
+        if row.get("revoked_seq") is None:
+            out[tid] = {**row, "revoked_seq": e.seq}
+    return out
 
 
 def _broken(seq: int, why: str) -> AuditChainBroken:
@@ -204,13 +235,14 @@ class Verifier:
         self.key_history: dict[str, list[str]] = {}
         self.audit_public_key: str | None = None
         self.root: dict[str, str] | None = None
+        self.tokens: dict[str, dict[str, Any]] = {}  # API token id -> owner, expiry, revoked (see fold_token)
         self.policy = policy
 
     # -- persistence ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {"prev": self.prev, "seq": self.seq, "keys": self.keys, "roles": self.roles,
                 "introduced": self.introduced, "key_history": self.key_history,
-                "audit_public_key": self.audit_public_key, "root": self.root,
+                "audit_public_key": self.audit_public_key, "root": self.root, "tokens": self.tokens,
                 "policy": self.policy.to_json() if self.policy is not None else None}
 
     @classmethod
@@ -220,6 +252,7 @@ class Verifier:
         v.keys, v.roles = dict(doc["keys"]), dict(doc["roles"])
         v.introduced, v.key_history = dict(doc["introduced"]), {u: list(k) for u, k in doc["key_history"].items()}
         v.audit_public_key, v.root = doc["audit_public_key"], doc["root"]
+        v.tokens = {t: dict(r) for t, r in (doc.get("tokens") or {}).items()}
         if policy_cls is not None and doc.get("policy") is not None:
             v.policy = policy_cls.from_json(doc["policy"])
         return v
@@ -260,6 +293,7 @@ class Verifier:
         keys, roles, introduced = dict(self.keys), dict(self.roles), dict(self.introduced)
         history = {u: list(k) for u, k in self.key_history.items()}
         audit_public_key, root = self.audit_public_key, self.root
+        tokens = self.tokens
         if e.action == "vault.init":
             if e.seq != 1:
                 raise _broken(e.seq, "a second vault.init entry")
@@ -293,6 +327,8 @@ class Verifier:
                 keys.pop(name, None)
                 roles.pop(name, None)
                 introduced.pop(name, None)
+        if e.action in TOKEN_ACTIONS:
+            tokens = fold_token(tokens, e, roles)
         policy = self.policy
         if policy is not None:
             if "authz" in e.payload:
@@ -303,6 +339,7 @@ class Verifier:
         # Everything checked: commit the new state.
         self.keys, self.roles, self.introduced, self.key_history = keys, roles, introduced, history
         self.audit_public_key, self.root, self.policy = audit_public_key, root, policy
+        self.tokens = tokens
         self.prev, self.seq = e.hash, e.seq
 
     @staticmethod

@@ -1,108 +1,68 @@
-"""Signed checkpoints: a small statement (vault id, entry count, head hash, time) kept off the laptop.
+"""Writing a signed checkpoint of the audit log's head, to keep off the laptop.
 
-File format (self-describing JSON)::
-
-    {"format": "offline-audit-checkpoint/v1",
-     "statement": {"type": "offline-audit-checkpoint", "version": 1, "vault_id": ..., "entries": N,
-                   "head_hash": "v1:...", "created": ..., "created_by": ..., "audit_public_key": hex,
-                   "audit_key_fingerprint": "sha256:..."},
-     "signed_bytes": "canonical JSON of statement (sorted keys, no spaces, UTF-8)",
-     "signature": {"alg": "Ed25519", "encoding": "base64", "value": ...}}
-
-``verify --checkpoint`` checks the signature with the key in the statement, that this key is the one
-this vault's chain was created with, then that entry N still has that hash (the log extends it).
+The file format, reading it back and checking a log against it are in
+:mod:`offline.audit.checkpoint_file` (re-exported here); ``verify`` uses that, this module uses
+``verify``: a checkpoint vouches only for a log that verified.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as _dt
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AuditChainBroken, IntegrityError, InvalidInput, UsageError
 from . import chain, signing
+from .checkpoint_file import FORMAT, MAX_BYTES, TYPE, check_checkpoint, load_checkpoint
 from .files import check_targets, staged
+from .verify import verify_chain
 
 if TYPE_CHECKING:
-    from ..vault.core import Session
+    from ..vault.session import Session
 
-FORMAT = "offline-audit-checkpoint/v1"
-TYPE = "offline-audit-checkpoint"
-MAX_BYTES = 64 * 1024
+__all__ = ["FORMAT", "MAX_BYTES", "TYPE", "check_checkpoint", "create_checkpoint", "load_checkpoint"]
 
 
 def create_checkpoint(session: Session, out: Path, *, force: bool = False) -> dict[str, Any]:
     """Verify the log, then write a signed checkpoint of its head to ``out`` (admins and auditors)."""
-    from .verify import verify_chain
-
     session.require_role("admin", "auditor", action="writing an audit checkpoint")
     out = Path(out)
     check_targets([out], force)
     report = verify_chain(session)  # never vouch for a broken log
     key, pub = signing.audit_signer(session, report)
     statement = {
-        "type": TYPE, "version": 1, "vault_id": session.vault_id, "entries": report.entries,
-        "head_hash": report.head_hash, "hash_version": chain.HASH_VERSION,
+        "type": TYPE,
+        "version": 1,
+        "vault_id": session.vault_id,
+        "entries": report.entries,
+        "head_hash": report.head_hash,
+        "hash_version": chain.HASH_VERSION,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "created_by": session.user, "audit_public_key": pub, "audit_key_fingerprint": signing.fingerprint(pub),
+        "created_by": session.user,
+        "audit_public_key": pub,
+        "audit_key_fingerprint": signing.fingerprint(pub),
     }
     signed = chain.canonical_json(statement)
-    doc = {"format": FORMAT, "statement": statement, "signed_bytes": signed.decode(),
-           "signature": {"alg": "Ed25519", "encoding": "base64",
-                         "value": base64.b64encode(key.sign(signed)).decode()}}
+    doc = {
+        "format": FORMAT,
+        "statement": statement,
+        "signed_bytes": signed.decode(),
+        "signature": {
+            "alg": "Ed25519",
+            "encoding": "base64",
+            "value": base64.b64encode(key.sign(signed)).decode(),
+        },
+    }
     with staged([out]) as (tmp,):
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    session.audit("audit.checkpoint", entries=report.entries, head_hash=report.head_hash, out=str(out.resolve()))
-    return {"out": str(out), "entries": report.entries, "head_hash": report.head_hash,
-            "audit_key_fingerprint": statement["audit_key_fingerprint"], "created": statement["created"]}
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint file and check its signature against the key it names (not yet the vault's)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()[: MAX_BYTES + 1]
-    except OSError as exc:
-        raise UsageError(f"cannot read checkpoint {path}: {exc.strerror}") from None
-    try:
-        if len(raw) > MAX_BYTES:
-            raise ValueError
-        doc = json.loads(raw)
-        st = doc["statement"]
-        ok_shape = (doc.get("format") == FORMAT and st.get("type") == TYPE and st.get("version") == 1
-                    and isinstance(st.get("entries"), int) and st["entries"] >= 0
-                    and isinstance(st.get("head_hash"), str) and isinstance(st.get("vault_id"), str)
-                    and isinstance(st.get("audit_public_key"), str))
-        if not ok_shape:
-            raise ValueError
-        sig = base64.b64decode(doc["signature"]["value"], validate=True)
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-        raise InvalidInput(f"{path.name} is not an offline audit checkpoint") from None
-    # Verify over the canonical bytes we recompute, so the statement shown is the statement signed.
-    if not signing.verify_statement(st["audit_public_key"], chain.canonical_json(st), sig):
-        raise IntegrityError(f"checkpoint {path.name}: signature does not verify (the file was altered)")
-    return doc
-
-
-def check_checkpoint(session: Session, report: chain.VerifyReport, doc: dict[str, Any]) -> None:
-    """Prove the verified log still extends the checkpoint, or name where it stops doing so."""
-    st = doc["statement"]
-    if st["vault_id"] != session.vault_id:
-        raise UsageError(f"this checkpoint is for vault {st['vault_id']}, not this vault ({session.vault_id})")
-    if st["audit_public_key"] != report.audit_public_key:
-        raise AuditChainBroken("audit entry 1: the log was re-created with another audit key than the checkpoint's", 1)
-    n = st["entries"]
-    if n == 0:
-        return
-    if report.entries < n:
-        first = report.entries + 1
-        raise AuditChainBroken(
-            f"audit entry {first}: missing; the log was truncated (checkpoint has {n} entries, "
-            f"the log only {report.entries})", first)
-    row = session.db.execute("SELECT hash FROM audit_log WHERE seq = ?", (n,)).fetchone()
-    if row is None or row[0] != st["head_hash"]:
-        raise AuditChainBroken(
-            f"audit entry {n}: does not match the checkpoint (the log was rewritten up to here)", n)
+    session.audit(
+        "audit.checkpoint", entries=report.entries, head_hash=report.head_hash, out=str(out.resolve())
+    )
+    return {
+        "out": str(out),
+        "entries": report.entries,
+        "head_hash": report.head_hash,
+        "audit_key_fingerprint": statement["audit_key_fingerprint"],
+        "created": statement["created"],
+    }

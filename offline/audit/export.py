@@ -34,12 +34,25 @@ MANIFEST_TYPE = "offline-audit-export-manifest"
 def export_paths(out: Path) -> dict[str, Path]:
     """The four files an export writes, keyed by role."""
     out = Path(out)
-    return {"file": out, "pub": out.with_name(out.name + ".pub.pem"),
-            "sig": out.with_name(out.name + ".manifest.sig"), "manifest": out.with_name(out.name + ".manifest")}
+    return {
+        "file": out,
+        "pub": out.with_name(out.name + ".pub.pem"),
+        "sig": out.with_name(out.name + ".manifest.sig"),
+        "manifest": out.with_name(out.name + ".manifest"),
+    }
 
 
-def export_log(session: Session, fmt: str, out: Path, *, since: str | None = None, until: str | None = None,
-               user: str | None = None, action: str | None = None, force: bool = False) -> dict[str, Any]:
+def export_log(
+    session: Session,
+    fmt: str,
+    out: Path,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    user: str | None = None,
+    action: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Export verified entries matching the filters (admins and auditors); return the manifest.
 
     The whole log is verified first (a broken log is never exported as if it were sound), in the same
@@ -81,34 +94,60 @@ def export_log(session: Session, fmt: str, out: Path, *, since: str | None = Non
                     first = e.seq if first is None else first
                     last, last_hash = e.seq, e.hash
             manifest = {
-                "type": MANIFEST_TYPE, "version": 1, "vault_id": session.vault_id, "format": fmt,
-                "file": paths["file"].name, "file_sha256": digest.hexdigest(), "file_bytes": size,
-                "first_seq": first, "last_seq": last, "count": count, "last_entry_hash": last_hash,
-                "head_seq": report.entries, "head_hash": report.head_hash,
-                "filters": filters.to_dict(), "hash_version": chain.HASH_VERSION,
-                "entry_hash_rule": ('v1: "v1:" + sha256("offline/audit/entry/v1\\0" + prev_hash + "\\0" + '
-                                    "canonical_json({seq, ts, user, action, severity, payload}))"),
+                "type": MANIFEST_TYPE,
+                "version": 1,
+                "vault_id": session.vault_id,
+                "format": fmt,
+                "file": paths["file"].name,
+                "file_sha256": digest.hexdigest(),
+                "file_bytes": size,
+                "first_seq": first,
+                "last_seq": last,
+                "count": count,
+                "last_entry_hash": last_hash,
+                "head_seq": report.entries,
+                "head_hash": report.head_hash,
+                "filters": filters.to_dict(),
+                "hash_version": chain.HASH_VERSION,
+                "entry_hash_rule": (
+                    'v1: "v1:" + sha256("offline/audit/entry/v1\\0" + prev_hash + "\\0" + '
+                    "canonical_json({seq, ts, user, action, severity, payload}))"
+                ),
                 "entry_sig_rule": 'Ed25519 by the acting user over "offline/audit/sig/v1\\0" + hash',
                 "signers": report.key_history,
-                "audit_public_key": pub, "audit_key_fingerprint": signing.fingerprint(pub),
+                "audit_public_key": pub,
+                "audit_key_fingerprint": signing.fingerprint(pub),
                 # The chain's root: compare vault_fingerprint with the one recorded at set-up.
-                "founder": report.root["founder"], "founder_ed25519": report.root["founder_ed25519"],
+                "founder": report.root["founder"],
+                "founder_ed25519": report.root["founder_ed25519"],
                 "vault_fingerprint": trust.fingerprint(report.root),
-                "vault_fingerprint_rule": ('sha256("offline-vault-fingerprint/v1|" + vault_id + "|" + '
-                                           'founder_ed25519 + "|" + audit_public_key); shown as its first 32 hex '
-                                           "digits in groups of four"),
+                "vault_fingerprint_rule": (
+                    'sha256("offline-vault-fingerprint/v1|" + vault_id + "|" + '
+                    'founder_ed25519 + "|" + audit_public_key); shown as its first 32 hex '
+                    "digits in groups of four"
+                ),
                 "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "exporter": {"user": session.user, "role": session.role, "tool": f"offline {__version__}"},
             }
-            manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+            manifest_bytes = (
+                json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+            ).encode()
             tmp_manifest.write_bytes(manifest_bytes)
             tmp_sig.write_bytes(key.sign(manifest_bytes))
             tmp_pub.write_bytes(signing.public_pem(pub))
     finally:
         conn.execute("COMMIT")
-    session.audit("audit.export", format=fmt, out=str(paths["file"].resolve()), first_seq=first, last_seq=last,
-                  count=count, file_sha256=manifest["file_sha256"],
-                  manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), filters=filters.to_dict())
+    session.audit(
+        "audit.export",
+        format=fmt,
+        out=str(paths["file"].resolve()),
+        first_seq=first,
+        last_seq=last,
+        count=count,
+        file_sha256=manifest["file_sha256"],
+        manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+        filters=filters.to_dict(),
+    )
     return {**manifest, "paths": {k: str(v) for k, v in paths.items()}}
 
 

@@ -18,7 +18,7 @@ def check_targets(paths: list[Path], force: bool) -> None:
         if p.is_dir():
             raise UsageError(f"{p} is a folder")
         if p.exists() and not force:
-            raise AlreadyExists(f"{p} already exists (use --force to replace it)")
+            raise AlreadyExists.naming("{path} already exists (use {force} to replace it)", "force", path=p)
 
 
 @contextlib.contextmanager

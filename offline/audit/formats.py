@@ -65,8 +65,13 @@ def cef_header_escape(text: str) -> str:
 
 
 def cef_value_escape(text: str) -> str:
-    return (text.replace("\\", "\\\\").replace("=", "\\=")
-            .replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r"))
+    return (
+        text.replace("\\", "\\\\")
+        .replace("=", "\\=")
+        .replace("\r\n", "\\n")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+    )
 
 
 def _epoch_ms(ts: str) -> str:
@@ -77,12 +82,33 @@ def _epoch_ms(ts: str) -> str:
 
 
 def cef_line(e: Entry, vault_id: str) -> str:
-    header = ["CEF:0", "offline", "offline-audit", __version__, e.action, e.action,
-              str(CEF_SEVERITY.get(e.severity, 0))]
-    ext = [("rt", _epoch_ms(e.ts)), ("externalId", str(e.seq)), ("suser", e.user), ("act", e.action),
-           ("cs1Label", "payload"), ("cs1", _payload(e)), ("cs2Label", "hash"), ("cs2", e.hash),
-           ("cs3Label", "prev_hash"), ("cs3", e.prev_hash), ("cs4Label", "sig"), ("cs4", e.sig),
-           ("cs5Label", "ts"), ("cs5", e.ts), ("cs6Label", "vault_id"), ("cs6", vault_id)]
+    header = [
+        "CEF:0",
+        "offline",
+        "offline-audit",
+        __version__,
+        e.action,
+        e.action,
+        str(CEF_SEVERITY.get(e.severity, 0)),
+    ]
+    ext = [
+        ("rt", _epoch_ms(e.ts)),
+        ("externalId", str(e.seq)),
+        ("suser", e.user),
+        ("act", e.action),
+        ("cs1Label", "payload"),
+        ("cs1", _payload(e)),
+        ("cs2Label", "hash"),
+        ("cs2", e.hash),
+        ("cs3Label", "prev_hash"),
+        ("cs3", e.prev_hash),
+        ("cs4Label", "sig"),
+        ("cs4", e.sig),
+        ("cs5Label", "ts"),
+        ("cs5", e.ts),
+        ("cs6Label", "vault_id"),
+        ("cs6", vault_id),
+    ]
     head = "|".join([header[0]] + [cef_header_escape(h) for h in header[1:]])
     return head + "|" + " ".join(f"{k}={cef_value_escape(v)}" for k, v in ext) + "\n"
 
@@ -100,16 +126,28 @@ def _msgid(action: str) -> str:
 def syslog_line(e: Entry, vault_id: str) -> str:
     pri = SYSLOG_FACILITY * 8 + SYSLOG_SEVERITY.get(e.severity, 6)
     stamp = e.ts.replace("+00:00", "Z")
-    params = [("vault", vault_id), ("seq", str(e.seq)), ("ts", e.ts), ("user", e.user), ("action", e.action),
-              ("severity", e.severity), ("payload", _payload(e)), ("prev_hash", e.prev_hash),
-              ("hash", e.hash), ("sig", e.sig)]
+    params = [
+        ("vault", vault_id),
+        ("seq", str(e.seq)),
+        ("ts", e.ts),
+        ("user", e.user),
+        ("action", e.action),
+        ("severity", e.severity),
+        ("payload", _payload(e)),
+        ("prev_hash", e.prev_hash),
+        ("hash", e.hash),
+        ("sig", e.sig),
+    ]
     sd = "[" + SD_ID + "".join(f' {k}="{sd_escape(v)}"' for k, v in params) + "]"
     msg = f"{e.user} {e.action} seq={e.seq}"
     return f"<{pri}>1 {stamp} - offline - {_msgid(e.action)} {sd} {BOM}{msg}\n"
 
 
 RENDERERS: dict[str, Callable[[Entry, str], str]] = {
-    "jsonl": jsonl_line, "csv": csv_line, "cef": cef_line, "syslog": syslog_line,
+    "jsonl": jsonl_line,
+    "csv": csv_line,
+    "cef": cef_line,
+    "syslog": syslog_line,
 }
 
 

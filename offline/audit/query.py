@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AccessDenied, UsageError
+from ..errors import AccessDenied, ParameterError, UsageError
 from . import chain
 
 if TYPE_CHECKING:
@@ -38,8 +38,10 @@ def parse_time(text: str, *, now: _dt.datetime | None = None) -> str:
         try:
             moment = _dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
-            raise UsageError(f"invalid time {text!r}: use ISO 8601 (2025-01-31, 2025-01-31T09:30Z) "
-                             "or an age like 15m, 2h, 7d") from None
+            raise UsageError(
+                f"invalid time {text!r}: use ISO 8601 (2025-01-31, 2025-01-31T09:30Z) "
+                "or an age like 15m, 2h, 7d"
+            ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=_dt.UTC)
     # Same shape as chain._utc_now(), so string comparison in SQL is time order.
@@ -57,13 +59,24 @@ class Filters:
     severity: str | None = None
 
     @classmethod
-    def parse(cls, *, user: str | None = None, action: str | None = None, since: str | None = None,
-              until: str | None = None, severity: str | None = None) -> Filters:
+    def parse(
+        cls,
+        *,
+        user: str | None = None,
+        action: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        severity: str | None = None,
+    ) -> Filters:
         if severity is not None and severity not in chain.SEVERITIES:
             raise UsageError(f"unknown severity {severity!r} (one of: {', '.join(chain.SEVERITIES)})")
-        return cls(user=user or None, action=action or None,
-                   since=parse_time(since) if since else None,
-                   until=parse_time(until) if until else None, severity=severity)
+        return cls(
+            user=user or None,
+            action=action or None,
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None,
+            severity=severity,
+        )
 
     def sql(self) -> tuple[str, list[Any]]:
         """A WHERE clause (bound parameters only) for :func:`chain.iter_entries`."""
@@ -83,7 +96,7 @@ class Filters:
             clauses.append("ts < ?")
             params.append(self.until)
         if self.severity is not None:
-            allowed = chain.SEVERITIES[chain.SEVERITIES.index(self.severity):]
+            allowed = chain.SEVERITIES[chain.SEVERITIES.index(self.severity) :]
             clauses.append(f"severity IN ({', '.join('?' * len(allowed))})")
             params += list(allowed)
         return " AND ".join(clauses), params
@@ -101,14 +114,19 @@ def scoped_filters(session: Session, filters: Filters) -> Filters:
     if session.role in READ_ALL_ROLES:
         return filters
     if filters.user is not None and filters.user != session.user:
-        session.audit("access.denied", severity="warning", what="reading another user's audit entries",
-                      reason=f"role {session.role}")
+        session.audit(
+            "access.denied",
+            severity="warning",
+            what="reading another user's audit entries",
+            reason=f"role {session.role}",
+        )
         raise AccessDenied("access denied: members can read only their own audit entries")
     return Filters(**{**filters.__dict__, "user": session.user})
 
 
-def select_entries(session: Session, filters: Filters, *, limit: int | None = None,
-                   newest_first: bool = False) -> list[chain.Entry]:
+def select_entries(
+    session: Session, filters: Filters, *, limit: int | None = None, newest_first: bool = False
+) -> list[chain.Entry]:
     """Entries matching ``filters`` that the caller may read (role rule applied)."""
     where, params = scoped_filters(session, filters).sql()
     return list(chain.iter_entries(session.db, where, params, descending=newest_first, limit=limit))
@@ -117,7 +135,7 @@ def select_entries(session: Session, filters: Filters, *, limit: int | None = No
 def tail(session: Session, n: int = 20, **filters: str | None) -> list[dict[str, Any]]:
     """The last ``n`` matching entries, oldest first, as dicts (``audit tail``)."""
     if n < 1 or n > MAX_TAIL:
-        raise UsageError(f"-n must be between 1 and {MAX_TAIL}")
+        raise ParameterError(f"{{n}} must be between 1 and {MAX_TAIL}", "n")
     f = Filters.parse(**filters)
     entries = select_entries(session, f, limit=n, newest_first=True)
     entries.reverse()

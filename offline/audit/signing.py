@@ -31,15 +31,17 @@ def public_key(hex_key: str) -> Ed25519PublicKey:
 
 def public_pem(hex_key: str) -> bytes:
     """SubjectPublicKeyInfo PEM, what ``openssl pkeyutl -pubin -inkey`` reads."""
-    return public_key(hex_key).public_bytes(serialization.Encoding.PEM,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key(hex_key).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def fingerprint(hex_key: str) -> str:
     """``sha256:`` of the DER SubjectPublicKeyInfo; equals
     ``openssl pkey -pubin -in KEY.pem -outform DER | sha256sum``."""
-    der = public_key(hex_key).public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = public_key(hex_key).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
@@ -58,5 +60,7 @@ def audit_signer(session: Session, report: VerifyReport) -> tuple[Ed25519Private
     key = load_audit_key(session)
     pub = key.public_key().public_bytes_raw().hex()
     if pub != report.audit_public_key:
-        raise AuditChainBroken("audit entry 1: the vault's audit key is not the one the chain was created with", 1)
+        raise AuditChainBroken(
+            "audit entry 1: the vault's audit key is not the one the chain was created with", 1
+        )
     return key, pub

@@ -1,137 +1,15 @@
 """The ``offline`` command line: parsing and formatting only; every action is a library call.
 
 Library errors (:class:`offline.errors.OfflineError`) become one ``Error: ...`` line on stderr and
-the exit code of the README's command reference; ``--verbose`` adds the traceback.
+the exit code of the README's command reference; ``--verbose`` adds the traceback. The root group
+is :mod:`offline.cli.root`; :mod:`offline.cli.commands` attaches every command group to it.
 """
 
 from __future__ import annotations
 
-import traceback
-from pathlib import Path
+from .root import OfflineGroup, main  # first: it installs the network guard
 
-import click
+from . import commands  # noqa: E402, F401, I001  (each command module attaches its group to ``main``)
+from .inprocess import Streams, run_in_process  # noqa: E402  (the agent's entry point)
 
-from .. import __version__, netguard
-from ..errors import OfflineError
-from ..textsafe import one_line
-from .app import App
-
-# The guard goes on before any command module can import something that phones home.
-netguard.install()
-
-
-class _Failure(click.ClickException):
-    def __init__(self, message: str, exit_code: int):
-        # Messages quote names and values users typed or documents carried: one clean line.
-        super().__init__(one_line(message))
-        self.exit_code = exit_code
-
-
-# ``offline`` alone prints the help (click signals that with this UsageError subclass).
-_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
-
-
-def _clean(exc: click.ClickException) -> click.ClickException:
-    """Click's own errors as the contract's one ``Error: ...`` line (no usage banner), cleaned:
-    they quote what was typed (an unknown option, a bad value), which may hold escapes."""
-    if isinstance(exc, _HELP):
-        return exc
-    return _Failure(exc.format_message(), exc.exit_code)
-
-
-GLOBAL_FLAGS = ("--json", "--verbose")
-
-
-def _global_flags_first(args: list[str]) -> list[str]:
-    """``offline search Q --json`` means ``offline --json search Q``: people type flags after the command.
-
-    Only the flags that take no value move, and nothing after a ``--`` (a query may be "--json").
-    """
-    end = args.index("--") if "--" in args else len(args)
-    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
-    return [*dict.fromkeys(flags), *(a for a in args[:end] if a not in GLOBAL_FLAGS), *args[end:]]
-
-
-class OfflineGroup(click.Group):
-    """Turns library errors into one-line CLI errors with the contract's exit codes."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if ctx.parent is None:
-            args = _global_flags_first(args)
-        try:
-            return super().parse_args(ctx, args)
-        except click.ClickException as exc:
-            raise _clean(exc) from None
-
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
-        # The raw command and its arguments, for forwarding to an unlocked agent (offline.agent).
-        ctx.meta["offline.agent.args"] = [*getattr(ctx, "_protected_args", ()), *ctx.args]
-        try:
-            return super().invoke(ctx)
-        except OfflineError as exc:
-            self._trace(ctx)
-            raise _Failure(str(exc), exc.exit_code) from None
-        except click.ClickException as exc:
-            raise _clean(exc) from None
-        except (click.exceptions.Exit, click.Abort, SystemExit):
-            raise
-        except KeyboardInterrupt:
-            raise _Failure("interrupted", 130) from None
-        except Exception as exc:  # an internal bug: still one line unless --verbose
-            self._trace(ctx)
-            raise _Failure(f"internal error: {exc.__class__.__name__}: {exc}", 1) from None
-
-    @staticmethod
-    def _trace(ctx: click.Context) -> None:
-        app = ctx.find_object(App)
-        if app is not None and app.verbose:
-            click.echo(traceback.format_exc(), err=True)
-
-
-@click.group(cls=OfflineGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--vault", type=click.Path(path_type=Path), envvar="OFFLINE_VAULT",
-              help="Vault folder. [env: OFFLINE_VAULT; default: OFFLINE_HOME/vault]")
-@click.option("--user", envvar="OFFLINE_USER", help="Acting user. [env: OFFLINE_USER; default: login name]")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False), envvar="OFFLINE_PASSPHRASE_FILE",
-              help="File holding the passphrase. [env: OFFLINE_PASSPHRASE_FILE]")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
-@click.version_option(__version__, prog_name="offline")
-@click.pass_context
-def main(ctx: click.Context, vault: Path | None, user: str | None, passphrase_file: str | None,
-         as_json: bool, verbose: bool) -> None:
-    """Private, air-gapped question answering over your own documents.
-
-    Documents live in an encrypted vault; answers come from a local model with citations;
-    every access is written to a tamper-evident audit log.
-    """
-    app = App(vault=vault, user=user, passphrase_file=passphrase_file, as_json=as_json, verbose=verbose)
-    ctx.obj = app
-    ctx.call_on_close(app.close)
-    from ..agent.client import route  # stdlib only: runs the command in an unlocked agent if one is up
-
-    route(ctx, app)
-    if not app.in_agent:  # inside the agent the models are warm: nothing to announce
-        _announce_loading(ctx, app)
-
-
-def _announce_loading(ctx: click.Context, app: App) -> None:
-    """Status notes ("loading embedding model...") on stderr when it is a terminal, so a cold
-    command is not silent there. Never on stdout (``--json`` stays clean), and never into a
-    captured stderr: scripts rely on it holding just the one ``Error: ...`` line.
-    """
-    import sys
-
-    from .. import status
-
-    if not sys.stderr.isatty():
-        return
-    status.set_listener(lambda note: click.echo(note, err=True))
-    ctx.call_on_close(lambda: status.set_listener(None))  # the library stays silent once we are done
-
-
-def _register() -> None:
-    from . import commands  # noqa: F401  (each module attaches its group to ``main``)
-
-
-_register()
+__all__ = ["OfflineGroup", "Streams", "main", "run_in_process"]

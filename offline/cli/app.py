@@ -1,14 +1,19 @@
-"""Shared CLI state: global options, passphrase resolution, the unlocked session, output."""
+"""Shared CLI state: global options, passphrase resolution, the unlocked session, output.
+
+Commands read and write only through the :class:`App`: its streams, environment and working
+folder are this process's own unless the agent runs the command for a client
+(:func:`offline.cli.inprocess.run_in_process`), which passes the client's in explicitly.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -27,12 +32,47 @@ class App:
     as_json: bool
     verbose: bool
     _session: Any = field(default=None, repr=False)
-    _borrowed: bool = field(default=False, repr=False)  # session lent by the agent: not ours to close
+    borrowed: bool = field(default=False, repr=False)  # session lent by the agent: not ours to close
+    # None: this process's own (sys.stdin/stdout/stderr, os.environ, the working folder).
+    stdin: TextIO | None = field(default=None, repr=False)
+    stdout: TextIO | None = field(default=None, repr=False)
+    stderr: TextIO | None = field(default=None, repr=False)
+    env: Mapping[str, str] | None = field(default=None, repr=False)
+    cwd: Path | None = None
+
+    # -- the command's surroundings -------------------------------------------------------------
+    @property
+    def inp(self) -> TextIO:
+        return self.stdin if self.stdin is not None else sys.stdin
 
     @property
-    def in_agent(self) -> bool:
-        """True when this command runs inside the unlocked agent, on the session it lent."""
-        return self._borrowed
+    def out(self) -> TextIO:
+        return self.stdout if self.stdout is not None else sys.stdout
+
+    @property
+    def err(self) -> TextIO:
+        return self.stderr if self.stderr is not None else sys.stderr
+
+    def getenv(self, name: str) -> str | None:
+        """An environment value as the command's caller has it."""
+        return (self.env if self.env is not None else os.environ).get(name)
+
+    def interactive(self) -> bool:
+        """Whether a person can answer a prompt (stdin is a terminal)."""
+        try:
+            return self.inp.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def echo(self, message: Any = None, *, err: bool = False, nl: bool = True) -> None:
+        """``click.echo`` to the command's stdout (or stderr)."""
+        click.echo(message, file=self.err if err else self.out, nl=nl)
+
+    def path(self, value: Path | None) -> Path | None:
+        """A path the caller typed, relative to their working folder (None: that folder, if not ours)."""
+        if value is None:
+            return self.cwd
+        return value if self.cwd is None or Path(value).is_absolute() else self.cwd / value
 
     @property
     def vault_path(self) -> Path:
@@ -46,10 +86,10 @@ class App:
         """``--passphrase-file``, ``OFFLINE_PASSPHRASE_FILE``, ``OFFLINE_PASSPHRASE``, else a prompt."""
         if self.passphrase_file:
             return config.read_secret_file(self.passphrase_file)
-        env = os.environ.get(config.ENV_PASSPHRASE)
+        env = self.getenv(config.ENV_PASSPHRASE)
         if env:
             return env
-        if not sys.stdin.isatty():
+        if not self.interactive():
             raise UsageError(
                 "no passphrase: use --passphrase-file, OFFLINE_PASSPHRASE_FILE or OFFLINE_PASSPHRASE"
             )
@@ -57,12 +97,12 @@ class App:
 
     def new_passphrase(self, file: str | None = None, who: str | None = None, allow_weak: bool = False) -> str:
         """A new passphrase: ``--new-passphrase-file``, ``OFFLINE_NEW_PASSPHRASE``, else asked twice."""
-        path = file or os.environ.get(config.ENV_NEW_PASSPHRASE_FILE)
+        path = file or self.getenv(config.ENV_NEW_PASSPHRASE_FILE)
         if path:
-            value = config.read_secret_file(path)
-        elif os.environ.get(config.ENV_NEW_PASSPHRASE):
-            value = os.environ[config.ENV_NEW_PASSPHRASE]
-        elif sys.stdin.isatty():
+            value = config.read_secret_file(str(self.path(Path(path))))
+        elif self.getenv(config.ENV_NEW_PASSPHRASE):
+            value = str(self.getenv(config.ENV_NEW_PASSPHRASE))
+        elif self.interactive():
             value = click.prompt(
                 f"New passphrase for {who or self.user_name}", hide_input=True, confirmation_prompt=True
             )
@@ -75,13 +115,13 @@ class App:
 
     def break_glass_code(self) -> str:
         """The emergency code: ``OFFLINE_BREAK_GLASS_CODE_FILE``, ``OFFLINE_BREAK_GLASS_CODE``, else a prompt."""
-        path = os.environ.get("OFFLINE_BREAK_GLASS_CODE_FILE")
+        path = self.getenv("OFFLINE_BREAK_GLASS_CODE_FILE")
         if path:
-            return config.read_secret_file(path)
-        env = os.environ.get("OFFLINE_BREAK_GLASS_CODE")
+            return config.read_secret_file(str(self.path(Path(path))))
+        env = self.getenv("OFFLINE_BREAK_GLASS_CODE")
         if env:
             return env
-        if not sys.stdin.isatty():
+        if not self.interactive():
             raise UsageError("break-glass needs the emergency code: set OFFLINE_BREAK_GLASS_CODE_FILE "
                              "or OFFLINE_BREAK_GLASS_CODE, or run it at a terminal")
         return click.prompt("Emergency code (from the break-glass envelope)", hide_input=True)
@@ -96,8 +136,8 @@ class App:
             from ..errors import AuthenticationFailed
             from ..vault import open_session
 
-            interactive = not self.passphrase_file and not os.environ.get(config.ENV_PASSPHRASE) \
-                and sys.stdin.isatty()
+            interactive = not self.passphrase_file and not self.getenv(config.ENV_PASSPHRASE) \
+                and self.interactive()
             for attempt in range(3 if interactive else 1):
                 try:
                     self._session = open_session(self.vault_path, self.user_name, self.passphrase)
@@ -105,25 +145,32 @@ class App:
                 except AuthenticationFailed as exc:
                     if attempt == 2 or not interactive:
                         raise
-                    click.echo(f"{exc}; try again.", err=True)
+                    self.echo(f"{exc}; try again.", err=True)
             from ..gdpr.journal import backup_warning
 
             warning = backup_warning(self._session)  # a backup restored after an erasure made here
             if warning:
-                click.echo(warning, err=True)
+                self.echo(warning, err=True)
         return self._session
 
     def confirm(self, question: str, yes: bool) -> None:
         """The one rule for destructive commands: ask, unless ``--yes`` or ``--json`` (scripts)."""
-        if not yes and not self.as_json:
+        if yes or self.as_json:
+            return
+        if self.stdin is None:
             click.confirm(question, abort=True)
+            return
+        # Someone else's streams (the agent): ask there; no answer (end of input) is a no.
+        self.echo(f"{question} [y/N]: ", nl=False)
+        if self.inp.readline().strip().lower() not in ("y", "yes"):
+            raise click.Abort()
 
     def use_session(self, session: Any) -> None:
         """Adopt a session a command opened itself (with options ``session()`` does not take)."""
         self._session = session
 
     def close(self) -> None:
-        if self._session is not None and not self._borrowed:
+        if self._session is not None and not self.borrowed:
             self._session.close()
         self._session = None
 
@@ -135,11 +182,11 @@ class App:
         ``json.dumps`` writes every control character as a ``\\u`` escape.
         """
         if self.as_json:
-            click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+            self.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
         elif text is not None:
             out = text(data)
             if out:
-                click.echo(terminal_safe(out))
+                self.echo(terminal_safe(out))
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:

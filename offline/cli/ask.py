@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
 from ..textsafe import StreamSanitizer, one_line
 from .app import App
-from .params import TEXT, Count, Number
+from .params import K, TEXT, Count, Number
 
 MODES = ("rag", "base", "finetune", "hybrid")  # mirrors offline.rag.MODES without importing it
 RETRIEVAL_MODES = ("rag", "hybrid")
@@ -31,6 +30,8 @@ def _text(d: dict[str, Any], streamed: bool) -> str:
     if not streamed or d["refused"]:
         lines.append(d["answer"])
     if d["refused"]:
+        if d.get("quote"):
+            lines.append(one_line(f'Source [{d["quote"]["n"]}] says: "{d["quote"]["text"]}"'))
         return "\n".join(lines + (_closest(d) if d.get("closest") else []))
     for c in d["citations"]:
         if c.get("corrected_from"):
@@ -66,7 +67,7 @@ def _text(d: dict[str, Any], streamed: bool) -> str:
 @click.command()
 @click.argument("question", type=TEXT)
 @click.option("-c", "--collection", "collections", type=TEXT, multiple=True, help="Collection to search (repeatable).")
-@click.option("-k", "k", type=Count(1, 100), default=DEFAULT_K, show_default=True, help="Passages to retrieve.")
+@click.option("-k", "k", type=K, default=DEFAULT_K, show_default=True, help="Passages to retrieve.")
 @click.option("--mode", type=click.Choice(MODES), default="rag", show_default=True,
               help="rag: retrieval+model; base: model only; finetune: adapter only; hybrid: adapter+retrieval.")
 @click.option("--model", type=TEXT, help="Generation model name (default: the registry's default).")
@@ -100,8 +101,8 @@ def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str
     clean = StreamSanitizer()
 
     def on_token(piece: str) -> None:
-        sys.stdout.write(clean.feed(piece))
-        sys.stdout.flush()
+        app.out.write(clean.feed(piece))
+        app.out.flush()
 
     from ..gdpr.breakglass import break_glass_scope
 
@@ -112,7 +113,7 @@ def ask(app: App, question: str, collections: tuple[str, ...], k: int, mode: str
                         min_support=DEFAULT_MIN_SUPPORT if min_support is None else min_support,
                         on_token=on_token if streamed else None)
     if streamed and not result.refused:
-        click.echo(clean.flush())
+        app.echo(clean.flush())
     app.emit(result.to_dict(), lambda d: _text(d, streamed))
 
 

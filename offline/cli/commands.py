@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import main
+from .root import main
 
 # Module name -> attribute holding the click command or group.
 _GROUPS = [
@@ -19,6 +19,7 @@ _GROUPS = [
     ("gdpr", "commands"),
     ("finetune", "commands"),
     ("compare", "commands"),
+    ("serve", "commands"),
     # ... one line per group module
 ]
 

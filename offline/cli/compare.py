@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .app import App
-from .params import TEXT, Count
+from .params import K, TEXT, Count, FsPath
 
 
 def _text(r: dict[str, Any]) -> str:
@@ -29,25 +29,27 @@ def _text(r: dict[str, Any]) -> str:
                      f"answered by: {', '.join(m for m, a in upd['after'].items() if a['answered']) or 'none'}")
     elif upd:
         lines.append(f"  update and freshness probe skipped: {upd.get('note')}")
+    lines.append(r["recommendation"])
     return "\n".join(lines)
 
 
 @click.command("compare")
-@click.option("--qa", "qa", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Questions: SQuAD v1.1 JSON, or JSONL of {\"question\", \"answers\": [...]}.")
+@click.option("--qa", "qa", required=True, type=FsPath(dir_okay=False, path_type=Path),
+              help="Questions, in any format `finetune` reads: SQuAD JSON, or JSONL of {\"question\", \"answers\": [...]} "
+                   "(answers empty: unanswerable), {\"prompt\", \"completion\"} or {\"messages\": [...]}.")
 @click.option("-c", "--collection", type=TEXT, required=True, help="Collection holding the documents the questions are about.")
 @click.option("--adapter", type=TEXT, help="LoRA adapter for the finetune and hybrid modes.")
 @click.option("--modes", default="base,rag,finetune,hybrid", show_default=True, help="Comma-separated modes.")
 @click.option("--limit", type=Count(1), default=None, help="Ask only the first N questions.")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out", required=True, type=FsPath(file_okay=False, path_type=Path),
               help="Folder for report.md, results.json and the charts.")
-@click.option("-k", "k", type=Count(1, 100), default=None, help="Chunks retrieved (default: ask's default).")
+@click.option("-k", "k", type=K, default=None, help="Chunks retrieved (default: ask's default).")
 @click.option("--no-reader", is_flag=True, help="rag: the plain model instead of its retrieval-trained reader.")
 @click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
 @click.option("--model", type=TEXT, help="Generation model (default: the kit's default).")
 @click.option("--update-steps", type=Count(1, 10000), default=10, show_default=True,
               help="Steps of the one-document fine-tune that measures the cost of an update.")
-@click.option("--probe", "probe", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--probe", "probe", type=FsPath(dir_okay=False, path_type=Path),
               help="JSON {\"document\", \"question\", \"answers\"} for the freshness probe (default: a made-up fact).")
 @click.option("--no-freshness", is_flag=True, help="Skip the update-cost measurement and freshness probe.")
 @click.option("--answers", "with_answers", is_flag=True,
@@ -57,8 +59,6 @@ def compare(app: App, qa: Path, collection: str, adapter: str | None, modes: str
             k: int | None, no_reader: bool, max_tokens: int, model: str | None, update_steps: int, probe: Path | None,
             no_freshness: bool, with_answers: bool) -> None:
     """Measure accuracy, latency, memory, update cost and freshness of each mode."""
-    import sys
-
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -68,7 +68,7 @@ def compare(app: App, qa: Path, collection: str, adapter: str | None, modes: str
     session = app.session()
     probe_obj = load_probe(probe) if probe else None
     bars = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
+                    console=Console(file=app.err), transient=True, disable=not app.err.isatty())
     tasks: dict[str, Any] = {}
 
     def progress(label: str, done: int, total: int) -> None:

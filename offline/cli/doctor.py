@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import click
 
 from .. import config
@@ -13,7 +10,7 @@ from .app import App
 
 def _can_unlock(app: App) -> bool:
     """Whether a passphrase can be had without failing (file, env, or a terminal to ask on)."""
-    return bool(app.passphrase_file or os.environ.get(config.ENV_PASSPHRASE) or sys.stdin.isatty())
+    return bool(app.passphrase_file or app.getenv(config.ENV_PASSPHRASE) or app.interactive())
 
 
 @click.command()

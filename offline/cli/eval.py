@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .app import App
-from .params import TEXT, Count, Number
+from .params import K, TEXT, Count, FsPath, Number
 
 
 @click.group("eval")
@@ -22,8 +22,10 @@ def _qa_text(r: dict[str, Any]) -> str:
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}s"
 
+    ad = r.get("adapter")
     lines = [f"SQuAD QA, mode {r['mode']}, {r['questions']} questions, k={r['k']}, "
-             f"{r['indexed_documents']} paragraphs indexed",
+             f"{r['indexed_documents']} paragraphs indexed"
+             + (f", adapter {ad['name']} ({ad['recipe']})" if ad else ""),
              f"  exact match        {r['exact_match']:.3f}",
              f"  F1                 {r['f1']:.3f}",
              f"  answer contains    {r['answer_contains']:.3f}"]
@@ -36,7 +38,10 @@ def _qa_text(r: dict[str, Any]) -> str:
         lines += [f"  reader             {'yes' if r.get('reader') else 'no (plain model)'}",
                   f"  cited in text      {fig(g.get('cited'))}  (of answered; the model wrote a valid [n])",
                   f"  citation correct   {fig(g.get('cite_correct'))}  (the cited chunk holds a gold answer)",
-                  f"  support            {fig(g.get('support'))}"]
+                  f"  support            {fig(g.get('support'))}",
+                  f"  false refusal      {fig(g.get('false_refusal'))}  (answerable questions refused)",
+                  f"  refusal, no gold   {fig(g.get('refusal_unanswerable'))}  "
+                  f"({r['unanswerable_questions']} questions asked with their gold paragraph removed)"]
     lines.append(f"  latency total p50 {fmt(lat['total']['p50'])} p95 {fmt(lat['total']['p95'])}; "
                  f"ttft p50 {fmt(lat['ttft']['p50'])}; retrieval p50 {fmt(lat['retrieval']['p50'])}; "
                  f"decode {r['decode_tok_s_mean']} tok/s")
@@ -44,29 +49,37 @@ def _qa_text(r: dict[str, Any]) -> str:
 
 
 @eval_group.command("qa")
-@click.option("--squad", "squad", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--squad", "squad", required=True, type=FsPath(exists=True, dir_okay=False, path_type=Path),
               help="SQuAD v1.1 JSON file.")
 @click.option("--limit", type=Count(1), default=100, show_default=True, help="Questions to ask.")
-@click.option("--mode", type=click.Choice(["rag", "base"]), default="rag", show_default=True)
-@click.option("-k", "k", type=Count(1, 100), default=None, help="Passages retrieved (default: ask's default).")
+@click.option("--mode", type=click.Choice(["rag", "base", "finetune", "hybrid"]), default="rag", show_default=True,
+              help="hybrid: --adapter with retrieval (the prompt `finetune create --raft` trains on).")
+@click.option("--adapter", type=TEXT, help="finetune/hybrid: a LoRA adapter from your vault.")
+@click.option("--unanswerable", type=Count(0, 10000), default=10, show_default=True,
+              help="rag/hybrid: also ask N questions with their gold paragraph removed (refusal rate).")
+@click.option("-k", "k", type=K, default=None, help="Passages retrieved (default: ask's default).")
 @click.option("--max-tokens", type=Count(1, 2048), default=48, show_default=True)
 @click.option("--model", type=TEXT, help="Generation model name.")
 @click.option("--no-reader", is_flag=True, help="rag: the plain model instead of its retrieval-trained reader.")
 @click.pass_obj
-def eval_qa(app: App, squad: Path, limit: int, mode: str, k: int | None, max_tokens: int, model: str | None,
-            no_reader: bool) -> None:
+def eval_qa(app: App, squad: Path, limit: int, mode: str, adapter: str | None, unanswerable: int, k: int | None,
+            max_tokens: int, model: str | None, no_reader: bool) -> None:
     """Exact match, F1, citations, support, refusals, retrieval hit rate and latencies on SQuAD paragraphs."""
     from ..eval.qa import evaluate_squad
 
+    # Only an adapter needs the vault (it is read from there); SQuAD itself never enters it.
+    session = app.session() if adapter else None
+    kw = dict(k=k, max_tokens=max_tokens, model=model, reader=not no_reader, adapter=adapter, session=session,
+              unanswerable=unanswerable)
     if app.as_json:
-        result = evaluate_squad(squad, limit, mode, k=k, max_tokens=max_tokens, model=model, reader=not no_reader)
+        result = evaluate_squad(squad, limit, mode, **kw)
     else:
         from rich.progress import Progress
 
         with Progress(transient=True) as bar:
             task = bar.add_task("questions", total=limit)
-            result = evaluate_squad(squad, limit, mode, k=k, max_tokens=max_tokens, model=model,
-                                    reader=not no_reader, progress=lambda i, n: bar.update(task, completed=i, total=n))
+            result = evaluate_squad(squad, limit, mode, **kw,
+                                    progress=lambda i, n: bar.update(task, completed=i, total=n))
     app.emit(result, _qa_text)
 
 
@@ -81,7 +94,7 @@ def _beir_text(r: dict[str, Any]) -> str:
 
 
 @eval_group.command("retrieval")
-@click.option("--beir", "beir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--beir", "beir", required=True, type=FsPath(exists=True, file_okay=False, path_type=Path),
               help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv.")
 @click.option("--limit", type=Count(1), default=None, help="Evaluate at most N queries.")
 @click.option("--rrf-k", type=Number(0, 1e6), default=60.0, show_default=True)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from .app import App, table
-from .params import SEED, TEXT, Count, Number
+from .params import SEED, TEXT, Count, FsPath, Number
 
 
 @click.group()
@@ -26,13 +26,13 @@ def _created_text(d: dict[str, Any]) -> str:
 
 @finetune.command("create")
 @click.argument("name")
-@click.option("--data", "data", type=click.Path(path_type=Path), help="JSONL: {\"messages\": [...]} or "
-              "{\"prompt\", \"completion\"} per line.")
+@click.option("--data", "data", type=FsPath(path_type=Path), help="Q/A file (the formats `compare --qa` reads): "
+              "JSONL of {\"messages\": [...]}, {\"prompt\", \"completion\"} or {\"question\", \"answers\"}, or SQuAD JSON.")
 @click.option("--from-collection", "from_collection", type=TEXT, help="Continued training on a collection's text.")
 @click.option("--raft", is_flag=True, help="Retrieval-augmented: train on the prompts `ask` builds for --qa "
               "questions, context retrieved from -c COLLECTION (gold among distractors, sometimes absent).")
-@click.option("--qa", "qa", type=click.Path(path_type=Path), help="--raft: SQuAD JSON or JSONL "
-              "{\"question\", \"answers\"} per line.")
+@click.option("--qa", "qa", type=FsPath(path_type=Path), help="--raft: Q/A file, any format --data "
+              "takes (a question with no answers teaches the refusal).")
 @click.option("-c", "--collection", "collection", type=TEXT, help="--raft: the collection to retrieve from.")
 @click.option("-k", "k", type=Count(1, 20), default=3, show_default=True, help="--raft: passages per prompt.")
 @click.option("--base", help="Base model: a registered generate model (default: the kit's default) or a .gguf path.")

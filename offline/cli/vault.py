@@ -7,12 +7,17 @@ from pathlib import Path
 import click
 
 from .app import App, table
+from .params import FsPath
 
-_new_pass_file = click.option("--new-passphrase-file", type=click.Path(dir_okay=False),
-                              envvar="OFFLINE_NEW_PASSPHRASE_FILE",
-                              help="File holding the new passphrase. [env: OFFLINE_NEW_PASSPHRASE_FILE]")
-_allow_weak = click.option("--allow-weak", is_flag=True,
-                           help="Accept a passphrase zxcvbn rates guessable (test vaults only).")
+_new_pass_file = click.option(
+    "--new-passphrase-file",
+    type=FsPath(dir_okay=False),
+    envvar="OFFLINE_NEW_PASSPHRASE_FILE",
+    help="File holding the new passphrase. [env: OFFLINE_NEW_PASSPHRASE_FILE]",
+)
+_allow_weak = click.option(
+    "--allow-weak", is_flag=True, help="Accept a passphrase zxcvbn rates guessable (test vaults only)."
+)
 
 
 def new_pass_opt(f):  # noqa: ANN001, ANN201 (a decorator)
@@ -30,12 +35,20 @@ def init(app: App, new_passphrase_file: str | None, allow_weak: bool) -> None:
     session = create_vault(app.vault_path, app.user_name, passphrase)
     fingerprint = session.fingerprint
     session.close()
-    app.emit({"vault": str(app.vault_path), "admin": app.user_name, "vault_id": session.vault_id,
-              "vault_fingerprint": fingerprint},
-             lambda d: f"Created vault {d['vault']} (id {d['vault_id']}) with admin {d['admin']}.\n"
-                       f"Vault fingerprint: {d['vault_fingerprint']}\n"
-                       "Record it off this laptop: `audit verify`, `doctor` and every audit export show it, "
-                       "and a reviewer compares them with this one.")
+    app.emit(
+        {
+            "vault": str(app.vault_path),
+            "admin": app.user_name,
+            "vault_id": session.vault_id,
+            "vault_fingerprint": fingerprint,
+        },
+        lambda d: (
+            f"Created vault {d['vault']} (id {d['vault_id']}) with admin {d['admin']}.\n"
+            f"Vault fingerprint: {d['vault_fingerprint']}\n"
+            "Record it off this laptop: `audit verify`, `doctor` and every audit export show it, "
+            "and a reviewer compares them with this one."
+        ),
+    )
 
 
 @click.group()
@@ -54,15 +67,20 @@ def vault_check(app: App) -> None:
 
 
 @vault.command("backup")
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=FsPath(path_type=Path))
 @click.pass_obj
 def vault_backup(app: App, dest: Path) -> None:
     """Write a consistent, still-encrypted copy of the vault to DEST (a new folder)."""
     from ..vault.maintenance import backup_vault
 
     result = backup_vault(app.session(), dest)
-    app.emit(result, lambda r: f"Backup written to {r['dest']} ({r['files']} files). "
-                               f"Restore: copy the folder back and open it with --vault.")
+    app.emit(
+        result,
+        lambda r: (
+            f"Backup written to {r['dest']} ({r['files']} files). "
+            f"Restore: copy the folder back and open it with --vault."
+        ),
+    )
 
 
 @vault.command("accept-restore")
@@ -73,9 +91,13 @@ def vault_accept_restore(app: App) -> None:
 
     session = open_session(app.vault_path, app.user_name, app.passphrase, accept_restore=True)
     app.use_session(session)
-    app.emit({"accepted": True, "head_seq": session.verifier.seq},
-             lambda d: f"Accepted the restored vault at audit entry {d['head_seq']} for {app.user_name}; "
-                       "every other user who used it runs this too.")
+    app.emit(
+        {"accepted": True, "head_seq": session.verifier.seq},
+        lambda d: (
+            f"Accepted the restored vault at audit entry {d['head_seq']} for {app.user_name}; "
+            "every other user who used it runs this too."
+        ),
+    )
 
 
 @vault.command("rekey")
@@ -95,7 +117,9 @@ def vault_rekey(app: App) -> None:
 def vault_set(app: App, key: str, value: str) -> None:
     """Change a vault setting (admin): audit_questions sealed|none|full, idle_timeout_s (90s, 15m, 1h),
     break_glass on|off (off removes every emergency key and rotates those collections)."""
-    stored = app.session().set_setting(key, value)
+    from ..vault import set_setting
+
+    stored = set_setting(app.session(), key, value)
     app.emit({key: stored}, lambda d: f"{key} = {stored}")
 
 
@@ -106,7 +130,9 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "member", "auditor"]), default="member", show_default=True)
+@click.option(
+    "--role", type=click.Choice(["admin", "member", "auditor"]), default="member", show_default=True
+)
 @new_pass_opt
 @click.pass_obj
 def users_add(app: App, name: str, role: str, new_passphrase_file: str | None, allow_weak: bool) -> None:
@@ -114,12 +140,17 @@ def users_add(app: App, name: str, role: str, new_passphrase_file: str | None, a
     from ..vault import add_user
 
     session = app.session()
-    result = add_user(session, name, role, app.new_passphrase(new_passphrase_file, who=name, allow_weak=allow_weak))
+    result = add_user(
+        session, name, role, app.new_passphrase(new_passphrase_file, who=name, allow_weak=allow_weak)
+    )
 
     def text(r: dict) -> str:
         out = f"Added {r['role']} {r['name']}."
         if r["break_glass_provisioned"]:
-            out += f" Break-glass wraps for: {', '.join(r['break_glass_provisioned'])} (they still need the code)."
+            out += (
+                f" Break-glass wraps for: {', '.join(r['break_glass_provisioned'])} "
+                "(they still need the code)."
+            )
         elif r["role"] == "auditor":
             out += " Auditors get no break-glass wrap: they never read documents."
         return out
@@ -147,8 +178,13 @@ def users_remove(app: App, name: str, yes: bool) -> None:
 
     app.confirm(f"Remove user {name}? Their keyslot and grants go and every key they held is rotated", yes)
     result = remove_user(app.session(), name)
-    app.emit(result, lambda r: f"Removed {r['name']}; rotated the vault key and the keys of "
-                               f"{len(r['rotated_collections'])} collection(s).")
+    app.emit(
+        result,
+        lambda r: (
+            f"Removed {r['name']}; rotated the vault key and the keys of "
+            f"{len(r['rotated_collections'])} collection(s)."
+        ),
+    )
 
 
 @users.command("passwd")
@@ -170,8 +206,13 @@ def collections() -> None:
 
 @collections.command("create")
 @click.argument("name")
-@click.option("--redact", type=click.Choice(["phi", "off"]), default="off", show_default=True,
-              help="phi: replace detected identifiers by stable pseudonyms before indexing (offline.gdpr.redact).")
+@click.option(
+    "--redact",
+    type=click.Choice(["phi", "off"]),
+    default="off",
+    show_default=True,
+    help="phi: replace detected identifiers by stable pseudonyms before indexing (offline.gdpr.redact).",
+)
 @click.pass_obj
 def collections_create(app: App, name: str, redact: str) -> None:
     """Create collection NAME with its own random key (admin)."""
@@ -182,8 +223,13 @@ def collections_create(app: App, name: str, redact: str) -> None:
         from ..gdpr.redact import set_redaction
 
         result["redact"] = set_redaction(app.session(), name, redact)["redact"]
-    app.emit(result, lambda r: f"Created collection {r['name']}" + (" (identifiers redacted to pseudonyms)."
-                                                                   if r.get("redact") else "."))
+    app.emit(
+        result,
+        lambda r: (
+            f"Created collection {r['name']}"
+            + (" (identifiers redacted to pseudonyms)." if r.get("redact") else ".")
+        ),
+    )
 
 
 @collections.command("list")
@@ -193,9 +239,13 @@ def collections_list(app: App) -> None:
     from ..vault.collections import list_collections
 
     rows = list_collections(app.session())
-    app.emit(rows, lambda r: table(
-        [{**x, "labels": ",".join(x["labels"]) if x["labels"] else "*"} for x in r],
-        ["name", "access", "labels", "created_by", "created_at"]))
+    app.emit(
+        rows,
+        lambda r: table(
+            [{**x, "labels": ",".join(x["labels"]) if x["labels"] else "*"} for x in r],
+            ["name", "access", "labels", "created_by", "created_at"],
+        ),
+    )
 
 
 @collections.command("grant")
@@ -203,15 +253,23 @@ def collections_list(app: App) -> None:
 @click.argument("user")
 @click.option("--read", "perm", flag_value="read", default=True, help="Read access (default).")
 @click.option("--write", "perm", flag_value="write", help="Read and write access.")
-@click.option("--label", "labels", multiple=True, help="Limit the grant to documents with this label (repeat).")
+@click.option(
+    "--label", "labels", multiple=True, help="Limit the grant to documents with this label (repeat)."
+)
 @click.pass_obj
 def collections_grant(app: App, collection: str, user: str, perm: str, labels: tuple[str, ...]) -> None:
     """Give USER access to COLLECTION (admin)."""
     from ..vault.collections import grant
 
     result = grant(app.session(), collection, user, perm, list(labels) or None)  # type: ignore[arg-type]
-    app.emit(result, lambda r: f"Granted {r['perm']} on {r['collection']} to {r['user']}"
-                               + (f" (labels: {', '.join(r['labels'])})" if r["labels"] else "") + ".")
+    app.emit(
+        result,
+        lambda r: (
+            f"Granted {r['perm']} on {r['collection']} to {r['user']}"
+            + (f" (labels: {', '.join(r['labels'])})" if r["labels"] else "")
+            + "."
+        ),
+    )
 
 
 @collections.command("revoke")
@@ -248,8 +306,10 @@ def collections_grants(app: App, collection: str | None) -> None:
 def _emit_grants(app: App, collection: str | None) -> None:
     from ..vault.collections import list_grants
 
-    rows = [{**g, "labels": ",".join(g["labels"]) if g["labels"] else "(all)"}
-            for g in list_grants(app.session(), collection)]
+    rows = [
+        {**g, "labels": ",".join(g["labels"]) if g["labels"] else "(all)"}
+        for g in list_grants(app.session(), collection)
+    ]
     app.emit(rows, lambda r: table(r, ["collection", "user", "perm", "labels", "granted_by", "granted_at"]))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,6 @@ COLORS = {"base": "#7f7f7f", "rag": "#1f77b4", "finetune": "#d62728", "hybrid": 
 ACCURACY_LATENCY = "accuracy_latency.png"
 UPDATE_COST = "update_cost.png"
 MEMORY = "memory.png"
-LABEL_OFFSETS = {"base": (6, 8), "rag": (6, 8), "finetune": (6, -15), "hybrid": (6, -15)}
 
 
 def _plt() -> Any:
@@ -22,15 +23,23 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, path: Path) -> None:
+    """Write the PNG 0600 like every other file of the report (a chart shows figures of private data)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # O_CREAT would keep an old file's mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        fig.savefig(f, dpi=100, format="png", metadata={"Software": None})
     tmp.replace(path)
 
 
 def accuracy_latency(results: dict[str, Any], path: Path) -> None:
     """F1 and answer-contains against time to first token (p50 dot, line to p95) per mode."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(7.6, 4.0))
+    handles = []
     for m in results["modes_order"]:
         fig_m = results["modes"][m]
         if fig_m.get("status") != "ok" or fig_m["ttft_s"]["p50"] is None:
@@ -41,18 +50,22 @@ def accuracy_latency(results: dict[str, Any], path: Path) -> None:
             y = fig_m[key]
             ax.plot([p50, p95], [y, y], color=c, alpha=0.35, lw=2)
             ax.scatter([p50], [y], color=c, marker=marker, s=60, zorder=3)
-        # Modes often share a point (base and finetune both answer without retrieval): stagger labels.
-        ax.annotate(m, (p50, fig_m["answer_contains"]), textcoords="offset points",
-                    xytext=LABEL_OFFSETS.get(m, (6, 6)), color=c, fontsize=9, fontweight="bold")
-    ax.scatter([], [], color="black", marker="o", label="token F1")
-    ax.scatter([], [], color="black", marker="s", label="answer contains gold")
+        # Modes often share a point (base and finetune near zero): named in the legend by colour,
+        # never by a label on the point, so no two labels can overlap.
+        handles.append(Line2D([], [], color=c, lw=6, label=f"{m}: F1 {fig_m['f1']:.2f}, contains "
+                                                          f"{fig_m['answer_contains']:.2f}"))
+    handles += [Line2D([], [], color="black", marker="o", ls="", label="token F1"),
+                Line2D([], [], color="black", marker="s", ls="", label="answer contains gold")]
     ax.set_xlabel("time to first token, s (dot p50, line to p95)")
     ax.set_ylabel("score (0-1)")
     ax.set_ylim(-0.03, max(0.1, min(1.0, _max_score(results) * 1.25 + 0.05)))
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
-    ax.set_title(f"Accuracy vs latency, {results['qa']['questions']} questions", fontsize=10)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
+              borderaxespad=0)
+    qa = results["qa"]
+    n = qa["questions"] - (qa.get("unanswerable") or 0)  # accuracy is over the answerable ones
+    ax.set_title(f"Accuracy vs latency, {n} answerable questions", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

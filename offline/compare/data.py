@@ -1,14 +1,12 @@
-"""Questions for ``offline compare`` (SQuAD JSON or JSONL) and the freshness probe."""
+"""Questions for ``offline compare`` (the Q/A formats ``finetune`` reads) and the freshness probe."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..errors import InvalidInput, UsageError
+from ..errors import InvalidInput, ParameterError, UsageError
 
 MAX_QA_BYTES = 256 * 1024 * 1024
 
@@ -19,7 +17,7 @@ class Question:
 
     qid: str
     question: str
-    answers: tuple[str, ...]
+    answers: tuple[str, ...]  # empty: unanswerable (the documents do not say)
 
 
 @dataclass(frozen=True)
@@ -68,64 +66,29 @@ def _read(path: Path) -> bytes:
         raise UsageError(f"cannot read QA file {path}: {exc.__class__.__name__}") from None
 
 
-def _squad(raw: Any, where: str) -> list[Question]:
-    out: list[Question] = []
-    try:
-        for art in raw["data"]:
-            for para in art["paragraphs"]:
-                for qa in para["qas"]:
-                    golds = tuple(str(a["text"]) for a in qa.get("answers", []) if str(a["text"]).strip())
-                    if golds and str(qa["question"]).strip():
-                        out.append(Question(str(qa["id"]), str(qa["question"]).strip(), golds))
-    except (KeyError, TypeError):
-        raise InvalidInput(f"{where} is not a SQuAD v1.1 JSON file (bad article/paragraph/qas layout)") from None
-    return out
-
-
-def _jsonl(text: str, where: str) -> list[Question]:
-    out: list[Question] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise InvalidInput(f"{where}:{n}: not valid JSON") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not obj["question"].strip():
-            raise InvalidInput(f"{where}:{n}: expected {{\"question\": \"...\", \"answers\": [\"...\"]}}")
-        answers = obj.get("answers")
-        if isinstance(answers, str):
-            answers = [answers]
-        if (not isinstance(answers, list) or not answers
-                or not all(isinstance(a, str) and a.strip() for a in answers)):
-            raise InvalidInput(f"{where}:{n}: \"answers\" must be a non-empty list of strings")
-        out.append(Question(str(obj.get("id", f"q{n}")), obj["question"].strip(), tuple(answers)))
-    return out
-
-
 def load_qa(path: str | Path, limit: int | None = None) -> QASet:
-    """The first ``limit`` questions of a SQuAD v1.1 JSON file or a JSONL file of question/answers."""
+    """The first ``limit`` questions of a Q/A file, read by the loader ``finetune`` uses
+    (:func:`offline.finetune.data.load_qa_file`: SQuAD JSON, or JSONL of question/answers,
+    prompt/completion or chat messages). A question with no answers is unanswerable: it counts
+    toward the refusal rate, never toward accuracy."""
+    from ..finetune.data import load_qa_file
+
     p = Path(path)
     if limit is not None and limit < 1:
-        raise UsageError("--limit must be at least 1")
-    data = _read(p)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{p.name}: not UTF-8 text") from None
-    parsed: Any = None
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        pass
-    if isinstance(parsed, dict) and "data" in parsed:
-        fmt, questions = "squad", _squad(parsed, p.name)
-    else:
-        fmt, questions = "jsonl", _jsonl(text, p.name)
-    if not questions:
-        raise InvalidInput(f"{p.name} holds no answerable questions")
-    total = len(questions)
-    return QASet(questions[:limit] if limit else questions, hashlib.sha256(data).hexdigest(), fmt, total)
+        raise ParameterError("{limit} must be at least 1", "limit")
+    if not p.exists():
+        raise UsageError(f"no such QA file: {p}")
+    qa = load_qa_file(p)
+    questions = []
+    for n, ex in enumerate(qa.examples, 1):
+        if ex.question is None:
+            raise InvalidInput(f"{p.name}: record {n} is a chat with no user turn: no question to ask")
+        questions.append(Question(ex.qid or f"q{n}", ex.question, ex.answers))
+    chosen = questions[:limit] if limit else questions
+    if not any(q.answers for q in chosen):
+        raise InvalidInput(f"{p.name} holds no answerable questions"
+                           + (f" among its first {limit}" if limit and any(q.answers for q in questions) else ""))
+    return QASet(chosen, qa.sha256, qa.format, sum(1 for q in questions if q.answers))
 
 
 def load_probe(path: str | Path) -> Probe:

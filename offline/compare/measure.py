@@ -43,7 +43,9 @@ class RSSSampler:
         self._thread.start()
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -58,8 +60,12 @@ def spread(values: Iterable[float]) -> dict[str, float | None]:
     """p50, p95 and mean, rounded; None each when there are no values."""
     xs = [float(v) for v in values]
     r = lambda v: None if v is None else round(v, 4)  # noqa: E731
-    return {"p50": r(metrics.percentile(xs, 50)), "p95": r(metrics.percentile(xs, 95)),
-            "mean": r(sum(xs) / len(xs)) if xs else None, "n": len(xs)}
+    return {
+        "p50": r(metrics.percentile(xs, 50)),
+        "p95": r(metrics.percentile(xs, 95)),
+        "mean": r(sum(xs) / len(xs)) if xs else None,
+        "n": len(xs),
+    }
 
 
 def tree_bytes(path: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,13 +19,23 @@ METHOD = {
     "answer_contains": "the normalised gold answer appears inside the normalised answer (word bounds)",
     "citation_hit_rate": "share of questions where a chunk the answer cited (a valid [n], written or inferred) "
                          "holds a gold answer",
-    "cited_rate": "share of questions whose answer holds a valid [n] the model wrote itself (inferred ones excluded)",
+    "cited_rate": "of answered questions, the share whose answer holds a valid [n] the model wrote itself "
+                  "(inferred ones excluded)",
     "cite_correct_rate": "of answered questions that carry a citation, the share whose cited chunk holds a gold "
                          "answer",
     "support": "offline.rag.grounding: share of the answer's content words found in its cited chunk, weakest "
                "sentence; mean over answered questions",
     "false_refusal_rate": "share of (answerable) questions refused: low relevance, the reader declined, or "
                           "support under the threshold",
+    "refusal_unanswerable_rate": "share of unanswerable questions (no gold answer in the QA file) refused; "
+                                 "retrieval modes only",
+    "scoring": "one scorer for compare, eval qa and scripts/eval_reader.py: offline.eval.grounded.score_answer",
+    "hybrid": "the adapter served with retrieval on the prompt `ask` builds, the prompt `finetune create "
+              "--raft` trains on; a closed-book adapter is served a prompt it was never trained on",
+    "recommendation": "the mode with the best answer-contains rate (a retrieval mode within 0.05 of it is "
+                      "preferred: it cites and learns a document by ingest); good enough means answer "
+                      "contains >= 0.60 and, where measured, citation correct >= 0.85, refusal on unanswerable "
+                      ">= 0.80, false refusal <= 0.10 (the goals of scripts/eval_reader.py)",
     "retrieval_hit_rate": "share of questions where any retrieved chunk holds a gold answer",
     "ttft": "seconds from the request to the first streamed token (prompt processing), over every question "
             "the model saw (also drafts the grounding checks refused)",
@@ -135,6 +146,55 @@ def verdicts(results: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+# What "good enough" means (scripts/eval_reader.py's goals for the reader).
+GOALS = {"answer_contains": ("answer contains", ">=", 0.60), "cite_correct_rate": ("citation correct", ">=", 0.85),
+         "refusal_unanswerable_rate": ("refusal on unanswerable", ">=", 0.80),
+         "false_refusal_rate": ("false refusal", "<=", 0.10)}
+RETRIEVAL = ("rag", "hybrid")
+NEAR = 0.05  # a retrieval mode this close to the best is preferred: it cites, and an ingest updates it
+
+
+def missed_goals(fig: dict[str, Any]) -> list[str]:
+    """The goals of :data:`GOALS` a mode's figures miss (unmeasured figures are not held against it)."""
+    out = []
+    for key, (label, op, goal) in GOALS.items():
+        v = fig.get(key)
+        if v is not None and not (v >= goal if op == ">=" else v <= goal):
+            out.append(f"{label} {v:.2f} (goal {op} {goal:.2f})")
+    return out
+
+
+def recommendation(results: dict[str, Any]) -> str:
+    """One line, derived from the figures only: which mode to use on this data and why, or that none
+    is good enough (and what misses)."""
+    ms = results["modes"]
+    ok = [m for m in _ok(results) if ms[m].get("answer_contains") is not None]
+    if not ok:
+        return "Recommendation: none — no mode produced figures."
+    top = max(ok, key=lambda m: (ms[m]["answer_contains"], -(ms[m]["ttft_s"].get("p50") or 0)))
+    pick = top
+    near = [m for m in ok if m in RETRIEVAL and ms[m]["answer_contains"] >= ms[top]["answer_contains"] - NEAR]
+    if top not in RETRIEVAL and near:
+        pick = max(near, key=lambda m: ms[m]["answer_contains"])
+    f = ms[pick]
+    why = [f"answer contains {f['answer_contains']:.2f}"]
+    for key in ("cite_correct_rate", "refusal_unanswerable_rate", "false_refusal_rate"):
+        if f.get(key) is not None and pick in RETRIEVAL:  # without retrieval nothing cites or refuses
+            why.append(f"{GOALS[key][0]} {f[key]:.2f}")
+    if f["ttft_s"].get("p50") is not None:
+        why.append(f"TTFT p50 {f['ttft_s']['p50']:.2f} s")
+    if pick != top:
+        why.append(f"within {NEAR:.2f} of {top} ({ms[top]['answer_contains']:.2f}), and it cites its sources")
+    elif len(ok) > 1:
+        second = max((m for m in ok if m != pick), key=lambda m: ms[m]["answer_contains"])
+        why.append(f"next best {second} {ms[second]['answer_contains']:.2f}")
+    missed = missed_goals(f)
+    if missed:
+        return (f"Recommendation: no mode is good enough on this data; the best is {pick} "
+                f"({', '.join(why)}), which misses {', '.join(missed)}.")
+    return f"Recommendation: use {pick} on this data ({', '.join(why)})."
+
+
 def render_markdown(results: dict[str, Any], chart_files: list[str]) -> str:
     """The report: setup, decision matrix, detail tables, freshness probe, charts, method."""
     ms = results["modes"]
@@ -146,10 +206,12 @@ def render_markdown(results: dict[str, Any], chart_files: list[str]) -> str:
     lines = [
         "# RAG vs fine-tuning vs hybrid, measured",
         "",
-        f"{qa['questions']} questions from `{qa['file']}` ({qa['format']}, sha256 {qa['sha256'][:12]}…) over "
+        f"{qa['questions']} questions ({qa.get('unanswerable') or 0} of them unanswerable) from `{qa['file']}` "
+        f"({qa['format']}, sha256 {qa['sha256'][:12]}…) over "
         f"collection `{results['collection']}`; model `{results['model']['name']}` "
         f"({results['model']['file']}); adapter "
-        + (f"`{ad['name']}` ({_f(ad.get('train_examples'))} examples, {_f(ad.get('steps'))} steps)" if ad
+        + (f"`{ad['name']}` ({ad.get('recipe')}, {_f(ad.get('train_examples'))} examples, "
+           f"{_f(ad.get('steps'))} steps)" if ad
            else "none")
         + f"; k={results['settings']['k']}, max {results['settings']['max_tokens']} new tokens. "
         f"Run {results['run']} at {results['created_at']}, {results['duration_s']} s on "
@@ -178,15 +240,21 @@ def render_markdown(results: dict[str, Any], chart_files: list[str]) -> str:
         lambda m: f"{ms[m]['answer_contains']:.2f} / {ms[m]['f1']:.3f} / {ms[m]['exact_match']:.2f}", "accuracy")
     row("Memory (peak RSS / disk)",
         lambda m: f"{_f(ms[m]['peak_rss_mb'], 0)} MiB / {_mib(ms[m].get('disk_bytes'))}", "memory")
-    lines += ["", "## Accuracy", "", "| mode | questions | exact match | token F1 | answer contains | "
-              "citation hit | cited in text | citation correct | support | retrieval hit | false refusal |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Accuracy", "", "| mode | questions (+ unanswerable) | exact match | token F1 | answer contains | "
+              "citation hit | cited in text | citation correct | support | retrieval hit | false refusal | "
+              "refusal, unanswerable |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in ok:
         f = ms[m]
-        lines.append(f"| {m} | {f['questions']} | {f['exact_match']:.3f} | {f['f1']:.3f} | "
-                     f"{f['answer_contains']:.3f} | {_f(f['citation_hit_rate'])} | {_f(f['cited_rate'])} | "
+        lines.append(f"| {m} | {f['questions']} (+{f.get('unanswerable_questions') or 0}) | "
+                     f"{_f(f['exact_match'])} | {_f(f['f1'])} | "
+                     f"{_f(f['answer_contains'])} | {_f(f['citation_hit_rate'])} | {_f(f['cited_rate'])} | "
                      f"{_f(f.get('cite_correct_rate'))} | {_f(f.get('support_mean'))} | "
-                     f"{_f(f['retrieval_hit_rate'])} | {f['refused_rate']:.3f} |")
+                     f"{_f(f['retrieval_hit_rate'])} | {_f(f['false_refusal_rate'])} | "
+                     f"{_f(f.get('refusal_unanswerable_rate'))} |")
+    if ad and "hybrid" in ok and ad.get("recipe") != "raft":
+        lines += ["", f"> hybrid served `{ad['name']}`, a {ad.get('recipe')} adapter, on ask's retrieval prompt, "
+                  "which it was never trained on; `offline finetune create --raft` trains on that prompt."]
     lines += ["", "## Speed and memory", "", "| mode | TTFT p50 | TTFT p95 | total p50 | total p95 | decode tok/s "
               "(mean) | prompt tokens (mean) | model load | peak RSS | RSS at start | wall |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -228,7 +296,7 @@ def render_markdown(results: dict[str, Any], chart_files: list[str]) -> str:
     lines += [f"![{c}]({c})" for c in chart_files]
     lines += ["", "## Method", ""]
     lines += [f"- **{k}**: {t}" for k, t in METHOD.items()]
-    lines.append("")
+    lines += ["", results.get("recommendation") or recommendation(results), ""]
     return "\n".join(lines)
 
 
@@ -239,7 +307,9 @@ def _excerpt(text: str, n: int = 90) -> str:
 
 def _write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # O_CREAT would keep an old file's mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     tmp.replace(path)
@@ -249,6 +319,7 @@ def write_outputs(out: Path, results: dict[str, Any]) -> dict[str, Any]:
     """Charts, then results.json, then report.md (each written to a temp name and renamed)."""
     chart_files = charts.write_charts(out, results)
     results["charts"] = chart_files
+    results["recommendation"] = recommendation(results)
     blob = json.dumps(results, indent=2, sort_keys=True, default=str).encode("utf-8")
     _write(out / "results.json", blob)
     _write(out / "report.md", render_markdown(results, chart_files).encode("utf-8"))

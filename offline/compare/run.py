@@ -3,7 +3,12 @@
 Method (also written into every report):
 
 - Modes run one after another in one process, lightest first (base, finetune, rag, hybrid), each
-  through :func:`offline.rag.answer` exactly as ``offline ask`` runs it, with greedy decoding.
+  through :func:`offline.rag.answer` exactly as ``offline ask`` runs it, with greedy decoding, and
+  each answer is scored by :func:`offline.eval.grounded.score_answer` (as ``eval qa`` scores).
+- hybrid is the adapter served with retrieval on ask's own prompt (system rules, ``[n]`` sources,
+  question): the prompt ``finetune create --raft`` trains on, so a RAFT adapter is served as it was
+  trained. A closed-book adapter never saw that prompt; the report says so.
+- Questions with no gold answer are unanswerable: they give the refusal rate, never accuracy.
 - Before each mode the cached llama.cpp engines are dropped, so a mode's peak RSS holds its own
   model (and adapter) only. torch and the embedding model cannot be unloaded from a running Python
   process: once retrieval has run they stay resident, which is why the retrieval modes run last.
@@ -28,8 +33,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import AccessDenied, OfflineError, UsageError
+from ..errors import AccessDenied, OfflineError, ParameterError, UsageError
 from ..eval import metrics
+from ..limits import check_k
+from ..rag.citations import strip_citations
 from . import measure
 from .data import DEFAULT_PROBE, Probe, Question, load_qa
 
@@ -60,7 +67,7 @@ def parse_modes(modes: str | Sequence[str] | None) -> list[str]:
         if m not in out:
             out.append(m)
     if not out:
-        raise UsageError("--modes names no mode")
+        raise ParameterError("{modes} names no mode", "modes")
     return out
 
 
@@ -68,70 +75,48 @@ def prepare_out(out: str | Path) -> Path:
     """Create the output folder (0700 when new) and prove it is writable before the long run starts."""
     p = Path(out)
     if p.exists() and not p.is_dir():
-        raise UsageError(f"--out {p} exists and is not a folder")
+        raise ParameterError("{out} {path} exists and is not a folder", "out", path=p)
     try:
         p.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot write to --out {p}: {exc.__class__.__name__}") from None
+        raise ParameterError("cannot write to {out} {path}: {why}", "out", path=p, why=exc.__class__.__name__) from None
     return p
 
 
-def _clean(text: str) -> str:
-    # Score the answer, not the [n] citation markers the RAG prompt asks for.
-    from ..eval.qa import _CITES
+def _score(ans: Any, q: Question, with_answer: bool) -> dict[str, Any]:
+    from ..eval.grounded import score_answer
 
-    return " ".join(_CITES.sub(" ", text).split())
-
-
-def _score(ans: Any, q: Question, retrieving: bool, with_answer: bool) -> dict[str, Any]:
-    pred = "" if ans.refused else _clean(ans.answer)
-    golds = list(q.answers)
-    texts = {str(h.chunk_id): h.text or "" for h in (ans.hits or [])}
-    cited = [c["chunk_id"] for c in ans.citations if c.get("valid") and c.get("chunk_id") in texts]
-    holds = lambda t: metrics.best_over(metrics.contains, t, golds) > 0  # noqa: E731
-    t = ans.timings
-    from ..eval.grounded import score as grounded
-
-    g = grounded(ans, golds) if retrieving else {}
-    row: dict[str, Any] = {
-        "id": q.qid,
-        "em": metrics.best_over(metrics.exact_match, pred, golds),
-        "f1": round(metrics.best_over(metrics.f1_score, pred, golds), 4),
-        "contains": metrics.best_over(metrics.contains, pred, golds),
-        "refused": bool(ans.refused),
-        # cited: the model wrote a valid [n] itself; citation_hit: a cited chunk (written or inferred)
-        # holds a gold answer; cite_correct: of answered questions that carry a citation.
-        "cited": g.get("cited") if retrieving else None,
-        "citation_hit": any(holds(texts[c]) for c in cited) if retrieving else None,
-        "cite_correct": g.get("cite_correct") if retrieving else None,
-        "support": g.get("support") if retrieving else None,
-        "retrieval_hit": any(holds(x) for x in texts.values()) if retrieving else None,
-        "ttft_s": t.get("ttft_s"), "total_s": t.get("total_s"), "decode_tok_s": t.get("decode_tok_s"),
-        "tokens": t.get("tokens"), "prompt_tokens": t.get("prompt_tokens"), "load_s": t.get("load_s"),
-    }
+    row = {"id": q.qid, "answerable": bool(q.answers), **score_answer(ans, q.answers)}
+    pred = row.pop("prediction")
     if with_answer:
-        row.update(question=q.question, prediction=pred, gold=golds)
+        row.update(question=q.question, prediction=pred, gold=list(q.answers))
     return row
 
 
 def _aggregate(rows: list[dict[str, Any]], retrieving: bool) -> dict[str, Any]:
-    n = len(rows)
-    mean = lambda key: round(sum(float(r[key]) for r in rows) / n, 4) if n else None  # noqa: E731
+    """Quality figures from :func:`offline.eval.grounded.summarise` (one definition for compare,
+    eval qa and scripts/eval_reader.py), then speed."""
+    from ..eval.grounded import summarise
+
+    g = summarise(rows)
+    answerable = [r for r in rows if r["answerable"]]
+    n = len(answerable)
     answered = [r for r in rows if not r["refused"]]
     loads = [r["load_s"] for r in rows if r.get("load_s") is not None]
     return {
-        "questions": n,
-        "exact_match": mean("em"), "f1": mean("f1"), "answer_contains": mean("contains"),
-        "refused_rate": mean("refused"),
-        "citation_hit_rate": mean("citation_hit") if retrieving else None,
-        "cited_rate": mean("cited") if retrieving else None,
-        "retrieval_hit_rate": mean("retrieval_hit") if retrieving else None,
-        # Every compare question is answerable: a refusal is a false refusal.
-        "false_refusal_rate": mean("refused"),
-        "cite_correct_rate": _share([r["cite_correct"] for r in rows]) if retrieving else None,
-        "support_mean": _share([r["support"] for r in rows]) if retrieving else None,
+        "questions": n, "unanswerable_questions": len(rows) - n,
+        "exact_match": g["em"], "f1": g["f1"], "answer_contains": g["contains"],
+        "refused_rate": round(sum(r["refused"] for r in answerable) / n, 4) if n else None,
+        "citation_hit_rate": g["citation_hit"],
+        "cited_rate": g["cited"],
+        "retrieval_hit_rate": g["retrieval_hit"],
+        "false_refusal_rate": g["false_refusal"],
+        # Without retrieval nothing refuses: a refusal rate on unanswerable questions says nothing then.
+        "refusal_unanswerable_rate": g["refusal_unanswerable"] if retrieving else None,
+        "cite_correct_rate": g["cite_correct"],
+        "support_mean": g["support"],
         # Every question the model saw (a grounding refusal comes after generation; only a refusal
         # for low relevance has no first token).
         "ttft_s": measure.spread(r["ttft_s"] for r in rows if r["ttft_s"] is not None and r["tokens"]),
@@ -144,10 +129,6 @@ def _aggregate(rows: list[dict[str, Any]], retrieving: bool) -> dict[str, Any]:
         "model_load_s": round(max(loads), 3) if loads else None,
     }
 
-
-def _share(values: list[Any]) -> float | None:
-    xs = [float(v) for v in values if v is not None]
-    return round(sum(xs) / len(xs), 4) if xs else None
 
 
 def _ask(session: Any, question: str, mode: str, *, collection: str, adapter: str | None, k: int,
@@ -178,7 +159,7 @@ def run_mode(session: Any, mode: str, questions: list[Question], *, collection: 
         for i, q in enumerate(questions):
             ans = _ask(session, q.question, mode, collection=collection, adapter=adapter, k=k,
                        max_tokens=max_tokens, model=model, min_score=min_score, reader=reader)
-            rows.append(_score(ans, q, retrieving, with_answers))
+            rows.append(_score(ans, q, with_answers))
             if progress is not None:
                 progress(mode, i + 1, len(questions))
     figures = {"status": "ok", **_aggregate(rows, retrieving), "wall_s": round(time.perf_counter() - t0, 2),
@@ -187,7 +168,7 @@ def run_mode(session: Any, mode: str, questions: list[Question], *, collection: 
 
 
 def _probe_answer(ans: Any, probe: Probe, source: str) -> dict[str, Any]:
-    text = "" if ans.refused else _clean(ans.answer)
+    text = "" if ans.refused else strip_citations(ans.answer)
     hits = ans.hits or []
     cited_ids = {c["chunk_id"] for c in ans.citations if c.get("valid")}
     return {"answer": ans.answer, "answered": metrics.best_over(metrics.contains, text, list(probe.answers)) > 0,
@@ -344,6 +325,7 @@ def run_compare(session: Any, qa: str | Path, collection: str, *, out: str | Pat
     """Measure base / rag / finetune / hybrid on ``qa`` over ``collection``; write report.md,
     results.json and charts into ``out``; return the results. Audited: compare.start, one
     compare.mode per mode, compare.end."""
+    from ..finetune.raft import adapter_recipe
     from ..finetune.store import show_adapter
     from ..llm.resolve import resolve_generate_model
     from ..rag import DEFAULT_K, DEFAULT_MIN_SCORE
@@ -351,17 +333,16 @@ def run_compare(session: Any, qa: str | Path, collection: str, *, out: str | Pat
     from . import report
 
     k = DEFAULT_K if k is None else k
-    if not 1 <= k <= 100:
-        raise UsageError("-k must be between 1 and 100")
+    check_k(k)
     if not 1 <= max_tokens <= 2048:
-        raise UsageError("--max-tokens must be between 1 and 2048")
+        raise ParameterError("{max_tokens} must be between 1 and 2048", "max_tokens")
     if update_steps < 1:
-        raise UsageError("--update-steps must be at least 1")
+        raise ParameterError("{update_steps} must be at least 1", "update_steps")
     requested = parse_modes(modes)
     skipped = {m: "needs --adapter NAME" for m in requested if m in ADAPTER_MODES and not adapter}
     active = [m for m in MODE_ORDER if m in requested and m not in skipped]
     if not active:
-        raise UsageError("no mode left to run: finetune and hybrid need --adapter NAME")
+        raise ParameterError("no mode left to run: finetune and hybrid need {adapter} NAME", "adapter")
     qaset = load_qa(qa, limit)
     open_collection(session, collection, "read")  # fail closed before any model loads
     adapter_info = show_adapter(session, adapter) if adapter else None
@@ -403,10 +384,11 @@ def run_compare(session: Any, qa: str | Path, collection: str, *, out: str | Pat
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "duration_s": None,
             "qa": {"file": Path(qa).name, "sha256": qaset.sha256, "format": qaset.format,
-                   "questions": len(qaset.questions), "available": qaset.total},
+                   "questions": len(qaset.questions), "available": qaset.total,
+                   "unanswerable": sum(1 for q in qaset.questions if not q.answers)},
             "collection": collection,
             "model": {"name": gm.name, "sha256": gm.sha256, "file": gm.path.name},
-            "adapter": ({"name": adapter, "sha256": adapter_info["sha256"],
+            "adapter": ({"name": adapter, "sha256": adapter_info["sha256"], "recipe": adapter_recipe(adapter_info),
                          "train_duration_s": (adapter_info.get("meta") or {}).get("duration_s"),
                          "train_examples": (adapter_info.get("meta") or {}).get("train_examples"),
                          "steps": (adapter_info.get("meta") or {}).get("steps"),

@@ -14,8 +14,9 @@ from typing import Any
 from .report import Check, DoctorFailed, DoctorReport
 
 
-def run_doctor(vault_dir: Path, session: Any | None = None, *, locked_reason: str | None = None,
-               models: bool = True) -> DoctorReport:
+def run_doctor(
+    vault_dir: Path, session: Any | None = None, *, locked_reason: str | None = None, models: bool = True
+) -> DoctorReport:
     """Run every check.
 
     ``session`` is an unlocked :class:`offline.vault.Session` for ``vault_dir`` or ``None``; without
@@ -46,8 +47,10 @@ def run_doctor_with(vault_dir: Path, opener: Callable[[], Any] | None) -> Doctor
     if not (vault_dir / hdr.HEADER).is_file():
         return run_doctor(vault_dir)
     if opener is None:
-        return run_doctor(vault_dir, locked_reason="vault locked: no passphrase given "
-                                                   "(--passphrase-file or OFFLINE_PASSPHRASE)")
+        return run_doctor(
+            vault_dir,
+            locked_reason="vault locked: no passphrase given (--passphrase-file or OFFLINE_PASSPHRASE)",
+        )
     return run_doctor(vault_dir, opener())
 
 

@@ -20,8 +20,19 @@ TELEMETRY_ON_VARS = {
 }
 # Set at all, these hand a tracker its credentials.
 TELEMETRY_KEYS = ("WANDB_API_KEY", "COMET_API_KEY", "NEPTUNE_API_TOKEN", "MLFLOW_TRACKING_URI")
-PACKAGES = ("offline-kit", "sqlcipher3", "sqlite-vec", "llama-cpp-python", "cryptography", "torch",
-            "transformers", "sentence-transformers", "peft", "numpy", "click")
+PACKAGES = (
+    "offline-kit",
+    "sqlcipher3",
+    "sqlite-vec",
+    "llama-cpp-python",
+    "cryptography",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "peft",
+    "numpy",
+    "click",
+)
 
 
 def check_network_guard() -> Check:
@@ -30,8 +41,11 @@ def check_network_guard() -> Check:
     name = "network guard"
     layers = netguard.layers()
     ns = layers["network_namespace"]
-    ns_text = (f"network namespace: active ({ns['reason']})" if ns["active"]
-               else f"network namespace: not active ({ns['reason']})")
+    ns_text = (
+        f"network namespace: active ({ns['reason']})"
+        if ns["active"]
+        else f"network namespace: not active ({ns['reason']})"
+    )
     if not netguard.active():
         return failed(name, f"the network guard is not installed in this process; {ns_text}", layers=layers)
     ok, why = netguard.self_test()
@@ -50,8 +64,11 @@ def check_hf_offline() -> Check:
 
 def check_telemetry() -> Check:
     """No variable turns telemetry on; the opt-outs are set."""
-    bad = [f"{k}={os.environ.get(k)!r} (want {v})" for k, v in TELEMETRY_OFF_VARS.items()
-           if os.environ.get(k) != v]
+    bad = [
+        f"{k}={os.environ.get(k)!r} (want {v})"
+        for k, v in TELEMETRY_OFF_VARS.items()
+        if os.environ.get(k) != v
+    ]
     bad += [f"{k}={os.environ[k]!r}" for k, on in TELEMETRY_ON_VARS.items() if os.environ.get(k) in on]
     bad += [f"{k} is set" for k in TELEMETRY_KEYS if os.environ.get(k)]
     if bad:
@@ -122,12 +139,23 @@ def check_packages() -> Check:
             missing.append(pkg)
     listing = ", ".join(f"{k} {v}" for k, v in found.items())
     if missing:
-        return failed("python packages", f"missing: {', '.join(missing)}; found: {listing}",
-                      versions=found, missing=missing)
+        return failed(
+            "python packages",
+            f"missing: {', '.join(missing)}; found: {listing}",
+            versions=found,
+            missing=missing,
+        )
     return passed("python packages", listing, versions=found)
 
 
 def env_checks() -> list[Check]:
     """Process-level lines, in report order."""
-    return [check_network_guard(), check_hf_offline(), check_telemetry(), check_sqlcipher(),
-            check_sqlite_vec(), check_llama_cpp(), check_packages()]
+    return [
+        check_network_guard(),
+        check_hf_offline(),
+        check_telemetry(),
+        check_sqlcipher(),
+        check_sqlite_vec(),
+        check_llama_cpp(),
+        check_packages(),
+    ]

@@ -27,14 +27,26 @@ def model_checks() -> list[Check]:
         try:
             verify_models([m.name])
         except ModelIntegrityError:
-            checks.append(failed(name, f"sha256 of {m.path} does not match the recorded {m.sha256[:16]}...",
-                                 path=str(m.path), expected=m.sha256))
+            checks.append(
+                failed(
+                    name,
+                    f"sha256 of {m.path} does not match the recorded {m.sha256[:16]}...",
+                    path=str(m.path),
+                    expected=m.sha256,
+                )
+            )
             continue
         except OfflineError as exc:
             checks.append(failed(name, str(exc)))
             continue
-        checks.append(passed(name, f"sha256 {m.sha256[:16]}... matches ({m.role}, {m.origin})",
-                             path=str(m.path), sha256=m.sha256))
+        checks.append(
+            passed(
+                name,
+                f"sha256 {m.sha256[:16]}... matches ({m.role}, {m.origin})",
+                path=str(m.path),
+                sha256=m.sha256,
+            )
+        )
     if not checks:
         checks.append(failed("models", "no models are known (manifest empty?)"))
     from ..models.packaged import pinned_names
@@ -56,9 +68,15 @@ def packaged_check(model: str) -> Check:
         return failed(name, str(exc))
     except OfflineError as exc:
         return failed(name, f"{exc} (identifier detection and OCR at ingest need it)")
-    return passed(name, f"tree sha256 {info['tree_sha256'][:16]}... matches ({info['source']}, wheel sha256 "
-                        f"{info['wheel_sha256'][:16]}...)", path=info["path"], tree_sha256=info["tree_sha256"],
-                  wheel_sha256=info["wheel_sha256"], source=info["source"])
+    return passed(
+        name,
+        f"tree sha256 {info['tree_sha256'][:16]}... matches ({info['source']}, wheel sha256 "
+        f"{info['wheel_sha256'][:16]}...)",
+        path=info["path"],
+        tree_sha256=info["tree_sha256"],
+        wheel_sha256=info["wheel_sha256"],
+        source=info["source"],
+    )
 
 
 def ocr_check() -> Check:
@@ -75,5 +93,10 @@ def ocr_check() -> Check:
         return skipped(name, f"{exc}; scanned pages are refused until then")
     except OfflineError as exc:
         return failed(name, str(exc))
-    return passed(name, f"sha256 {info['sha256'][:16]}... matches ({info['traineddata']})",
-                  binary=info["binary"], traineddata=info["traineddata"], sha256=info["sha256"])
+    return passed(
+        name,
+        f"sha256 {info['sha256'][:16]}... matches ({info['traineddata']})",
+        binary=info["binary"],
+        traineddata=info["traineddata"],
+        sha256=info["sha256"],
+    )

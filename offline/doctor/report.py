@@ -24,8 +24,12 @@ class Check:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "reason": self.reason, **({"detail": self.detail}
-                                                                                    if self.detail else {})}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "reason": self.reason,
+            **({"detail": self.detail} if self.detail else {}),
+        }
 
 
 def passed(name: str, reason: str, **detail: Any) -> Check:

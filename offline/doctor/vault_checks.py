@@ -58,8 +58,11 @@ def check_sqlite_header(vault_dir: Path) -> Check:
         if head == SQLITE_HEADER:
             plain.append(str(p.relative_to(vault_dir)))
     if plain:
-        return failed("vault encryption",
-                      f"plain (unencrypted) SQLite file(s) in the vault: {_listed(plain)}", files=plain)
+        return failed(
+            "vault encryption",
+            f"plain (unencrypted) SQLite file(s) in the vault: {_listed(plain)}",
+            files=plain,
+        )
     return passed("vault encryption", f"{n} file(s), none starts with the plain SQLite header", files=n)
 
 
@@ -101,8 +104,9 @@ def check_canary(vault_dir: Path, session: Any | None) -> Check:
         except OSError as exc:
             return failed(name, f"cannot read {p.relative_to(vault_dir)}: {exc.strerror}")
     if found:
-        return failed(name, f"the vault's secret canary is readable in clear in: {_listed(found)}",
-                      files=found)
+        return failed(
+            name, f"the vault's secret canary is readable in clear in: {_listed(found)}", files=found
+        )
     return passed(name, f"canary not found in clear in any of {n} file(s)", files=n)
 
 
@@ -130,7 +134,8 @@ def check_permissions(vault_dir: Path) -> Check:
 
 def check_kdf(vault_dir: Path) -> Check:
     """Every keyslot's Argon2id parameters must be at or above OWASP's floor (19 MiB, 2 iterations)."""
-    from ..vault import crypto, header as hdr
+    from ..vault import crypto
+    from ..vault import header as hdr
 
     name = "KDF parameters"
     h = hdr.load(vault_dir)
@@ -151,13 +156,18 @@ def check_kdf(vault_dir: Path) -> Check:
     floor = f"OWASP floor {crypto.MIN_MEMORY_KIB // 1024} MiB / {crypto.MIN_ITERATIONS} iterations"
     if weak:
         return failed(name, f"keyslot(s) below the {floor}: {_listed(weak)}", slots=weak)
-    return passed(name, f"{len(h.slots)} keyslot(s) Argon2id, memory {min(mem) // 1024}-{max(mem) // 1024} "
-                        f"MiB, {min(its)}-{max(its)} iterations (>= {floor})",
-                  min_memory_kib=min(mem), min_iterations=min(its))
+    return passed(
+        name,
+        f"{len(h.slots)} keyslot(s) Argon2id, memory {min(mem) // 1024}-{max(mem) // 1024} "
+        f"MiB, {min(its)}-{max(its)} iterations (>= {floor})",
+        min_memory_kib=min(mem),
+        min_iterations=min(its),
+    )
 
 
 def check_audit(session: Any | None) -> Check:
-    """The audit chain verifies from the pinned root, and the signed authorization state matches the tables."""
+    """The audit chain verifies from the pinned root, and the signed authorization state matches the
+    tables."""
     from ..audit.verify import verify_chain
     from ..errors import AuditChainBroken
     from ..vault import trust
@@ -170,13 +180,24 @@ def check_audit(session: Any | None) -> Check:
     except AuditChainBroken as exc:
         return failed(name, str(exc), seq=exc.seq)
     fp = trust.show_fingerprint(session.root)
-    return passed(name, f"{rep.entries} entries verified, head {rep.head_hash[:19]}..., vault fingerprint {fp} "
-                        "(compare with the one recorded at set-up)",
-                  entries=rep.entries, head_hash=rep.head_hash, vault_fingerprint=fp)
+    return passed(
+        name,
+        f"{rep.entries} entries verified, head {rep.head_hash[:19]}..., vault fingerprint {fp} "
+        "(compare with the one recorded at set-up)",
+        entries=rep.entries,
+        head_hash=rep.head_hash,
+        vault_fingerprint=fp,
+    )
 
 
-VAULT_CHECKS = ("vault encryption", "plaintext canary", "file permissions", "KDF parameters", "audit chain",
-                "erasure journal")
+VAULT_CHECKS = (
+    "vault encryption",
+    "plaintext canary",
+    "file permissions",
+    "KDF parameters",
+    "audit chain",
+    "erasure journal",
+)
 
 
 def vault_checks(vault_dir: Path, session: Any | None, locked_reason: str | None) -> list[Check]:
@@ -192,10 +213,16 @@ def vault_checks(vault_dir: Path, session: Any | None, locked_reason: str | None
     else:
         checks.append(check_canary(vault_dir, session))
     checks += [check_permissions(vault_dir), check_kdf(vault_dir)]
-    checks.append(check_audit(session) if session is not None
-                  else skipped("audit chain", locked_reason or "vault locked"))
-    checks.append(check_erasure_journal(session) if session is not None
-                  else skipped("erasure journal", locked_reason or "vault locked"))
+    checks.append(
+        check_audit(session)
+        if session is not None
+        else skipped("audit chain", locked_reason or "vault locked")
+    )
+    checks.append(
+        check_erasure_journal(session)
+        if session is not None
+        else skipped("erasure journal", locked_reason or "vault locked")
+    )
     return checks
 
 
@@ -205,10 +232,15 @@ def check_erasure_journal(session: Any) -> Check:
 
     problems = check_journal(session)
     if problems:
-        return failed("erasure journal", problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        return failed(
+            "erasure journal", problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
     missing = missing_erasures(session)
     if missing:
-        return failed("erasure journal", f"{len(missing)} erasure(s) made on this machine are not in this vault "
-                                         "(a backup restored?): run `offline gdpr reapply-erasures`")
+        return failed(
+            "erasure journal",
+            f"{len(missing)} erasure(s) made on this machine are not in this vault "
+            "(a backup restored?): run `offline gdpr reapply-erasures`",
+        )
     n = session.db.execute("SELECT count(DISTINCT receipt_id) FROM erasure_journal").fetchone()[0]
     return passed("erasure journal", f"{n} erasure(s) journaled, matching their signed receipts")

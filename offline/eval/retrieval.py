@@ -44,7 +44,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def load_beir(beir_dir: str | Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+def load_beir(
+    beir_dir: str | Path, split: str = "test"
+) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
     """(corpus id -> text, query id -> text, qrels query id -> {doc id: relevance}) from a BEIR folder."""
     root = Path(beir_dir)
     for need in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
@@ -91,9 +93,18 @@ def mrr_at(ranked: list[str], rels: dict[str, int], k: int = 10) -> float:
     return 0.0
 
 
-def evaluate_beir(beir_dir: str | Path, *, limit: int | None = None, split: str = "test", depth: int = 100,
-                  modes: tuple[str, ...] = MODES, rrf_k: float = 60.0, w_dense: float = 1.0, w_bm25: float = 1.0,
-                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+def evaluate_beir(
+    beir_dir: str | Path,
+    *,
+    limit: int | None = None,
+    split: str = "test",
+    depth: int = 100,
+    modes: tuple[str, ...] = MODES,
+    rrf_k: float = 60.0,
+    w_dense: float = 1.0,
+    w_bm25: float = 1.0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
     """Index a BEIR corpus into a temporary vault and score dense, BM25 and hybrid retrieval.
 
     ``limit`` caps the number of (judged) queries. Returns metrics per mode, sizes and timings.
@@ -130,21 +141,36 @@ def evaluate_beir(beir_dir: str | Path, *, limit: int | None = None, split: str 
                 if done["n"] % 100 == 0 or done["n"] == total:
                     report("index", done["n"], total)
 
-        summary = ingest_records(session, (TextRecord(source=f"beir:{doc_id}", name=doc_id, text=text)
-                                           for doc_id, text in corpus.items()), EVAL_COLLECTION, progress=on_event)
+        summary = ingest_records(
+            session,
+            (TextRecord(source=f"beir:{doc_id}", name=doc_id, text=text) for doc_id, text in corpus.items()),
+            EVAL_COLLECTION,
+            progress=on_event,
+        )
         index_s = time.perf_counter() - t0
         embedder = get_embedder()
         t0 = time.perf_counter()
         qvecs = embedder.encode([queries[q] for q in qids])
         embed_s = time.perf_counter() - t0
         weights = FusionWeights(rrf_k, w_dense, w_bm25)
-        scores: dict[str, dict[str, list[float]]] = {m: {"ndcg@10": [], "recall@100": [], "mrr@10": []} for m in modes}
+        scores: dict[str, dict[str, list[float]]] = {
+            m: {"ndcg@10": [], "recall@100": [], "mrr@10": []} for m in modes
+        }
         latency: dict[str, list[float]] = {m: [] for m in modes}
         chunk_depth = min(4 * depth, 4096)  # several chunks of one document may rank together
         for i, q in enumerate(qids):
             for m in modes:
-                res = search(session, queries[q], collections=[EVAL_COLLECTION], k=chunk_depth, mode=m, audit=False,
-                             weights=weights, query_vector=qvecs[i], dense_backend="memory")
+                res = search(
+                    session,
+                    queries[q],
+                    collections=[EVAL_COLLECTION],
+                    k=chunk_depth,
+                    mode=m,
+                    audit=False,
+                    weights=weights,
+                    query_vector=qvecs[i],
+                    dense_backend="memory",
+                )
                 latency[m].append(res.timings["total_ms"])
                 ranked = list(dict.fromkeys(h.doc_name for h in res.hits))[:depth]
                 rels = qrels[q]
@@ -155,12 +181,20 @@ def evaluate_beir(beir_dir: str | Path, *, limit: int | None = None, split: str 
                 report("queries", i + 1, len(qids))
         metrics = {m: {name: round(sum(v) / len(v), 4) for name, v in s.items()} for m, s in scores.items()}
         return {
-            "dataset": Path(beir_dir).name, "split": split, "queries": len(qids), "documents": len(corpus),
-            "chunks": summary["chunks"], "failed_documents": len(summary["failed"]),
-            "embedding_model": embedder.name, "fusion": {"rrf_k": rrf_k, "w_dense": w_dense, "w_bm25": w_bm25},
+            "dataset": Path(beir_dir).name,
+            "split": split,
+            "queries": len(qids),
+            "documents": len(corpus),
+            "chunks": summary["chunks"],
+            "failed_documents": len(summary["failed"]),
+            "embedding_model": embedder.name,
+            "fusion": {"rrf_k": rrf_k, "w_dense": w_dense, "w_bm25": w_bm25},
             "metrics": metrics,
-            "timings": {"index_s": round(index_s, 2), "query_embed_ms_mean": round(1000 * embed_s / len(qids), 2),
-                        "search_ms_p50": {m: round(sorted(v)[len(v) // 2], 2) for m, v in latency.items()}},
+            "timings": {
+                "index_s": round(index_s, 2),
+                "query_embed_ms_mean": round(1000 * embed_s / len(qids), 2),
+                "search_ms_p50": {m: round(sorted(v)[len(v) // 2], 2) for m, v in latency.items()},
+            },
         }
     finally:
         if session is not None:
@@ -168,8 +202,13 @@ def evaluate_beir(beir_dir: str | Path, *, limit: int | None = None, split: str 
         shutil.rmtree(work, ignore_errors=True)
 
 
-def squad_to_beir(squad_file: str | Path, out_dir: str | Path, *, max_paragraphs: int | None = None,
-                  questions_per_paragraph: int | None = None) -> dict[str, int]:
+def squad_to_beir(
+    squad_file: str | Path,
+    out_dir: str | Path,
+    *,
+    max_paragraphs: int | None = None,
+    questions_per_paragraph: int | None = None,
+) -> dict[str, int]:
     """Write a BEIR folder from SQuAD v1.1 JSON: paragraphs are the corpus, each question's
     relevant document is the paragraph it was asked about (relevance 1)."""
     try:
@@ -180,17 +219,23 @@ def squad_to_beir(squad_file: str | Path, out_dir: str | Path, *, max_paragraphs
     out = Path(out_dir)
     (out / "qrels").mkdir(parents=True, exist_ok=True)
     n_docs = n_q = 0
-    with open(out / "corpus.jsonl", "w", encoding="utf-8") as corpus, \
-            open(out / "queries.jsonl", "w", encoding="utf-8") as queries, \
-            open(out / "qrels" / "test.tsv", "w", encoding="utf-8") as qrels:
+    with (
+        open(out / "corpus.jsonl", "w", encoding="utf-8") as corpus,
+        open(out / "queries.jsonl", "w", encoding="utf-8") as queries,
+        open(out / "qrels" / "test.tsv", "w", encoding="utf-8") as qrels,
+    ):
         qrels.write("query-id\tcorpus-id\tscore\n")
         for a, article in enumerate(articles):
             for p, para in enumerate(article["paragraphs"]):
                 if max_paragraphs is not None and n_docs >= max_paragraphs:
                     break
                 doc_id = f"{a}-{p}"
-                corpus.write(json.dumps({"_id": doc_id, "title": article["title"].replace("_", " "),
-                                         "text": para["context"]}) + "\n")
+                corpus.write(
+                    json.dumps(
+                        {"_id": doc_id, "title": article["title"].replace("_", " "), "text": para["context"]}
+                    )
+                    + "\n"
+                )
                 n_docs += 1
                 for qa in para["qas"][:questions_per_paragraph]:
                     queries.write(json.dumps({"_id": qa["id"], "text": qa["question"]}) + "\n")

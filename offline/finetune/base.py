@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, NotFound, UsageError
+from ..errors import InvalidInput, NotFound, ParameterError, UsageError
 from .export_gguf import BaseInfo, gguf_reader, read_base_info, shared_readers
 
 # Projections LoRA adapts by default; MLP projections are opt-in (--targets all).
@@ -107,8 +107,10 @@ def load_base(base: BaseModel, *, device: str = "cpu") -> tuple[Any, Any]:
         tok = _tokenizer(folder, file, base.sha256)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, config=cfg, dtype=torch.float32)
     except (ValueError, KeyError, OSError) as exc:
-        raise InvalidInput(f"transformers cannot load {file} for training "
-                           f"(architecture {base.info.arch}): {str(exc).splitlines()[0][:160]}") from None
+        raise InvalidInput(
+            f"transformers cannot load {file} for training "
+            f"(architecture {base.info.arch}): {str(exc).splitlines()[0][:160]}"
+        ) from None
     finally:
         gguf_utils.tqdm = prev_tqdm
         readers.__exit__(None, None, None)
@@ -124,7 +126,7 @@ def pick_device(requested: str | None = None) -> str:
 
     if requested:
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError("--device cuda requested but no CUDA device is available")
+            raise ParameterError("{device} cuda requested but no CUDA device is available", "device")
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -133,13 +135,18 @@ def target_modules(model: Any, targets: list[str]) -> list[str]:
     """Full names of the Linear modules whose short name is in ``targets`` (in model order)."""
     import torch
 
-    out = [n for n, mod in model.named_modules()
-           if isinstance(mod, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets]
+    out = [
+        n
+        for n, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets
+    ]
     shorts = {n.rsplit(".", 1)[-1] for n in out}
     missing = [t for t in targets if t not in shorts]
     if missing:
         if "lm_head" in missing and getattr(model.config, "tie_word_embeddings", False):
-            raise UsageError("LoRA target 'lm_head' has no tensor in the base GGUF "
-                             "(this base ties its output layer to the token embeddings)")
+            raise UsageError(
+                "LoRA target 'lm_head' has no tensor in the base GGUF "
+                "(this base ties its output layer to the token embeddings)"
+            )
         raise UsageError(f"LoRA target {missing[0]!r} is not a linear layer of this base model")
     return out

@@ -1,4 +1,11 @@
-"""Training data: validate JSONL (chat messages or prompt/completion), read collection text, tokenise.
+"""Training data: validate Q/A files, read collection text, tokenise.
+
+One loader, :func:`load_qa_file`, reads every question/answer format the kit takes, for
+``finetune create --data`` / ``--raft --qa`` and for ``offline compare --qa`` alike: JSONL lines of
+``{"messages": [...]}``, ``{"prompt", "completion"}`` or ``{"question", "answers": [...]}``
+(``answers`` empty: unanswerable, for the refusal rate), or a SQuAD JSON file (v1.1, or v2 with
+``is_impossible``). A training chat is a question (its last user turn) with the assistant's reply
+as the answer.
 
 Loss is on completion tokens only: for chat data every assistant turn is learned and everything else
 (system, user, template markup) is masked with -100, found by rendering the model's chat template
@@ -15,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, UsageError
+from ..errors import InvalidInput, ParameterError, UsageError
 
 ROLES = {"system", "user", "assistant"}
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -24,10 +31,24 @@ IGNORE = -100
 
 @dataclass
 class Example:
-    """One training item: chat messages, or raw text (continued training)."""
+    """One training item: chat messages, or raw text (continued training). From a Q/A file also the
+    question and its gold answers (none: unanswerable, and no messages to learn)."""
 
     messages: list[dict[str, str]] | None = None
     text: str | None = None
+    question: str | None = None
+    answers: tuple[str, ...] = ()
+    qid: str | None = None
+
+
+@dataclass(frozen=True)
+class QAFile:
+    """A validated Q/A file: every record in file order, its sha256 and format (squad or jsonl)."""
+
+    examples: list[Example]
+    sha256: str
+    format: str
+    name: str
 
 
 @dataclass
@@ -41,9 +62,18 @@ class Dataset:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def _ask_of(msgs: list[dict[str, str]]) -> tuple[str | None, str]:
+    """(the user turn before the last assistant reply, that reply): a chat as a question and answer."""
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant" and m["content"].strip())
+    users = [m["content"] for m in msgs[:last] if m["role"] == "user" and m["content"].strip()]
+    return (users[-1].strip() if users else None), msgs[last]["content"].strip()
+
+
 def _parse_line(obj: Any, where: str) -> Example:
     if not isinstance(obj, dict):
-        raise InvalidInput(f"{where}: expected a JSON object with \"messages\" or \"prompt\"/\"completion\"")
+        raise InvalidInput(f"{where}: expected a JSON object with \"messages\", \"prompt\"/\"completion\" "
+                           "or \"question\"/\"answers\"")
+    qid = str(obj["id"]) if "id" in obj else None
     if "messages" in obj:
         msgs = obj["messages"]
         if not isinstance(msgs, list) or not msgs:
@@ -57,32 +87,77 @@ def _parse_line(obj: Any, where: str) -> Example:
             clean.append({"role": m["role"], "content": m["content"]})
         if not any(m["role"] == "assistant" and m["content"].strip() for m in clean):
             raise InvalidInput(f"{where}: no non-empty assistant message to learn from")
-        return Example(messages=clean)
+        question, reply = _ask_of(clean)
+        return Example(messages=clean, question=question, answers=(reply,), qid=qid)
     if "prompt" in obj or "completion" in obj:
         p, c = obj.get("prompt"), obj.get("completion")
         if not isinstance(p, str) or not isinstance(c, str):
             raise InvalidInput(f"{where}: \"prompt\" and \"completion\" must both be strings")
         if not c.strip():
             raise InvalidInput(f"{where}: empty \"completion\"")
-        return Example(messages=[{"role": "user", "content": p}, {"role": "assistant", "content": c}])
-    raise InvalidInput(f"{where}: expected {{\"messages\": [...]}} or {{\"prompt\": ..., \"completion\": ...}}")
+        return Example(messages=[{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+                       question=p.strip() or None, answers=(c.strip(),), qid=qid)
+    if "question" in obj:
+        q, answers = obj["question"], obj.get("answers")
+        if not isinstance(q, str) or not q.strip():
+            raise InvalidInput(f"{where}: \"question\" must be a non-empty string")
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(answers, list) or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise InvalidInput(f"{where}: \"answers\" must be a list of non-empty strings (empty: unanswerable)")
+        answers = tuple(a.strip() for a in answers)
+        msgs = ([{"role": "user", "content": q.strip()}, {"role": "assistant", "content": answers[0]}]
+                if answers else None)
+        return Example(messages=msgs, question=q.strip(), answers=answers, qid=qid)
+    raise InvalidInput(f"{where}: expected {{\"messages\": [...]}}, {{\"prompt\": ..., \"completion\": ...}} "
+                       "or {\"question\": ..., \"answers\": [...]}")
 
 
-def load_jsonl(path: str | Path) -> Dataset:
-    """Read and validate a JSONL training file; errors name the file and line."""
-    p = Path(path)
+def _squad(raw: Any, where: str) -> list[Example]:
+    out: list[Example] = []
+    try:
+        for art in raw["data"]:
+            for para in art["paragraphs"]:
+                for qa in para["qas"]:
+                    q = str(qa["question"]).strip()
+                    golds = tuple(dict.fromkeys(str(a["text"]).strip() for a in qa.get("answers", [])
+                                                if str(a["text"]).strip()))
+                    if not q or (not golds and not qa.get("is_impossible")):
+                        continue  # v1.1 with no answer: nothing to score
+                    msgs = ([{"role": "user", "content": q}, {"role": "assistant", "content": golds[0]}]
+                            if golds else None)
+                    out.append(Example(messages=msgs, question=q, answers=golds, qid=str(qa["id"])))
+    except (KeyError, TypeError):
+        raise InvalidInput(f"{where} is not a SQuAD JSON file (bad article/paragraph/qas layout)") from None
+    return out
+
+
+def _read_bytes(p: Path) -> bytes:
     try:
         if p.stat().st_size > MAX_FILE_BYTES:
             raise InvalidInput(f"{p.name}: larger than {MAX_FILE_BYTES // 2**20} MiB")
-        raw = p.read_bytes()
+        return p.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"no such data file: {p}") from None
     except (IsADirectoryError, PermissionError) as exc:
         raise UsageError(f"cannot read data file {p}: {exc.__class__.__name__}") from None
+
+
+def load_qa_file(path: str | Path) -> QAFile:
+    """Read and validate a Q/A file in any format of the module docstring; errors name the file and line."""
+    p = Path(path)
+    raw = _read_bytes(p)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput(f"{p.name}: not UTF-8 text") from None
+    sha = hashlib.sha256(raw).hexdigest()
+    try:  # one JSON document with "data": SQuAD (JSONL fails at its second line, cheaply)
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    if isinstance(whole, dict) and "data" in whole:
+        return QAFile(_squad(whole, p.name), sha, "squad", p.name)
     examples = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -93,9 +168,18 @@ def load_jsonl(path: str | Path) -> Dataset:
         except ValueError as exc:
             raise InvalidInput(f"{where}: invalid JSON ({exc.msg})") from None
         examples.append(_parse_line(obj, where))
+    return QAFile(examples, sha, "jsonl", p.name)
+
+
+def load_jsonl(path: str | Path) -> Dataset:
+    """Training data from a Q/A file (:func:`load_qa_file`); unanswerable questions teach nothing
+    closed-book and are left out (counted in ``meta``)."""
+    qa = load_qa_file(path)
+    examples = [e for e in qa.examples if e.messages]
     if not examples:
-        raise InvalidInput(f"{p.name}: no training examples")
-    return Dataset(examples, hashlib.sha256(raw).hexdigest(), f"file:{p.name}")
+        raise InvalidInput(f"{qa.name}: no training examples")
+    return Dataset(examples, qa.sha256, f"file:{qa.name}",
+                   meta={"format": qa.format, "unanswerable_skipped": len(qa.examples) - len(examples)})
 
 
 def load_collection(session: Any, name: str, *, max_chunks: int | None = None) -> Dataset:
@@ -129,7 +213,7 @@ def load_collection(session: Any, name: str, *, max_chunks: int | None = None) -
 def split(examples: list[Any], eval_split: float, seed: int) -> tuple[list[Any], list[Any]]:
     """Deterministic shuffle, then hold out ``eval_split`` of the items (at least one when > 0)."""
     if not 0 <= eval_split < 1:
-        raise UsageError("--eval-split must be in [0, 1)")
+        raise ParameterError("{eval_split} must be in [0, 1)", "eval_split")
     items = list(examples)
     random.Random(seed).shuffle(items)
     n_eval = 0 if eval_split == 0 or len(items) < 2 else max(1, round(len(items) * eval_split))

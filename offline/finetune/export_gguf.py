@@ -72,7 +72,9 @@ class shared_readers:
         if not _ORIGINAL_READER:
             _ORIGINAL_READER.append(gguf.GGUFReader)
         self._prev = gguf.GGUFReader
-        gguf.GGUFReader = lambda path, mode="r": gguf_reader(path) if mode == "r" else _ORIGINAL_READER[0](path, mode)
+        gguf.GGUFReader = lambda path, mode="r": (
+            gguf_reader(path) if mode == "r" else _ORIGINAL_READER[0](path, mode)
+        )
 
     def __exit__(self, *exc: object) -> None:
         import gguf
@@ -99,8 +101,13 @@ def read_base_info(gguf_path: str | Path) -> BaseInfo:
         n_head_kv = max(n_head_kv)
     if isinstance(n_head, list):
         n_head = max(n_head)
-    return BaseInfo(arch=arch, n_blocks=int(field(f"{arch}.block_count") or 0), n_head=int(n_head or 0),
-                    n_head_kv=int(n_head_kv or 0), tensor_names=frozenset(t.name for t in reader.tensors))
+    return BaseInfo(
+        arch=arch,
+        n_blocks=int(field(f"{arch}.block_count") or 0),
+        n_head=int(n_head or 0),
+        n_head_kv=int(n_head_kv or 0),
+        tensor_names=frozenset(t.name for t in reader.tensors),
+    )
 
 
 def _model_arch(arch: str):
@@ -126,18 +133,18 @@ def check_targets(modules: list[str], base: BaseInfo) -> None:
         name = gguf_tensor_name(module, base)
         if name is None or name not in base.tensor_names:
             short = module.rsplit(".", 1)[-1]
-            why = (" (this base ties its output layer to the token embeddings)"
-                   if short == "lm_head" else "")
-            raise UsageError(f"LoRA target {short!r} has no tensor in the base GGUF{why}; "
-                             f"choose targets among the base's matrices")
+            why = " (this base ties its output layer to the token embeddings)" if short == "lm_head" else ""
+            raise UsageError(
+                f"LoRA target {short!r} has no tensor in the base GGUF{why}; "
+                f"choose targets among the base's matrices"
+            )
 
 
 def permute_rows(w, n_head: int, n_head_kv: int | None = None):
     """llama.cpp's q/k row permutation (convert_hf_to_gguf ``LlamaModel.permute``)."""
     if n_head_kv is not None and n_head != n_head_kv:
         n_head = n_head_kv
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def lora_tensors(state: Mapping[str, Any], base: BaseInfo) -> dict[str, Any]:
@@ -157,8 +164,16 @@ def lora_tensors(state: Mapping[str, Any], base: BaseInfo) -> dict[str, Any]:
         name = gguf_tensor_name(module, base)
         if name is None or name not in base.tensor_names:
             check_targets([module], base)
-        a = ab["A"].detach().float().cpu().numpy() if hasattr(ab["A"], "detach") else np.asarray(ab["A"], np.float32)
-        b = ab["B"].detach().float().cpu().numpy() if hasattr(ab["B"], "detach") else np.asarray(ab["B"], np.float32)
+        a = (
+            ab["A"].detach().float().cpu().numpy()
+            if hasattr(ab["A"], "detach")
+            else np.asarray(ab["A"], np.float32)
+        )
+        b = (
+            ab["B"].detach().float().cpu().numpy()
+            if hasattr(ab["B"], "detach")
+            else np.asarray(ab["B"], np.float32)
+        )
         if base.arch in PERMUTED_QK_ARCHS:
             if name.endswith("attn_q.weight"):
                 b = permute_rows(b, base.n_head, base.n_head)
@@ -171,8 +186,15 @@ def lora_tensors(state: Mapping[str, Any], base: BaseInfo) -> dict[str, Any]:
     return out
 
 
-def write_lora_gguf(path: str | Path, state: Mapping[str, Any], base: BaseInfo, *, alpha: float,
-                    name: str = "adapter", dtype: str = "f32") -> Path:
+def write_lora_gguf(
+    path: str | Path,
+    state: Mapping[str, Any],
+    base: BaseInfo,
+    *,
+    alpha: float,
+    name: str = "adapter",
+    dtype: str = "f32",
+) -> Path:
     """Write ``state`` (PEFT LoRA weights) as a GGUF LoRA adapter at ``path``."""
     import gguf
     import numpy as np

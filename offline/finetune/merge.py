@@ -109,7 +109,9 @@ def merge_lora(base: Path, adapter: Path, out: Path, qtype: str | None = None) -
         a, b = pairs[t.name]
         w = quants.dequantize(t.data, t.tensor_type).astype(np.float64)
         if w.shape != (b.shape[0], a.shape[1]):
-            raise InvalidInput(f"adapter tensor for {t.name} has shape {b.shape[0]}x{a.shape[1]}, base {w.shape}")
+            raise InvalidInput(
+                f"adapter tensor for {t.name} has shape {b.shape[0]}x{a.shape[1]}, base {w.shape}"
+            )
         merged = (w + delta(a, b, alpha)).astype(np.float32)
         kind = t.name.split(".")[-2] if t.name.count(".") >= 2 else t.name
         name = types.get(kind, types.get("*"))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, UsageError
+from ..errors import InvalidInput, ParameterError
 from ..llm import prompts
 from ..rag.lexical import content_words
 from .data import Dataset, Example
@@ -64,6 +64,13 @@ def raft_messages(question: str, answer: str, gold: Passage | None, distractors:
               for i, p in enumerate(chosen)]
     target = REFUSAL if gold_at is None else f"{answer.strip()} [{gold_at + 1}]"
     return [*prompts.rag_messages(prompts.neutralise(question), blocks), {"role": "assistant", "content": target}]
+
+
+def adapter_recipe(info: dict[str, Any] | None) -> str | None:
+    """How an adapter was trained: ``raft`` (on ask's retrieval prompt), else ``closed-book``."""
+    if info is None:
+        return None
+    return "raft" if (info.get("meta") or {}).get("raft") else "closed-book"
 
 
 def lexical_rank(query: str, passages: Sequence[Passage]) -> list[int]:
@@ -114,27 +121,42 @@ def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> str:
 
 
 def load_qa_pairs(path: str | Path) -> list[tuple[str, list[str]]]:
-    """A QA file as (question, answers): SQuAD JSON or JSONL ``{"question", "answers"}`` (as compare reads)."""
-    from ..compare.data import load_qa
+    """A Q/A file as (question, answers), read by the loader ``compare`` uses too
+    (:func:`offline.finetune.data.load_qa_file`); answers empty: unanswerable."""
+    from .data import load_qa_file
 
-    return [(q.question, list(q.answers)) for q in load_qa(path).questions]
+    qa = load_qa_file(path)
+    pairs = [(e.question, list(e.answers)) for e in qa.examples if e.question]
+    if not pairs:
+        raise InvalidInput(f"{qa.name}: no questions")
+    return pairs
 
 
 def collection_examples(session: Any, qa_file: str | Path, collection: str, *, k: int = MAX_SOURCES,
                         seed: int = 0, p_absent: float = P_ABSENT) -> Dataset:
     """RAFT chats for the caller's own questions, context retrieved from ``collection`` under their
     grants. The gold chunk is the best-ranked retrieved chunk holding an answer; a question whose
-    answer no retrieved chunk holds is skipped (counted in ``meta``). Lineage: every chunk id used."""
+    answer no retrieved chunk holds is skipped (counted in ``meta``). An unanswerable question (no
+    answers) becomes a refusal example over what retrieval returns for it. Lineage: every chunk id used."""
     from ..eval.metrics import normalize_answer
     from ..retrieval import search
 
     if k < 1 or k > 20:
-        raise UsageError("--k must be between 1 and 20")
+        raise ParameterError("{k} must be between 1 and 20", "k")
     rng = random.Random(seed)
     pairs = load_qa_pairs(qa_file)
-    examples, used, skipped = [], {}, 0
+    examples, used, skipped, refusals = [], {}, 0, 0
     for question, answers in pairs:
         hits = search(session, question, collections=[collection], k=k + 1, audit=False).hits
+        if not answers:  # the user says the documents do not answer it: learn to say so
+            if hits:
+                shown = [Passage(chunk_id=h.chunk_id, doc_name=h.doc_name or h.source, text=h.text,
+                                 section=h.section, page=h.page) for h in hits[:k]]
+                examples.append(Example(messages=raft_messages(question, "", None, shown, rng, len(shown))))
+                refusals += 1
+                for h in hits[:k]:
+                    used.setdefault(h.chunk_id, (h.collection, h.doc_id, h.label))
+            continue
         golds = [normalize_answer(a) for a in answers if normalize_answer(a)]
         holds = [h for h in hits if any(f" {g} " in f" {normalize_answer(h.text)} " for g in golds)]
         if not holds:
@@ -165,5 +187,6 @@ def collection_examples(session: Any, qa_file: str | Path, collection: str, *, k
                 "doc_ids": sorted(v["doc_ids"]), "labels": sorted(v["labels"])} for c, v in by_coll.items()]
     blob = json.dumps([e.messages for e in examples], ensure_ascii=False, sort_keys=True).encode("utf-8")
     meta = {"questions": len(pairs), "examples": len(examples), "skipped_no_gold": skipped,
+            "unanswerable_refusals": refusals,
             "chunk_ids": sorted(used), "k": k, "p_absent": p_absent, "seed": seed}
     return Dataset(examples, hashlib.sha256(blob).hexdigest(), f"raft:{collection}", sources, meta)

@@ -42,9 +42,28 @@ ADAPTER_DIR = "adapters"
 RUNS_DIR = ".runs"  # encrypted training checkpoints, one 0700 folder per run
 TMP_DIR = "tmp"
 
-_COLUMNS = ("id", "name", "file", "base_model", "base_sha256", "base_arch", "dataset_sha256", "source_doc_ids",
-            "hyperparameters", "loss_curve", "eval_loss_before", "eval_loss_after", "created_by", "created_at",
-            "adapter_sha256", "size", "meta", "tainted_at", "taint_reason", "override_reason")
+_COLUMNS = (
+    "id",
+    "name",
+    "file",
+    "base_model",
+    "base_sha256",
+    "base_arch",
+    "dataset_sha256",
+    "source_doc_ids",
+    "hyperparameters",
+    "loss_curve",
+    "eval_loss_before",
+    "eval_loss_after",
+    "created_by",
+    "created_at",
+    "adapter_sha256",
+    "size",
+    "meta",
+    "tainted_at",
+    "taint_reason",
+    "override_reason",
+)
 _JSON_COLUMNS = {"source_doc_ids", "hyperparameters", "loss_curve", "meta"}
 
 
@@ -53,6 +72,7 @@ class AdapterTainted(AccessDenied):
 
 
 # -- keys -------------------------------------------------------------------------------------
+
 
 def _wrap_context(vault_id: str, adapter_id: str, user: str) -> str:
     return f"adapter-key|{vault_id}|{adapter_id}|{user}"
@@ -63,8 +83,10 @@ def _wrap_rows(session: Session, aid: str, key: bytes, users: list[str]) -> None
         pub = session.policy.wrap_pub(u)
         if pub is None:  # keys not confirmed yet (an upgraded vault): nothing is wrapped to them
             continue
-        session.db.execute("INSERT OR REPLACE INTO adapter_keys(adapter_id, user, wrapped) VALUES (?, ?, ?)",
-                           (aid, u, crypto.wrap_to(pub, key, _wrap_context(session.vault_id, aid, u))))
+        session.db.execute(
+            "INSERT OR REPLACE INTO adapter_keys(adapter_id, user, wrapped) VALUES (?, ?, ?)",
+            (aid, u, crypto.wrap_to(pub, key, _wrap_context(session.vault_id, aid, u))),
+        )
 
 
 def _readers(session: Session, sources: list[dict[str, Any]] | None) -> list[str]:
@@ -78,7 +100,9 @@ def _adapter_key(session: Session, info: dict[str, Any]) -> bytes:
     wrapped = signed_wrap(session, "adapter_keys", info["id"], session.user)
     if wrapped is None:
         raise AccessDenied(f"access denied: adapter {info['name']!r}")
-    return crypto.unwrap_with(session.keys.x25519, wrapped, _wrap_context(session.vault_id, info["id"], session.user))
+    return crypto.unwrap_with(
+        session.keys.x25519, wrapped, _wrap_context(session.vault_id, info["id"], session.user)
+    )
 
 
 def _derive(root: bytes, purpose: str, vault_id: str, ident: str) -> bytes:
@@ -101,8 +125,12 @@ def _file_aad(vault_id: str, adapter_id: str, file: str) -> bytes:
 def checkpoint_key(session: Session, run_name: str) -> bytes:
     """Key for a training run's encrypted checkpoints (stable per run name, so --resume finds it)."""
     # Derived from the trainer's own private key: only they can read or resume their checkpoints.
-    return _derive(crypto.private_bytes(session.keys.x25519), "checkpoint", session.vault_id,
-                   f"{session.user}|{run_name}")
+    return _derive(
+        crypto.private_bytes(session.keys.x25519),
+        "checkpoint",
+        session.vault_id,
+        f"{session.user}|{run_name}",
+    )
 
 
 def runs_dir(session: Session, run_name: str) -> Path:
@@ -122,6 +150,7 @@ def private_tmp_dir(session: Session) -> Path:
 
 # -- registry ---------------------------------------------------------------------------------
 
+
 def _row_to_info(row: tuple) -> dict[str, Any]:
     info = dict(zip(_COLUMNS, row, strict=True))
     for col in _JSON_COLUMNS:
@@ -133,8 +162,9 @@ def _row_to_info(row: tuple) -> dict[str, Any]:
 
 
 def _fetch(session: Session, name: str) -> tuple[dict[str, Any], str] | None:
-    row = session.db.execute(f"SELECT {', '.join(_COLUMNS)}, key_wrap FROM adapters WHERE name = ?",
-                             (name,)).fetchone()
+    row = session.db.execute(
+        f"SELECT {', '.join(_COLUMNS)}, key_wrap FROM adapters WHERE name = ?", (name,)
+    ).fetchone()
     if row is None:
         return None
     return _row_to_info(row[:-1]), row[-1]
@@ -149,19 +179,36 @@ def _check_use(session: Session, info: dict[str, Any], action: str) -> None:
     sources (collections and labels, as the signed policy holds them); every use needs a key wrap."""
     sources = info.get("source_doc_ids") or []
     ok = session.role in ("admin", "member") and (
-        session.policy.may_read_sources(session.user, sources) if sources else True)
+        session.policy.may_read_sources(session.user, sources) if sources else True
+    )
     ok = ok and session.policy.row("adapter_keys", info["id"], session.user) is not None
     if not ok:
-        session.audit("access.denied", severity="warning", adapter=info["name"], what=action,
-                      reason="auditor" if session.role == "auditor" else "no grant covering its sources")
+        session.audit(
+            "access.denied",
+            severity="warning",
+            adapter=info["name"],
+            what=action,
+            reason="auditor" if session.role == "auditor" else "no grant covering its sources",
+        )
         raise AccessDenied(f"access denied: adapter {info['name']!r}")
 
 
-def save_adapter(session: Session, name: str, gguf_bytes: bytes, *, base_model: str, base_sha256: str,
-                 base_arch: str, dataset_sha256: str, hyperparameters: dict[str, Any],
-                 loss_curve: list[Any], eval_loss_before: float | None, eval_loss_after: float | None,
-                 source_doc_ids: list[dict[str, Any]] | None = None,
-                 meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def save_adapter(
+    session: Session,
+    name: str,
+    gguf_bytes: bytes,
+    *,
+    base_model: str,
+    base_sha256: str,
+    base_arch: str,
+    dataset_sha256: str,
+    hyperparameters: dict[str, Any],
+    loss_curve: list[Any],
+    eval_loss_before: float | None,
+    eval_loss_after: float | None,
+    source_doc_ids: list[dict[str, Any]] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Encrypt ``gguf_bytes`` into ``VAULT/adapters/ID.bin`` and record its lineage (one transaction)."""
     check_name("adapter", name)
     if session.role == "auditor":
@@ -181,11 +228,29 @@ def save_adapter(session: Session, name: str, gguf_bytes: bytes, *, base_model: 
             session.db.execute(
                 "INSERT INTO adapters(id, name, file, base_model, base_sha256, base_arch, dataset_sha256,"
                 " source_doc_ids, hyperparameters, loss_curve, eval_loss_before, eval_loss_after, created_by,"
-                " created_at, adapter_sha256, size, key_wrap, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (aid, name, file, base_model, base_sha256, base_arch, dataset_sha256,
-                 json.dumps(source_doc_ids) if source_doc_ids else None, json.dumps(hyperparameters),
-                 json.dumps(loss_curve), eval_loss_before, eval_loss_after, session.user, now, sha,
-                 len(gguf_bytes), "", json.dumps(meta or {})))
+                " created_at, adapter_sha256, size, key_wrap, meta)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    aid,
+                    name,
+                    file,
+                    base_model,
+                    base_sha256,
+                    base_arch,
+                    dataset_sha256,
+                    json.dumps(source_doc_ids) if source_doc_ids else None,
+                    json.dumps(hyperparameters),
+                    json.dumps(loss_curve),
+                    eval_loss_before,
+                    eval_loss_after,
+                    session.user,
+                    now,
+                    sha,
+                    len(gguf_bytes),
+                    "",
+                    json.dumps(meta or {}),
+                ),
+            )
             readers = _readers(session, source_doc_ids)
             _wrap_rows(session, aid, key, readers)
             extra["readers"] = readers
@@ -215,11 +280,16 @@ def share_adapter(session: Session, name: str, user: str) -> dict[str, Any]:
     """
     info = _owned(session, name, "finetune.share", "sharing")
     if session.policy.role(user) not in ("admin", "member"):
-        raise NotFound(f"no such user: {user!r}" if session.policy.user(user) is None
-                       else f"{user!r} is an auditor: auditors never use adapters")
+        raise NotFound(
+            f"no such user: {user!r}"
+            if session.policy.user(user) is None
+            else f"{user!r} is an auditor: auditors never use adapters"
+        )
     sources = info.get("source_doc_ids") or []
     if sources and not session.policy.may_read_sources(user, sources):
-        raise AccessDenied(f"access denied: {user!r} may not read every source adapter {name!r} was trained on")
+        raise AccessDenied(
+            f"access denied: {user!r} may not read every source adapter {name!r} was trained on"
+        )
     key = _adapter_key(session, info)
     with session.change("adapter.share", adapter=name, adapter_id=info["id"], user=user):
         _wrap_rows(session, info["id"], key, [user])
@@ -232,9 +302,11 @@ def list_adapters(session: Session) -> list[dict[str, Any]]:
     for row in session.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM adapters ORDER BY name"):
         info = _row_to_info(row)
         sources = info.get("source_doc_ids") or []
-        usable = (session.role in ("admin", "member")
-                  and session.policy.row("adapter_keys", info["id"], session.user) is not None
-                  and (not sources or session.policy.may_read_sources(session.user, sources)))
+        usable = (
+            session.role in ("admin", "member")
+            and session.policy.row("adapter_keys", info["id"], session.user) is not None
+            and (not sources or session.policy.may_read_sources(session.user, sources))
+        )
         if not usable and session.role != "admin":
             continue
         info["usable"] = usable
@@ -262,8 +334,10 @@ def _usable(session: Session, name: str, *, allow_tainted: bool = False) -> tupl
     _check_use(session, info, "use")
     if info["tainted_at"] and not info["override_reason"] and not allow_tainted:
         raise AdapterTainted(
-            f"adapter {name!r} is tainted ({info['taint_reason'] or 'its training data included an erased document'});"
-            " retrain it, or an admin runs `offline finetune override-taint NAME --reason TEXT`")
+            f"adapter {name!r} is tainted "
+            f"({info['taint_reason'] or 'its training data included an erased document'});"
+            " retrain it, or an admin runs `offline finetune override-taint NAME --reason TEXT`"
+        )
     return info, key_wrap
 
 
@@ -277,13 +351,23 @@ def check_adapter_use(session: Session, name: str) -> dict[str, Any]:
 def record_use(session: Session, info: dict[str, Any]) -> None:
     """Audit one use: a tainted adapter (served under an admin override) is a high-severity event."""
     if info["tainted_at"]:
-        session.audit("adapter.use_tainted", severity="high", adapter=info["name"], adapter_id=info["id"],
-                      taint_reason=info["taint_reason"], override_reason=info["override_reason"])
+        session.audit(
+            "adapter.use_tainted",
+            severity="high",
+            adapter=info["name"],
+            adapter_id=info["id"],
+            taint_reason=info["taint_reason"],
+            override_reason=info["override_reason"],
+        )
     else:
-        session.audit("adapter.open", adapter=info["name"], adapter_id=info["id"], adapter_sha256=info["sha256"])
+        session.audit(
+            "adapter.open", adapter=info["name"], adapter_id=info["id"], adapter_sha256=info["sha256"]
+        )
 
 
-def read_adapter_bytes(session: Session, name: str, *, allow_tainted: bool = False) -> tuple[bytes, dict[str, Any]]:
+def read_adapter_bytes(
+    session: Session, name: str, *, allow_tainted: bool = False
+) -> tuple[bytes, dict[str, Any]]:
     """Decrypt an adapter into memory after the access and taint checks; verifies its sha256."""
     info, _ = _usable(session, name, allow_tainted=allow_tainted)
     aid, file = info["id"], info["file"]
@@ -334,7 +418,7 @@ def open_adapter(session: Session, name: str) -> Iterator[tuple[Path, dict[str, 
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         del data
@@ -356,10 +440,13 @@ def remove_adapter(session: Session, name: str) -> dict[str, Any]:
 
 # -- lineage hooks for GDPR erasure -----------------------------------------------------------
 
+
 def adapters_using_document(session: Session, collection_id: str, doc_id: int) -> list[str]:
     """Names of adapters whose lineage includes document ``doc_id`` of collection ``collection_id``."""
     out = []
-    for name, src in session.db.execute("SELECT name, source_doc_ids FROM adapters WHERE source_doc_ids IS NOT NULL"):
+    for name, src in session.db.execute(
+        "SELECT name, source_doc_ids FROM adapters WHERE source_doc_ids IS NOT NULL"
+    ):
         for s in json.loads(src):
             if s.get("collection_id") == collection_id and doc_id in s.get("doc_ids", []):
                 out.append(name)
@@ -372,8 +459,10 @@ def mark_tainted(session: Session, name: str, reason: str) -> None:
     if not reason.strip():
         raise UsageError("a taint needs a reason")
     with session.change("adapter.taint", severity="notice", adapter=name, reason=reason):
-        cur = session.db.execute("UPDATE adapters SET tainted_at = ?, taint_reason = ?, override_reason = NULL"
-                                 " WHERE name = ?", (utc_now(), reason, name))
+        cur = session.db.execute(
+            "UPDATE adapters SET tainted_at = ?, taint_reason = ?, override_reason = NULL WHERE name = ?",
+            (utc_now(), reason, name),
+        )
         if cur.rowcount == 0:
             raise NotFound(f"no such adapter: {name!r}")
 
@@ -384,8 +473,9 @@ def override_taint(session: Session, name: str, reason: str) -> None:
     if not reason.strip():
         raise UsageError("an override needs a reason")
     with session.change("adapter.taint_override", severity="high", adapter=name, reason=reason):
-        cur = session.db.execute("UPDATE adapters SET override_reason = ? WHERE name = ? AND tainted_at IS NOT NULL",
-                                 (reason, name))
+        cur = session.db.execute(
+            "UPDATE adapters SET override_reason = ? WHERE name = ? AND tainted_at IS NOT NULL",
+            (reason, name),
+        )
         if cur.rowcount == 0:
             raise NotFound(f"no tainted adapter named {name!r}")
-

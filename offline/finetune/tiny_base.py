@@ -29,8 +29,17 @@ def _copy_tokenizer(writer, donor: Path) -> int:
     return n_vocab
 
 
-def write_tiny_llama_gguf(path: str | Path, tokenizer_donor: str | Path, *, hidden: int = 64, layers: int = 2,
-                          heads: int = 4, kv_heads: int = 2, ffn: int = 128, seed: int = 0) -> Path:
+def write_tiny_llama_gguf(
+    path: str | Path,
+    tokenizer_donor: str | Path,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    ffn: int = 128,
+    seed: int = 0,
+) -> Path:
     """Write a random llama model with the donor's tokenizer to ``path`` (f32, tied embeddings)."""
     import gguf
     import numpy as np
@@ -63,9 +72,12 @@ def write_tiny_llama_gguf(path: str | Path, tokenizer_donor: str | Path, *, hidd
     writer.add_tensor("token_embd.weight", rand(n_vocab, hidden, scale=0.5))
     for i in range(layers):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", norm(hidden))
-        writer.add_tensor(f"blk.{i}.attn_q.weight", permute_rows(rand(heads * head_dim, hidden), heads, heads))
-        writer.add_tensor(f"blk.{i}.attn_k.weight",
-                          permute_rows(rand(kv_heads * head_dim, hidden), heads, kv_heads))
+        writer.add_tensor(
+            f"blk.{i}.attn_q.weight", permute_rows(rand(heads * head_dim, hidden), heads, heads)
+        )
+        writer.add_tensor(
+            f"blk.{i}.attn_k.weight", permute_rows(rand(kv_heads * head_dim, hidden), heads, kv_heads)
+        )
         writer.add_tensor(f"blk.{i}.attn_v.weight", rand(kv_heads * head_dim, hidden))
         writer.add_tensor(f"blk.{i}.attn_output.weight", rand(hidden, heads * head_dim))
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", norm(hidden))

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import OfflineError, UsageError
+from ..errors import OfflineError, ParameterError, UsageError
 from .data import IGNORE
 
 Encoded = list[tuple[list[int], list[int]]]
@@ -59,21 +59,21 @@ class TrainConfig:
         # nan slips through every comparison below and inf through most: refuse both first.
         for name in ("alpha", "lr", "eval_split", "dropout"):
             if not math.isfinite(float(getattr(self, name))):
-                raise UsageError(f"--{name.replace('_', '-')} must be a finite number")
+                raise ParameterError(f"{{{name}}} must be a finite number", name)
         if self.rank < 1 or self.rank > 1024:
-            raise UsageError("--rank must be between 1 and 1024")
+            raise ParameterError("{rank} must be between 1 and 1024", "rank")
         if self.alpha <= 0:
-            raise UsageError("--alpha must be positive")
+            raise ParameterError("{alpha} must be positive", "alpha")
         if self.epochs < 1:
-            raise UsageError("--epochs must be at least 1")
+            raise ParameterError("{epochs} must be at least 1", "epochs")
         if not 0 < self.lr < 1:
-            raise UsageError("--lr must be in (0, 1)")
+            raise ParameterError("{lr} must be in (0, 1)", "lr")
         if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError("--max-steps must be at least 1")
+            raise ParameterError("{max_steps} must be at least 1", "max_steps")
         if self.batch_size < 1 or self.max_len < 8:
-            raise UsageError("--batch-size must be >= 1 and --max-len >= 8")
+            raise ParameterError("{batch_size} must be >= 1 and {max_len} >= 8", "batch_size", "max_len")
         if not 0 <= self.dropout < 1:
-            raise UsageError("--dropout must be in [0, 1)")
+            raise ParameterError("{dropout} must be in [0, 1)", "dropout")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +97,10 @@ class TrainResult:
 
 # -- batching ---------------------------------------------------------------------------------
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, *, group: int = 16) -> list[list[int]]:
+
+def epoch_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, *, group: int = 16
+) -> list[list[int]]:
     """Deterministic length-grouped batches for one epoch (same on resume)."""
     rng = random.Random(seed * 1000003 + epoch)
     order = list(range(len(lengths)))
@@ -105,8 +108,8 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, *,
     batches: list[list[int]] = []
     mega = batch_size * group
     for i in range(0, len(order), mega):
-        chunk = sorted(order[i:i + mega], key=lambda j: lengths[j])
-        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[i : i + mega], key=lambda j: lengths[j])
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -148,6 +151,7 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 # -- loss -------------------------------------------------------------------------------------
 
+
 def _parts(peft_model: Any) -> tuple[Any, Any, float | None]:
     inner = peft_model.get_base_model()
     decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else inner.model
@@ -185,7 +189,7 @@ def evaluate(peft_model: Any, items: Encoded, pad_id: int, device: str, batch_si
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
     with torch.no_grad():
         for k in range(0, len(order), batch_size):
-            loss, n = label_loss(peft_model, *collate(items, order[k:k + batch_size], pad_id, device))
+            loss, n = label_loss(peft_model, *collate(items, order[k : k + batch_size], pad_id, device))
             total += float(loss)
             count += n
     if was_training:
@@ -195,17 +199,20 @@ def evaluate(peft_model: Any, items: Encoded, pad_id: int, device: str, batch_si
 
 # -- checkpoints ------------------------------------------------------------------------------
 
+
 def _pack(tensors: dict[str, Any], meta: dict[str, Any]) -> bytes:
     from safetensors.torch import save
 
-    return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata={"state": json.dumps(meta)})
+    return save(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata={"state": json.dumps(meta)}
+    )
 
 
 def _unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     from safetensors.torch import load
 
     (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n])
+    header = json.loads(blob[8 : 8 + n])
     return load(blob), json.loads(header["__metadata__"]["state"])
 
 
@@ -214,7 +221,9 @@ def make_checkpoint(peft_model: Any, optimizer: Any, meta: dict[str, Any]) -> by
     import torch
     from peft import get_peft_model_state_dict
 
-    tensors = {f"lora.{k}": v for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
+    tensors = {
+        f"lora.{k}": v for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()
+    }
     opt = optimizer.state_dict()
     for pid, st in opt["state"].items():
         for k, v in st.items():
@@ -244,13 +253,22 @@ def restore_checkpoint(peft_model: Any, optimizer: Any, blob: bytes) -> dict[str
 
 # -- the loop ---------------------------------------------------------------------------------
 
+
 def _progress(enabled: bool, total: int):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled, transient=False)
+    return Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[tps]} tok/s"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
+    )
 
 
 class _GracefulStop:
@@ -275,10 +293,21 @@ class _GracefulStop:
             signal.signal(signal.SIGINT, self._prev)
 
 
-def train_lora(peft_model: Any, train: Encoded, evalset: Encoded, cfg: TrainConfig, *, pad_id: int,
-               device: str = "cpu", save: Callable[[bytes], None] | None = None, resume_blob: bytes | None = None,
-               fingerprint: dict[str, Any] | None = None, checkpoint_every: int = 25,
-               checkpoint_seconds: float = 120.0, progress: bool = True) -> TrainResult:
+def train_lora(
+    peft_model: Any,
+    train: Encoded,
+    evalset: Encoded,
+    cfg: TrainConfig,
+    *,
+    pad_id: int,
+    device: str = "cpu",
+    save: Callable[[bytes], None] | None = None,
+    resume_blob: bytes | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    checkpoint_every: int = 25,
+    checkpoint_seconds: float = 120.0,
+    progress: bool = True,
+) -> TrainResult:
     """Train the LoRA parameters of ``peft_model`` in place; checkpoint through ``save``.
 
     ``fingerprint`` (data, base, hyperparameters) is stored in each checkpoint; a resume whose
@@ -298,8 +327,11 @@ def train_lora(peft_model: Any, train: Encoded, evalset: Encoded, cfg: TrainConf
     if resume_blob is not None:
         meta = restore_checkpoint(peft_model, optimizer, resume_blob)
         if meta.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-            raise UsageError("the saved checkpoint was made with other data, base or settings; "
-                             "rerun with the same options, or use --restart to discard it")
+            raise UsageError.naming(
+                "the saved checkpoint was made with other data, base or settings; "
+                "rerun with the same options, or use {restart} to discard it",
+                "restart",
+            )
         start, curve, tokens = meta["step"], meta["loss_curve"], meta["tokens"]
         seconds, eval_before = meta["train_seconds"], meta["eval_loss_before"]
     else:
@@ -308,9 +340,20 @@ def train_lora(peft_model: Any, train: Encoded, evalset: Encoded, cfg: TrainConf
 
     def checkpoint(step: int) -> None:
         if save is not None:
-            save(make_checkpoint(peft_model, optimizer, {
-                "step": step, "loss_curve": curve, "tokens": tokens, "train_seconds": seconds,
-                "eval_loss_before": eval_before, "fingerprint": fingerprint}))
+            save(
+                make_checkpoint(
+                    peft_model,
+                    optimizer,
+                    {
+                        "step": step,
+                        "loss_curve": curve,
+                        "tokens": tokens,
+                        "train_seconds": seconds,
+                        "eval_loss_before": eval_before,
+                        "fingerprint": fingerprint,
+                    },
+                )
+            )
 
     peft_model.train()
     step, last_saved, last_save_t = start, start, time.monotonic()
@@ -330,7 +373,12 @@ def train_lora(peft_model: Any, train: Encoded, evalset: Encoded, cfg: TrainConf
                 loss = loss_sum / max(n, 1)
                 value = float(loss.detach())
                 if not math.isfinite(value):  # before the update, so the checkpoint stays usable
-                    raise OfflineError(f"training diverged at step {step + 1} (loss {value}); lower --lr")
+                    raise OfflineError.naming(
+                        "training diverged at step {step} (loss {loss}); lower {lr}",
+                        "lr",
+                        step=step + 1,
+                        loss=value,
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -339,8 +387,12 @@ def train_lora(peft_model: Any, train: Encoded, evalset: Encoded, cfg: TrainConf
                 seconds += time.perf_counter() - t0
                 tokens += int(att.sum())
                 curve.append([step + 1, round(value, 5)])
-                bar.update(task, completed=step + 1, loss=f"{value:.4f}",
-                           tps=f"{tokens / seconds:.0f}" if seconds else "-")
+                bar.update(
+                    task,
+                    completed=step + 1,
+                    loss=f"{value:.4f}",
+                    tps=f"{tokens / seconds:.0f}" if seconds else "-",
+                )
                 now = time.monotonic()
                 if (step + 1) % checkpoint_every == 0 or now - last_save_t > checkpoint_seconds:
                     checkpoint(step + 1)
@@ -349,13 +401,20 @@ def train_lora(peft_model: Any, train: Encoded, evalset: Encoded, cfg: TrainConf
         done = len(curve) and curve[-1][0] or start
         if done > last_saved:
             checkpoint(done)
-        raise TrainingInterrupted(
-            f"interrupted at step {done}/{total}; checkpoint kept: run the same command with --resume") from None
+        raise TrainingInterrupted.naming(
+            "interrupted at step {done}/{total}; checkpoint kept: run the same command with {resume}",
+            "resume",
+            done=done,
+            total=total,
+        ) from None
     except BaseException:
         done = len(curve) and curve[-1][0] or start
         if done > last_saved:
             checkpoint(done)
         raise
     eval_after = evaluate(peft_model, evalset, pad_id, device)
-    state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
+    state = {
+        k: v.detach().cpu().clone()
+        for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()
+    }
     return TrainResult(state, curve, eval_before, eval_after, total, tokens, seconds, resumed_from=start)

@@ -15,28 +15,36 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ParameterError
 from ..vault import emergency
 from ..vault.collections import collection_key_for_admin, open_collection, rotate_collection_key
 from ..vault.core import Session
 
 
-def set_break_glass(session: Session, collection: str, enabled: bool,
-                    users: list[str] | None = None) -> dict[str, Any]:
+def set_break_glass(
+    session: Session, collection: str, enabled: bool, users: list[str] | None = None
+) -> dict[str, Any]:
     """Turn break-glass on (new wraps and code) or off (delete them, rotate the key) for a collection."""
     session.require_role("admin", action="configuring break-glass")
     cid, file, key = collection_key_for_admin(session, collection)
     if enabled:
         vault_wide = session.setting("break_glass")
         again = bool(session.policy.row("collections", cid).get("emergency"))
-        with session.change("break_glass.enable", severity="warning", collection=collection,
-                            vault_setting=vault_wide) as extra:
+        with session.change(
+            "break_glass.enable", severity="warning", collection=collection, vault_setting=vault_wide
+        ) as extra:
             code, provisioned = emergency.enable(session, cid, file, key, users)
             extra["provisioned"] = provisioned
         if again:  # an old code and blob copied earlier would still open the current key
             rotate_collection_key(session, collection, reason="break-glass re-issued")
-        return {"collection": collection, "break_glass": True, "provisioned": provisioned,
-                "vault_setting": vault_wide, "key_rotated": again, "emergency_code": code}
+        return {
+            "collection": collection,
+            "break_glass": True,
+            "provisioned": provisioned,
+            "vault_setting": vault_wide,
+            "key_rotated": again,
+            "emergency_code": code,
+        }
     with session.change("break_glass.disable", severity="notice", collection=collection) as extra:
         removed = emergency.disable(session, cid)
         extra["wraps_removed"] = removed
@@ -44,8 +52,12 @@ def set_break_glass(session: Session, collection: str, enabled: bool,
     return {"collection": collection, "break_glass": False, "wraps_removed": removed, "key_rotated": True}
 
 
-def open_break_glass(session: Session, collections: list[str] | None, reason: str | None,
-                     code: Callable[[], str | None] | None = None) -> list[str]:
+def open_break_glass(
+    session: Session,
+    collections: list[str] | None,
+    reason: str | None,
+    code: Callable[[], str | None] | None = None,
+) -> list[str]:
     """Open ``collections`` for reading, using break-glass where the caller holds no grant.
 
     Called before ``search``/``answer`` so they find the handles already open. Refuses (usage
@@ -53,9 +65,11 @@ def open_break_glass(session: Session, collections: list[str] | None, reason: st
     deliberate act on a named collection, never a side effect of searching everything.
     """
     if reason is None or not reason.strip():
-        raise UsageError("break-glass needs a reason: --reason TEXT")
+        raise ParameterError("break-glass needs a reason: {reason} TEXT", "reason")
     if not collections:
-        raise UsageError("break-glass needs the collection to open: -c COLLECTION")
+        raise ParameterError(
+            "break-glass needs the collection to open: {collections} COLLECTION", "collections"
+        )
     names = list(dict.fromkeys(collections))
     for name in names:
         if _granted(session, name):
@@ -71,8 +85,13 @@ def _granted(session: Session, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def break_glass_scope(session: Session, enabled: bool, collections: list[str] | None,
-                      reason: str | None, code: Callable[[], str | None] | None = None) -> Iterator[list[str]]:
+def break_glass_scope(
+    session: Session,
+    enabled: bool,
+    collections: list[str] | None,
+    reason: str | None,
+    code: Callable[[], str | None] | None = None,
+) -> Iterator[list[str]]:
     """What ``--break-glass --reason TEXT`` does for ``ask`` and ``search``: open, run, close.
 
     Collections opened by break-glass are dropped from the session when the block ends, so a
@@ -80,7 +99,7 @@ def break_glass_scope(session: Session, enabled: bool, collections: list[str] | 
     """
     if not enabled:
         if reason is not None:
-            raise UsageError("--reason goes with --break-glass")
+            raise ParameterError("{reason} goes with {break_glass}", "reason", "break_glass")
         yield []
         return
     names = list(dict.fromkeys(collections or []))
@@ -89,6 +108,4 @@ def break_glass_scope(session: Session, enabled: bool, collections: list[str] | 
         yield open_break_glass(session, names, reason, code)
     finally:
         for name in emergency:
-            handle = session._collections.pop(name, None)
-            if handle is not None:
-                handle.close()
+            session.drop_handle(name)

@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..vault.core import Session
 
 SUBJECT_MAX = 128
+BACKUP_RETENTION_KEY = "backup_retention_days"  # gdpr_settings key, in days
 
 
 def check_subject(subject: str) -> str:
@@ -50,9 +51,14 @@ def writable_collections(session: Session) -> list[str]:
     """Names of collections the caller holds a write grant on."""
     if session.role == "auditor":
         return []
-    return [r[0] for r in session.db.execute(
-        "SELECT c.name FROM collections c JOIN grants g ON g.collection_id = c.id"
-        " WHERE g.user = ? AND g.perm = 'write' ORDER BY c.name", (session.user,))]
+    return [
+        r[0]
+        for r in session.db.execute(
+            "SELECT c.name FROM collections c JOIN grants g ON g.collection_id = c.id"
+            " WHERE g.user = ? AND g.perm = 'write' ORDER BY c.name",
+            (session.user,),
+        )
+    ]
 
 
 def label_clause(labels: frozenset[str] | None, column: str = "d.label") -> tuple[str, list[str]]:
@@ -64,19 +70,39 @@ def label_clause(labels: frozenset[str] | None, column: str = "d.label") -> tupl
     return f" AND {column} IN ({','.join('?' * len(labels))})", sorted(labels)
 
 
-_DOC_COLUMNS = "d.id, d.source, d.name, d.sha256, d.size, d.label, d.mime, d.ingested_at, d.ingested_by, d.meta"
+_DOC_COLUMNS = (
+    "d.id, d.source, d.name, d.sha256, d.size, d.label, d.mime, d.ingested_at, d.ingested_by, d.meta"
+)
 
 
 def _doc_rows(rows: list[tuple]) -> list[dict[str, Any]]:
-    return [{"doc_id": r[0], "source": r[1], "name": r[2], "sha256": r[3], "size": r[4], "label": r[5],
-             "mime": r[6], "ingested_at": r[7], "ingested_by": r[8], "meta": _json_or_raw(r[9])} for r in rows]
+    return [
+        {
+            "doc_id": r[0],
+            "source": r[1],
+            "name": r[2],
+            "sha256": r[3],
+            "size": r[4],
+            "label": r[5],
+            "mime": r[6],
+            "ingested_at": r[7],
+            "ingested_by": r[8],
+            "meta": _json_or_raw(r[9]),
+        }
+        for r in rows
+    ]
 
 
 def subject_documents(conn: Any, subject: str, labels: frozenset[str] | None) -> list[dict[str, Any]]:
     """Documents tagged with ``subject`` that a grant limited to ``labels`` may see."""
     clause, params = label_clause(labels)
-    return _doc_rows(conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents d JOIN doc_subjects s ON s.doc_id = d.id"
-                                  " WHERE s.subject = ?" + clause + " ORDER BY d.id", [subject, *params]).fetchall())
+    return _doc_rows(
+        conn.execute(
+            f"SELECT {_DOC_COLUMNS} FROM documents d JOIN doc_subjects s ON s.doc_id = d.id"
+            " WHERE s.subject = ?" + clause + " ORDER BY d.id",
+            [subject, *params],
+        ).fetchall()
+    )
 
 
 def document_rows(conn: Any, doc_ids: list[int], labels: frozenset[str] | None) -> list[dict[str, Any]]:
@@ -85,8 +111,12 @@ def document_rows(conn: Any, doc_ids: list[int], labels: frozenset[str] | None) 
         return []
     clause, params = label_clause(labels)
     marks = ",".join("?" * len(doc_ids))
-    return _doc_rows(conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents d WHERE d.id IN ({marks})" + clause
-                                  + " ORDER BY d.id", [*doc_ids, *params]).fetchall())
+    return _doc_rows(
+        conn.execute(
+            f"SELECT {_DOC_COLUMNS} FROM documents d WHERE d.id IN ({marks})" + clause + " ORDER BY d.id",
+            [*doc_ids, *params],
+        ).fetchall()
+    )
 
 
 def _json_or_raw(text: str | None) -> Any:
@@ -99,7 +129,7 @@ def _json_or_raw(text: str | None) -> Any:
 def parse_ts(text: str) -> _dt.datetime:
     """An ISO timestamp from the vault (always UTC) as an aware datetime."""
     moment = _dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=_dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=_dt.UTC)
 
 
 def parse_date(text: str) -> _dt.date | None:
@@ -118,7 +148,7 @@ def parse_date(text: str) -> _dt.date | None:
 
 
 def utc_now_dt() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 def private_output_dir(path: Path | str | None, *, default: Path | None = None) -> Path:
@@ -132,7 +162,9 @@ def private_output_dir(path: Path | str | None, *, default: Path | None = None) 
 
 
 def write_private_json(path: Path, data: Any) -> None:
-    config.write_private_file(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    config.write_private_file(
+        path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    )
 
 
 def write_private_text(path: Path, text: str) -> None:
@@ -145,3 +177,9 @@ def new_file(folder: Path, name: str) -> Path:
     if path.exists() or os.path.islink(path):
         raise UsageError(f"{path} already exists; choose another folder")
     return path
+
+
+def backup_retention_days(session: Session) -> int | None:
+    """How long backups are kept (days, as the signed gdpr_settings hold it), or None if unset."""
+    row = session.policy.row("gdpr_settings", BACKUP_RETENTION_KEY)
+    return int(row["value"]) if row else None

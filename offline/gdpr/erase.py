@@ -31,8 +31,16 @@ from ..vault import db
 from ..vault.collections import CollectionHandle, open_collection
 from ..vault.core import Session, new_id, utc_now
 from .common import (
-    check_subject, new_file, parse_ts, private_output_dir, subject_ref, subject_ref_matches, utc_now_dt,
-    write_private_json, writable_collections,
+    backup_retention_days,
+    check_subject,
+    new_file,
+    parse_ts,
+    private_output_dir,
+    subject_ref,
+    subject_ref_matches,
+    utc_now_dt,
+    writable_collections,
+    write_private_json,
 )
 from .finder import Found
 from .registry import resolve_terms
@@ -43,7 +51,7 @@ RECEIPT_VERSION = 1
 class ErasureIncomplete(OfflineError):
     """The erasure ran but could not cover every collection; ``receipt`` records what it did."""
 
-    def __init__(self, message: str, receipt: dict[str, Any]):
+    def __init__(self, message: str, receipt: dict[str, Any] | None = None):
         super().__init__(message)
         self.receipt = receipt
 
@@ -66,11 +74,16 @@ def erasure_coverage(session: Session, covered: list[CollectionHandle], *, reque
         read_only = len(set(readable_collections(session)) - names)
         no_grant = max(0, total - len(names) - read_only)
         outside = 0
-    return {"scope": "requested" if requested else "all", "collections_in_vault": total,
-            "collections_covered": len(names), "not_covered_no_grant": no_grant,
-            "not_covered_read_only": read_only, "covered_only_for_grant_labels": label_limited,
-            "outside_requested_scope": outside,
-            "complete": no_grant == 0 and read_only == 0 and label_limited == 0}
+    return {
+        "scope": "requested" if requested else "all",
+        "collections_in_vault": total,
+        "collections_covered": len(names),
+        "not_covered_no_grant": no_grant,
+        "not_covered_read_only": read_only,
+        "covered_only_for_grant_labels": label_limited,
+        "outside_requested_scope": outside,
+        "complete": no_grant == 0 and read_only == 0 and label_limited == 0,
+    }
 
 
 def describe_gaps(coverage: dict[str, Any]) -> str:
@@ -78,18 +91,33 @@ def describe_gaps(coverage: dict[str, Any]) -> str:
     missed = coverage["not_covered_no_grant"] + coverage["not_covered_read_only"]
     parts = []
     if missed:
-        why = [f"{n} {what}" for n, what in ((coverage["not_covered_no_grant"], "without a grant"),
-                                             (coverage["not_covered_read_only"], "read-only")) if n]
-        parts.append(f"{missed} of {coverage['collections_in_vault']} collection(s) not covered "
-                     f"({', '.join(why)})")
+        why = [
+            f"{n} {what}"
+            for n, what in (
+                (coverage["not_covered_no_grant"], "without a grant"),
+                (coverage["not_covered_read_only"], "read-only"),
+            )
+            if n
+        ]
+        parts.append(
+            f"{missed} of {coverage['collections_in_vault']} collection(s) not covered ({', '.join(why)})"
+        )
     if coverage["covered_only_for_grant_labels"]:
         parts.append(f"{coverage['covered_only_for_grant_labels']} covered only for the labels of your grant")
     return "; ".join(parts) or "complete"
 
 
-def erase_subject(session: Session, subject: str, *, names: tuple[str, ...] = (), aliases: tuple[str, ...] = (),
-                  collections: list[str] | None = None, receipt_dir: Path | str | None = None,
-                  partial: bool = False, dry_run: bool = False) -> dict[str, Any]:
+def erase_subject(
+    session: Session,
+    subject: str,
+    *,
+    names: tuple[str, ...] = (),
+    aliases: tuple[str, ...] = (),
+    collections: list[str] | None = None,
+    receipt_dir: Path | str | None = None,
+    partial: bool = False,
+    dry_run: bool = False,
+) -> dict[str, Any]:
     """Erase every trace of ``subject`` in ``collections`` (default: all you may write).
 
     The subject is looked for by tag, by what the text says (id, registered name and aliases,
@@ -110,24 +138,48 @@ def erase_subject(session: Session, subject: str, *, names: tuple[str, ...] = ()
         session.audit("gdpr.erase.dry_run", subject_ref=subject_ref(session, subject), **summary["totals"])
         return summary
     if not plan and not coverage["complete"] and not partial:
-        session.audit("access.denied", severity="warning", what="gdpr.erase", subject_ref=subject_ref(session, subject),
-                      reason="no writable collection", coverage=coverage)
-        raise AccessDenied(f"access denied: you may write none of the {coverage['collections_in_vault']} "
-                           "collection(s) of this vault, so nothing was erased; ask an admin for write "
-                           "access (or pass --partial to record an empty receipt)")
-    receipt = erase_documents(session, plan, kind="subject",
-                              reason="erasure request of the data subject (GDPR Art. 17)", subject=subject,
-                              receipt_dir=receipt_dir, considered=None if collections else [h.name for h, _ in plan],
-                              coverage=coverage, journal_terms=terms)
+        session.audit(
+            "access.denied",
+            severity="warning",
+            what="gdpr.erase",
+            subject_ref=subject_ref(session, subject),
+            reason="no writable collection",
+            coverage=coverage,
+        )
+        raise AccessDenied.naming(
+            "access denied: you may write none of the {n} collection(s) of this vault, so "
+            "nothing was erased; ask an admin for write access (or pass {partial} to record "
+            "an empty receipt)",
+            "partial",
+            n=coverage["collections_in_vault"],
+        )
+    receipt = erase_documents(
+        session,
+        plan,
+        kind="subject",
+        reason="erasure request of the data subject (GDPR Art. 17)",
+        subject=subject,
+        receipt_dir=receipt_dir,
+        considered=None if collections else [h.name for h, _ in plan],
+        coverage=coverage,
+        journal_terms=terms,
+    )
     if not coverage["complete"] and not partial:
-        raise ErasureIncomplete(
-            f"erasure incomplete: {describe_gaps(coverage)}; receipt {receipt['receipt_id']} records what was "
-            "erased. Ask an admin to cover the rest, or pass --partial to accept a partial erasure", receipt)
+        exc = ErasureIncomplete.naming(
+            "erasure incomplete: {gaps}; receipt {receipt_id} records what was erased. "
+            "Ask an admin to cover the rest, or pass {partial} to accept a partial erasure",
+            "partial",
+            gaps=describe_gaps(coverage),
+            receipt_id=receipt["receipt_id"],
+        )
+        exc.receipt = receipt
+        raise exc
     return receipt
 
 
-def subject_plan(session: Session, terms: Any, collections: list[str] | None, *,
-                 need: str) -> tuple[list[tuple[CollectionHandle, list[Found]]], dict[str, Any]]:
+def subject_plan(
+    session: Session, terms: Any, collections: list[str] | None, *, need: str
+) -> tuple[list[tuple[CollectionHandle, list[Found]]], dict[str, Any]]:
     """Where the subject appears in each collection the caller may ``need`` (read or write), and coverage."""
     from ..vault.collections import readable_collections
     from .finder import find_in_collection
@@ -145,8 +197,9 @@ def subject_plan(session: Session, terms: Any, collections: list[str] | None, *,
     return plan, erasure_coverage(session, [h for h, _ in plan], requested=bool(collections))
 
 
-def plan_summary(session: Session, plan: list[tuple[CollectionHandle, list[Found]]],
-                 coverage: dict[str, Any]) -> dict[str, Any]:
+def plan_summary(
+    session: Session, plan: list[tuple[CollectionHandle, list[Found]]], coverage: dict[str, Any]
+) -> dict[str, Any]:
     """What an erasure would remove: per collection, documents whole or in part, chunks, adapters."""
     from ..finetune.store import adapters_using_document
 
@@ -154,28 +207,52 @@ def plan_summary(session: Session, plan: list[tuple[CollectionHandle, list[Found
     for handle, found in plan:
         for f in found:
             adapters.update(adapters_using_document(session, handle.id, f.doc_id))
-        per.append({"collection": handle.name,
-                    "documents": sum(1 for f in found if f.whole),
-                    "documents_in_part": sum(1 for f in found if not f.whole),
-                    "chunks": sum(len(f.chunk_ids) for f in found),
-                    "doc_ids": [f.doc_id for f in found]})
-    return {"dry_run": True, "collections": per, "adapters_to_taint": sorted(adapters), "coverage": coverage,
-            "totals": {"documents": sum(c["documents"] for c in per),
-                       "documents_in_part": sum(c["documents_in_part"] for c in per),
-                       "chunks": sum(c["chunks"] for c in per), "adapters": len(adapters)}}
+        per.append(
+            {
+                "collection": handle.name,
+                "documents": sum(1 for f in found if f.whole),
+                "documents_in_part": sum(1 for f in found if not f.whole),
+                "chunks": sum(len(f.chunk_ids) for f in found),
+                "doc_ids": [f.doc_id for f in found],
+            }
+        )
+    return {
+        "dry_run": True,
+        "collections": per,
+        "adapters_to_taint": sorted(adapters),
+        "coverage": coverage,
+        "totals": {
+            "documents": sum(c["documents"] for c in per),
+            "documents_in_part": sum(c["documents_in_part"] for c in per),
+            "chunks": sum(c["chunks"] for c in per),
+            "adapters": len(adapters),
+        },
+    }
 
 
 def _doc_facts(conn: Any, doc_id: int, subject: str | None) -> dict[str, Any] | None:
-    row = conn.execute("SELECT id, source, name, sha256, size, label, ingested_at, ingested_by FROM documents"
-                       " WHERE id = ?", (doc_id,)).fetchone()
+    row = conn.execute(
+        "SELECT id, source, name, sha256, size, label, ingested_at, ingested_by FROM documents WHERE id = ?",
+        (doc_id,),
+    ).fetchone()
     if row is None:
         return None
     chunk_ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE doc_id = ? ORDER BY ord", (doc_id,))]
     subjects = [r[0] for r in conn.execute("SELECT subject FROM doc_subjects WHERE doc_id = ?", (doc_id,))]
     vectors = _count_vectors(conn, chunk_ids)
-    return {"doc_id": row[0], "source": row[1], "name": row[2], "sha256": row[3], "size": row[4], "label": row[5],
-            "ingested_at": row[6], "ingested_by": row[7], "chunk_ids": chunk_ids, "vectors": vectors,
-            "other_subjects": len([s for s in subjects if s != subject])}
+    return {
+        "doc_id": row[0],
+        "source": row[1],
+        "name": row[2],
+        "sha256": row[3],
+        "size": row[4],
+        "label": row[5],
+        "ingested_at": row[6],
+        "ingested_by": row[7],
+        "chunk_ids": chunk_ids,
+        "vectors": vectors,
+        "other_subjects": len([s for s in subjects if s != subject]),
+    }
 
 
 def _count_vectors(conn: Any, chunk_ids: list[int]) -> int:
@@ -183,8 +260,10 @@ def _count_vectors(conn: Any, chunk_ids: list[int]) -> int:
 
     if not chunk_ids or not vindex.has_vectors(conn):
         return 0
-    return sum(conn.execute(f"SELECT count(*) FROM {vindex.VEC_TABLE} WHERE rowid = ?", (cid,)).fetchone()[0]
-               for cid in chunk_ids)
+    return sum(
+        conn.execute(f"SELECT count(*) FROM {vindex.VEC_TABLE} WHERE rowid = ?", (cid,)).fetchone()[0]
+        for cid in chunk_ids
+    )
 
 
 def scrub_collection(conn: Any) -> dict[str, Any]:
@@ -192,14 +271,16 @@ def scrub_collection(conn: Any) -> dict[str, Any]:
     conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('optimize')")
     conn.execute("VACUUM")
     busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    return {"fts_optimize": True, "vacuum": True, "wal_truncated": busy == 0,
-            "secure_delete": bool(conn.execute("PRAGMA secure_delete").fetchone()[0])}
+    return {
+        "fts_optimize": True,
+        "vacuum": True,
+        "wal_truncated": busy == 0,
+        "secure_delete": bool(conn.execute("PRAGMA secure_delete").fetchone()[0]),
+    }
 
 
 def backups_holding_data(session: Session, before: _dt.datetime) -> list[dict[str, Any]]:
     """Backups made before ``before`` that have not yet expired (from ``vault.backup`` entries)."""
-    from .retention import backup_retention_days
-
     days = backup_retention_days(session)
     out = []
     for e in chain.iter_entries(session.db, "action = ?", ("vault.backup",)):
@@ -210,9 +291,16 @@ def backups_holding_data(session: Session, before: _dt.datetime) -> list[dict[st
         if expires is not None and expires <= before:
             continue
         dest = str(e.payload.get("dest", ""))
-        out.append({"dest": dest, "made_at": e.ts, "made_by": e.user, "audit_seq": e.seq,
-                    "expires_at": expires.isoformat(timespec="seconds") if expires else None,
-                    "present": bool(dest) and Path(dest).exists()})
+        out.append(
+            {
+                "dest": dest,
+                "made_at": e.ts,
+                "made_by": e.user,
+                "audit_seq": e.seq,
+                "expires_at": expires.isoformat(timespec="seconds") if expires else None,
+                "present": bool(dest) and Path(dest).exists(),
+            }
+        )
     return out
 
 
@@ -223,14 +311,24 @@ def _taint_adapters(session: Session, removed: list[tuple[str, int]], receipt_id
     for cid, doc_id in removed:
         names.update(adapters_using_document(session, cid, doc_id))
     for name in sorted(names):
-        mark_tainted(session, name, f"its training data included a document erased under receipt {receipt_id}")
+        mark_tainted(
+            session, name, f"its training data included a document erased under receipt {receipt_id}"
+        )
     return sorted(names)
 
 
-def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[Any]]], *, kind: str, reason: str,
-                    subject: str | None = None, receipt_dir: Path | str | None = None,
-                    considered: list[str] | None = None, coverage: dict[str, Any] | None = None,
-                    journal_terms: Any = None) -> dict[str, Any]:
+def erase_documents(
+    session: Session,
+    plan: list[tuple[CollectionHandle, list[Any]]],
+    *,
+    kind: str,
+    reason: str,
+    subject: str | None = None,
+    receipt_dir: Path | str | None = None,
+    considered: list[str] | None = None,
+    coverage: dict[str, Any] | None = None,
+    journal_terms: Any = None,
+) -> dict[str, Any]:
     """Remove what ``plan`` names in each open (write) collection, scrub, taint, journal, write a receipt.
 
     ``plan``: (handle opened for write, items), an item being a document id (the whole document)
@@ -283,53 +381,94 @@ def erase_documents(session: Session, plan: list[tuple[CollectionHandle, list[An
                 scrub = {"fts_optimize": False, "vacuum": False, "error": str(exc).splitlines()[0][:120]}
                 problems.append(f"{handle.name}: scrub incomplete ({scrub['error']}); run the erasure again")
         chunks = sum(len(d["chunk_ids"]) for d in docs)
-        per_coll.append({
-            "collection": handle.name, "collection_id": handle.id,
-            "grant_labels": sorted(handle.labels) if handle.labels is not None else None,
-            "documents_removed": sum(1 for d in docs if d["whole"]),
-            "documents_erased_in_part": sum(1 for d in docs if not d["whole"]),
-            "chunks_removed": chunks, "fts_rows_removed": chunks,
-            "vectors_removed": sum(d["vectors"] for d in docs),
-            "documents": [{"doc_id": d["doc_id"], "sha256": d["sha256"], "size": d["size"], "label": d["label"],
-                           "ingested_at": d["ingested_at"], "chunks": len(d["chunk_ids"]), "whole": d["whole"],
-                           "found_by": d["found_by"], "vectors": d["vectors"],
-                           "other_subjects": d["other_subjects"]} for d in docs],
-            "scrub": scrub,
-        })
-        named += [{"collection": handle.name, "doc_id": d["doc_id"], "name": d["name"], "source": d["source"],
-                   "ingested_by": d["ingested_by"], "whole": d["whole"]} for d in docs]
+        per_coll.append(
+            {
+                "collection": handle.name,
+                "collection_id": handle.id,
+                "grant_labels": sorted(handle.labels) if handle.labels is not None else None,
+                "documents_removed": sum(1 for d in docs if d["whole"]),
+                "documents_erased_in_part": sum(1 for d in docs if not d["whole"]),
+                "chunks_removed": chunks,
+                "fts_rows_removed": chunks,
+                "vectors_removed": sum(d["vectors"] for d in docs),
+                "documents": [
+                    {
+                        "doc_id": d["doc_id"],
+                        "sha256": d["sha256"],
+                        "size": d["size"],
+                        "label": d["label"],
+                        "ingested_at": d["ingested_at"],
+                        "chunks": len(d["chunk_ids"]),
+                        "whole": d["whole"],
+                        "found_by": d["found_by"],
+                        "vectors": d["vectors"],
+                        "other_subjects": d["other_subjects"],
+                    }
+                    for d in docs
+                ],
+                "scrub": scrub,
+            }
+        )
+        named += [
+            {
+                "collection": handle.name,
+                "doc_id": d["doc_id"],
+                "name": d["name"],
+                "source": d["source"],
+                "ingested_by": d["ingested_by"],
+                "whole": d["whole"],
+            }
+            for d in docs
+        ]
     tainted = _taint_adapters(session, removed_docs, receipt_id)
     not_covered = None
     if considered is not None and session.role == "admin":
         touched = {h.name for h, _ in plan}
-        not_covered = [r[0] for r in session.db.execute("SELECT name FROM collections ORDER BY name")
-                       if r[0] not in touched]
+        not_covered = [
+            r[0]
+            for r in session.db.execute("SELECT name FROM collections ORDER BY name")
+            if r[0] not in touched
+        ]
     entries = journal.entries_for(journal.identifier_key(session), journal_terms, erased_shas, erased_chunks)
     body: dict[str, Any] = {
-        "receipt_version": RECEIPT_VERSION, "receipt_id": receipt_id, "kind": kind, "reason": reason,
+        "receipt_version": RECEIPT_VERSION,
+        "receipt_id": receipt_id,
+        "kind": kind,
+        "reason": reason,
         "subject_ref": subject_ref(session, subject) if subject is not None else None,
-        "vault_id": session.vault_id, "erased_by": session.user,
-        "started_at": started.isoformat(timespec="seconds"), "erased_at": utc_now(),
+        "vault_id": session.vault_id,
+        "erased_by": session.user,
+        "started_at": started.isoformat(timespec="seconds"),
+        "erased_at": utc_now(),
         "collections": per_coll,
-        "totals": {"documents": sum(c["documents_removed"] for c in per_coll),
-                   "documents_in_part": sum(c["documents_erased_in_part"] for c in per_coll),
-                   "chunks": sum(c["chunks_removed"] for c in per_coll),
-                   "vectors": sum(c["vectors_removed"] for c in per_coll)},
+        "totals": {
+            "documents": sum(c["documents_removed"] for c in per_coll),
+            "documents_in_part": sum(c["documents_erased_in_part"] for c in per_coll),
+            "chunks": sum(c["chunks_removed"] for c in per_coll),
+            "vectors": sum(c["vectors_removed"] for c in per_coll),
+        },
         "adapters_tainted": tainted,
         "backups_still_holding_data": backups_holding_data(session, started),
         "collections_not_covered": not_covered,
-        "journal_entries": len(entries), "journal_sha256": journal.digest(entries),
+        "journal_entries": len(entries),
+        "journal_sha256": journal.digest(entries),
         "problems": problems,
         **({"coverage": coverage} if coverage is not None else {}),
     }
     entry = session.audit("gdpr.erase", severity="notice", **body)
     with db.transaction(session.db):
-        session.db.execute("INSERT INTO erasure_receipts(id, created_at, created_by, kind, audit_seq, receipt)"
-                           " VALUES (?, ?, ?, ?, ?, ?)",
-                           (receipt_id, entry.ts, session.user, kind, entry.seq, chain.canonical_json(body).decode()))
+        session.db.execute(
+            "INSERT INTO erasure_receipts(id, created_at, created_by, kind, audit_seq, receipt)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (receipt_id, entry.ts, session.user, kind, entry.seq, chain.canonical_json(body).decode()),
+        )
     journal.record(session, receipt_id, entries, entry.ts, machine=kind != "reapply")
-    record = {"receipt": entry.payload, "subject": subject, "documents": named,
-              "audit": {"seq": entry.seq, "hash": entry.hash, "action": entry.action, "ts": entry.ts}}
+    record = {
+        "receipt": entry.payload,
+        "subject": subject,
+        "documents": named,
+        "audit": {"seq": entry.seq, "hash": entry.hash, "action": entry.action, "ts": entry.ts},
+    }
     write_private_json(file, record)
     return {**entry.payload, "file": str(file), "audit": record["audit"]}
 
@@ -362,8 +501,16 @@ def verify_receipt(session: Session, path: Path | str) -> dict[str, Any]:
     if entry.hash != digest or chain.canonical_json(entry.payload) != chain.canonical_json(receipt):
         raise IntegrityError(f"receipt {path}: does not match audit entry {seq}")
     report = chain.verify(session.db)
-    if record.get("subject") is not None and session.role in ("admin", "auditor") and not subject_ref_matches(
-            session, str(receipt.get("subject_ref")), str(record["subject"])):
+    if (
+        record.get("subject") is not None
+        and session.role in ("admin", "auditor")
+        and not subject_ref_matches(session, str(receipt.get("subject_ref")), str(record["subject"]))
+    ):
         raise IntegrityError(f"receipt {path}: subject does not match the recorded reference")
-    return {"ok": True, "receipt_id": receipt.get("receipt_id"), "audit_seq": seq, "chain_entries": report.entries,
-            "head_hash": report.head_hash}
+    return {
+        "ok": True,
+        "receipt_id": receipt.get("receipt_id"),
+        "audit_seq": seq,
+        "chain_entries": report.entries,
+        "head_hash": report.head_hash,
+    }

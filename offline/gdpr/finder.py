@@ -60,19 +60,25 @@ def find_in_collection(handle: Any, terms: SubjectTerms, key: bytes) -> list[Fou
         if chunk_id is not None:
             h["chunks"].add(chunk_id)
 
-    for (doc_id,) in conn.execute("SELECT d.id FROM documents d JOIN doc_subjects s ON s.doc_id = d.id"
-                                  " WHERE s.subject = ?" + clause, [terms.subject, *lparams]):
+    for (doc_id,) in conn.execute(
+        "SELECT d.id FROM documents d JOIN doc_subjects s ON s.doc_id = d.id WHERE s.subject = ?" + clause,
+        [terms.subject, *lparams],
+    ):
         hit(doc_id, "tagged")
     query = fts_query(terms)
     if query:
         try:
             rows = conn.execute(
                 "SELECT c.id, c.doc_id, c.text FROM chunks_fts f JOIN chunks c ON c.id = f.rowid"
-                " JOIN documents d ON d.id = c.doc_id WHERE chunks_fts MATCH ?" + clause, [query, *lparams]).fetchall()
+                " JOIN documents d ON d.id = c.doc_id WHERE chunks_fts MATCH ?" + clause,
+                [query, *lparams],
+            ).fetchall()
         except db.DatabaseError as exc:  # a term FTS5 cannot parse must not hide the subject: say so
             from ..errors import UsageError
 
-            raise UsageError(f"cannot search for this subject's terms ({str(exc).splitlines()[0][:80]})") from None
+            raise UsageError(
+                f"cannot search for this subject's terms ({str(exc).splitlines()[0][:80]})"
+            ) from None
         for cid, doc_id, text in rows:
             if mentions(text, terms):
                 hit(doc_id, "text", cid)
@@ -80,8 +86,10 @@ def find_in_collection(handle: Any, terms: SubjectTerms, key: bytes) -> list[Fou
     if hashes and _has_identifiers(conn):
         marks = ",".join("?" * len(hashes))
         for cid, doc_id in conn.execute(
-                f"SELECT i.chunk_id, i.doc_id FROM identifiers i JOIN documents d ON d.id = i.doc_id"
-                f" WHERE i.hash IN ({marks})" + clause, [*sorted(hashes), *lparams]):
+            f"SELECT i.chunk_id, i.doc_id FROM identifiers i JOIN documents d ON d.id = i.doc_id"
+            f" WHERE i.hash IN ({marks})" + clause,
+            [*sorted(hashes), *lparams],
+        ):
             hit(doc_id, "identifier", cid)
     for doc_id, name in conn.execute("SELECT d.id, d.name FROM documents d WHERE 1" + clause, lparams):
         if mentions(name.replace("_", " "), terms):
@@ -105,11 +113,16 @@ def _all_chunks(conn: Any, doc_id: int) -> list[int]:
 
 
 def _other_subjects(conn: Any, doc_id: int, subject: str, hashes: set[str]) -> bool:
-    if conn.execute("SELECT 1 FROM doc_subjects WHERE doc_id = ? AND subject != ? LIMIT 1",
-                    (doc_id, subject)).fetchone():
+    if conn.execute(
+        "SELECT 1 FROM doc_subjects WHERE doc_id = ? AND subject != ? LIMIT 1", (doc_id, subject)
+    ).fetchone():
         return True
     if not _has_identifiers(conn):
         return False
-    ids = {r[0] for r in conn.execute("SELECT hash FROM identifiers WHERE doc_id = ? AND kind = ?",
-                                      (doc_id, SUBJECT_ID_KIND))}
+    ids = {
+        r[0]
+        for r in conn.execute(
+            "SELECT hash FROM identifiers WHERE doc_id = ? AND kind = ?", (doc_id, SUBJECT_ID_KIND)
+        )
+    }
     return bool(ids - hashes)

@@ -11,7 +11,8 @@ document's content hash and of each removed chunk's normalised text. Never clear
 * **Backups** restored after an erasure do not hold its journal rows. Each erasure is therefore
   also appended to a journal file on this machine (``OFFLINE_HOME/erasures/<vault id>.jsonl``,
   0600, hashes only). Opening a vault that lacks some of those erasures warns
-  (:func:`missing_erasures`), and ``offline gdpr reapply-erasures`` replays them (:func:`reapply`).
+  (:func:`missing_erasures`), and ``offline gdpr reapply-erasures`` replays them
+  (:func:`offline.gdpr.reapply.reapply`).
 * Each receipt carries the sha256 of its journal rows (``journal_sha256``), so rows deleted with
   raw tools show up when the journal is checked against the signed chain (:func:`check_journal`).
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
-from ..errors import InvalidInput, UsageError, VaultCorrupted
+from ..errors import InvalidInput, ParameterError, VaultCorrupted
 from ..vault import db
 from ..vault.core import Session, utc_now
 from .terms import SubjectTerms, term_hash, terms_for_journal, tokens, window_terms
@@ -53,8 +54,9 @@ def chunk_hash(key: bytes, text: str) -> str:
     return term_hash(key, "chunk:" + " ".join(tokens(text)))
 
 
-def entries_for(key: bytes, terms: SubjectTerms | None, doc_shas: Iterable[str],
-                chunk_texts: Iterable[str]) -> list[tuple[str, str]]:
+def entries_for(
+    key: bytes, terms: SubjectTerms | None, doc_shas: Iterable[str], chunk_texts: Iterable[str]
+) -> list[tuple[str, str]]:
     """``[(kind, hash)]`` for one erasure."""
     out = [("term", term_hash(key, t)) for t in (terms_for_journal(terms) if terms else [])]
     out += [("document", doc_hash(key, s)) for s in doc_shas]
@@ -70,17 +72,25 @@ def _home_file(session: Session) -> Path:
     return config.home() / HOME_DIR / f"{session.vault_id}.jsonl"
 
 
-def record(session: Session, receipt_id: str, entries: list[tuple[str, str]], erased_at: str | None = None, *,
-           machine: bool = True) -> None:
+def record(
+    session: Session,
+    receipt_id: str,
+    entries: list[tuple[str, str]],
+    erased_at: str | None = None,
+    *,
+    machine: bool = True,
+) -> None:
     """Store one erasure's entries in the vault and (``machine``) append them to this machine's file.
 
-    A replay (:func:`reapply`) is not a new erasure: it stays out of the machine file, or the vault
-    it was replayed from would look as if it missed it.
+    A replay (:func:`offline.gdpr.reapply.reapply`) is not a new erasure: it stays out of the machine file,
+    or the vault it was replayed from would look as if it missed it.
     """
     at = erased_at or utc_now()
     with db.transaction(session.db):
-        session.db.executemany("INSERT OR IGNORE INTO erasure_journal(receipt_id, kind, hash, erased_at)"
-                               " VALUES (?, ?, ?, ?)", [(receipt_id, k, h, at) for k, h in entries])
+        session.db.executemany(
+            "INSERT OR IGNORE INTO erasure_journal(receipt_id, kind, hash, erased_at) VALUES (?, ?, ?, ?)",
+            [(receipt_id, k, h, at) for k, h in entries],
+        )
     if not entries or not machine:
         return
     path = _home_file(session)
@@ -110,8 +120,13 @@ def missing_erasures(session: Session) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
             if rec["receipt_id"] not in known:
-                out.append({"receipt_id": str(rec["receipt_id"]), "erased_at": str(rec["erased_at"]),
-                            "entries": [(str(k), str(h)) for k, h in rec["entries"]]})
+                out.append(
+                    {
+                        "receipt_id": str(rec["receipt_id"]),
+                        "erased_at": str(rec["erased_at"]),
+                        "entries": [(str(k), str(h)) for k, h in rec["entries"]],
+                    }
+                )
         except (ValueError, KeyError, TypeError):
             continue  # a torn last line from a crash: the vault's own rows still hold that erasure
     return out
@@ -122,9 +137,11 @@ def backup_warning(session: Session) -> str | None:
     missing = missing_erasures(session)
     if not missing:
         return None
-    return (f"Warning: this vault lacks {len(missing)} erasure(s) made on this machine after it was backed up "
-            f"(first {missing[0]['erased_at']}); erased data may be back. "
-            "Run `offline gdpr reapply-erasures`.")
+    return (
+        f"Warning: this vault lacks {len(missing)} erasure(s) made on this machine after it was backed up "
+        f"(first {missing[0]['erased_at']}); erased data may be back. "
+        "Run `offline gdpr reapply-erasures`."
+    )
 
 
 class ErasureGuard:
@@ -148,29 +165,48 @@ class ErasureGuard:
             for text in [*texts, *subjects]:
                 hit = self.index.get(("chunk", chunk_hash(self.key, text)))
                 if hit is None:
-                    hit = next((self.index[("term", h)] for h in
-                                (term_hash(self.key, w) for w in window_terms(text)) if ("term", h) in self.index),
-                               None)
+                    hit = next(
+                        (
+                            self.index[("term", h)]
+                            for h in (term_hash(self.key, w) for w in window_terms(text))
+                            if ("term", h) in self.index
+                        ),
+                        None,
+                    )
                 if hit is not None:
                     why = "it mentions a subject erased before"
                     break
         if hit is None:
             return
         if self.allow_reason is None:
-            raise InvalidInput(f"refused: {why} (receipt {hit}); pass --allow-erased --reason TEXT to ingest it anyway")
+            raise InvalidInput.naming(
+                "refused: {why} (receipt {hit}); pass {allow_erased} {reason} TEXT to ingest it anyway",
+                "allow_erased",
+                "reason",
+                why=why,
+                hit=hit,
+            )
         from .common import subject_ref
 
-        self.session.audit("gdpr.erased.reingest", severity="high", receipt_id=hit, what=why,
-                           document=subject_ref(self.session, name), reason=self.allow_reason)
+        self.session.audit(
+            "gdpr.erased.reingest",
+            severity="high",
+            receipt_id=hit,
+            what=why,
+            document=subject_ref(self.session, name),
+            reason=self.allow_reason,
+        )
         self.allowed.append({"name": name, "receipt_id": hit})
 
 
 def check_allow(allow_erased: bool, reason: str | None) -> str | None:
     """The override reason for :class:`ErasureGuard`, or a usage error for a half-given override."""
     if allow_erased and not (reason and reason.strip()):
-        raise UsageError("--allow-erased needs --reason TEXT (it is recorded in the audit log)")
+        raise ParameterError(
+            "{allow_erased} needs {reason} TEXT (it is recorded in the audit log)", "allow_erased", "reason"
+        )
     if reason and not allow_erased:
-        raise UsageError("--reason goes with --allow-erased")
+        raise ParameterError("{reason} goes with {allow_erased}", "reason", "allow_erased")
     return reason.strip() if allow_erased and reason else None
 
 
@@ -184,59 +220,12 @@ def check_journal(session: Session) -> list[str]:
         rid = e.payload.get("receipt_id")
         if not want:
             continue
-        rows = [(k, h) for k, h in session.db.execute(
-            "SELECT kind, hash FROM erasure_journal WHERE receipt_id = ?", (rid,))]
+        rows = [
+            (k, h)
+            for k, h in session.db.execute(
+                "SELECT kind, hash FROM erasure_journal WHERE receipt_id = ?", (rid,)
+            )
+        ]
         if digest(rows) != want:
             problems.append(f"receipt {rid}: erasure journal rows changed outside the kit")
     return problems
-
-
-def reapply(session: Session, *, receipt_dir: Path | str | None = None, partial: bool = False) -> dict[str, Any]:
-    """Replay the erasures this vault misses: remove what they removed, restore the journal rows."""
-    from ..vault.collections import open_collection
-    from .common import writable_collections
-    from .erase import erase_documents, erasure_coverage
-    from .finder import Found
-
-    session.require_role("admin", "member", action="reapplying erasures")
-    missing = missing_erasures(session)
-    if not missing:
-        return {"reapplied": [], "receipt": None}
-    key = identifier_key(session)
-    index = {(k, h) for m in missing for k, h in m["entries"]}
-    names = writable_collections(session)
-    plan = []
-    for name in names:
-        handle = open_collection(session, name, "write")
-        found = _replay_matches(handle, key, index)
-        plan.append((handle, [Found(doc_id, whole, chunks, ["journal"]) for doc_id, (whole, chunks) in found.items()]))
-    coverage = erasure_coverage(session, [h for h, _ in plan], requested=False)
-    receipt = erase_documents(session, plan, kind="reapply",
-                              reason="erasures replayed into a vault restored from before them "
-                                     + ", ".join(m["receipt_id"] for m in missing),
-                              receipt_dir=receipt_dir, coverage=coverage, journal_terms=None)
-    for m in missing:
-        record(session, m["receipt_id"], m["entries"], m["erased_at"], machine=False)
-    return {"reapplied": [m["receipt_id"] for m in missing], "receipt": receipt,
-            "complete": coverage["complete"] or partial}
-
-
-def _replay_matches(handle: Any, key: bytes, index: set[tuple[str, str]]) -> dict[int, tuple[bool, list[int]]]:
-    """doc id -> (whole, chunk ids) for the documents and chunks the journal entries name."""
-    conn = handle.conn
-    from .common import label_clause
-
-    clause, params = label_clause(handle.labels)
-    out: dict[int, tuple[bool, list[int]]] = {}
-    for doc_id, sha in conn.execute("SELECT d.id, d.sha256 FROM documents d WHERE 1" + clause, params):
-        if ("document", doc_hash(key, sha)) in index:
-            out[doc_id] = (True, [r[0] for r in conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (doc_id,))])
-    whole_docs = set(out)
-    for cid, doc_id, text in conn.execute("SELECT c.id, c.doc_id, c.text FROM chunks c JOIN documents d"
-                                          " ON d.id = c.doc_id WHERE 1" + clause, params):
-        if doc_id in whole_docs:
-            continue
-        if ("chunk", chunk_hash(key, text)) in index or any(
-                ("term", term_hash(key, w)) in index for w in window_terms(text)):
-            out.setdefault(doc_id, (False, []))[1].append(cid)
-    return out

@@ -46,8 +46,10 @@ def summarise(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per user: how many retrievals, first and last time (oldest first by first time)."""
     by_user: dict[str, dict[str, Any]] = {}
     for ev in events:
-        u = by_user.setdefault(ev["user"], {"user": ev["user"], "retrievals": 0, "first": ev["ts"],
-                                            "last": ev["ts"], "actions": set()})
+        u = by_user.setdefault(
+            ev["user"],
+            {"user": ev["user"], "retrievals": 0, "first": ev["ts"], "last": ev["ts"], "actions": set()},
+        )
         u["retrievals"] += 1
         u["first"] = min(u["first"], ev["ts"])
         u["last"] = max(u["last"], ev["ts"])

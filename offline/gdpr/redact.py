@@ -29,8 +29,15 @@ from .terms import SubjectTerms
 
 MODES = ("phi", "off")
 KEY_PREFIX = "redact:"
-LABELS = {"PERSON": "PERSON", "SUBJECT_ID": "PATIENT", "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE",
-          "DATE_OF_BIRTH": "DOB", "UK_NHS": "NHS", "US_SSN": "SSN"}
+LABELS = {
+    "PERSON": "PERSON",
+    "SUBJECT_ID": "PATIENT",
+    "EMAIL_ADDRESS": "EMAIL",
+    "PHONE_NUMBER": "PHONE",
+    "DATE_OF_BIRTH": "DOB",
+    "UK_NHS": "NHS",
+    "US_SSN": "SSN",
+}
 
 
 def redaction_mode(session: Session, collection_id: str) -> str:
@@ -51,7 +58,9 @@ def set_redaction(session: Session, collection: str, mode: str) -> dict[str, Any
         if mode == "off":
             session.db.execute("DELETE FROM gdpr_settings WHERE key = ?", (KEY_PREFIX + cid,))
         else:
-            session.db.execute("INSERT OR REPLACE INTO gdpr_settings(key, value) VALUES (?, ?)", (KEY_PREFIX + cid, mode))
+            session.db.execute(
+                "INSERT OR REPLACE INTO gdpr_settings(key, value) VALUES (?, ?)", (KEY_PREFIX + cid, mode)
+            )
     return {"collection": collection, "redact": mode}
 
 
@@ -70,7 +79,9 @@ class Redactor:
         self.detector = detector
         self.enabled = redaction_mode(session, handle.id) != "off"
         if self.enabled and not detector.enabled:
-            raise UsageError(f"collection {handle.name!r} redacts identifiers, which needs identifier_detection on")
+            raise UsageError(
+                f"collection {handle.name!r} redacts identifiers, which needs identifier_detection on"
+            )
 
     def segments(self, segments: list[Any]) -> tuple[list[Any], list[tuple[str, str, str, str]]]:
         """Each segment redacted (page, section and flags kept), and the pseudonyms used."""
@@ -103,15 +114,20 @@ class Redactor:
 
         out, mapping, last = [], {}, 0
         for f in detect(text, self.detector.pattern):
-            value = text[f.start:f.end]
+            value = text[f.start : f.end]
             vk = value_key(f.kind, value)
             if not vk:
                 continue
             token = pseudonym(self.detector.key, self.collection_id, f.kind, vk)
-            out += [text[last:f.start], token]
+            out += [text[last : f.start], token]
             last = f.end
             if token not in mapping:
-                mapping[token] = (token, f.kind, term_hash(self.detector.key, vk), seal_for_auditors(self.session, value))
+                mapping[token] = (
+                    token,
+                    f.kind,
+                    term_hash(self.detector.key, vk),
+                    seal_for_auditors(self.session, value),
+                )
         out.append(text[last:])
         return "".join(out), list(mapping.values())
 
@@ -121,8 +137,10 @@ def pseudonym_terms(handle: Any, terms: SubjectTerms, key: bytes) -> SubjectTerm
     from ..ingest.detect import value_key
     from .terms import tokens
 
-    if handle.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'pseudonyms'").fetchone() is None or \
-            handle.conn.execute("SELECT 1 FROM pseudonyms LIMIT 1").fetchone() is None:
+    if (
+        handle.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'pseudonyms'").fetchone() is None
+        or handle.conn.execute("SELECT 1 FROM pseudonyms LIMIT 1").fetchone() is None
+    ):
         return terms
     extra = []
     for t in terms.all:

@@ -77,8 +77,10 @@ def registry_key(session: Session, *, create: bool = False) -> bytes:
         return key
     wrapped = signed_wrap(session, "vault_keys", PURPOSE, session.user)
     if wrapped is None:
-        raise AccessDenied("access denied: you hold no subject registry key yet; ask an admin who does to run "
-                           "`offline gdpr subject list` once")
+        raise AccessDenied(
+            "access denied: you hold no subject registry key yet; ask an admin who does to run "
+            "`offline gdpr subject list` once"
+        )
     key = crypto.unwrap_with(session.keys.x25519, wrapped, _context(session.vault_id, session.user))
     missing = {u: p for u, p in _admin_pubs(session).items() if u not in holders}
     if missing:
@@ -89,8 +91,10 @@ def registry_key(session: Session, *, create: bool = False) -> bytes:
 def _wrap(session: Session, key: bytes, pubs: dict[str, bytes], what: str) -> None:
     with session.change("gdpr.registry.key", severity="notice", event=what, holders=sorted(pubs)):
         for user, pub in pubs.items():
-            session.db.execute("INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
-                               (PURPOSE, user, crypto.wrap_to(pub, key, _context(session.vault_id, user))))
+            session.db.execute(
+                "INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
+                (PURPOSE, user, crypto.wrap_to(pub, key, _context(session.vault_id, user))),
+            )
 
 
 def _ref(key: bytes, subject: str) -> str:
@@ -118,8 +122,15 @@ def _check_text(what: str, value: str | None) -> str | None:
     return v
 
 
-def add_subject(session: Session, subject: str, *, name: str | None = None, aliases: list[str] | tuple[str, ...] = (),
-                dob: str | None = None, replace: bool = False) -> dict[str, Any]:
+def add_subject(
+    session: Session,
+    subject: str,
+    *,
+    name: str | None = None,
+    aliases: list[str] | tuple[str, ...] = (),
+    dob: str | None = None,
+    replace: bool = False,
+) -> dict[str, Any]:
     """Register a subject (admin); ``replace`` updates an existing entry instead of refusing it."""
     subject = check_subject(subject)
     name = _check_text("name", name)
@@ -131,18 +142,32 @@ def add_subject(session: Session, subject: str, *, name: str | None = None, alia
     ref = _ref(key, subject)
     exists = session.db.execute("SELECT 1 FROM subject_registry WHERE ref = ?", (ref,)).fetchone() is not None
     if exists and not replace:
-        raise AlreadyExists(f"subject {subject!r} is already registered (use --replace to update it)")
-    sealed = crypto.b64e(crypto.seal(key, json.dumps(asdict(entry), sort_keys=True).encode(),
-                                     _aad(session.vault_id, ref)))
+        raise AlreadyExists.naming(
+            "subject {subject} is already registered (use {replace} to update it)",
+            "replace",
+            subject=repr(subject),
+        )
+    sealed = crypto.b64e(
+        crypto.seal(key, json.dumps(asdict(entry), sort_keys=True).encode(), _aad(session.vault_id, ref))
+    )
     from ..vault import db
 
     # Logged first: the registry row is personal data, its creation must never go unrecorded.
-    session.audit("gdpr.subject.add", severity="notice", subject_ref=subject_ref(session, subject),
-                  name_given=name is not None, aliases=len(entry.aliases), dob_given=entry.dob is not None,
-                  replaced=exists)
+    session.audit(
+        "gdpr.subject.add",
+        severity="notice",
+        subject_ref=subject_ref(session, subject),
+        name_given=name is not None,
+        aliases=len(entry.aliases),
+        dob_given=entry.dob is not None,
+        replaced=exists,
+    )
     with db.transaction(session.db):
-        session.db.execute("INSERT OR REPLACE INTO subject_registry(ref, sealed, created_at, created_by)"
-                           " VALUES (?, ?, ?, ?)", (ref, sealed, entry.created_at, session.user))
+        session.db.execute(
+            "INSERT OR REPLACE INTO subject_registry(ref, sealed, created_at, created_by)"
+            " VALUES (?, ?, ?, ?)",
+            (ref, sealed, entry.created_at, session.user),
+        )
     return {"subject": subject, "name": name, "aliases": entry.aliases, "dob": entry.dob, "replaced": exists}
 
 
@@ -153,7 +178,9 @@ def _open_row(session: Session, key: bytes, ref: str, sealed: str) -> Subject:
         raw = json.loads(crypto.unseal(key, crypto.b64d(sealed), _aad(session.vault_id, ref)))
         entry = Subject(**raw)
     except Exception:
-        raise VaultCorrupted(f"{session.header.db_file}: subject registry row {ref[:12]}… does not decrypt") from None
+        raise VaultCorrupted(
+            f"{session.header.db_file}: subject registry row {ref[:12]}… does not decrypt"
+        ) from None
     if not hmac.compare_digest(_ref(key, entry.id), ref):
         raise VaultCorrupted(f"{session.header.db_file}: subject registry row {ref[:12]}… was moved")
     return entry
@@ -197,13 +224,16 @@ def remove_subject(session: Session, subject: str) -> dict[str, Any]:
     return {"subject": subject, "removed": True}
 
 
-def resolve_terms(session: Session, subject: str, *, names: tuple[str, ...] = (),
-                  aliases: tuple[str, ...] = ()) -> tuple[SubjectTerms, Subject | None]:
+def resolve_terms(
+    session: Session, subject: str, *, names: tuple[str, ...] = (), aliases: tuple[str, ...] = ()
+) -> tuple[SubjectTerms, Subject | None]:
     """The terms to look for: the registry entry (admins) plus names/aliases given for this request."""
     subject = check_subject(subject)
     entry = get_subject(session, subject)
     name = entry.name if entry else None
-    extra = list(entry.aliases if entry else []) + [a for a in (_check_text("alias", x) for x in aliases) if a]
+    extra = list(entry.aliases if entry else []) + [
+        a for a in (_check_text("alias", x) for x in aliases) if a
+    ]
     given = [n for n in (_check_text("name", x) for x in names) if n]
     if name is None and given:
         name, given = given[0], given[1:]

@@ -16,12 +16,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import AccessDenied, NotFound, UsageError
+from ..errors import AccessDenied, NotFound, ParameterError, UsageError
+from ..vault.collections import open_collection
 from ..vault.core import Session, check_name, utc_now
-from .common import parse_ts, utc_now_dt, writable_collections
+from .common import BACKUP_RETENTION_KEY, backup_retention_days, parse_ts, utc_now_dt, writable_collections
+from .erase import erase_documents
 
 MAX_DAYS = 365 * 100
-BACKUP_RETENTION_KEY = "backup_retention_days"
 _PERIOD = re.compile(r"^\s*(\d{1,6})\s*([dwmy]?)\s*$", re.IGNORECASE)
 # Months and years are stored as days, rounded up (8y -> 2922 days): a legal minimum such as
 # "keep records 8 years" is never cut short by a leap year.
@@ -48,26 +49,31 @@ def _check_days(days: int | str | None) -> int | None:
     return days
 
 
-def set_retention(session: Session, *, collection: str | None = None, label: str | None = None,
-                  days: int | None) -> dict[str, Any]:
+def set_retention(
+    session: Session, *, collection: str | None = None, label: str | None = None, days: int | None
+) -> dict[str, Any]:
     """Set (or with ``days=None`` clear) the retention of a collection or of a label (admin)."""
     session.require_role("admin", action="setting retention")
     if (collection is None) == (label is None):
-        raise UsageError("give exactly one of --collection or --label")
+        raise ParameterError("give exactly one of {collection} or {label}", "collection", "label")
     days = _check_days(days)
     target = {"collection": collection} if collection is not None else {"label": label}
     if label is not None:
         check_name("label", label)
     with session.change("gdpr.retention.set", severity="notice", days=days, **target):
         if collection is not None:
-            cur = session.db.execute("UPDATE collections SET retention_days = ? WHERE name = ?", (days, collection))
+            cur = session.db.execute(
+                "UPDATE collections SET retention_days = ? WHERE name = ?", (days, collection)
+            )
             if cur.rowcount == 0:
                 raise NotFound(f"no such collection: {collection!r}")
         elif days is None:
             session.db.execute("DELETE FROM retention_labels WHERE label = ?", (label,))
         else:
-            session.db.execute("INSERT OR REPLACE INTO retention_labels(label, days, set_by, set_at)"
-                               " VALUES (?, ?, ?, ?)", (label, days, session.user, utc_now()))
+            session.db.execute(
+                "INSERT OR REPLACE INTO retention_labels(label, days, set_by, set_at) VALUES (?, ?, ?, ?)",
+                (label, days, session.user, utc_now()),
+            )
     return {**target, "days": days}
 
 
@@ -79,14 +85,11 @@ def set_backup_retention(session: Session, days: int | None) -> dict[str, Any]:
         if days is None:
             session.db.execute("DELETE FROM gdpr_settings WHERE key = ?", (BACKUP_RETENTION_KEY,))
         else:
-            session.db.execute("INSERT OR REPLACE INTO gdpr_settings(key, value) VALUES (?, ?)",
-                               (BACKUP_RETENTION_KEY, str(days)))
+            session.db.execute(
+                "INSERT OR REPLACE INTO gdpr_settings(key, value) VALUES (?, ?)",
+                (BACKUP_RETENTION_KEY, str(days)),
+            )
     return {"backups": True, "days": days}
-
-
-def backup_retention_days(session: Session) -> int | None:
-    row = session.policy.row("gdpr_settings", BACKUP_RETENTION_KEY)
-    return int(row["value"]) if row else None
 
 
 def retention_policy(session: Session, collections: list[str] | None = None) -> dict[str, Any]:
@@ -99,13 +102,17 @@ def retention_policy(session: Session, collections: list[str] | None = None) -> 
     else:
         rows = session.db.execute(
             "SELECT c.name, c.retention_days FROM collections c JOIN grants g ON g.collection_id = c.id"
-            " WHERE g.user = ? ORDER BY c.name", (session.user,)).fetchall()
+            " WHERE g.user = ? ORDER BY c.name",
+            (session.user,),
+        ).fetchall()
     if collections:
         unknown = sorted(set(collections) - {n for n, _ in rows})
         if unknown:
             raise AccessDenied(f"access denied: collection {unknown[0]!r}")
         rows = [r for r in rows if r[0] in collections]
-    labels = session.db.execute("SELECT label, days, set_by, set_at FROM retention_labels ORDER BY label").fetchall()
+    labels = session.db.execute(
+        "SELECT label, days, set_by, set_at FROM retention_labels ORDER BY label"
+    ).fetchall()
     return {
         "collections": [{"collection": n, "days": d} for n, d in rows],
         "labels": [{"label": lb, "days": d, "set_by": by, "set_at": at} for lb, d, by, at in labels],
@@ -134,8 +141,9 @@ def expires_at(ingested_at: str, days: int | None) -> str | None:
     return (parse_ts(ingested_at) + _dt.timedelta(days=days)).isoformat(timespec="seconds")
 
 
-def expired_documents(session: Session, handle: Any, policy: dict[str, Any],
-                      now: _dt.datetime) -> list[dict[str, Any]]:
+def expired_documents(
+    session: Session, handle: Any, policy: dict[str, Any], now: _dt.datetime
+) -> list[dict[str, Any]]:
     """Documents of an open collection whose retention period has run out at ``now``."""
     from .common import label_clause
 
@@ -144,29 +152,43 @@ def expired_documents(session: Session, handle: Any, policy: dict[str, Any],
     import json
 
     for doc_id, sha, label, size, ingested, meta in handle.conn.execute(
-            "SELECT d.id, d.sha256, d.label, d.size, d.ingested_at, d.meta FROM documents d WHERE 1" + clause
-            + " ORDER BY d.id", params):
+        "SELECT d.id, d.sha256, d.label, d.size, d.ingested_at, d.meta FROM documents d WHERE 1"
+        + clause
+        + " ORDER BY d.id",
+        params,
+    ):
         days = effective_days(policy, handle.name, label)
         try:
             start = retention_start({"ingested_at": ingested, "meta": json.loads(meta or "{}")})
         except ValueError:
             start = ingested
         if days is not None and parse_ts(start) + _dt.timedelta(days=days) <= now:
-            out.append({"doc_id": doc_id, "sha256": sha, "label": label, "size": size, "ingested_at": ingested,
-                        "retention_days": days})
+            out.append(
+                {
+                    "doc_id": doc_id,
+                    "sha256": sha,
+                    "label": label,
+                    "size": size,
+                    "ingested_at": ingested,
+                    "retention_days": days,
+                }
+            )
     return out
 
 
-def apply_retention(session: Session, *, collections: list[str] | None = None, receipt_dir: Path | str | None = None,
-                    dry_run: bool = False, now: _dt.datetime | None = None) -> dict[str, Any]:
+def apply_retention(
+    session: Session,
+    *,
+    collections: list[str] | None = None,
+    receipt_dir: Path | str | None = None,
+    dry_run: bool = False,
+    now: _dt.datetime | None = None,
+) -> dict[str, Any]:
     """Erase every expired document in the collections the caller may write; one receipt per run.
 
     ``dry_run`` lists what would go without touching anything. Needs a write grant per collection
     (a label-limited grant covers only its labels); admins are told which collections were skipped.
     """
-    from ..vault.collections import open_collection
-    from .erase import erase_documents
-
     session.require_role("admin", "member", action="applying retention")  # auditors never modify documents
     now = now or utc_now_dt()
     policy = retention_policy(session)
@@ -178,18 +200,32 @@ def apply_retention(session: Session, *, collections: list[str] | None = None, r
         if docs:
             plan.append((handle, docs))
     summary: dict[str, Any] = {
-        "dry_run": dry_run, "at": now.isoformat(timespec="seconds"),
-        "expired": [{"collection": h.name, "documents": len(d), "doc_ids": [x["doc_id"] for x in d]} for h, d in plan],
+        "dry_run": dry_run,
+        "at": now.isoformat(timespec="seconds"),
+        "expired": [
+            {"collection": h.name, "documents": len(d), "doc_ids": [x["doc_id"] for x in d]} for h, d in plan
+        ],
     }
     if dry_run or not plan:
-        session.audit("gdpr.retention.apply", dry_run=dry_run,
-                      expired={h.name: len(d) for h, d in plan}, erased=0)
+        session.audit(
+            "gdpr.retention.apply", dry_run=dry_run, expired={h.name: len(d) for h, d in plan}, erased=0
+        )
         summary["receipt"] = None
         return summary
-    receipt = erase_documents(session, [(h, [d["doc_id"] for d in docs]) for h, docs in plan], kind="retention",
-                              reason="retention period expired", receipt_dir=receipt_dir,
-                              considered=names if collections is None else None)
-    session.audit("gdpr.retention.apply", dry_run=False, expired={h.name: len(d) for h, d in plan},
-                  erased=receipt["totals"]["documents"], receipt_id=receipt["receipt_id"])
+    receipt = erase_documents(
+        session,
+        [(h, [d["doc_id"] for d in docs]) for h, docs in plan],
+        kind="retention",
+        reason="retention period expired",
+        receipt_dir=receipt_dir,
+        considered=names if collections is None else None,
+    )
+    session.audit(
+        "gdpr.retention.apply",
+        dry_run=False,
+        expired={h.name: len(d) for h, d in plan},
+        erased=receipt["totals"]["documents"],
+        receipt_id=receipt["receipt_id"],
+    )
     summary["receipt"] = receipt
     return summary

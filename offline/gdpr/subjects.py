@@ -56,13 +56,14 @@ def _row_date(value: str | None, date_field: str | None) -> dict[str, Any]:
 
 
 def _json_text(obj: Any) -> str:
-    from ..ingest.loaders import _json_text as flatten
+    from ..ingest.loaders import json_text as flatten
 
     return flatten(obj)
 
 
-def split_rows(path: Path, data: bytes, field: str,
-               date_field: str | None = None) -> list[tuple[str, str, list[str], str | None]]:
+def split_rows(
+    path: Path, data: bytes, field: str, date_field: str | None = None
+) -> list[tuple[str, str, list[str], str | None]]:
     """``[(row name, row text, subject ids, row date)]`` for a CSV/JSON/JSONL file and a subject field."""
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
@@ -81,10 +82,16 @@ def split_rows(path: Path, data: bytes, field: str,
             reader = csv.DictReader(io.StringIO(text), dialect=dialect)
             for want in (field, date_field):
                 if want and (reader.fieldnames is None or want not in reader.fieldnames):
-                    raise UsageError(f"{path.name}: no column {want!r} (columns: {', '.join(reader.fieldnames or [])})")
+                    raise UsageError(
+                        f"{path.name}: no column {want!r} (columns: {', '.join(reader.fieldnames or [])})"
+                    )
             for n, row in enumerate(reader, start=1):
-                body = "; ".join(f"{k}: {v}" for k, v in row.items() if k is not None and v and str(v).strip())
-                rows.append((f"row-{n}", body, _ids(row.get(field)), row.get(date_field) if date_field else None))
+                body = "; ".join(
+                    f"{k}: {v}" for k, v in row.items() if k is not None and v and str(v).strip()
+                )
+                rows.append(
+                    (f"row-{n}", body, _ids(row.get(field)), row.get(date_field) if date_field else None)
+                )
         except csv.Error as exc:
             raise InvalidInput(f"{path.name}: invalid CSV: {exc}") from None
         return rows
@@ -94,24 +101,38 @@ def split_rows(path: Path, data: bytes, field: str,
             items = obj if isinstance(obj, list) else [obj]
             parsed = list(enumerate(items, start=1))
         else:
-            parsed = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+            parsed = [
+                (n, json.loads(line)) for n, line in enumerate(text.splitlines(), start=1) if line.strip()
+            ]
     except ValueError as exc:
         raise InvalidInput(f"{path.name}: invalid JSON: {exc}") from None
     for n, item in parsed:
         when = _field(item, date_field) if date_field else None
-        rows.append((f"row-{n}", _json_text(item), _ids(_field(item, field)), None if when is None else str(when)))
+        rows.append(
+            (f"row-{n}", _json_text(item), _ids(_field(item, field)), None if when is None else str(when))
+        )
     return rows
 
 
-def ingest_with_subject_field(session: Any, paths: list[str | Path], collection: str, field: str, *,
-                              label: str | None = None, subjects: tuple[str, ...] = (),
-                              allow_missing: bool = False, max_bytes: int = MAX_BYTES,
-                              allow_erased_reason: str | None = None,
-                              date_field: str | None = None) -> dict[str, Any]:
+def ingest_with_subject_field(
+    session: Any,
+    paths: list[str | Path],
+    collection: str,
+    field: str,
+    *,
+    label: str | None = None,
+    subjects: tuple[str, ...] = (),
+    allow_missing: bool = False,
+    max_bytes: int = MAX_BYTES,
+    allow_erased_reason: str | None = None,
+    date_field: str | None = None,
+    relabel: bool = False,
+) -> dict[str, Any]:
     """Ingest CSV/JSON/JSONL files one row per document, each tagged with its row's subject ids.
 
     ``subjects`` are added to every row. Every file is parsed and checked before anything is
-    written, so a bad file or an untagged row leaves the collection untouched.
+    written, so a bad file or an untagged row leaves the collection untouched. ``label`` and
+    ``relabel`` work as in :func:`offline.ingest.ingest_paths` (None keeps stored rows' labels).
     """
     from ..ingest.pipeline import TextRecord, ingest_records
 
@@ -132,11 +153,24 @@ def ingest_with_subject_field(session: Any, paths: list[str | Path], collection:
                 raise InvalidInput(f"{path.name} {name}: no value in subject field {field!r}")
             if not text.strip():
                 continue
-            records.append(TextRecord(source=f"{path.resolve()}#{name}", name=f"{path.name}#{name}", text=text,
-                                      label=label or "", subjects=tuple(sorted(set(ids) | set(extra))),
-                                      meta={"subject_field": field, "file": path.name, "row": name,
-                                            **_row_date(when, date_field)}))
-    report = ingest_records(session, records, collection, allow_erased_reason=allow_erased_reason)
+            records.append(
+                TextRecord(
+                    source=f"{path.resolve()}#{name}",
+                    name=f"{path.name}#{name}",
+                    text=text,
+                    label=label,
+                    subjects=tuple(sorted(set(ids) | set(extra))),
+                    meta={
+                        "subject_field": field,
+                        "file": path.name,
+                        "row": name,
+                        **_row_date(when, date_field),
+                    },
+                )
+            )
+    report = ingest_records(
+        session, records, collection, relabel=relabel, allow_erased_reason=allow_erased_reason
+    )
     report["subject_field"] = field
     report["rows"] = len(records)
     return report

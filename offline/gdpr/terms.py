@@ -27,7 +27,7 @@ _TOKEN = re.compile(r"[^\W_]+")
 # Longest term the journal checks at ingest: ids, names and aliases rarely run past 4 tokens.
 MAX_TERM_TOKENS = 4
 # Name particles kept when a name is split into first/last (never matched alone).
-_HONORIFICS = frozenset({"mr", "mrs", "ms", "miss", "dr", "prof", "mx", "sir", "dame"})
+HONORIFICS = frozenset({"mr", "mrs", "ms", "miss", "dr", "prof", "mx", "sir", "dame"})
 
 
 def fold(text: str) -> str:
@@ -77,7 +77,7 @@ def _id_forms(value: str) -> list[Term]:
 
 
 def _name_forms(value: str) -> list[Term]:
-    toks = [t for t in tokens(value) if t not in _HONORIFICS]
+    toks = [t for t in tokens(value) if t not in HONORIFICS]
     if not toks:
         return []
     forms = [tuple(toks)]
@@ -97,7 +97,9 @@ def subject_terms(subject: str, *, name: str | None = None, aliases: Iterable[st
             ids.extend(_id_forms(alias))  # an old id, an email: matched exactly
         else:
             names.extend(_name_forms(alias))
-    return SubjectTerms(subject, tuple(dict.fromkeys(ids)), tuple(dict.fromkeys(n for n in names if n not in ids)))
+    return SubjectTerms(
+        subject, tuple(dict.fromkeys(ids)), tuple(dict.fromkeys(n for n in names if n not in ids))
+    )
 
 
 def _find_seq(text_toks: list[str], term: Term, *, loose: bool) -> bool:
@@ -157,7 +159,7 @@ def window_terms(text: str, longest: int = MAX_TERM_TOKENS) -> Iterator[str]:
         for n in range(1, longest + 1):
             if i + n > len(toks):
                 break
-            run = toks[i:i + n]
+            run = toks[i : i + n]
             yield " ".join(run)
             if n > 1:
                 yield "".join(run)

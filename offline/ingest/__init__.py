@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
-from .pipeline import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT_S, TextRecord, discover, ingest_paths, ingest_records
+from .discovery import discover
+from .pipeline import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_TIMEOUT_S,
+    Source,
+    TextRecord,
+    ingest_paths,
+    ingest_records,
+    ingest_sources,
+)
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_TIMEOUT_S", "TextRecord", "discover", "ingest_paths", "ingest_records"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_TIMEOUT_S",
+    "Source",
+    "TextRecord",
+    "discover",
+    "ingest_paths",
+    "ingest_records",
+    "ingest_sources",
+]

@@ -35,8 +35,13 @@ class Chunk:
     flags: set[str] = field(default_factory=set)
 
 
-def chunk_segments(segments: list[Segment], tokenizer: Any, *, size: int = DEFAULT_CHUNK_TOKENS,
-                   overlap: int = DEFAULT_OVERLAP) -> list[Chunk]:
+def chunk_segments(
+    segments: list[Segment],
+    tokenizer: Any,
+    *,
+    size: int = DEFAULT_CHUNK_TOKENS,
+    overlap: int = DEFAULT_OVERLAP,
+) -> list[Chunk]:
     """Token windows over each segment; ``tokenizer`` is a ``tokenizers.Tokenizer`` (no truncation)."""
     if size < 8 or not 0 <= overlap < size // 2:
         raise ValueError("chunk size must be >= 8 tokens and overlap < half of it")
@@ -51,9 +56,14 @@ def chunk_segments(segments: list[Segment], tokenizer: Any, *, size: int = DEFAU
         while start < n:
             end = min(start + size, n)
             # Back off to a word boundary unless that would shrink the window by more than half.
-            while end < n and words[end] is not None and words[end] == words[end - 1] and end - start > size // 2:
+            while (
+                end < n
+                and words[end] is not None
+                and words[end] == words[end - 1]
+                and end - start > size // 2
+            ):
                 end -= 1
-            text = seg.text[offsets[start][0]:offsets[end - 1][1]].strip()
+            text = seg.text[offsets[start][0] : offsets[end - 1][1]].strip()
             if text:
                 chunks.append(Chunk(text, seg.page, seg.section, end - start, _flags(text) | seg.flags))
             if end >= n:

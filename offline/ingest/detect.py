@@ -27,7 +27,9 @@ from typing import Any
 DETECTOR_NAME = "en-core-web-sm"
 MIN_SCORE = 0.5
 PERSON_MIN_SCORE = 0.8
-DOB_CONTEXT = re.compile(r"(?:\bd\.?o\.?b\.?|\bborn(?:\s+on)?|date\s+of\s+birth|birth\s*date)\W{0,4}$", re.IGNORECASE)
+DOB_CONTEXT = re.compile(
+    r"(?:\bd\.?o\.?b\.?|\bborn(?:\s+on)?|date\s+of\s+birth|birth\s*date)\W{0,4}$", re.IGNORECASE
+)
 KINDS = ("SUBJECT_ID", "UK_NHS", "US_SSN", "EMAIL_ADDRESS", "DATE_OF_BIRTH", "PHONE_NUMBER", "PERSON")
 
 _lock = threading.Lock()
@@ -75,26 +77,40 @@ def _engine(pattern: str) -> Any:
     with _lock:
         if pattern in _engines:
             return _engines[pattern]
+        import logging
+
         from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
         from presidio_analyzer.nlp_engine import SpacyNlpEngine
         from presidio_analyzer.predefined_recognizers import (
-            DateRecognizer, NhsRecognizer, PhoneRecognizer, SpacyRecognizer, UsSsnRecognizer,
+            DateRecognizer,
+            NhsRecognizer,
+            PhoneRecognizer,
+            SpacyRecognizer,
+            UsSsnRecognizer,
         )
-
-        import logging
 
         logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)  # one warning per unmapped label
         verify_model()
         nlp = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": str(model_folder())}])
         nlp.load()  # a path that exists: Presidio loads it and downloads nothing
         registry = RecognizerRegistry(supported_languages=["en"])
-        for rec in (SpacyRecognizer(supported_entities=["PERSON", "DATE_TIME"]), _email_recogniser(),
-                    PhoneRecognizer(supported_regions=("GB", "US", "IE", "DE", "FR", "ES", "IT", "NL")),
-                    DateRecognizer(), NhsRecognizer(), UsSsnRecognizer()):
+        for rec in (
+            SpacyRecognizer(supported_entities=["PERSON", "DATE_TIME"]),
+            _email_recogniser(),
+            PhoneRecognizer(supported_regions=("GB", "US", "IE", "DE", "FR", "ES", "IT", "NL")),
+            DateRecognizer(),
+            NhsRecognizer(),
+            UsSsnRecognizer(),
+        ):
             registry.add_recognizer(rec)
         if pattern:
-            registry.add_recognizer(PatternRecognizer(supported_entity="SUBJECT_ID", name="subject_id_pattern",
-                                                      patterns=[Pattern("subject id", pattern, 0.9)]))
+            registry.add_recognizer(
+                PatternRecognizer(
+                    supported_entity="SUBJECT_ID",
+                    name="subject_id_pattern",
+                    patterns=[Pattern("subject id", pattern, 0.9)],
+                )
+            )
         engine = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["en"])
         _engines[pattern] = engine
         return engine
@@ -110,18 +126,28 @@ def detect(text: str, pattern: str = "") -> list[Finding]:
     """Identifiers in ``text`` (overlaps resolved to the highest-scoring, longest finding)."""
     engine = _engine(pattern)
     shown = _CAPS_SURNAME.sub(lambda m: m.group(0).title(), text)
-    results = engine.analyze(text=shown, language="en",
-                             entities=["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "DATE_TIME", "UK_NHS", "US_SSN",
-                                       *(["SUBJECT_ID"] if pattern else [])])
+    results = engine.analyze(
+        text=shown,
+        language="en",
+        entities=[
+            "PERSON",
+            "EMAIL_ADDRESS",
+            "PHONE_NUMBER",
+            "DATE_TIME",
+            "UK_NHS",
+            "US_SSN",
+            *(["SUBJECT_ID"] if pattern else []),
+        ],
+    )
     found = []
     for r in results:
         kind = r.entity_type
         start = r.start
         if kind == "DATE_TIME":
-            day = _DAY_BEFORE.search(text[max(0, start - 6):start])
+            day = _DAY_BEFORE.search(text[max(0, start - 6) : start])
             if day:  # the NER model's date is "May 1975" in "23 May 1975"
                 start -= len(day.group(0))
-            if not DOB_CONTEXT.search(text[max(0, start - 24):start]):
+            if not DOB_CONTEXT.search(text[max(0, start - 24) : start]):
                 continue  # an appointment date identifies nobody; a date of birth does
             kind = "DATE_OF_BIRTH"
         floor = PERSON_MIN_SCORE if kind == "PERSON" else MIN_SCORE
@@ -144,11 +170,11 @@ def _resolve_overlaps(found: list[Finding]) -> list[Finding]:
 
 def value_key(kind: str, value: str) -> str:
     """The normalised form hashed for ``value``: names as words, everything else compacted."""
-    from ..gdpr.terms import _HONORIFICS, tokens
+    from ..gdpr.terms import HONORIFICS, tokens
 
     toks = tokens(value)
     if kind == "PERSON":
-        return " ".join(t for t in toks if t not in _HONORIFICS)
+        return " ".join(t for t in toks if t not in HONORIFICS)
     if kind == "DATE_OF_BIRTH":
         return "dob:" + _iso_date(value)
     if kind == "PHONE_NUMBER":
@@ -161,7 +187,9 @@ def _e164(value: str) -> str | None:
     import phonenumbers
 
     try:
-        return phonenumbers.format_number(phonenumbers.parse(value, "GB"), phonenumbers.PhoneNumberFormat.E164)
+        return phonenumbers.format_number(
+            phonenumbers.parse(value, "GB"), phonenumbers.PhoneNumberFormat.E164
+        )
     except phonenumbers.NumberParseException:
         return None
 
@@ -169,8 +197,17 @@ def _e164(value: str) -> str | None:
 def _iso_date(value: str) -> str:
     import datetime as _dt
 
-    for fmt in ("%Y-%m-%d", "%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y", "%d %B %Y", "%d %b %Y", "%B %d, %Y", "%b %d, %Y",
-                "%d/%m/%y"):
+    for fmt in (
+        "%Y-%m-%d",
+        "%d/%m/%Y",
+        "%d.%m.%Y",
+        "%d-%m-%Y",
+        "%d %B %Y",
+        "%d %b %Y",
+        "%B %d, %Y",
+        "%b %d, %Y",
+        "%d/%m/%y",
+    ):
         try:
             return _dt.datetime.strptime(value.strip(), fmt).date().isoformat()
         except ValueError:
@@ -201,7 +238,7 @@ class Detector:
         out = []
         for i, text in enumerate(texts):
             for f in detect(text, self.pattern):
-                key = value_key(f.kind, text[f.start:f.end])
+                key = value_key(f.kind, text[f.start : f.end])
                 if key:
                     out.append((i, f.kind, term_hash(self.key, key), f.start, f.end, f.score))
         return out

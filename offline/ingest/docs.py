@@ -14,7 +14,9 @@ from ..errors import NotFound, UsageError
 from ..vault.collections import CollectionHandle, open_collection, readable_collections
 from .store import delete_document
 
-_DOC_COLS = "d.id, d.name, d.source, d.sha256, d.size, d.mtime, d.label, d.mime, d.ingested_at, d.ingested_by, d.meta"
+_DOC_COLS = (
+    "d.id, d.name, d.source, d.sha256, d.size, d.mtime, d.label, d.mime, d.ingested_at, d.ingested_by, d.meta"
+)
 
 
 def _label_sql(handle: CollectionHandle, alias: str = "d") -> tuple[str, list[str]]:
@@ -26,16 +28,36 @@ def _label_sql(handle: CollectionHandle, alias: str = "d") -> tuple[str, list[st
 def _doc_dict(handle: CollectionHandle, row: tuple) -> dict[str, Any]:
     doc_id, name, source, sha, size, mtime, label, mime, at, by, meta = row
     conn = handle.conn
-    return {"collection": handle.name, "id": doc_id, "name": name, "source": source, "sha256": sha, "size": size,
-            "mtime": mtime, "label": label, "mime": mime, "ingested_at": at, "ingested_by": by,
-            "meta": json.loads(meta or "{}"),
-            "subjects": [r[0] for r in conn.execute(
-                "SELECT subject FROM doc_subjects WHERE doc_id = ? ORDER BY subject", (doc_id,))],
-            "chunks": conn.execute("SELECT count(*) FROM chunks WHERE doc_id = ?", (doc_id,)).fetchone()[0]}
+    return {
+        "collection": handle.name,
+        "id": doc_id,
+        "name": name,
+        "source": source,
+        "sha256": sha,
+        "size": size,
+        "mtime": mtime,
+        "label": label,
+        "mime": mime,
+        "ingested_at": at,
+        "ingested_by": by,
+        "meta": json.loads(meta or "{}"),
+        "subjects": [
+            r[0]
+            for r in conn.execute(
+                "SELECT subject FROM doc_subjects WHERE doc_id = ? ORDER BY subject", (doc_id,)
+            )
+        ],
+        "chunks": conn.execute("SELECT count(*) FROM chunks WHERE doc_id = ?", (doc_id,)).fetchone()[0],
+    }
 
 
-def list_documents(session: Any, collections: list[str] | None = None, *, label: str | None = None,
-                   subject: str | None = None) -> list[dict[str, Any]]:
+def list_documents(
+    session: Any,
+    collections: list[str] | None = None,
+    *,
+    label: str | None = None,
+    subject: str | None = None,
+) -> list[dict[str, Any]]:
     """Documents the caller may see, in the given collections (default: every readable one)."""
     out = []
     for name in collections or readable_collections(session):
@@ -47,8 +69,9 @@ def list_documents(session: Any, collections: list[str] | None = None, *, label:
         if subject is not None:
             where += " AND d.id IN (SELECT doc_id FROM doc_subjects WHERE subject = ?)"
             params.append(subject)
-        rows = handle.conn.execute(f"SELECT {_DOC_COLS} FROM documents d WHERE {where} ORDER BY d.source",
-                                   params).fetchall()
+        rows = handle.conn.execute(
+            f"SELECT {_DOC_COLS} FROM documents d WHERE {where} ORDER BY d.source", params
+        ).fetchall()
         out += [_doc_dict(handle, r) for r in rows]
     return out
 
@@ -59,16 +82,18 @@ def resolve_document(handle: CollectionHandle, ref: str | int) -> tuple:
     ref_s = str(ref).strip()
     candidates: list[tuple] = []
     if ref_s.isdigit():
-        candidates = handle.conn.execute(f"SELECT {_DOC_COLS} FROM documents d WHERE d.id = ? AND {where}",
-                                         [int(ref_s), *params]).fetchall()
+        candidates = handle.conn.execute(
+            f"SELECT {_DOC_COLS} FROM documents d WHERE d.id = ? AND {where}", [int(ref_s), *params]
+        ).fetchall()
     if not candidates:
         sources = [ref_s, str(Path(ref_s).expanduser().resolve())]
         candidates = handle.conn.execute(
-            f"SELECT {_DOC_COLS} FROM documents d WHERE d.source IN (?, ?) AND {where}",
-            [*sources, *params]).fetchall()
+            f"SELECT {_DOC_COLS} FROM documents d WHERE d.source IN (?, ?) AND {where}", [*sources, *params]
+        ).fetchall()
     if not candidates:
-        candidates = handle.conn.execute(f"SELECT {_DOC_COLS} FROM documents d WHERE d.name = ? AND {where}",
-                                         [ref_s, *params]).fetchall()
+        candidates = handle.conn.execute(
+            f"SELECT {_DOC_COLS} FROM documents d WHERE d.name = ? AND {where}", [ref_s, *params]
+        ).fetchall()
     if not candidates:
         raise NotFound(f"no such document in collection {handle.name!r}: {ref_s}")
     if len(candidates) > 1:
@@ -82,11 +107,21 @@ def show_document(session: Any, collection: str, ref: str | int) -> dict[str, An
     row = resolve_document(handle, ref)
     doc = _doc_dict(handle, row)
     doc["chunk_list"] = [
-        {"chunk_id": f"{collection}/{cid}", "ord": o, "page": p, "section": s, "tokens": t,
-         "flags": [f for f in (fl or "").split(",") if f], "preview": " ".join(text.split())[:100]}
+        {
+            "chunk_id": f"{collection}/{cid}",
+            "ord": o,
+            "page": p,
+            "section": s,
+            "tokens": t,
+            "flags": [f for f in (fl or "").split(",") if f],
+            "preview": " ".join(text.split())[:100],
+        }
         for cid, o, p, s, t, fl, text in handle.conn.execute(
-            "SELECT id, ord, page, section, token_count, flags, text FROM chunks WHERE doc_id = ? ORDER BY ord",
-            (row[0],))]
+            "SELECT id, ord, page, section, token_count, flags, text FROM chunks"
+            " WHERE doc_id = ? ORDER BY ord",
+            (row[0],),
+        )
+    ]
     doc["identifiers"] = identifiers_of(handle.conn, collection, row[0])
     session.audit("doc.show", collection=collection, doc_id=row[0])
     return doc
@@ -96,10 +131,15 @@ def identifiers_of(conn: Any, collection: str, doc_id: int) -> list[dict[str, An
     """Identifiers detected in a document: kind, the value as the chunk writes it, score."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'identifiers'").fetchone() is None:
         return []
-    rows = conn.execute("SELECT i.chunk_id, i.kind, i.start, i.end, i.score, c.text FROM identifiers i"
-                        " JOIN chunks c ON c.id = i.chunk_id WHERE i.doc_id = ? ORDER BY c.ord, i.start", (doc_id,))
-    return [{"chunk_id": f"{collection}/{cid}", "kind": kind, "value": text[a:b], "score": score}
-            for cid, kind, a, b, score, text in rows]
+    rows = conn.execute(
+        "SELECT i.chunk_id, i.kind, i.start, i.end, i.score, c.text FROM identifiers i"
+        " JOIN chunks c ON c.id = i.chunk_id WHERE i.doc_id = ? ORDER BY c.ord, i.start",
+        (doc_id,),
+    )
+    return [
+        {"chunk_id": f"{collection}/{cid}", "kind": kind, "value": text[a:b], "score": score}
+        for cid, kind, a, b, score, text in rows
+    ]
 
 
 def remove_document(session: Any, collection: str, ref: str | int) -> dict[str, Any]:
@@ -107,6 +147,13 @@ def remove_document(session: Any, collection: str, ref: str | int) -> dict[str, 
     handle = open_collection(session, collection, "write")
     row = resolve_document(handle, ref)
     n = delete_document(handle.conn, row[0])
-    session.audit("doc.remove", severity="notice", collection=collection, doc_id=row[0], source=row[2],
-                  sha256=row[3], chunks=n)
+    session.audit(
+        "doc.remove",
+        severity="notice",
+        collection=collection,
+        doc_id=row[0],
+        source=row[2],
+        sha256=row[3],
+        chunks=n,
+    )
     return {"collection": collection, "id": row[0], "name": row[1], "source": row[2], "chunks_removed": n}

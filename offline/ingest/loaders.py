@@ -82,8 +82,14 @@ def load(path: Path, data: bytes, *, max_bytes: int) -> Loaded:
     else:
         text = decode_text(data, flags)
         meta = {}
-        segments = {"text": lambda t: [Segment(t)], "markdown": _markdown, "html": _html,
-                    "csv": _csv, "json": _json, "jsonl": _jsonl}[kind](text)
+        segments = {
+            "text": lambda t: [Segment(t)],
+            "markdown": _markdown,
+            "html": _html,
+            "csv": _csv,
+            "json": _json,
+            "jsonl": _jsonl,
+        }[kind](text)
     segments = [s for s in segments if s.text.strip()]
     return Loaded(segments, mime, flags, meta)
 
@@ -147,10 +153,26 @@ def _has_body(buf: list[str]) -> bool:
 
 # -- html ---------------------------------------------------------------------------------------
 
+
 class _HTMLText(HTMLParser):
     _SKIP = {"script", "style", "noscript", "template", "head", "svg"}
-    _BLOCK = {"p", "div", "br", "li", "tr", "section", "article", "table", "ul", "ol", "pre", "blockquote",
-              "dd", "dt", "title"}
+    _BLOCK = {
+        "p",
+        "div",
+        "br",
+        "li",
+        "tr",
+        "section",
+        "article",
+        "table",
+        "ul",
+        "ol",
+        "pre",
+        "blockquote",
+        "dd",
+        "dt",
+        "title",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -215,6 +237,7 @@ def _html(text: str) -> list[Segment]:
 
 # -- pdf ----------------------------------------------------------------------------------------
 
+
 def _pdf(data: bytes) -> tuple[list[Segment], dict[str, Any]]:
     import logging
 
@@ -227,9 +250,14 @@ def _pdf(data: bytes) -> tuple[list[Segment], dict[str, Any]]:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:
             raise InvalidInput("encrypted PDF: decrypt it before ingesting")
-        segments = [Segment(page.extract_text() or "", page=i) for i, page in enumerate(reader.pages, start=1)]
-        scanned = {i for i, page in enumerate(reader.pages, start=1)
-                   if not segments[i - 1].text.strip() and _has_image(page)}
+        segments = [
+            Segment(page.extract_text() or "", page=i) for i, page in enumerate(reader.pages, start=1)
+        ]
+        scanned = {
+            i
+            for i, page in enumerate(reader.pages, start=1)
+            if not segments[i - 1].text.strip() and _has_image(page)
+        }
     except InvalidInput:
         raise
     except Exception as exc:  # pypdf raises many types on damaged files
@@ -275,8 +303,14 @@ def _ocr_pages(pages: list[tuple[int, Any]]) -> tuple[list[Segment], dict[str, A
         confidence[str(number)] = result.confidence
         segments.append(Segment(result.text, page=number, flags=page_flags(result.confidence)))
     low = [int(p) for p, c in confidence.items() if c < LOW_CONFIDENCE]
-    return segments, {"ocr": {"engine": "tesseract", "pages": [int(p) for p in confidence], "confidence": confidence,
-                              "low_confidence_pages": low}}
+    return segments, {
+        "ocr": {
+            "engine": "tesseract",
+            "pages": [int(p) for p in confidence],
+            "confidence": confidence,
+            "low_confidence_pages": low,
+        }
+    }
 
 
 def document_date(value: Any, source: str) -> dict[str, Any]:
@@ -299,6 +333,7 @@ def document_date(value: Any, source: str) -> dict[str, Any]:
 
 
 # -- docx ---------------------------------------------------------------------------------------
+
 
 def _docx(data: bytes, max_inflated: int) -> tuple[list[Segment], dict[str, Any]]:
     try:
@@ -346,6 +381,7 @@ def _docx(data: bytes, max_inflated: int) -> tuple[list[Segment], dict[str, Any]
 
 # -- csv / json ---------------------------------------------------------------------------------
 
+
 def _csv(text: str) -> list[Segment]:
     try:
         try:
@@ -376,7 +412,8 @@ def _flatten(obj: Any, prefix: str, out: list[str]) -> None:
         out.append(f"{prefix}: {obj}" if prefix else str(obj))
 
 
-def _json_text(obj: Any) -> str:
+def json_text(obj: Any) -> str:
+    """A JSON value as indexable text: one ``path: value`` line per scalar."""
     out: list[str] = []
     _flatten(obj, "", out)
     return "\n".join(out)
@@ -411,7 +448,7 @@ def _parse_json(text: str, where: str = "") -> Any:
 
 
 def _json(text: str) -> list[Segment]:
-    return [Segment(_json_text(_parse_json(text)))]
+    return [Segment(json_text(_parse_json(text)))]
 
 
 def _jsonl(text: str) -> list[Segment]:
@@ -420,5 +457,5 @@ def _jsonl(text: str) -> list[Segment]:
         if not line.strip():
             continue
         obj = _parse_json(line, f" on line {n}")
-        segments.append(Segment(_json_text(obj), section=f"line {n}"))
+        segments.append(Segment(json_text(obj), section=f"line {n}"))
     return segments

@@ -47,18 +47,23 @@ def verify_engine() -> dict[str, Any]:
     e = ocr_entry()
     binary = shutil.which("tesseract")
     if binary is None:
-        raise InvalidInput("scanned page needs OCR: install the Debian packages tesseract-ocr and "
-                           "tesseract-ocr-eng (see models/manifest.toml)")
+        raise InvalidInput(
+            "scanned page needs OCR: install the Debian packages tesseract-ocr and "
+            "tesseract-ocr-eng (see models/manifest.toml)"
+        )
     path = e["traineddata"]
     if _verified.get(path) != e["traineddata_sha256"]:
         try:
             with open(path, "rb") as f:
                 got = hashlib.sha256(f.read()).hexdigest()
         except OSError:
-            raise InvalidInput(f"scanned page needs OCR: {path} is missing (install tesseract-ocr-eng)") from None
+            raise InvalidInput(
+                f"scanned page needs OCR: {path} is missing (install tesseract-ocr-eng)"
+            ) from None
         if got != e["traineddata_sha256"]:
-            raise ModelIntegrityError(f"OCR model {path} hashes to {got[:16]}…, the manifest pins "
-                                      f"{e['traineddata_sha256'][:16]}…")
+            raise ModelIntegrityError(
+                f"OCR model {path} hashes to {got[:16]}…, the manifest pins {e['traineddata_sha256'][:16]}…"
+            )
         _verified[path] = got
     return {"name": OCR_NAME, "binary": binary, "traineddata": path, "sha256": e["traineddata_sha256"]}
 
@@ -71,13 +76,20 @@ def ocr_image(image: Any) -> PageText:
     buf = io.BytesIO()
     image.convert("L").save(buf, format="PNG")
     try:
-        out = subprocess.run([info["binary"], "stdin", "stdout", "-l", "eng", "--dpi", str(DPI), "--psm", "3", "tsv"],
-                             input=buf.getvalue(), capture_output=True, timeout=PAGE_TIMEOUT_S, check=False,
-                             env={"OMP_THREAD_LIMIT": "1", "PATH": "/usr/bin:/bin"})
+        out = subprocess.run(
+            [info["binary"], "stdin", "stdout", "-l", "eng", "--dpi", str(DPI), "--psm", "3", "tsv"],
+            input=buf.getvalue(),
+            capture_output=True,
+            timeout=PAGE_TIMEOUT_S,
+            check=False,
+            env={"OMP_THREAD_LIMIT": "1", "PATH": "/usr/bin:/bin"},
+        )
     except subprocess.TimeoutExpired:
         raise InvalidInput(f"OCR took longer than {PAGE_TIMEOUT_S} s for one page") from None
     if out.returncode != 0:
-        raise InvalidInput(f"OCR failed: {out.stderr.decode(errors='replace').strip().splitlines()[-1:] or '?'}")
+        raise InvalidInput(
+            f"OCR failed: {out.stderr.decode(errors='replace').strip().splitlines()[-1:] or '?'}"
+        )
     return _from_tsv(out.stdout.decode("utf-8", errors="replace"))
 
 

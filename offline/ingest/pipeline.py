@@ -1,9 +1,20 @@
-"""``offline ingest``: discover files, parse and chunk them, embed, and write one document at a time.
+"""``offline ingest``: one flow from sources to stored documents, whatever produced the sources.
 
-Order of work per group of files: parse + chunk (under a per-file time limit) -> embed the whole
-group's chunks in batches -> one write transaction per document. A file that fails at any step is
-reported with its reason and skipped; the others commit. Nothing is written for a document until
-its vectors exist, so an interruption leaves whole documents only.
+:func:`ingest_paths` (files and folders, found by :mod:`offline.ingest.discovery`) and
+:func:`ingest_records` (texts given in memory) only turn their input into :class:`Source` items;
+:func:`ingest_sources` does every check and every write for both, in three steps:
+
+1. plan, before anything is read or written: label names and subject ids are valid, the same
+   source twice is skipped, the caller's grant covers each document's label (the one it has and
+   the one it gets; a denial is audited and stops the run), and no stored document changes label
+   unless ``relabel`` is given (a conflict is a usage error and nothing is written);
+2. per source, under the per-file time limit: read (size limit) and hash; unchanged -> skipped;
+   only the label differs -> relabelled in place; else parse, redact, chunk, erasure guard,
+   identifiers;
+3. per group of sources: embed the group's chunks in batches, then one write transaction per
+   document. A source that fails at step 2 or 3 is reported with its reason; the others commit.
+   Nothing is written for a document until its vectors exist, so an interruption leaves whole
+   documents only.
 """
 
 from __future__ import annotations
@@ -20,15 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AccessDenied, InvalidInput, OfflineError, UsageError
+from ..gdpr.redact import Redactor
 from ..retrieval import index as vindex
 from ..retrieval.embed import get_embedder
-from ..vault.collections import open_collection
+from ..vault.collections import CollectionHandle, open_collection
 from ..vault.core import check_name, seal_for_auditors
 from . import loaders
 from .chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, Chunk, chunk_segments
-from ..gdpr.redact import Redactor
 from .detect import Detector, count_by_kind
-from .store import DocRecord, find_document, write_document
+from .discovery import discover
+from .store import DocRecord, find_document, relabel_document, write_document
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 120.0
@@ -39,8 +51,65 @@ Progress = Callable[..., None]
 
 
 @dataclass
+class Source:
+    """One document to ingest: a file to read, or a text given directly.
+
+    ``key`` is what the collection stores as the document's source (a resolved path, or the
+    caller's id for a text) and how a re-ingest finds the stored document. ``label`` None keeps
+    the stored document's label (a new document gets none); a string is the label it must have.
+    """
+
+    key: str
+    name: str
+    label: str | None = None
+    subjects: tuple[str, ...] = ()
+    path: Path | None = None
+    text: str | None = None
+    meta: dict[str, Any] | None = None
+
+    def read(self, max_bytes: int) -> tuple[bytes, float | None]:
+        """The bytes to hash and parse, and the file's mtime (None for a text)."""
+        if self.path is not None:
+            data, st = _read_limited(self.path, max_bytes)
+            return data, st.st_mtime
+        data = (self.text or "").encode("utf-8")
+        if len(data) > max_bytes:
+            raise InvalidInput(f"over the size limit ({len(data)} > {max_bytes} bytes)")
+        return data, None
+
+    def parse(self, data: bytes, max_bytes: int) -> loaders.Loaded:
+        """Segments by the file's loader; a text is one segment as given."""
+        if self.path is not None:
+            return loaders.load(self.path, data, max_bytes=max_bytes)
+        return loaders.Loaded([loaders.Segment(self.text or "")], "text/plain")
+
+
+@dataclass
+class TextRecord:
+    """A document given as text rather than a file (evaluation corpora, imports).
+
+    ``label`` None keeps a stored document's label on re-ingest; see :class:`Source`.
+    """
+
+    source: str
+    name: str
+    text: str
+    label: str | None = None
+    subjects: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None
+
+
+@dataclass
+class _Planned:
+    source: Source
+    label: str  # the label the document ends up with
+    subjects: list[str]
+    existing: tuple[int, str, str, list[str]] | None  # (id, sha256, label, subjects) as stored
+
+
+@dataclass
 class Prepared:
-    path: Path
+    item: _Planned
     record: DocRecord
     chunks: list[Chunk]
     status: str  # "added" or "updated"
@@ -74,85 +143,285 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def discover(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[dict[str, str]], list[dict[str, str]]]:
-    """Expand files and folders (recursively) into resolved file paths to ingest.
+def ingest_paths(
+    session: Any,
+    paths: Iterable[str | os.PathLike[str]],
+    collection: str,
+    *,
+    label: str | None = None,
+    subjects: Iterable[str] = (),
+    relabel: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    chunk_tokens: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    embed_model: str | None = None,
+    progress: Progress | None = None,
+    allow_erased_reason: str | None = None,
+) -> dict[str, Any]:
+    """Ingest files and folders into ``collection`` (write grant needed); returns a summary.
 
-    Returns (files, skipped, failed). Inside a folder, symlinks that resolve outside it, broken
-    links and link loops are skipped; hidden entries and unsupported types are skipped with a note.
+    ``label`` None keeps the labels of documents already stored (new ones get none); a label
+    that differs from a stored document's is refused unless ``relabel``. Summary keys:
+    collection, added, updated, relabelled, unchanged, skipped, failed (lists), chunks (int);
+    see :func:`ingest_sources`.
     """
-    files: list[Path] = []
-    seen: set[Path] = set()
-    skipped: list[dict[str, str]] = []
-    failed: list[dict[str, str]] = []
+    files, skipped, failed = discover(paths, exclude=session.vault_dir)
+    subject_list = tuple(subjects)
+    sources = [Source(key=str(f), name=f.name, label=label, subjects=subject_list, path=f) for f in files]
+    return ingest_sources(
+        session,
+        sources,
+        collection,
+        relabel=relabel,
+        max_bytes=max_bytes,
+        timeout_s=timeout_s,
+        chunk_tokens=chunk_tokens,
+        overlap=overlap,
+        embed_model=embed_model,
+        progress=progress,
+        allow_erased_reason=allow_erased_reason,
+        skipped=skipped,
+        failed=failed,
+    )
 
-    def add(path: Path, shown: str) -> None:
-        if loaders.kind_of(path) is None:
-            skipped.append({"path": shown, "reason": f"unsupported file type {path.suffix or '(none)'!r}"})
-        elif path not in seen:
-            seen.add(path)
-            files.append(path)
 
-    for raw in paths:
-        p = Path(raw).expanduser()
+def ingest_records(
+    session: Any,
+    records: Iterable[TextRecord],
+    collection: str,
+    *,
+    relabel: bool = False,
+    chunk_tokens: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    embed_model: str | None = None,
+    progress: Progress | None = None,
+    allow_erased_reason: str | None = None,
+) -> dict[str, Any]:
+    """Like :func:`ingest_paths` for in-memory texts: the same checks, chunking, embedding and writes."""
+    sources = (
+        Source(key=r.source, name=r.name, label=r.label, subjects=tuple(r.subjects), text=r.text, meta=r.meta)
+        for r in records
+    )
+    return ingest_sources(
+        session,
+        sources,
+        collection,
+        relabel=relabel,
+        chunk_tokens=chunk_tokens,
+        overlap=overlap,
+        embed_model=embed_model,
+        progress=progress,
+        allow_erased_reason=allow_erased_reason,
+        audit_extra={"records": True},
+    )
+
+
+def ingest_sources(
+    session: Any,
+    sources: Iterable[Source],
+    collection: str,
+    *,
+    relabel: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    chunk_tokens: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    embed_model: str | None = None,
+    progress: Progress | None = None,
+    allow_erased_reason: str | None = None,
+    skipped: Iterable[dict[str, str]] = (),
+    failed: Iterable[dict[str, str]] = (),
+    audit_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Check, parse, embed and store ``sources`` in ``collection`` (write grant needed).
+
+    Raises before writing anything: AccessDenied (audited) when the caller's grant does not cover
+    a label a document has or would get; UsageError for bad names, limits, or (without
+    ``relabel``) a stored document whose label would change. A source that then fails (too big,
+    corrupt, too slow, erased data without ``allow_erased_reason``, see
+    :class:`offline.gdpr.journal.ErasureGuard`) is reported and the others commit.
+
+    Returns collection, added/updated ({path, doc_id, chunks}), relabelled ({path, doc_id, from,
+    to, content}: "unchanged" when moved in place with its id, "updated" when it was replaced),
+    unchanged ({path}), skipped/failed ({path, reason}; ``skipped``/``failed`` given by the
+    producer come first), chunks, identifiers (counts by kind, or None) and seconds.
+    """
+    from ..gdpr.journal import ErasureGuard
+
+    handle = open_collection(session, collection, need="write")
+    if max_bytes <= 0:
+        raise UsageError("the size limit must be positive")
+    plan, repeated = _plan(session, handle, sources, relabel)
+    guard = ErasureGuard(session, allow_erased_reason)
+    detector = Detector(session)
+    redactor = Redactor(session, handle, detector)
+    embedder = get_embedder(embed_model)
+    vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
+    size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
+    if size > embedder.max_tokens - 2:
+        raise UsageError(f"chunks of {size} tokens exceed the embedding model's {embedder.max_tokens - 2}")
+    report: dict[str, Any] = {
+        "collection": collection,
+        "added": [],
+        "updated": [],
+        "relabelled": [],
+        "unchanged": [],
+        "skipped": [*skipped, *repeated],
+        "failed": list(failed),
+        "chunks": 0,
+        "identifiers": {} if detector.enabled else None,
+    }
+    emit = progress or (lambda *a, **k: None)
+    emit("start", files=len(plan))
+    started = time.perf_counter()
+    group: list[Prepared] = []
+
+    def fail(item: _Planned, reason: str) -> None:
+        report["failed"].append({"path": item.source.key, "reason": reason})
+        emit("file", path=item.source.key, status="failed")
+
+    for item in plan:
         try:
-            resolved = p.resolve(strict=True)
-        except (OSError, RuntimeError):
-            failed.append({"path": str(p), "reason": "no such file or folder (or a broken link)"})
+            with time_limit(timeout_s):
+                prepared = _prepare(item, max_bytes, embedder, size, overlap, guard, detector, redactor)
+        except OfflineError as exc:
+            fail(item, str(exc))
             continue
-        if resolved.is_dir():
-            _walk(resolved, add, skipped, failed)
-        elif resolved.is_file():
-            add(resolved, str(resolved))
+        except Exception as exc:  # a parser bug on hostile input must not stop the batch
+            fail(item, f"{exc.__class__.__name__}: {exc}"[:200])
+            continue
+        if prepared == "unchanged":
+            report["unchanged"].append({"path": item.source.key})
+            emit("file", path=item.source.key, status="unchanged")
+        elif prepared == "relabel":
+            _relabel_in_place(handle, item, report, emit, fail)
         else:
-            skipped.append({"path": str(p), "reason": "not a regular file"})
-    return files, skipped, failed
+            group.append(prepared)
+            if sum(len(p.chunks) for p in group) >= EMBED_GROUP:
+                _embed_and_write(session, handle, embedder, group, report, emit)
+                group.clear()
+    if group:
+        _embed_and_write(session, handle, embedder, group, report, emit)
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    subjects = sorted({s for item in plan for s in item.subjects})
+    moved = [{"doc_id": m["doc_id"], "from": m["from"], "to": m["to"]} for m in report["relabelled"]]
+    # A relabel changes who may read a document: notice severity, so a reviewer filtering the log finds it.
+    session.audit(
+        "ingest",
+        severity="notice" if moved else "info",
+        collection=collection,
+        labels=sorted({item.label for item in plan}),
+        subjects_sealed=seal_for_auditors(session, "\n".join(subjects)) if subjects else None,
+        added=[d["doc_id"] for d in report["added"]],
+        updated=[d["doc_id"] for d in report["updated"]],
+        relabelled=moved,
+        unchanged=len(report["unchanged"]),
+        skipped=len(report["skipped"]),
+        failed=len(report["failed"]),
+        chunks=report["chunks"],
+        identifiers=report["identifiers"],
+        **(audit_extra or {}),
+    )
+    report["tainted_adapters"] = _taint_relabelled(session, handle, report["relabelled"])
+    return report
 
 
-def _walk(root: Path, add: Callable[[Path, str], None], skipped: list[dict[str, str]],
-          failed: list[dict[str, str]]) -> None:
-    visited = {root}
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            failed.append({"path": str(folder), "reason": f"unreadable folder ({exc.__class__.__name__})"})
+def _taint_relabelled(session: Any, handle: CollectionHandle, moved: list[dict[str, Any]]) -> list[str]:
+    """Taint every adapter trained on a document moved in place to another label.
+
+    An adapter's readers were decided by the labels its sources had when it was trained: after a move
+    to a stricter label, readers of the old one would still query what it learnt. Labels have no
+    order, so every move taints (fail closed); an admin who judges the move harmless records an
+    override (``adapters override-taint``). A replaced document is not a move of what was learnt.
+    """
+    from ..finetune.store import adapters_using_document, mark_tainted
+
+    names = sorted(
+        {
+            n
+            for m in moved
+            if m.get("content") != "updated"
+            for n in adapters_using_document(session, handle.id, m["doc_id"])
+        }
+    )
+    for name in names:
+        mark_tainted(session, name, f"a document it was trained on moved to another label in {handle.name}")
+    return names
+
+
+def _plan(
+    session: Any, handle: CollectionHandle, sources: Iterable[Source], relabel: bool
+) -> tuple[list[_Planned], list[dict[str, str]]]:
+    """Every check that needs no file read, over all sources, before the first write.
+
+    Done up front so that a refusal leaves the collection exactly as it was: the caller learns of
+    a label conflict or a denied label before any document moved.
+    """
+    plan: list[_Planned] = []
+    repeated: list[dict[str, str]] = []
+    seen: set[str] = set()
+    denied: set[str] = set()
+    hidden: list[tuple[int, str]] = []
+    conflicts: list[tuple[str, str, str]] = []
+    for src in sources:
+        if src.key in seen:  # a second copy would replace the first within one run
+            repeated.append({"path": src.key, "reason": "the same source was given twice"})
             continue
-        dirs = []
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.name.startswith("."):
-                skipped.append({"path": str(path), "reason": "hidden"})
-                continue
-            if entry.is_symlink():
-                try:
-                    target = path.resolve(strict=True)
-                except (OSError, RuntimeError):
-                    skipped.append({"path": str(path), "reason": "broken or looping symlink"})
-                    continue
-                if not target.is_relative_to(root):
-                    skipped.append({"path": str(path), "reason": "symlink points outside the ingested folder"})
-                elif target.is_dir():
-                    if target in visited:
-                        skipped.append({"path": str(path), "reason": "symlink loop"})
-                    else:
-                        visited.add(target)
-                        dirs.append(target)
-                elif target.is_file():
-                    add(target, str(path))
-                else:
-                    skipped.append({"path": str(path), "reason": "not a regular file"})
-            elif entry.is_dir(follow_symlinks=False):
-                target = path.resolve()
-                if target not in visited:
-                    visited.add(target)
-                    dirs.append(target)
-            elif entry.is_file(follow_symlinks=False):
-                add(path.resolve(), str(path))
-            else:
-                skipped.append({"path": str(path), "reason": "not a regular file"})
-        stack.extend(reversed(dirs))
+        seen.add(src.key)
+        if src.label:
+            check_name("label", src.label)
+        subjects = sorted({_check_subject(s) for s in src.subjects})
+        existing = find_document(handle.conn, src.key)
+        stored = existing[2] if existing is not None else None
+        label = src.label if src.label is not None else (stored or "")
+        if existing is not None and not handle.label_allowed(stored):
+            hidden.append((existing[0], src.key))  # a document this caller cannot see: never say its label
+        elif not handle.label_allowed(label):
+            denied.add(label)
+        elif existing is not None and stored != label and not relabel:
+            conflicts.append((src.key, stored, label))
+        plan.append(_Planned(src, label, subjects, existing))
+    if denied or hidden:
+        session.audit(
+            "access.denied",
+            severity="warning",
+            collection=handle.name,
+            reason="label not granted",
+            labels=sorted(denied),
+            doc_ids=[d for d, _ in hidden],
+        )
+        if denied:
+            shown = ", ".join(repr(lb) for lb in sorted(denied))
+            raise AccessDenied(
+                f"access denied: your grant on collection {handle.name!r} does not cover "
+                f"label{'s' if len(denied) > 1 else ''} {shown}"
+            )
+        raise AccessDenied(
+            f"access denied: your grant on collection {handle.name!r} does not cover "
+            f"{len(hidden)} document(s) already stored from these sources (first: {hidden[0][1]})"
+        )
+    if conflicts:
+        key, old, new = conflicts[0]
+        raise UsageError.naming(
+            "{n} document(s) already stored with another label (first: {key}: {old} -> {new}); "
+            "nothing was ingested: add {relabel} to move them, or leave out {label} to keep "
+            "their labels",
+            "relabel",
+            "label",
+            n=len(conflicts),
+            key=key,
+            old=repr(old),
+            new=repr(new),
+        )
+    return plan, repeated
+
+
+def _check_subject(subject: str) -> str:
+    s = str(subject).strip()
+    if not s or len(s) > 128 or any(ord(ch) < 32 for ch in s):
+        raise UsageError(f"invalid subject id {subject!r}: 1-128 printable characters")
+    return s
 
 
 def _read_limited(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
@@ -169,114 +438,62 @@ def _read_limited(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
     return data, st
 
 
-def ingest_paths(session: Any, paths: Iterable[str | os.PathLike[str]], collection: str, *,
-                 label: str | None = None, subjects: Iterable[str] = (), max_bytes: int = DEFAULT_MAX_BYTES,
-                 timeout_s: float | None = DEFAULT_TIMEOUT_S, chunk_tokens: int | None = None,
-                 overlap: int = DEFAULT_OVERLAP, embed_model: str | None = None,
-                 progress: Progress | None = None, allow_erased_reason: str | None = None) -> dict[str, Any]:
-    """Ingest files and folders into ``collection`` (write grant needed); returns a summary.
-
-    Summary keys: collection, added, updated, unchanged, skipped, failed (lists), chunks (int).
-    A file that brings back erased data is refused (failed) unless ``allow_erased_reason`` is
-    given (see :class:`offline.gdpr.journal.ErasureGuard`).
-    """
-    from ..gdpr.journal import ErasureGuard
-
-    handle = open_collection(session, collection, need="write")
-    label = label or ""
-    if label:
-        check_name("label", label)
-    if not handle.label_allowed(label):
-        session.audit("access.denied", severity="warning", collection=collection, reason="label not granted",
-                      label=label)
-        raise AccessDenied(f"access denied: your grant on collection {collection!r} does not cover label {label!r}")
-    subject_list = sorted({_check_subject(s) for s in subjects})
-    if max_bytes <= 0:
-        raise UsageError("the size limit must be positive")
-    guard = ErasureGuard(session, allow_erased_reason)
-    detector = Detector(session)
-    redactor = Redactor(session, handle, detector)
-    embedder = get_embedder(embed_model)
-    vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
-    size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
-    if size > embedder.max_tokens - 2:
-        raise UsageError(f"chunks of {size} tokens exceed the embedding model's {embedder.max_tokens - 2}")
-    files, skipped, failed = discover(paths)
-    vault_dir = Path(session.vault_dir).resolve()
-    skipped += [{"path": str(f), "reason": "inside the vault folder"} for f in files if f.is_relative_to(vault_dir)]
-    files = [f for f in files if not f.is_relative_to(vault_dir)]
-    report: dict[str, Any] = {"collection": collection, "added": [], "updated": [], "unchanged": [],
-                              "skipped": skipped, "failed": failed, "chunks": 0,
-                              "identifiers": {} if detector.enabled else None}
-    emit = progress or (lambda *a, **k: None)
-    emit("start", files=len(files))
-    started = time.perf_counter()
-    group: list[Prepared] = []
-
-    def flush() -> None:
-        _embed_and_write(session, handle, embedder, group, report, emit)
-        group.clear()
-
-    for path in files:
-        try:
-            with time_limit(timeout_s):
-                prepared = _prepare(handle.conn, path, label, subject_list, max_bytes, embedder, size, overlap, guard,
-                                    detector, redactor)
-        except OfflineError as exc:
-            failed.append({"path": str(path), "reason": str(exc)})
-            emit("file", path=str(path), status="failed")
-            continue
-        except Exception as exc:  # a parser bug on hostile input must not stop the batch
-            failed.append({"path": str(path), "reason": f"{exc.__class__.__name__}: {exc}"[:200]})
-            emit("file", path=str(path), status="failed")
-            continue
-        if prepared is None:
-            report["unchanged"].append({"path": str(path)})
-            emit("file", path=str(path), status="unchanged")
-            continue
-        group.append(prepared)
-        if sum(len(p.chunks) for p in group) >= EMBED_GROUP:
-            flush()
-    if group:
-        flush()
-    report["seconds"] = round(time.perf_counter() - started, 3)
-    session.audit("ingest", collection=collection, label=label,
-                  subjects_sealed=seal_for_auditors(session, "\n".join(subject_list)) if subject_list else None,
-                  added=[d["doc_id"] for d in report["added"]], updated=[d["doc_id"] for d in report["updated"]],
-                  unchanged=len(report["unchanged"]), skipped=len(skipped), failed=len(failed),
-                  chunks=report["chunks"], identifiers=report["identifiers"])
-    return report
-
-
-def _check_subject(subject: str) -> str:
-    s = str(subject).strip()
-    if not s or len(s) > 128 or any(ord(ch) < 32 for ch in s):
-        raise UsageError(f"invalid subject id {subject!r}: 1-128 printable characters")
-    return s
-
-
-def _prepare(conn: Any, path: Path, label: str, subjects: list[str], max_bytes: int, embedder: Any,
-             size: int, overlap: int, guard: Any, detector: Any, redactor: Any) -> Prepared | None:
-    data, st = _read_limited(path, max_bytes)
+def _prepare(
+    item: _Planned,
+    max_bytes: int,
+    embedder: Any,
+    size: int,
+    overlap: int,
+    guard: Any,
+    detector: Any,
+    redactor: Any,
+) -> Prepared | str:
+    """Prepared chunks for a new or changed document; "unchanged" or "relabel" when the bytes are the same."""
+    src, existing = item.source, item.existing
+    data, mtime = src.read(max_bytes)
     sha = hashlib.sha256(data).hexdigest()
-    existing = find_document(conn, str(path))
-    if existing is not None and existing[1:] == (sha, label, subjects):
-        return None  # unchanged: same bytes, same label and subjects
-    loaded = loaders.load(path, data, max_bytes=max_bytes)
-    chunks, pseudonyms, identifiers = _text_stage(loaded.segments, path.name, sha, subjects, embedder, size, overlap,
-                                                  guard, detector, redactor)
+    if existing is not None and (existing[1], existing[3]) == (sha, item.subjects):
+        # Same bytes and subjects: nothing to parse or embed again, and the document keeps its id.
+        return "unchanged" if existing[2] == item.label else "relabel"
+    loaded = src.parse(data, max_bytes)
+    chunks, pseudonyms, identifiers = _text_stage(
+        loaded.segments, src.name, sha, item.subjects, embedder, size, overlap, guard, detector, redactor
+    )
     for c in chunks:
         c.flags |= loaded.flags
-    record = DocRecord(source=str(path), name=path.name, sha256=sha, size=len(data), mtime=st.st_mtime,
-                       label=label, mime=loaded.mime, subjects=subjects,
-                       meta={**loaded.meta, **({"flags": sorted(loaded.flags)} if loaded.flags else {}),
-                             **({"redacted": len(pseudonyms)} if redactor.enabled else {})},
-                       identifiers=identifiers, pseudonyms=pseudonyms)
-    return Prepared(path, record, chunks, "updated" if existing else "added")
+    record = DocRecord(
+        source=src.key,
+        name=src.name,
+        sha256=sha,
+        size=len(data),
+        mtime=mtime,
+        label=item.label,
+        mime=loaded.mime,
+        subjects=item.subjects,
+        meta={
+            **loaded.meta,
+            **(src.meta or {}),
+            **({"flags": sorted(loaded.flags)} if loaded.flags else {}),
+            **({"redacted": len(pseudonyms)} if redactor.enabled else {}),
+        },
+        identifiers=identifiers,
+        pseudonyms=pseudonyms,
+    )
+    return Prepared(item, record, chunks, "updated" if existing else "added")
 
 
-def _text_stage(segments: list[Any], name: str, sha: str, subjects: list[str], embedder: Any, size: int,
-                overlap: int, guard: Any, detector: Any, redactor: Any) -> tuple[list[Chunk], list[Any], list[Any]]:
+def _text_stage(
+    segments: list[Any],
+    name: str,
+    sha: str,
+    subjects: list[str],
+    embedder: Any,
+    size: int,
+    overlap: int,
+    guard: Any,
+    detector: Any,
+    redactor: Any,
+) -> tuple[list[Chunk], list[Any], list[Any]]:
     """Refuse erased data, redact (in a redacting collection), chunk, and find identifiers.
 
     The erasure guard reads the text as it came in (redaction would hide the erased names from
@@ -292,35 +509,87 @@ def _text_stage(segments: list[Any], name: str, sha: str, subjects: list[str], e
         raise InvalidInput("no text to index")
     guard.check(name, sha, [s.text for s in segments] + [c.text for c in chunks], subjects)
     texts = [c.text for c in chunks]
-    identifiers = redactor.identifiers(texts, pseudonyms) if redactor.enabled else detector.chunk_identifiers(texts)
+    identifiers = (
+        redactor.identifiers(texts, pseudonyms) if redactor.enabled else detector.chunk_identifiers(texts)
+    )
     return chunks, pseudonyms, identifiers
 
 
-def _embed_and_write(session: Any, handle: Any, embedder: Any, group: list[Prepared], report: dict[str, Any],
-                     emit: Progress) -> None:
+def _relabel_in_place(
+    handle: CollectionHandle,
+    item: _Planned,
+    report: dict[str, Any],
+    emit: Progress,
+    fail: Callable[[_Planned, str], None],
+) -> None:
+    assert item.existing is not None
+    doc_id, old = item.existing[0], item.existing[2]
+    try:
+        relabel_document(handle.conn, doc_id, old, item.label)
+    except OfflineError as exc:
+        fail(item, str(exc))
+    except Exception as exc:  # the transaction rolled back: the document kept its old label everywhere
+        fail(item, f"relabel failed: {exc.__class__.__name__}: {exc}"[:200])
+    else:
+        report["relabelled"].append(
+            {"path": item.source.key, "doc_id": doc_id, "from": old, "to": item.label, "content": "unchanged"}
+        )
+        emit("file", path=item.source.key, status="relabelled")
+
+
+def _embed_and_write(
+    session: Any,
+    handle: CollectionHandle,
+    embedder: Any,
+    group: list[Prepared],
+    report: dict[str, Any],
+    emit: Progress,
+) -> None:
     texts = [c.text for p in group for c in p.chunks]
     try:
         vectors = embedder.encode(texts)
     except Exception as exc:
         for p in group:
-            report["failed"].append({"path": p.record.source, "reason": f"embedding failed: {exc.__class__.__name__}"})
+            report["failed"].append(
+                {"path": p.record.source, "reason": f"embedding failed: {exc.__class__.__name__}"}
+            )
             emit("file", path=p.record.source, status="failed")
         return
     at = 0
     for p in group:
         n = len(p.chunks)
         try:
-            doc_id, _ = write_document(handle.conn, handle.name, p.record, p.chunks, vectors[at:at + n],
-                                       model=(embedder.name, embedder.sha256), user=session.user)
+            doc_id, _ = write_document(
+                handle.conn,
+                handle.name,
+                p.record,
+                p.chunks,
+                vectors[at : at + n],
+                model=(embedder.name, embedder.sha256),
+                user=session.user,
+            )
         except OfflineError as exc:
             report["failed"].append({"path": p.record.source, "reason": str(exc)})
             emit("file", path=p.record.source, status="failed")
         except Exception as exc:  # the transaction rolled back: nothing of this document was kept
-            report["failed"].append({"path": p.record.source, "reason": f"write failed: {exc.__class__.__name__}: {exc}"[:200]})
+            report["failed"].append(
+                {"path": p.record.source, "reason": f"write failed: {exc.__class__.__name__}: {exc}"[:200]}
+            )
             emit("file", path=p.record.source, status="failed")
         else:
             report[p.status].append({"path": p.record.source, "doc_id": doc_id, "chunks": n})
             report["chunks"] += n
+            old = p.item.existing
+            if old is not None and old[2] != p.record.label:
+                report["relabelled"].append(
+                    {
+                        "path": p.record.source,
+                        "doc_id": doc_id,
+                        "from": old[2],
+                        "to": p.record.label,
+                        "content": "updated",
+                    }
+                )
             low = (p.record.meta.get("ocr") or {}).get("low_confidence_pages")
             if low:  # a misread name is one an erasure will not find: say which pages to check
                 report.setdefault("ocr_low_confidence", []).append({"path": p.record.source, "pages": low})
@@ -329,71 +598,3 @@ def _embed_and_write(session: Any, handle: Any, embedder: Any, group: list[Prepa
                     report["identifiers"][kind] = report["identifiers"].get(kind, 0) + count
             emit("file", path=p.record.source, status=p.status, chunks=n)
         at += n
-
-
-@dataclass
-class TextRecord:
-    """A document given as text rather than a file (evaluation corpora, imports)."""
-
-    source: str
-    name: str
-    text: str
-    label: str = ""
-    subjects: tuple[str, ...] = ()
-    meta: dict[str, Any] | None = None
-
-
-def ingest_records(session: Any, records: Iterable[TextRecord], collection: str, *,
-                   chunk_tokens: int | None = None, overlap: int = DEFAULT_OVERLAP,
-                   embed_model: str | None = None, progress: Progress | None = None,
-                   allow_erased_reason: str | None = None) -> dict[str, Any]:
-    """Like :func:`ingest_paths` for in-memory texts: same chunking, embedding and atomic writes."""
-    from ..gdpr.journal import ErasureGuard
-    from .loaders import Segment
-
-    handle = open_collection(session, collection, need="write")
-    guard = ErasureGuard(session, allow_erased_reason)
-    detector = Detector(session)
-    redactor = Redactor(session, handle, detector)
-    embedder = get_embedder(embed_model)
-    vindex.check_model(handle.conn, collection, embedder.name, embedder.sha256)
-    size = chunk_tokens or min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens - 2)
-    report: dict[str, Any] = {"collection": collection, "added": [], "updated": [], "unchanged": [],
-                              "skipped": [], "failed": [], "chunks": 0,
-                              "identifiers": {} if detector.enabled else None}
-    emit = progress or (lambda *a, **k: None)
-    group: list[Prepared] = []
-    for rec in records:
-        label = rec.label or ""
-        if label:
-            check_name("label", label)
-        if not handle.label_allowed(label):
-            report["failed"].append({"path": rec.source, "reason": "label not covered by your grant"})
-            continue
-        data = rec.text.encode("utf-8")
-        sha = hashlib.sha256(data).hexdigest()
-        subjects = sorted({_check_subject(s) for s in rec.subjects})
-        existing = find_document(handle.conn, rec.source)
-        if existing is not None and existing[1:] == (sha, label, subjects):
-            report["unchanged"].append({"path": rec.source})
-            continue
-        try:
-            chunks, pseudonyms, identifiers = _text_stage([Segment(rec.text)], rec.name, sha, subjects, embedder,
-                                                          size, overlap, guard, detector, redactor)
-        except InvalidInput as exc:
-            report["failed"].append({"path": rec.source, "reason": str(exc)})
-            continue
-        record = DocRecord(source=rec.source, name=rec.name, sha256=sha, size=len(data), mtime=None, label=label,
-                           mime="text/plain", subjects=subjects,
-                           meta={**(rec.meta or {}), **({"redacted": len(pseudonyms)} if redactor.enabled else {})},
-                           identifiers=identifiers, pseudonyms=pseudonyms)
-        group.append(Prepared(Path(rec.source), record, chunks, "updated" if existing else "added"))
-        if sum(len(p.chunks) for p in group) >= EMBED_GROUP:
-            _embed_and_write(session, handle, embedder, group, report, emit)
-            group.clear()
-    if group:
-        _embed_and_write(session, handle, embedder, group, report, emit)
-    session.audit("ingest", collection=collection, records=True, added=len(report["added"]),
-                  updated=len(report["updated"]), unchanged=len(report["unchanged"]),
-                  failed=len(report["failed"]), chunks=report["chunks"])
-    return report

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import OfflineError
 from ..retrieval import index as vindex
 from ..vault import db
 from ..vault.core import utc_now
@@ -40,8 +41,10 @@ def find_document(conn: Any, source: str) -> tuple[int, str, str, list[str]] | N
     row = conn.execute("SELECT id, sha256, label FROM documents WHERE source = ?", (source,)).fetchone()
     if row is None:
         return None
-    subjects = [r[0] for r in conn.execute("SELECT subject FROM doc_subjects WHERE doc_id = ? ORDER BY subject",
-                                           (row[0],))]
+    subjects = [
+        r[0]
+        for r in conn.execute("SELECT subject FROM doc_subjects WHERE doc_id = ? ORDER BY subject", (row[0],))
+    ]
     return row[0], row[1], row[2], subjects
 
 
@@ -66,8 +69,9 @@ def _first_ingested(conn: Any, doc: DocRecord) -> str | None:
     """When this source, or this very content, first entered the collection (retention counts from
     there, so re-ingesting a changed or moved file never resets the clock)."""
     when = []
-    for at, meta in conn.execute("SELECT ingested_at, meta FROM documents WHERE source = ? OR sha256 = ?",
-                                 (doc.source, doc.sha256)):
+    for at, meta in conn.execute(
+        "SELECT ingested_at, meta FROM documents WHERE source = ? OR sha256 = ?", (doc.source, doc.sha256)
+    ):
         try:
             when.append(json.loads(meta or "{}").get("first_ingested_at") or at)
         except ValueError:
@@ -75,8 +79,16 @@ def _first_ingested(conn: Any, doc: DocRecord) -> str | None:
     return min(when) if when else None
 
 
-def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chunk], vectors: Any, *,
-                   model: tuple[str, str], user: str) -> tuple[int, int | None]:
+def write_document(
+    conn: Any,
+    collection: str,
+    doc: DocRecord,
+    chunks: list[Chunk],
+    vectors: Any,
+    *,
+    model: tuple[str, str],
+    user: str,
+) -> tuple[int, int | None]:
     """Insert ``doc`` (replacing any document with the same source) atomically.
 
     ``vectors`` is a float32 array (len(chunks), dim); ``model`` is (name, sha256) of the embedder.
@@ -96,39 +108,86 @@ def write_document(conn: Any, collection: str, doc: DocRecord, chunks: list[Chun
         if old:
             _delete_rows(conn, old[0])
         cur = conn.execute(
-            "INSERT INTO documents(source, name, sha256, size, mtime, label, mime, ingested_at, ingested_by, meta)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (doc.source, doc.name, doc.sha256, doc.size, doc.mtime, doc.label, doc.mime, utc_now(), user,
-             json.dumps(doc.meta, sort_keys=True)))
+            "INSERT INTO documents(source, name, sha256, size, mtime, label, mime, ingested_at, ingested_by,"
+            " meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                doc.source,
+                doc.name,
+                doc.sha256,
+                doc.size,
+                doc.mtime,
+                doc.label,
+                doc.mime,
+                utc_now(),
+                user,
+                json.dumps(doc.meta, sort_keys=True),
+            ),
+        )
         doc_id = int(cur.lastrowid)
-        conn.executemany("INSERT OR IGNORE INTO doc_subjects(doc_id, subject) VALUES (?, ?)",
-                         [(doc_id, s) for s in doc.subjects])
+        conn.executemany(
+            "INSERT OR IGNORE INTO doc_subjects(doc_id, subject) VALUES (?, ?)",
+            [(doc_id, s) for s in doc.subjects],
+        )
         first = _next_chunk_id(conn)
         conn.executemany(
-            "INSERT INTO chunks(id, doc_id, ord, text, page, section, token_count, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(first + i, doc_id, i, c.text, c.page, c.section, c.token_count, ",".join(sorted(c.flags)))
-             for i, c in enumerate(chunks)])
+            "INSERT INTO chunks(id, doc_id, ord, text, page, section, token_count, flags)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (first + i, doc_id, i, c.text, c.page, c.section, c.token_count, ",".join(sorted(c.flags)))
+                for i, c in enumerate(chunks)
+            ],
+        )
         conn.executemany(
             f"INSERT INTO {vindex.VEC_TABLE}(rowid, embedding, label, doc_id) VALUES (?, ?, ?, ?)",
-            [(first + i, vectors[i].tobytes(), doc.label, doc_id) for i in range(len(chunks))])
+            [(first + i, vectors[i].tobytes(), doc.label, doc_id) for i in range(len(chunks))],
+        )
         if doc.identifiers:
-            conn.executemany("INSERT INTO identifiers(chunk_id, doc_id, kind, hash, start, end, score)"
-                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             [(first + o, doc_id, k, h, a, b, sc) for o, k, h, a, b, sc in doc.identifiers])
+            conn.executemany(
+                "INSERT INTO identifiers(chunk_id, doc_id, kind, hash, start, end, score)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(first + o, doc_id, k, h, a, b, sc) for o, k, h, a, b, sc in doc.identifiers],
+            )
         if doc.pseudonyms:
-            conn.executemany("INSERT OR IGNORE INTO pseudonyms(doc_id, token, kind, hash, sealed) VALUES (?, ?, ?, ?, ?)",
-                             [(doc_id, *p) for p in doc.pseudonyms])
+            conn.executemany(
+                "INSERT OR IGNORE INTO pseudonyms(doc_id, token, kind, hash, sealed) VALUES (?, ?, ?, ?, ?)",
+                [(doc_id, *p) for p in doc.pseudonyms],
+            )
         vindex.set_meta(conn, "next_chunk_id", first + len(chunks))
         vindex.bump_version(conn)
     return doc_id, (old[0] if old else None)
+
+
+def relabel_document(conn: Any, doc_id: int, old: str, new: str) -> int:
+    """Move a document from label ``old`` to ``new`` in place; returns the number of chunks.
+
+    The id, chunks and vectors stay; every copy of the label moves in one transaction (the
+    document row, which the FTS leg joins, and each vector's metadata column, which the vector
+    leg filters on), and the index version is bumped so warm in-memory indexes reload. A label
+    grant therefore sees the document under the new label at once, never under both or neither.
+    Raises OfflineError if the document is gone or no longer has label ``old`` (another writer).
+    """
+    with db.transaction(conn):
+        if (
+            conn.execute(
+                "UPDATE documents SET label = ? WHERE id = ? AND label = ?", (new, doc_id, old)
+            ).rowcount
+            != 1
+        ):
+            raise OfflineError("the document changed while it was being relabelled; run the ingest again")
+        ids = [(new, r[0]) for r in conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (doc_id,))]
+        if ids and vindex.has_vectors(conn):
+            conn.executemany(f"UPDATE {vindex.VEC_TABLE} SET label = ? WHERE rowid = ?", ids)
+        vindex.bump_version(conn)
+    return len(ids)
 
 
 def _prune_pseudonyms(conn: Any, doc_id: int) -> None:
     """Forget the pseudonyms no remaining chunk of the document uses (an erased person's mapping)."""
     tokens = [r[0] for r in conn.execute("SELECT token FROM pseudonyms WHERE doc_id = ?", (doc_id,))]
     for token in tokens:
-        used = conn.execute("SELECT 1 FROM chunks WHERE doc_id = ? AND instr(text, ?) > 0 LIMIT 1",
-                            (doc_id, token)).fetchone()
+        used = conn.execute(
+            "SELECT 1 FROM chunks WHERE doc_id = ? AND instr(text, ?) > 0 LIMIT 1", (doc_id, token)
+        ).fetchone()
         if used is None:
             conn.execute("DELETE FROM pseudonyms WHERE doc_id = ? AND token = ?", (doc_id, token))
 
@@ -154,7 +213,9 @@ def delete_chunks(conn: Any, doc_id: int, chunk_ids: list[int]) -> tuple[int, bo
             row = conn.execute("SELECT meta FROM documents WHERE id = ?", (doc_id,)).fetchone()
             meta = json.loads(row[0] or "{}") if row else {}
             meta["chunks_erased"] = int(meta.get("chunks_erased", 0)) + n
-            conn.execute("UPDATE documents SET meta = ? WHERE id = ?", (json.dumps(meta, sort_keys=True), doc_id))
+            conn.execute(
+                "UPDATE documents SET meta = ? WHERE id = ?", (json.dumps(meta, sort_keys=True), doc_id)
+            )
             _prune_pseudonyms(conn, doc_id)
         vindex.bump_version(conn)
     return n, gone

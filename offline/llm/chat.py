@@ -13,9 +13,17 @@ from .engine import Generation
 from .resolve import resolve_generate_model
 
 
-def complete(messages: list[dict[str, str]], *, model: str | None = None, lora_path: str | None = None,
-             adapter_sha256: str | None = None, n_ctx: int | None = None, max_tokens: int = 256,
-             on_token: Callable[[str], None] | None = None, **sampling: object) -> Generation:
+def complete(
+    messages: list[dict[str, str]],
+    *,
+    model: str | None = None,
+    lora_path: str | None = None,
+    adapter_sha256: str | None = None,
+    n_ctx: int | None = None,
+    max_tokens: int = 256,
+    on_token: Callable[[str], None] | None = None,
+    **sampling: object,
+) -> Generation:
     """Stream one chat completion from ``model`` (default: the registry's default generation model).
 
     ``lora_path``/``adapter_sha256``: an already decrypted adapter file and its hash (see

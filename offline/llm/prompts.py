@@ -42,9 +42,9 @@ SYSTEM_BASE = "You are a helpful assistant running fully offline. Answer briefly
 # Chat-template control tokens of the common families. Generic shapes first (``<|anything|>``,
 # full-width ``<｜...｜>``), then fixed names. Matching is case-insensitive where tokenizers are.
 _CONTROL_PATTERNS = [
-    r"<\|[^\s<>|]{0,48}\|>",                     # <|im_start|> <|endoftext|> <|eot_id|> <|user|> ...
-    r"<｜[^\s<>｜]{0,48}｜>",                       # DeepSeek full-width bars
-    r"</?(?:s|bos|eos|pad|unk|mask|sep|cls)>",       # sentencepiece / BERT specials
+    r"<\|[^\s<>|]{0,48}\|>",  # <|im_start|> <|endoftext|> <|eot_id|> <|user|> ...
+    r"<｜[^\s<>｜]{0,48}｜>",  # DeepSeek full-width bars
+    r"</?(?:s|bos|eos|pad|unk|mask|sep|cls)>",  # sentencepiece / BERT specials
     r"</?(?:start_of_turn|end_of_turn|start_of_image|end_of_image|think|tool_call|tool_response)>",
     r"\[/?(?:INST|SYS|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS|TOOL_CONTENT)\]",
     r"<</?SYS>>",
@@ -193,7 +193,8 @@ def render_sources(blocks: list[SourceBlock]) -> str:
 
 
 def rag_messages(question: str, blocks: list[SourceBlock]) -> list[dict[str, str]]:
-    """Chat messages for a grounded answer: rules in the system turn, sources then question in the user turn."""
+    """Chat messages for a grounded answer: rules in the system turn, sources then question in the user
+    turn."""
     user = f"Sources:\n\n{render_sources(blocks)}\n\nQuestion: {neutralise(question)}"
     return [{"role": "system", "content": SYSTEM_RAG}, {"role": "user", "content": user}]
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..models.readers import file_sha256
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_sha_cache: dict[tuple[str, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -18,18 +17,6 @@ class GenModel:
     name: str
     path: Path
     sha256: str
-
-
-def _sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _sha_cache:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _sha_cache[key] = h.hexdigest()
-    return _sha_cache[key]
 
 
 def resolve_generate_model(name: str | None) -> GenModel:
@@ -42,6 +29,6 @@ def resolve_generate_model(name: str | None) -> GenModel:
 
     if name and name.endswith(".gguf") and Path(name).is_file():
         p = Path(name).resolve()
-        return GenModel(p.name, p, _sha256(p))
+        return GenModel(p.name, p, file_sha256(p))
     info = resolve_model(name, "generate")
     return GenModel(info.name, Path(info.path), info.sha256)

@@ -25,5 +25,12 @@ def import_model(*args, **kwargs):  # noqa: ANN002, ANN003
     return _f(*args, **kwargs)
 
 
-__all__ = ["ModelInfo", "all_models", "fetch_defaults", "import_model", "list_models", "resolve_model",
-           "verify_models"]
+__all__ = [
+    "ModelInfo",
+    "all_models",
+    "fetch_defaults",
+    "import_model",
+    "list_models",
+    "resolve_model",
+    "verify_models",
+]

@@ -10,6 +10,7 @@ from ..errors import ModelIntegrityError, NotFound, UsageError
 from .hashing import model_hash, model_size
 from .info import ROLES, ModelInfo
 from .manifest import load_manifest
+from .readers import verify_files
 from .registry import load_registry, record_info
 
 
@@ -54,7 +55,8 @@ def _check(m: ModelInfo, *, fresh: bool) -> None:
     got = model_hash(m.path, fresh=fresh)
     if got != m.sha256:
         raise ModelIntegrityError(
-            f"model {m.name!r} failed verification: sha256 of {m.path} is {got[:16]}..., expected {m.sha256[:16]}..."
+            f"model {m.name!r} failed verification: sha256 of {m.path} is {got[:16]}..., "
+            f"expected {m.sha256[:16]}..."
         )
 
 
@@ -95,19 +97,25 @@ def verify_models(names: list[str] | None = None) -> list[dict[str, Any]]:
         models = [m for m in models if m.name in names]
     rows, bad, missing = [], [], []
     for m in models:
-        status = "missing" if not m.path.exists() else (
-            "ok" if model_hash(m.path, fresh=True) == m.sha256 else "mismatch")
-        rows.append({"name": m.name, "role": m.role, "path": str(m.path), "sha256": m.sha256, "status": status})
+        status = (
+            "missing"
+            if not m.path.exists()
+            else ("ok" if model_hash(m.path, fresh=True) == m.sha256 else "mismatch")
+        )
+        rows.append(
+            {"name": m.name, "role": m.role, "path": str(m.path), "sha256": m.sha256, "status": status}
+        )
         (bad if status == "mismatch" else missing if status == "missing" else []).append(m.name)
-    if not names:  # the retrieval-trained readers pinned beside the models (offline.llm.reader)
-        from ..llm.reader import verify_files
-
+    if not names:  # the retrieval-trained readers pinned beside the models (offline.models.readers)
         for r in verify_files():
             rows.append(r)
-            (bad if r["status"] == "mismatch" else missing if r["status"] == "missing" else []).append(r["name"])
+            (bad if r["status"] == "mismatch" else missing if r["status"] == "missing" else []).append(
+                r["name"]
+            )
     if bad:
         raise ModelIntegrityError(
-            f"model integrity check failed for {', '.join(bad)}: file contents do not match the recorded sha256"
+            f"model integrity check failed for {', '.join(bad)}: "
+            "file contents do not match the recorded sha256"
         )
     if missing:
         raise NotFound(f"model(s) missing: {', '.join(missing)} (run `offline models fetch`)")

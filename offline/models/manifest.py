@@ -39,10 +39,19 @@ class ManifestEntry:
         return f"{s['package']}=={s['version']}:{s['file']}"
 
     def info(self, models_dir: Path) -> ModelInfo:
-        return ModelInfo(name=self.name, role=self.role, path=models_dir / self.local,  # type: ignore[arg-type]
-                         sha256=self.sha256, size=self.size, source=self.source_label,
-                         licence=self.licence, kind=self.kind, default=self.default,  # type: ignore[arg-type]
-                         origin="manifest", extra={"description": self.description})
+        return ModelInfo(
+            name=self.name,
+            role=self.role,
+            path=models_dir / self.local,  # type: ignore[arg-type]
+            sha256=self.sha256,
+            size=self.size,
+            source=self.source_label,
+            licence=self.licence,
+            kind=self.kind,
+            default=self.default,  # type: ignore[arg-type]
+            origin="manifest",
+            extra={"description": self.description},
+        )
 
 
 def manifest_path() -> Path:
@@ -58,16 +67,30 @@ def manifest_path() -> Path:
 def _entry(raw: dict[str, Any], where: str) -> ManifestEntry:
     try:
         src = dict(raw["source"])
-        e = ManifestEntry(name=str(raw["name"]), role=str(raw["role"]), default=bool(raw.get("default", False)),
-                          kind=str(raw["kind"]), local=str(raw["local"]), sha256=str(raw["sha256"]).lower(),
-                          size=int(raw["size"]), licence=str(raw["licence"]),
-                          description=str(raw.get("description", "")),
-                          source={k: str(v) for k, v in src.items()})
+        e = ManifestEntry(
+            name=str(raw["name"]),
+            role=str(raw["role"]),
+            default=bool(raw.get("default", False)),
+            kind=str(raw["kind"]),
+            local=str(raw["local"]),
+            sha256=str(raw["sha256"]).lower(),
+            size=int(raw["size"]),
+            licence=str(raw["licence"]),
+            description=str(raw.get("description", "")),
+            source={k: str(v) for k, v in src.items()},
+        )
         for key in ("package", "version", "file", "method"):
             e.source[key]  # noqa: B018  (presence check)
     except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidInput(f"model manifest {where}: malformed entry ({exc.__class__.__name__}: {exc})") from None
-    if e.role not in ROLES or e.kind not in KINDS or not _SHA.match(e.sha256) or e.source["method"] not in _METHODS:
+        raise InvalidInput(
+            f"model manifest {where}: malformed entry ({exc.__class__.__name__}: {exc})"
+        ) from None
+    if (
+        e.role not in ROLES
+        or e.kind not in KINDS
+        or not _SHA.match(e.sha256)
+        or e.source["method"] not in _METHODS
+    ):
         raise InvalidInput(f"model manifest {where}: entry {e.name!r} has a bad role, kind, sha256 or method")
     if "/" in e.local or e.local.startswith("."):
         raise InvalidInput(f"model manifest {where}: entry {e.name!r} has an unsafe local name")

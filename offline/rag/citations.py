@@ -22,6 +22,11 @@ def cited_numbers(text: str) -> list[int]:
     return seen
 
 
+def strip_citations(text: str) -> str:
+    """``text`` without its ``[n]`` markers, whitespace collapsed: what scoring compares with a gold answer."""
+    return " ".join(_MARK_RE.sub(" ", text).split())
+
+
 def map_citations(text: str, blocks: list[SourceBlock]) -> list[dict[str, Any]]:
     """One record per cited number: whether it names a source that was given, and which chunk."""
     by_n = {b.n: b for b in blocks}

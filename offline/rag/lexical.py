@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import re
 
-STOP = frozenset("""
+STOP = frozenset(
+    """
 a an the and or but if then else of to in on at by for with from into onto over under as is are was were be
 been being am do does did done have has had having it its this that these those there here which who whom
 whose what when where why how all any each every some such no nor not only own same so than too very can
 will would shall should may might must could i me my we our you your he him his she her they them their
 one s t just also about above after before again against between both during further once other out up
 down off more most few per via within without upon while because until through among any's i'm it's
-""".split())
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
+""".split()
+)
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
 _NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "hundred": "100"})
 _TOKEN_RE = re.compile(r"\d[\d,]*(?:\.\d+)?|[^\W\d_]+(?:['’][^\W\d_]+)*", re.UNICODE)
 
@@ -59,8 +65,10 @@ def content_words(text: str) -> list[str]:
 
 # A sentence ends at . ! ? before a space and anything but a lower-case letter, except after a
 # title or an abbreviation ("Dr. Ines Moravec", "e.g. X-ray"); a line break always ends one.
-_SENT_RE = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bMrs\.)(?<!\bSt\.)(?<!\bNo\.)(?<!\be\.g\.)"
-                      r"(?<!\bi\.e\.)(?<!\bvs\.)(?<=[.!?])\s+(?=[^a-z\s])|\n+")
+_SENT_RE = re.compile(
+    r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bMrs\.)(?<!\bSt\.)(?<!\bNo\.)(?<!\be\.g\.)"
+    r"(?<!\bi\.e\.)(?<!\bvs\.)(?<=[.!?])\s+(?=[^a-z\s])|\n+"
+)
 
 
 def sentences(text: str) -> list[str]:

@@ -28,8 +28,15 @@ class Packed:
     dropped: list[str] = field(default_factory=list)  # chunk ids left out for lack of room
 
 
-def pack(question: str, candidates: Sequence[SourceBlock], *, n_ctx: int, max_tokens: int,
-         count: Callable[[list[dict[str, str]]], int], count_text: Callable[[str], int]) -> Packed:
+def pack(
+    question: str,
+    candidates: Sequence[SourceBlock],
+    *,
+    n_ctx: int,
+    max_tokens: int,
+    count: Callable[[list[dict[str, str]]], int],
+    count_text: Callable[[str], int],
+) -> Packed:
     """Number and pack ``candidates`` (best first) so prompt + ``max_tokens`` fits in ``n_ctx``.
 
     ``count(messages)`` gives the token length of a rendered chat; ``count_text`` of a bare string.
@@ -43,9 +50,16 @@ def pack(question: str, candidates: Sequence[SourceBlock], *, n_ctx: int, max_to
         if dropped:  # once one is dropped, every lower-ranked chunk is too
             dropped.append(cand.chunk_id)
             continue
-        block = SourceBlock(n=len(chosen) + 1, chunk_id=cand.chunk_id, doc_name=cand.doc_name,
-                            page=cand.page, section=cand.section, text=cand.text, flags=list(cand.flags),
-                            meta=cand.meta)
+        block = SourceBlock(
+            n=len(chosen) + 1,
+            chunk_id=cand.chunk_id,
+            doc_name=cand.doc_name,
+            page=cand.page,
+            section=cand.section,
+            text=cand.text,
+            flags=list(cand.flags),
+            meta=cand.meta,
+        )
         cost = count_text(block.render()) + SEPARATOR_TOKENS
         if used + cost > budget:
             dropped.append(cand.chunk_id)
@@ -58,5 +72,6 @@ def pack(question: str, candidates: Sequence[SourceBlock], *, n_ctx: int, max_to
         if total + max_tokens <= n_ctx or not chosen:
             break
         dropped.insert(0, chosen.pop().chunk_id)
-    return Packed(blocks=chosen, messages=messages, prompt_tokens=total, budget=n_ctx - max_tokens,
-                  dropped=dropped)
+    return Packed(
+        blocks=chosen, messages=messages, prompt_tokens=total, budget=n_ctx - max_tokens, dropped=dropped
+    )

@@ -5,8 +5,18 @@ from __future__ import annotations
 from .fusion import RRF_K, FusionWeights, rrf
 from .search import MODES, Hit, SearchResult, search
 
-__all__ = ["MODES", "RRF_K", "FusionWeights", "Hit", "SearchResult", "rrf", "search", "get_embedder",
-           "warm", "forget"]
+__all__ = [
+    "MODES",
+    "RRF_K",
+    "FusionWeights",
+    "Hit",
+    "SearchResult",
+    "rrf",
+    "search",
+    "get_embedder",
+    "warm",
+    "forget",
+]
 
 
 def get_embedder(model_name: str | None = None):  # noqa: ANN201 - lazy re-export, keeps torch out of import

@@ -17,7 +17,8 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 # Terms that match most chunks add little to BM25 but make the OR query scan every posting list.
 STOPWORDS = frozenset(
     "a an and are as at be but by did do does for from had has have how i if in into is it its of on or"
-    " that the their there these this to was were what when where which who whom why will with you".split())
+    " that the their there these this to was were what when where which who whom why will with you".split()
+)
 
 
 def fts_query(text: str) -> str | None:
@@ -36,8 +37,10 @@ def bm25_search(conn: Any, query: str, k: int, flt: Filter) -> list[tuple[int, f
     if match is None or flt.empty or k <= 0:
         return []
     if flt.labels is None and flt.doc_ids is None:
-        sql = ("SELECT rowid, bm25(chunks_fts) AS s FROM chunks_fts WHERE chunks_fts MATCH ?"
-               " ORDER BY s, rowid LIMIT ?")
+        sql = (
+            "SELECT rowid, bm25(chunks_fts) AS s FROM chunks_fts WHERE chunks_fts MATCH ?"
+            " ORDER BY s, rowid LIMIT ?"
+        )
         return [(int(r), float(s)) for r, s in conn.execute(sql, (match, k))]
     where, params = ["chunks_fts MATCH ?"], [match]
     join = " JOIN chunks c ON c.id = chunks_fts.rowid"
@@ -48,6 +51,8 @@ def bm25_search(conn: Any, query: str, k: int, flt: Filter) -> list[tuple[int, f
     if flt.doc_ids is not None:
         where.append(f"c.doc_id IN ({','.join('?' * len(flt.doc_ids))})")
         params += sorted(flt.doc_ids)
-    sql = (f"SELECT chunks_fts.rowid, bm25(chunks_fts) AS s FROM chunks_fts{join} WHERE {' AND '.join(where)}"
-           " ORDER BY s, chunks_fts.rowid LIMIT ?")
+    sql = (
+        f"SELECT chunks_fts.rowid, bm25(chunks_fts) AS s FROM chunks_fts{join} WHERE {' AND '.join(where)}"
+        " ORDER BY s, chunks_fts.rowid LIMIT ?"
+    )
     return [(int(r), float(s)) for r, s in conn.execute(sql, (*params, k))]

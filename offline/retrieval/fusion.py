@@ -35,16 +35,18 @@ class FusionWeights:
             raise UsageError("rrf_k and weights must be finite and non-negative")
 
 
-def rrf(dense: Sequence[Hashable], bm25: Sequence[Hashable],
-        weights: FusionWeights = FusionWeights()) -> list[tuple[Hashable, float, int | None, int | None]]:
+def rrf(
+    dense: Sequence[Hashable], bm25: Sequence[Hashable], weights: FusionWeights = FusionWeights()
+) -> list[tuple[Hashable, float, int | None, int | None]]:
     """Fuse two best-first key lists: [(key, score, dense_rank, bm25_rank)], best first."""
     d_rank = {key: i for i, key in enumerate(dense, start=1)}
     b_rank = {key: i for i, key in enumerate(bm25, start=1)}
     out = []
     for key in d_rank.keys() | b_rank.keys():
         dr, br = d_rank.get(key), b_rank.get(key)
-        score = (weights.w_dense / (weights.rrf_k + dr) if dr else 0.0) + \
-                (weights.w_bm25 / (weights.rrf_k + br) if br else 0.0)
+        score = (weights.w_dense / (weights.rrf_k + dr) if dr else 0.0) + (
+            weights.w_bm25 / (weights.rrf_k + br) if br else 0.0
+        )
         out.append((key, score, dr, br))
     big = len(d_rank) + len(b_rank) + 1
     out.sort(key=lambda t: (-t[1], min(t[2] or big, t[3] or big), str(t[0])))

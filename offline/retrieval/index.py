@@ -56,7 +56,9 @@ def check_model(conn: Any, collection: str, model_name: str, model_sha: str) -> 
     if sha is not None and sha != model_sha:
         raise EmbeddingModelMismatch(
             f"collection {collection!r} was indexed with embedding model {get_meta(conn, 'embed_model')!r}"
-            f" (sha256 {sha[:12]}), not {model_name!r} (sha256 {model_sha[:12]}); re-ingest it to switch models")
+            f" (sha256 {sha[:12]}), not {model_name!r} (sha256 {model_sha[:12]});"
+            " re-ingest it to switch models"
+        )
 
 
 def ensure_vec_table(conn: Any, collection: str, model_name: str, model_sha: str, dim: int) -> None:
@@ -71,8 +73,10 @@ def ensure_vec_table(conn: Any, collection: str, model_name: str, model_sha: str
 
 def bump_version(conn: Any) -> None:
     """Mark the index changed so warm in-memory copies (in any process) reload."""
-    conn.execute("INSERT INTO meta(key, value) VALUES ('index_version', '1') ON CONFLICT(key)"
-                 " DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('index_version', '1') ON CONFLICT(key)"
+        " DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    )
 
 
 @dataclass
@@ -84,7 +88,9 @@ class Filter:
 
     @property
     def empty(self) -> bool:
-        return (self.labels is not None and not self.labels) or (self.doc_ids is not None and not self.doc_ids)
+        return (self.labels is not None and not self.labels) or (
+            self.doc_ids is not None and not self.doc_ids
+        )
 
 
 def _in_clause(column: str, values: list[Any]) -> tuple[str, list[Any]]:
@@ -107,15 +113,18 @@ def knn_sqlite(conn: Any, qvec: Any, k: int, flt: Filter) -> list[tuple[int, flo
         clause, p = _in_clause("doc_id", sorted(flt.doc_ids))
         where.append(clause)
         params += p
-    rows = conn.execute(f"SELECT rowid, distance FROM {VEC_TABLE} WHERE {' AND '.join(where)}"
-                        " ORDER BY distance", params).fetchall()
+    rows = conn.execute(
+        f"SELECT rowid, distance FROM {VEC_TABLE} WHERE {' AND '.join(where)} ORDER BY distance", params
+    ).fetchall()
     return [(int(r), 1.0 - float(d)) for r, d in rows]
 
 
 class MemoryIndex:
     """All vectors of one collection as a float32 matrix, with label codes and doc ids per row."""
 
-    def __init__(self, ids: Any, matrix: Any, labels: list[str], label_codes: Any, doc_ids: Any, version: int):
+    def __init__(
+        self, ids: Any, matrix: Any, labels: list[str], label_codes: Any, doc_ids: Any, version: int
+    ):
         self.ids = ids
         self.matrix = matrix
         self.labels = labels
@@ -129,13 +138,19 @@ class MemoryIndex:
         import numpy as np
 
         version = index_version(conn)
-        rows = conn.execute(f"SELECT rowid, embedding, label, doc_id FROM {VEC_TABLE}").fetchall() \
-            if has_vectors(conn) else []
+        rows = (
+            conn.execute(f"SELECT rowid, embedding, label, doc_id FROM {VEC_TABLE}").fetchall()
+            if has_vectors(conn)
+            else []
+        )
         dim = int(get_meta(conn, "embed_dim") or 0)
         n = len(rows)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(n, dim) if n \
+        matrix = (
+            np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(n, dim)
+            if n
             else np.zeros((0, dim), dtype=np.float32)
+        )
         labels = sorted({r[2] or "" for r in rows})
         code = {lb: i for i, lb in enumerate(labels)}
         label_codes = np.fromiter((code[r[2] or ""] for r in rows), dtype=np.int32, count=n)

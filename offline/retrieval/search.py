@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ParameterError, UsageError
 from ..textsafe import check_text
 from ..vault.collections import CollectionHandle, open_collection, readable_collections
 from ..vault.core import seal_for_auditors
@@ -24,7 +24,9 @@ from .fts import bm25_search
 from .fusion import FusionWeights, rrf
 
 MODES = ("hybrid", "dense", "bm25")
-MAX_K = vindex.KNN_MAX
+# How deep the engine ranks (sqlite-vec's limit): evaluation asks for more than a user may
+# (offline.limits.MAX_K, which the commands enforce).
+MAX_DEPTH = vindex.KNN_MAX
 DEFAULT_DEPTH = 50  # per-leg candidates fused in hybrid mode (at least k)
 # Below this many vectors the matrix product takes about as long as handing BM25 to a thread.
 PARALLEL_MIN_VECTORS = 50_000
@@ -117,8 +119,8 @@ def search(session: Any, query: str, *, collections: list[str] | None = None, k:
     check_text(query, "the query")
     if mode not in MODES:
         raise UsageError(f"unknown search mode {mode!r} (modes: {', '.join(MODES)})")
-    if not 1 <= int(k) <= MAX_K:
-        raise UsageError(f"k must be between 1 and {MAX_K}")
+    if not 1 <= int(k) <= MAX_DEPTH:
+        raise ParameterError(f"{{k}} must be between 1 and {MAX_DEPTH}", "k")
     if dense_backend not in ("auto", "memory", "sqlite"):
         raise UsageError("dense backend must be auto, memory or sqlite")
     weights = weights or FusionWeights()
@@ -126,7 +128,7 @@ def search(session: Any, query: str, *, collections: list[str] | None = None, k:
     handles = [open_collection(session, name, "read") for name in names]
     timings: dict[str, float] = {}
     leg_depth = max(k, depth or DEFAULT_DEPTH) if mode == "hybrid" else k
-    leg_depth = min(leg_depth, MAX_K)
+    leg_depth = min(leg_depth, MAX_DEPTH)
 
     t0 = time.perf_counter()
     filters = {h.name: build_filter(h, labels, subjects) for h in handles}

@@ -19,7 +19,10 @@ from typing import Any, Literal
 from .. import config
 from ..errors import AccessDenied, AlreadyExists, NotFound, OfflineError, UsageError
 from . import crypto, db
-from .core import Session, check_name, new_id, signed_wrap, utc_now, vault_lock
+from .authz import Policy, read_image
+from .emergency import code_purpose, disable, emergency_key, provisioned_users, reseal, user_purpose
+from .keys import check_name, new_id, utc_now, vault_lock
+from .session import Session, signed_wrap
 
 Perm = Literal["read", "write"]
 
@@ -48,7 +51,7 @@ class CollectionHandle:
             self.conn.close()
 
 
-def _row(session: Session, name: str) -> tuple[str, str] | None:
+def collection_row(session: Session, name: str) -> tuple[str, str] | None:
     """(id, file) of collection ``name`` as the signed policy has it."""
     found = session.policy.collection(name)
     return (found[0], found[1]["file"]) if found else None
@@ -66,7 +69,8 @@ def _holder_pubs(session: Session, collection_id: str) -> dict[str, bytes]:
     return {u: pub for u in pol.key_holders(collection_id) if (pub := pol.wrap_pub(u)) is not None}
 
 
-def _unwrap_key(session: Session, collection_id: str, file: str) -> bytes | None:
+def unwrap_collection_key(session: Session, collection_id: str, file: str) -> bytes | None:
+    """The collection key through the caller's own signed wrap (None: they hold none)."""
     wrapped = signed_wrap(session, "collection_keys", collection_id, session.user)
     if wrapped is None:
         return None
@@ -91,7 +95,7 @@ def create_collection(session: Session, name: str) -> dict[str, Any]:
     """Create a collection (admin). Its creator gets a write grant; every admin holds its key."""
     session.require_role("admin", action="creating collections")
     check_name("collection", name)
-    if _row(session, name):
+    if collection_row(session, name):
         raise AlreadyExists(f"collection {name!r} already exists")
     cid = new_id()
     file = f"{cid}-{new_id()[:8]}.db"
@@ -103,7 +107,7 @@ def create_collection(session: Session, name: str) -> dict[str, Any]:
         conn.close()
         try:
             with session.change("collection.create", collection=name, collection_id=cid):
-                if _row(session, name):
+                if collection_row(session, name):
                     raise AlreadyExists(f"collection {name!r} already exists")
                 session.db.execute(
                     "INSERT INTO collections(id, name, file, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
@@ -113,7 +117,7 @@ def create_collection(session: Session, name: str) -> dict[str, Any]:
                     "INSERT INTO grants(collection_id, user, perm, labels, granted_by, granted_at)"
                     " VALUES (?, ?, 'write', NULL, ?, ?)", (cid, session.user, session.user, utc_now()))
         except BaseException:
-            _remove_db_files(path)
+            remove_db_files(path)
             raise
     return {"name": name, "id": cid}
 
@@ -160,10 +164,8 @@ def list_grants(session: Session, name: str | None = None) -> list[dict[str, Any
 
 def key_holders(session: Session, name: str) -> list[dict[str, str]]:
     """Everyone who holds a wrap of the collection's key, and why (admin): grant, custodian, break-glass."""
-    from .emergency import provisioned_users
-
     session.require_role("admin", action="listing key holders")
-    row = _row(session, name)
+    row = collection_row(session, name)
     if row is None:
         raise NotFound(f"no such collection: {name!r}")
     cid = row[0]
@@ -197,7 +199,7 @@ def open_collection(session: Session, name: str, need: Perm = "read", *,
     ``break_glass_reason`` (with the emergency code) lets a provisioned member read without a
     grant, with a high-severity audit entry committed before the key is used.
     """
-    cached = session._collections.get(name)
+    cached = session.cached_handle(name)
     if cached is not None and (need == "read" or cached.perm == "write"):
         return cached
     if session.role not in ("admin", "member"):
@@ -217,20 +219,18 @@ def open_collection(session: Session, name: str, need: Perm = "read", *,
     elif perm is None or (need == "write" and perm != "write"):
         raise _denied(session, name, "no grant" if perm is None else "read-only grant")
     else:
-        key = _unwrap_key(session, cid, file)
+        key = unwrap_collection_key(session, cid, file)
     if key is None:
         raise _denied(session, name, "no key")
     path = session.vault_dir / "collections" / file
     conn = db.connect(path, key, "collection")
     handle = CollectionHandle(cid, name, perm, frozenset(json.loads(labels)) if labels else None, conn, path)
-    session._collections[name] = handle
+    session.keep_handle(name, handle)
     return handle
 
 
 def _break_glass_key(session: Session, name: str, cid: str, file: str, allowed: bool, reason: str,
                      code: str | Callable[[], str | None] | None) -> bytes:
-    from .emergency import emergency_key, user_purpose
-
     if not reason.strip():
         raise UsageError("break-glass needs a reason")
     if not allowed or session.setting("break_glass") != "on":
@@ -255,7 +255,7 @@ def grant(session: Session, name: str, user: str, perm: Perm, labels: list[str] 
         raise UsageError("permission must be read or write")
     clean_labels = sorted({check_name("label", lb) for lb in labels}) if labels else None
     with session.change("grant.add", collection=name, user=user, perm=perm, labels=clean_labels) as extra:
-        row = _row(session, name)
+        row = collection_row(session, name)
         if row is None:
             raise NotFound(f"no such collection: {name!r}")
         cid, file = row
@@ -264,7 +264,7 @@ def grant(session: Session, name: str, user: str, perm: Perm, labels: list[str] 
             raise NotFound(f"no such user: {user!r}")
         if target["role"] == "auditor":
             raise UsageError(f"{user!r} is an auditor: auditors read the audit log, never documents")
-        key = _unwrap_key(session, cid, file)
+        key = unwrap_collection_key(session, cid, file)
         if key is None:
             raise AccessDenied(f"access denied: you hold no key for collection {name!r}")
         pub = session.policy.wrap_pub(user)
@@ -287,7 +287,7 @@ def revoke(session: Session, name: str, user: str) -> dict[str, Any]:
     """
     session.require_role("admin", action="revoking access")
     with session.change("grant.revoke", collection=name, user=user) as extra:
-        row = _row(session, name)
+        row = collection_row(session, name)
         if row is None:
             raise NotFound(f"no such collection: {name!r}")
         cid, _ = row
@@ -306,8 +306,6 @@ def _drop_uncovered_adapter_wraps(session: Session, user: str) -> list[str]:
 
     Judged on the tables as this change leaves them (a grant narrowed to other labels counts).
     """
-    from .authz import Policy, read_image
-
     after = Policy(read_image(session.db), started=True)
     dropped = []
     for aid, name, src in session.db.execute(
@@ -340,18 +338,14 @@ def rotate_collection_key(session: Session, name: str, *, reason: str) -> None:
     The new key is wrapped only to principals the signed policy names (every admin and every
     grantee): a planted ``collection_keys`` row gets nothing, and is refused on open anyway.
     """
-    from .emergency import reseal
-
-    row = _row(session, name)
+    row = collection_row(session, name)
     if row is None:
         raise NotFound(f"no such collection: {name!r}")
     cid, old_file = row
-    old_key = _unwrap_key(session, cid, old_file)
+    old_key = unwrap_collection_key(session, cid, old_file)
     if old_key is None:
         raise AccessDenied(f"access denied: you hold no key for collection {name!r}")
-    cached = session._collections.pop(name, None)
-    if cached is not None:
-        cached.close()
+    session.drop_handle(name)
     coll_dir = session.vault_dir / "collections"
     new_file = f"{cid}-{new_id()[:8]}.db"
     new_key = crypto.random_key()
@@ -359,7 +353,7 @@ def rotate_collection_key(session: Session, name: str, *, reason: str) -> None:
         copy_encrypted(coll_dir / old_file, old_key, coll_dir / new_file, new_key, "collection")
         try:
             with session.change("collection.rekey", collection=name, reason=reason) as extra:
-                if _row(session, name) != (cid, old_file):
+                if collection_row(session, name) != (cid, old_file):
                     raise OfflineError(f"collection {name!r} changed while it was being re-keyed; try again")
                 pubs = _holder_pubs(session, cid)
                 session.db.execute("UPDATE collections SET file = ? WHERE id = ?", (new_file, cid))
@@ -368,9 +362,9 @@ def rotate_collection_key(session: Session, name: str, *, reason: str) -> None:
                 reseal(session, cid, new_file, new_key)
                 extra["holders"] = sorted(pubs)
         except BaseException:
-            _remove_db_files(coll_dir / new_file)
+            remove_db_files(coll_dir / new_file)
             raise
-        _remove_db_files(coll_dir / old_file)
+        remove_db_files(coll_dir / old_file)
 
 
 def copy_encrypted(src: Path, src_key: bytes, dst: Path, dst_key: bytes | None, kind: str) -> None:
@@ -382,7 +376,7 @@ def copy_encrypted(src: Path, src_key: bytes, dst: Path, dst_key: bytes | None, 
         src_conn.close()
         raise
     tmp = dst.with_name(dst.name + ".tmp")
-    _remove_db_files(tmp)
+    remove_db_files(tmp)
     try:
         dst_conn = db.connect(tmp, src_key, kind, create=True, migrate=False)  # type: ignore[arg-type]
         try:
@@ -396,7 +390,7 @@ def copy_encrypted(src: Path, src_key: bytes, dst: Path, dst_key: bytes | None, 
         _fsync_dir(dst.parent)
     finally:
         src_conn.close()
-        _remove_db_files(tmp)
+        remove_db_files(tmp)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -407,7 +401,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_db_files(path: Path) -> None:
+def remove_db_files(path: Path) -> None:
+    """Delete a database file and its SQLite side files (journal, WAL, shared memory), if present."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{path}{suffix}")
@@ -415,23 +410,19 @@ def _remove_db_files(path: Path) -> None:
 
 def drop_collection(session: Session, name: str) -> dict[str, Any]:
     """Delete a collection, its keys and its file (admin)."""
-    from .emergency import code_purpose, user_purpose
-
     session.require_role("admin", action="dropping collections")
     with session.change("collection.drop", collection=name) as extra:
-        row = _row(session, name)
+        row = collection_row(session, name)
         if row is None:
             raise NotFound(f"no such collection: {name!r}")
         cid, file = row
         extra["collection_id"] = cid
-        cached = session._collections.pop(name, None)
-        if cached is not None:
-            cached.close()
+        session.drop_handle(name)
         session.db.execute("DELETE FROM collection_keys WHERE collection_id = ?", (cid,))
         session.db.execute("DELETE FROM grants WHERE collection_id = ?", (cid,))
         session.db.execute("DELETE FROM vault_keys WHERE purpose IN (?, ?)", (user_purpose(cid), code_purpose(cid)))
         session.db.execute("DELETE FROM collections WHERE id = ?", (cid,))
-    _remove_db_files(session.vault_dir / "collections" / file)
+    remove_db_files(session.vault_dir / "collections" / file)
     return {"name": name, "dropped": True}
 
 
@@ -439,7 +430,7 @@ def wrap_all_collection_keys_for(session: Session, user: str, x25519_pub: bytes)
     """Give a new admin a custodian wrap of every collection key the acting admin holds."""
     for key, row in session.policy.image["collections"].items():
         cid = json.loads(key)[0]
-        ckey = _unwrap_key(session, cid, row["file"])
+        ckey = unwrap_collection_key(session, cid, row["file"])
         if ckey is not None:
             _insert_wraps(session, cid, row["file"], ckey, {user: x25519_pub})
 
@@ -447,10 +438,25 @@ def wrap_all_collection_keys_for(session: Session, user: str, x25519_pub: bytes)
 def collection_key_for_admin(session: Session, name: str) -> tuple[str, str, bytes]:
     """(id, file, key) for an admin custodian: used by backup, rekey and break-glass provisioning."""
     session.require_role("admin", action="handling collection keys")
-    row = _row(session, name)
+    row = collection_row(session, name)
     if row is None:
         raise NotFound(f"no such collection: {name!r}")
-    key = _unwrap_key(session, *row)
+    key = unwrap_collection_key(session, *row)
     if key is None:
         raise AccessDenied(f"access denied: you hold no key for collection {name!r}")
     return row[0], row[1], key
+
+
+def disable_everywhere(session: Session) -> list[str]:
+    """Vault-wide off: every collection's emergency wraps and blob go, and its key rotates (admin)."""
+    done = []
+    for key, row in sorted(session.policy.image["collections"].items()):
+        if not row.get("break_glass") and not row.get("emergency"):
+            continue
+        cid = json.loads(key)[0]
+        with session.change("break_glass.disable", severity="notice", collection=row["name"],
+                            vault_wide=True) as extra:
+            extra["wraps_removed"] = disable(session, cid)
+        rotate_collection_key(session, row["name"], reason="break-glass disabled vault-wide")
+        done.append(row["name"])
+    return done

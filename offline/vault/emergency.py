@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import AccessDenied, DecryptionError, UsageError
 from . import crypto
-from .core import Session, signed_wrap
+from .session import Session, signed_wrap
 
 CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 CODE_LEN = 20
@@ -175,7 +175,7 @@ def emergency_key(session: Session, cid: str, file: str, code: str | None) -> by
     Raises :class:`AccessDenied` (the same message) for no wrap, no code or a wrong code.
     """
     if code is None:
-        raise UsageError("break-glass needs the emergency code (--code-file FILE or OFFLINE_BREAK_GLASS_CODE)")
+        raise UsageError("break-glass needs the emergency code (OFFLINE_BREAK_GLASS_CODE_FILE or OFFLINE_BREAK_GLASS_CODE)")
     clean = normalise_code(code)
     row = session.policy.row("collections", cid)
     wrapped = signed_wrap(session, "vault_keys", user_purpose(cid), session.user)
@@ -192,20 +192,3 @@ def emergency_key(session: Session, cid: str, file: str, code: str | None) -> by
         return crypto.unseal(kek, crypto.b64d(blob["key_box"]), _box_aad(session.vault_id, cid, file, "key"))
     except (DecryptionError, KeyError, TypeError, ValueError):
         raise AccessDenied("access denied: the break-glass code is wrong") from None
-
-
-def disable_everywhere(session: Session) -> list[str]:
-    """Vault-wide off: every collection's emergency wraps and blob go, and its key rotates (admin)."""
-    from .collections import rotate_collection_key
-
-    done = []
-    for key, row in sorted(session.policy.image["collections"].items()):
-        if not row.get("break_glass") and not row.get("emergency"):
-            continue
-        cid = json.loads(key)[0]
-        with session.change("break_glass.disable", severity="notice", collection=row["name"],
-                            vault_wide=True) as extra:
-            extra["wraps_removed"] = disable(session, cid)
-        rotate_collection_key(session, row["name"], reason="break-glass disabled vault-wide")
-        done.append(row["name"])
-    return done

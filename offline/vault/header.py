@@ -1,8 +1,9 @@
-"""``header.json``: format version, vault id and one keyslot per user. Nothing secret in clear.
+"""``header.json``: format version, vault id, one keyslot per user, one per API token. Nothing secret in clear.
 
 A keyslot holds the user's Argon2id parameters, their X25519/Ed25519 private keys sealed under the
 passphrase-derived key, their public keys, and the vault database key wrapped to their X25519 key
-(so a rekey can re-wrap every slot without anyone's passphrase).
+(so a rekey can re-wrap every slot without anyone's passphrase). A token slot (``tokens``, see
+:mod:`offline.vault.tokens`) seals the same private keys under a key derived from an API token.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Header:
     db_file: str
     created_at: str
     slots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = FORMAT_VERSION
 
     @classmethod
@@ -44,6 +46,8 @@ class Header:
             "db_file": self.db_file,
             "slots": self.slots,
         }
+        if self.tokens:  # absent until the first token: older kits read the header unchanged
+            doc["tokens"] = self.tokens
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
     def save(self, vault_dir: Path) -> None:
@@ -84,6 +88,7 @@ def load(vault_dir: Path) -> Header:
             db_file=str(doc["db_file"]),
             created_at=str(doc["created_at"]),
             slots=dict(doc["slots"]),
+            tokens=dict(doc.get("tokens") or {}),
             version=version,
         )
     except (KeyError, TypeError, ValueError):

@@ -18,8 +18,12 @@ from typing import Any
 
 from ..errors import OfflineError, UsageError, VaultCorrupted
 from . import crypto, db, header as hdr, trust
-from .collections import _remove_db_files, collection_key_context, collection_key_for_admin, copy_encrypted
-from .core import SEAL_PURPOSE, Session, new_id, share_seal_key, vault_key_context, vault_lock
+from .collections import (
+    collection_key_context, collection_key_for_admin, collection_row, copy_encrypted, remove_db_files, unwrap_collection_key,
+)
+from .emergency import reseal
+from .keys import SEAL_PURPOSE, new_id, vault_key_context, vault_lock
+from .session import Session, share_seal_key
 
 
 def check_vault(session: Session) -> dict[str, Any]:
@@ -51,10 +55,8 @@ def check_vault(session: Session) -> dict[str, Any]:
 
 
 def _key_or_none(session: Session, name: str) -> bytes | None:
-    from .collections import _row, _unwrap_key
-
-    row = _row(session, name)
-    return _unwrap_key(session, *row) if row else None
+    row = collection_row(session, name)
+    return unwrap_collection_key(session, *row) if row else None
 
 
 def backup_vault(session: Session, dest: Path) -> dict[str, Any]:
@@ -110,8 +112,6 @@ def rekey_vault(session: Session) -> dict[str, Any]:
     the catalog at the copies and wraps the new keys to the policy's holders only. Then the vault
     database itself moves to a new key (:func:`rotate_vault_db_key`).
     """
-    from .emergency import reseal
-
     session.require_role("admin", action="re-keying the vault")
     vault_dir = session.vault_dir
     coll_dir = vault_dir / "collections"
@@ -129,9 +129,7 @@ def rekey_vault(session: Session) -> dict[str, Any]:
                 copy_encrypted(coll_dir / file, old_key, coll_dir / new_file, new_key, "collection")
                 new_files.append(coll_dir / new_file)
                 plan.append((cid, file, new_file, new_key))
-            for handle in session._collections.values():
-                handle.close()
-            session._collections.clear()
+            session.forget_handles()
             with session.change("vault.rekey", collections=len(rows)):
                 for cid, old_file, new_file, key in plan:
                     if session.policy.row("collections", cid)["file"] != old_file:
@@ -150,10 +148,10 @@ def rekey_vault(session: Session) -> dict[str, Any]:
                     reseal(session, cid, new_file, key)
         except BaseException:
             for f in new_files:
-                _remove_db_files(f)
+                remove_db_files(f)
             raise
         for _, old_file, _, _ in plan:
-            _remove_db_files(coll_dir / old_file)
+            remove_db_files(coll_dir / old_file)
         new_db_file = _switch_vault_key(session)
     return {"collections": len(rows), "db_file": new_db_file}
 
@@ -188,7 +186,8 @@ def finish_pending(session: Session) -> list[str]:
         with session.change("audit.seal_key.share", users=waiting):
             for u in waiting:
                 share_seal_key(session, u, pol.wrap_pub(u))  # type: ignore[arg-type]
-    stale = [u for u in session.header.slots if pol.user(u) is None]
+    stale = sorted({u for u in session.header.slots if pol.user(u) is None}
+                   | {str(t.get("user")) for t in session.header.tokens.values() if pol.user(str(t.get("user"))) is None})
     if stale:
         rotate_vault_db_key(session, reason=f"finishing the removal of {', '.join(sorted(stale))}")
     return stale
@@ -197,7 +196,7 @@ def finish_pending(session: Session) -> list[str]:
 def _switch_vault_key(session: Session) -> str:
     """Under the vault lock: copy vault.db under a new key, then swap ``header.json`` (the commit point).
 
-    The new header keeps only the keyslots of users the signed state enrols, so a removed user's slot
+    The new header keeps only the keyslots (and token slots) of users the signed state enrols, so a removed user's slot
     disappears in the same atomic rename that retires the key it opens.
     """
     vault_dir = session.vault_dir
@@ -215,6 +214,8 @@ def _switch_locked(session: Session, h: hdr.Header, new_vault_key: bytes, new_db
         copy_encrypted(vault_dir / h.db_file, session.vault_key, vault_dir / new_db_file, new_vault_key, "vault")
         new_h = hdr.Header(vault_id=h.vault_id, db_file=new_db_file, created_at=h.created_at,
                            slots={u: dict(s) for u, s in h.slots.items() if session.policy.user(u) is not None},
+                           tokens={t: dict(s) for t, s in h.tokens.items()
+                                   if session.policy.user(str(s.get("user"))) is not None},
                            version=h.version)
         for user, slot in new_h.slots.items():
             # To the key the signed users table holds: header.json is not authenticated, and a
@@ -225,16 +226,10 @@ def _switch_locked(session: Session, h: hdr.Header, new_vault_key: bytes, new_db
             slot["vault_key"] = crypto.wrap_to(bytes.fromhex(pub), new_vault_key, vault_key_context(new_h, user))
         new_h.save(vault_dir)  # the commit point
     except BaseException:
-        _remove_db_files(vault_dir / new_db_file)
+        remove_db_files(vault_dir / new_db_file)
         raise
-    for handle in session._collections.values():
-        handle.close()
-    session._collections.clear()
-    session.db.close()
-    _remove_db_files(vault_dir / h.db_file)
-    session.header = new_h
-    session._vault_key = bytearray(new_vault_key)
-    session.db = db.connect(vault_dir / new_db_file, new_vault_key, "vault")
+    session.switch_database(new_h, new_vault_key, db.connect(vault_dir / new_db_file, new_vault_key, "vault"))
+    remove_db_files(vault_dir / h.db_file)
     return new_db_file
 
 

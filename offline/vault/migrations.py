@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import VaultCorrupted
 
-if TYPE_CHECKING:
-    from .db import Connection
+if TYPE_CHECKING:  # what db.Connection names; db imports this module, never the reverse
+    from sqlcipher3.dbapi2 import Connection
 
 VAULT_MIGRATIONS: list[tuple[str, str]] = [
     (

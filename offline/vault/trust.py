@@ -88,9 +88,14 @@ def anchor_path(vault_dir: Path, user: str, vault_id: str) -> Path:
 
 
 def load_state(vault_dir: Path, user: str, x25519: X25519PrivateKey, vault_id: str, *,
-               use_anchor: bool = True) -> dict[str, Any] | None:
-    """The newer of the user's two sealed client states, or None; exit 5 if either was altered."""
-    found = [d for d in (_load(state_path(vault_dir, user), user, x25519, vault_id),
+               use_anchor: bool = True, use_folder: bool = True) -> dict[str, Any] | None:
+    """The newer of the user's two sealed client states, or None; exit 5 if either was altered.
+
+    ``use_folder=False`` (the team server): only the copy in this process's own home counts. The
+    copy in the vault folder is sealed under the user's own key, so that user can forge it, which
+    fools only their own client, unless a server that acts for them trusted it too.
+    """
+    found = [d for d in (_load(state_path(vault_dir, user), user, x25519, vault_id) if use_folder else None,
                          _load(anchor_path(vault_dir, user, vault_id), user, x25519, vault_id) if use_anchor
                          else None) if d is not None]
     return max(found, key=lambda d: int(d["verifier"]["seq"])) if found else None
