@@ -179,7 +179,7 @@ def test_create_interrupt_resume_and_serve(admin_session, cli, tiny_base: Path, 
     monkeypatch.setattr(train, "label_loss", real)
     ck = pipeline.EncryptedCheckpoints(admin_session, "resumed")
     assert ck.exists() and b"lora" not in ck.path.read_bytes()  # sealed safetensors
-    with pytest.raises(UsageError, match="left a checkpoint; add --resume"):
+    with pytest.raises(UsageError, match="left a checkpoint; add resume"):
         pipeline.create_adapter(
             admin_session, "resumed", data=data, base=str(tiny_base), cfg=cfg, progress=False
         )
