@@ -482,3 +482,18 @@ def test_unlock_gives_up_when_the_agent_never_answers(vault_dir: Path, admin_ses
     with pytest.raises(OfflineError, match="^the agent did not start within 1 s$"):
         client.unlock(vault_dir, "alice", lambda: PASSPHRASES["alice"], 60.0, preload=False)
     assert time.monotonic() - t0 < 15
+
+
+def test_preload_warms_the_reader_that_ask_serves():
+    """unlock's warm-up loads what `ask` uses by default (the reader), and its fixed prompt opening."""
+    from offline.agent.server import preload
+    from offline.llm import engine
+    from offline.llm.reader import reader_for
+    from offline.llm.resolve import resolve_generate_model
+
+    rd = reader_for(resolve_generate_model(None))
+    assert rd is not None and rd.lora_path is None  # set-up built the merged reader
+    done = preload()
+    assert done["generate"]["model"] == rd.model.name, done
+    warm = engine.cached(rd.model.path)
+    assert warm is not None and warm.llm.n_tokens > 0  # the rag prompt's opening is evaluated

@@ -69,12 +69,25 @@ def preload() -> dict[str, Any]:
         done["embed"] = {"skipped": f"{exc.__class__.__name__}: {exc}"[:200]}
     t0 = time.perf_counter()
     try:
+        from ..llm import prompts
         from ..llm.engine import load
+        from ..llm.reader import reader_for
         from ..llm.resolve import resolve_generate_model
 
+        # What `ask` serves by default: the default model's reader (merged, or applied at load).
         gm = resolve_generate_model(None)
-        load(gm.path)
-        done["generate"] = {"model": gm.name, "load_s": round(time.perf_counter() - t0, 3)}
+        rd = reader_for(gm)
+        if rd is None:
+            engine, name = load(gm.path), gm.name
+        elif rd.lora_path is None:
+            engine, name = load(rd.model.path), rd.model.name
+        else:
+            engine = load(gm.path, lora_path=str(rd.lora_path), adapter_sha256=rd.spec.adapter_sha256)
+            name = rd.spec.name
+        # Evaluate the fixed opening of every rag prompt (system turn, "Sources:") once, so the
+        # first question pays only for its own sources and words (llama.cpp reuses the prefix).
+        engine.stream_chat(prompts.rag_messages("warm up", []), max_tokens=1)
+        done["generate"] = {"model": name, "load_s": round(time.perf_counter() - t0, 3)}
     except Exception as exc:
         done["generate"] = {"skipped": f"{exc.__class__.__name__}: {exc}"[:200]}
     return done
