@@ -231,6 +231,7 @@ ROWS = g.Passage(
 def test_a_value_from_another_row_of_the_table_is_a_conflict(question, wrong, right):
     bad = g.check(f"{wrong} [1]", question, [ROWS], [ROWS.text])
     assert [(c["answer"], c["source"]) for c in bad.conflicts] == [(wrong, right)], bad.conflicts
+    assert right.split()[0] in bad.conflicts[0]["sentence"] and bad.conflicts[0]["sentence"] in ROWS.text
     assert g.check(f"{right} [1]", question, [ROWS], [ROWS.text]).conflicts == []
 
 
@@ -280,7 +281,11 @@ def test_the_weekend_shift_misread_is_refused_with_the_right_sentence(clinic, cl
     assert d["refused"] and d["refusal_reason"] == "conflicting_value", d
     assert "£260" in d["quote"]["text"] and d["grounding"]["conflicts"][0]["source"] == "£260"
     r = cli(["ask", "How much is on-call paid per weekend shift?", "-c", "clinic"])
-    assert r.exit_code == 0 and r.output.startswith("Not answered") and "£260 per weekend shift" in r.output
+    assert r.exit_code == 0 and r.output.startswith("Not answered"), r.output
+    assert (
+        'For "shift, weekend", source [1] says: "On-call is paid' in r.output
+        and "£260 per weekend" in r.output
+    )
     assert _audit(clinic)["refusal_reason"] == "conflicting_value"
     forced_draft("£260 [1]")
     d = json.loads(

@@ -118,8 +118,9 @@ class _SocketWriter(io.RawIOBase):
 
 
 def _text_stream(sock: socket.socket, kind: bytes, tty: bool) -> io.TextIOWrapper:
-    return io.TextIOWrapper(_SocketWriter(sock, kind, tty), encoding="utf-8", errors="replace",
-                            write_through=True)
+    return io.TextIOWrapper(
+        _SocketWriter(sock, kind, tty), encoding="utf-8", errors="replace", write_through=True
+    )
 
 
 class Agent:
@@ -158,18 +159,31 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         idle_for = time.monotonic() - self.last_use
-        return {"unlocked": self.session is not None, "pid": os.getpid(), "since": self.since,
-                "idle_timeout_s": self.idle_s, "idle_for_s": round(idle_for, 1),
-                "time_left_s": round(max(0.0, self.idle_s - idle_for), 1), "busy": self.busy,
-                "requests": self.requests, "socket": str(self.sock_path), "preloaded": self.preloaded}
+        return {
+            "unlocked": self.session is not None,
+            "pid": os.getpid(),
+            "since": self.since,
+            "idle_timeout_s": self.idle_s,
+            "idle_for_s": round(idle_for, 1),
+            "time_left_s": round(max(0.0, self.idle_s - idle_for), 1),
+            "busy": self.busy,
+            "requests": self.requests,
+            "socket": str(self.sock_path),
+            "preloaded": self.preloaded,
+        }
 
     def lock(self, reason: str) -> None:
         """Audit, close the session (zeroes the vault key), drop key references, remove the socket."""
         session, self.session = self.session, None
         if session is not None:
             with contextlib.suppress(Exception):
-                session.audit("agent.lock", reason=reason, pid=os.getpid(),
-                              unlocked_s=round(time.monotonic() - self.started, 1), requests=self.requests)
+                session.audit(
+                    "agent.lock",
+                    reason=reason,
+                    pid=os.getpid(),
+                    unlocked_s=round(time.monotonic() - self.started, 1),
+                    requests=self.requests,
+                )
             with contextlib.suppress(Exception):
                 session.close()
             session.keys = None  # the private keys: no reference left once the session goes
@@ -248,7 +262,9 @@ class Agent:
         with self._req:
             if self.session is not None:
                 with contextlib.suppress(Exception):
-                    self.session.audit("agent.denied", severity="warning", peer_uid=creds[1], peer_pid=creds[0])
+                    self.session.audit(
+                        "agent.denied", severity="warning", peer_uid=creds[1], peer_pid=creds[0]
+                    )
 
     def refresh(self) -> None:
         """Before each command: the vault as it is now (removed user, re-key, tampering: see Session.refresh)."""
@@ -303,10 +319,17 @@ class Agent:
             argv.append("--verbose")
         argv += args
         tty = bool(request.get("tty"))
-        env = {str(k): str(v) for k, v in (request.get("env") or {}).items()
-               if str(k).startswith("OFFLINE_") or k in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TERM")}
-        for secret in ("OFFLINE_PASSPHRASE", "OFFLINE_NEW_PASSPHRASE", "OFFLINE_PASSPHRASE_FILE",
-                       "OFFLINE_NEW_PASSPHRASE_FILE"):
+        env = {
+            str(k): str(v)
+            for k, v in (request.get("env") or {}).items()
+            if str(k).startswith("OFFLINE_") or k in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TERM")
+        }
+        for secret in (
+            "OFFLINE_PASSPHRASE",
+            "OFFLINE_NEW_PASSPHRASE",
+            "OFFLINE_PASSPHRASE_FILE",
+            "OFFLINE_NEW_PASSPHRASE_FILE",
+        ):
             env.pop(secret, None)
         out = _text_stream(conn, protocol.STDOUT, tty)
         err = _text_stream(conn, protocol.STDERR, tty)
@@ -316,7 +339,9 @@ class Agent:
                 err.write("Error: cannot use the current working directory\n")
                 return 1
             try:
-                return run_in_process(argv, self.session, Streams(io.StringIO(""), out, err), env=env, cwd=cwd)
+                return run_in_process(
+                    argv, self.session, Streams(io.StringIO(""), out, err), env=env, cwd=cwd
+                )
             except BaseException as exc:  # never let a command take the agent down
                 err.write(f"Error: internal error: {exc.__class__.__name__}: {exc}\n")
                 return 1

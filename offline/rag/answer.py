@@ -47,10 +47,7 @@ NO_EVIDENCE = "No relevant passages found in your documents for this question."
 NOT_SAID = "The documents do not say."
 # The answer's number is in the cited sentence, but that sentence gives it for something else than
 # what was asked (grounding.conflicting_values): a right passage read wrongly.
-CONFLICT = (
-    "Not answered: the model took a value the source gives for something else. "
-    "The source sentence is quoted below."
-)
+CONFLICT = "Not answered: the model took a value the source gives for something else."
 NOT_SUPPORTED = "The retrieved passages do not support an answer to this question."
 DEFAULT_MIN_SUPPORT = grounding.DEFAULT_MIN_SUPPORT
 CLOSEST = 3  # passages shown with a refusal

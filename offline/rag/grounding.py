@@ -278,7 +278,7 @@ def _values(sentence: str) -> list[dict[str, Any]]:
 
 
 def _other_row(
-    n: int, rows: list[tuple[set[str], list[dict[str, Any]]]], said: set[str]
+    n: int, rows: list[tuple[set[str], list[dict[str, Any]], str]], said: set[str]
 ) -> list[dict[str, Any]]:
     """The same test across the table rows and list items of one passage: the answer's value stands
     only in rows sharing fewer question words than a row giving another value of its kind ("10 years"
@@ -286,24 +286,36 @@ def _other_row(
     heading sentence ("Within 1 hour of noticing the incident, ...:") shares few words with the
     question its list answers."""
     out = []
-    kinds = {v["kind"] for _, vals in rows for v in vals if v["value"] in said and v["kind"] != (None, None)}
+    kinds = {
+        v["kind"] for _, vals, _ in rows for v in vals if v["value"] in said and v["kind"] != (None, None)
+    }
     for kind in kinds:
-        own = max(len(q) for q, vals in rows if any(v["kind"] == kind and v["value"] in said for v in vals))
+        own = max(
+            len(q) for q, vals, _ in rows if any(v["kind"] == kind and v["value"] in said for v in vals)
+        )
         other = [
-            (len(q), q, v)
-            for q, vals in rows
+            (len(q), q, v, sent)
+            for q, vals, sent in rows
             for v in vals
             if v["kind"] == kind
             and v["value"] not in said
             and not any(w["kind"] == kind and w["value"] in said for w in vals)
         ]
         if other:
-            size, q, v = max(other, key=lambda t: t[0])
+            size, q, v, sent = max(other, key=lambda t: t[0])
             if size > own:
                 mine = next(
-                    v2 for _, vals in rows for v2 in vals if v2["kind"] == kind and v2["value"] in said
+                    v2 for _, vals, _ in rows for v2 in vals if v2["kind"] == kind and v2["value"] in said
                 )
-                out.append({"n": n, "answer": mine["surface"], "source": v["surface"], "for": sorted(q)})
+                out.append(
+                    {
+                        "n": n,
+                        "answer": mine["surface"],
+                        "source": v["surface"],
+                        "for": sorted(q),
+                        "sentence": sent,
+                    }
+                )
     return out
 
 
@@ -326,7 +338,7 @@ def conflicting_values(answer: str, question: str, passages: Sequence[Passage]) 
             topic = set(content_words(sent[: vals[0]["start"]])) if vals else set()
             asked = set(content_words(question)) - topic
             if _ROW_RE.match(sent):  # rows of a table or list: items side by side; prose is not
-                rows.append((set(content_words(sent)) & set(content_words(question)), vals))
+                rows.append((set(content_words(sent)) & set(content_words(question)), vals, sent))
             for v in vals:
                 if v["value"] not in said or v["kind"] == (None, None):
                     continue
@@ -341,6 +353,7 @@ def conflicting_values(answer: str, question: str, passages: Sequence[Passage]) 
                             "answer": v["surface"],
                             "source": best["surface"],
                             "for": sorted(best["owns"] & asked),
+                            "sentence": sent,
                         }
                     )
         out += _other_row(p.n, rows, said)
