@@ -196,7 +196,12 @@ async def _unrouted(request: Request, status: int, message: str, code: str) -> R
     def work(session: Session, doc: dict[str, Any]):
         raise error
 
-    return await _handle(request, f"{request.method[:10]} {request.url.path[:120]}", work, body=False)
+    # The path is the client's text, signed into the log: printable ASCII only, bounded.
+    def printable(text: str) -> str:
+        return "".join(c if " " < c < "\x7f" else "?" for c in text)
+
+    where = f"{printable(request.method[:10])} {printable(request.url.path[:120])}"
+    return await _handle(request, where, work, body=False)
 
 
 async def not_found(request: Request, exc: Exception) -> Response:

@@ -23,6 +23,7 @@ from ..errors import OfflineError
 from ..vault import witness
 
 POLL_S = 0.05
+FALLBACK_S = 0.25  # with inotify, a stat() this often all the same (a file system that sends no events)
 _IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE = 0x008, 0x080, 0x100
 
 
@@ -77,7 +78,7 @@ class HeaderWatch:
         while not self._stop.is_set():
             if self._fd is not None:
                 with contextlib.suppress(OSError, ValueError):
-                    ready, _, _ = select.select([self._fd], [], [], 1.0)
+                    ready, _, _ = select.select([self._fd], [], [], FALLBACK_S)
                     if ready:
                         with contextlib.suppress(BlockingIOError):
                             os.read(self._fd, 65536)  # drain; which file changed does not matter
