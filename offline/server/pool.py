@@ -47,14 +47,18 @@ class _Slot:
     access: str = ""  # what the signed policy said about this user's access when handles were cached
 
 
-# What decides whether a cached collection handle may still be used: the user's role, the
-# collections, their keys and grants, settings (break-glass). A server.request entry changes none.
-_ACCESS_TABLES = ("users", "collections", "collection_keys", "grants", "vault_keys", "settings")
-
-
+# What decides whether a cached collection handle may still be used: the user's own row (role,
+# keys), the collections (names, files, break-glass), the user's grants and key wraps, settings.
+# A server.request entry changes none of it, so handles live as long as the policy says so.
 def _access_state(session: Session) -> str:
-    image = session.policy.image
-    doc = json.dumps({t: image.get(t, {}) for t in _ACCESS_TABLES}, sort_keys=True, default=str)
+    image, me = session.policy.image, session.user
+
+    def mine(table: str) -> dict[str, Any]:
+        return {k: r for k, r in image.get(table, {}).items() if json.loads(k)[-1] == me}
+
+    doc = json.dumps({"user": session.policy.user(me), "collections": image.get("collections", {}),
+                      "grants": mine("grants"), "collection_keys": mine("collection_keys"),
+                      "settings": image.get("settings", {})}, sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
