@@ -19,7 +19,10 @@ the owner or an admin) ends the token for good; the chain's verifier folds both
 associated data. So a member with write access to every file can neither extend a token (the
 first signed expiry counts, and editing the slot breaks its seal) nor bring back a revoked one
 (putting back its deleted slot meets the signed revocation), and the server resumes the chain only
-from the state in its own home, not from a copy in the vault folder the member could forge.
+from the state in its own home, not from a copy in the vault folder the member could forge. The
+lifetime limit (:data:`MAX_DAYS`) is enforced where the chain is folded, not only by the CLI. What
+no signature can show (a tail cut before anyone saw it, a slot put back after its revocation was
+cut, a restored old header) the server catches as a witness (:mod:`offline.vault.witness`).
 """
 
 from __future__ import annotations
