@@ -101,6 +101,9 @@ def serve(vault_dir: Path, plan: dict[str, Any], *, idle_s: float = 300.0, queue
     from .app import create_app
     from .guard import GuardedH11Protocol
 
+    from ..vault.db import enable_memory_security
+
+    enable_memory_security()  # keys dropped after --idle leave no copy in SQLite's freed memory
     netguard.install()
     netguard.allow_listen(plan["host"], plan["port"])
     app = create_app(vault_dir, idle_s=idle_s, queue_size=queue_size, per_user=per_user,

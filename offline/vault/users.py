@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import config
+from ..memwipe import wipe
 from ..audit import chain
 from ..errors import AlreadyExists, AuditChainBroken, AuthenticationFailed, DecryptionError, NotFound, OfflineError, UsageError, VaultCorrupted
 from . import authz, crypto, db, header as hdr, maintenance, settings as vsettings, trust
@@ -155,6 +156,7 @@ def open_with_keys(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, ro
         conn.close()
         raise
     session = Session(vault_dir, h, user, keys, vault_key, conn, verifier, root)
+    wipe(vault_key)  # the session holds its own (bytearray) copy, zeroed at close
     if row.get("keys_confirmed", 1) == 0:  # an upgraded vault: this open proves our own keys
         with session.change("user.confirm_keys", name=user):
             session.db.execute("UPDATE users SET keys_confirmed = 1 WHERE name = ?", (user,))
