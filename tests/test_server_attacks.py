@@ -10,7 +10,8 @@ records every prompt the server sends, so "another user's canary never reaches t
 checked on the prompt itself, not only on the answer.
 
 Tests of attacks that succeed are ``xfail(strict=True, reason="BROKEN: ...")``; their reasons are the
-findings (a2, a7, a9, a11, a12, a15, b0, b5, b6, b7, b8, b9, c5, c7 at the time of writing).
+findings (a2, a7, a9, a11, a12, a15, b0, b5, b6, b7, b8, b9, c5, c7 at the time of writing; all
+fixed since, see docs/server.md for what holds and its limits).
 """
 
 from __future__ import annotations
