@@ -148,10 +148,11 @@ class SessionPool:
                     try:
                         slot.session.refresh()
                         T.check_token(slot.session, slot.token_id)
-                    except (VaultLocked, AuthenticationFailed):
-                        # The first refusal after a revocation or removal: no session will sign
-                        # for this token again, so the server remembers it for the next one.
-                        self.report_failure(f"token:{slot.token_id}", client, endpoint)
+                    except (VaultLocked, AuthenticationFailed) as exc:
+                        # The first refusal after a revocation or removal: signed now by the
+                        # session that is about to go if its user is still enrolled (a revoked
+                        # token), else remembered for the next valid session (a removed user).
+                        self._audit_refusal(slot, client, endpoint, exc)
                         raise
             except (VaultLocked, OfflineError) as exc:
                 self._drop(digest, slot)
@@ -179,6 +180,13 @@ class SessionPool:
                     T.note_head(session)  # the head after this request's own entries
         finally:
             slot.lock.release()
+
+    def _audit_refusal(self, slot: _Slot, client: str, endpoint: str, exc: Exception) -> None:
+        try:
+            slot.session.audit("server.request", severity="warning", endpoint=endpoint, status=401, client=client,
+                               token_id=slot.token_id, refused=str(exc)[:200])
+        except Exception:  # noqa: BLE001  (removed user, damaged chain: the server's memory keeps it)
+            self.report_failure(f"token:{slot.token_id}", client, endpoint)
 
     def _drop(self, digest: str, slot: _Slot) -> None:
         if slot.session is not None:
