@@ -9,6 +9,12 @@ from .errors import ParameterError
 # (offline.retrieval.index.KNN_MAX), but no command exposes that.
 MAX_K = 100
 
+# The longest an API token may live (``offline users token create --expires``), enforced where the
+# signed chain is folded (offline.audit.chain.fold_token), not only by the CLI; the slack covers
+# the moment between computing the expiry and signing the entry.
+MAX_TOKEN_DAYS = 366
+TOKEN_CLOCK_SLACK_S = 300
+
 
 def check_k(k: int | None, param: str = "k") -> int:
     """``k`` as an int in 1..:data:`MAX_K`, else :class:`ParameterError` naming ``param``."""

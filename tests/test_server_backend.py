@@ -97,7 +97,9 @@ def test_generate_backend_llama_cpp_server(admin_session, tmp_path, vault_dir):
                                env=_env(tmp_path / "s-home"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         url = f"http://127.0.0.1:{sport}"
         _wait(url, kit, "/healthz")
-        assert httpx.get(url + "/healthz").json()["generate_backend"] == f"http://127.0.0.1:{bport}"
+        assert httpx.get(url + "/healthz").json() == {"status": "ok"}  # nothing more without a token
+        assert httpx.get(url + "/healthz", headers={"Authorization": f"Bearer {token}"}).json()[
+            "generate_backend"] == f"http://127.0.0.1:{bport}"
         r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, timeout=180,
                        json={"model": "offline-rag:kb", "max_tokens": 32,
                              "messages": [{"role": "user", "content": "Which river flows through Warsaw?"}]})

@@ -155,3 +155,71 @@ def test_removed_users_token_opens_nothing_and_its_slot_goes(admin_session, open
     with pytest.raises(AuthenticationFailed):
         T.open_token_session(vault_dir, made["token"])
     assert PASSPHRASES  # the passphrases of the others still open the vault
+
+
+def test_park_file_records_are_signed_as_claims_only(admin_session, open_as, vault_dir):
+    """A member writes the park file: what it says is signed as a capped, validated report."""
+    from offline.vault.users import PARK_MAX_RECORDS
+
+    planted = [{"ts": "2020-01-01T00:00:00+00:00", "user": "alice", "via": "10.9.9.9:4444"},
+               {"ts": "x" * 5000, "user": "token:" + "f" * 16, "via": "V" * 200_000},
+               {"user": "a b\x1b[31m"}, "not an object"]
+    planted += [{"user": "bob"}] * (PARK_MAX_RECORDS + 5)
+    (vault_dir / "unlock-failures.jsonl").write_text("".join(json.dumps(r) + "\n" for r in planted) + "{broken\n")
+    s = open_as("carol")
+    got = [json.loads(p) for (p,) in s.db.execute(
+        "SELECT payload FROM audit_log WHERE action IN ('unlock.failed', 'unlock.failed.unreadable') ORDER BY seq")]
+    failed = [g for g in got if "attempted_user" in g]
+    assert len(failed) == PARK_MAX_RECORDS and all(g["reported_by"] == "park-file" for g in got)
+    assert failed[0] == {"attempted_user": "alice", "reported_by": "park-file", "claimed_at": "2020-01-01T00:00:00+00:00",
+                         "claimed_via": "10.9.9.9:4444"}
+    assert failed[1] == {"attempted_user": "token:" + "f" * 16, "reported_by": "park-file"}  # oversized claims dropped
+    assert not any("via" in g or "at" in g for g in got)
+    assert got[-1]["records"] == 1 + 1 + 7 + 1  # bad user, not an object, 7 over the cap, unparsable
+    assert not (vault_dir / "unlock-failures.jsonl").exists()
+
+
+def test_server_reports_are_aggregated_and_bounded(admin_session, open_as):
+    from offline.server.reports import Reports
+
+    r = Reports(max_keys=3, per_flush=2)
+    for _ in range(1000):
+        r.add("failed", "token:" + "0" * 16, "127.0.0.1:1000", "models")  # one connection's flood: one report
+    r.add("busy", "tid-of-bob", "127.0.0.1:1001", "search")
+    r.add("failed", "token:none", "127.0.0.1:1002", "models")
+    r.add("failed", "token:none", "127.0.0.1:1003", "models")  # over max_keys: only counted
+    bob = open_as("bob")
+    start = bob.verifier.seq
+    r.flush(bob, "tid-of-bob")
+    r.flush(bob, "tid-of-bob")
+    got = [(e.action, e.payload) for e in __import__("offline.audit.chain", fromlist=["x"]).iter_entries(
+        bob.db, "seq > ?", (start,))]
+    assert [a for a, _ in got] == ["server.request", "unlock.failed", "server.reports_dropped", "unlock.failed"]
+    assert got[0][1]["status"] == 429 and got[0][1]["token_id"] == "tid-of-bob"  # this token's own 429 first
+    assert got[1][1]["count"] == 1000 and got[1][1]["reported_by"] == "server"
+    assert got[2][1]["counts"] == {"failed": 1}
+    assert not r.pending()
+
+
+def test_server_witness_keeps_a_deleted_slot_dead_and_refuses_a_rolled_back_header(admin_session, open_as, vault_dir):
+    from offline.errors import VaultCorrupted
+    from offline.vault import witness
+
+    made = T.create_token(open_as("bob"), "bob", T.parse_duration("1d"))
+    witness.observe_header(vault_dir)  # the server saw the slot
+    doc = _header_doc(vault_dir)
+    slot = doc["tokens"].pop(made["token_id"])
+    _write_header(vault_dir, doc)
+    witness.observe_header(vault_dir)  # ... and saw it go (no signed revocation at all here)
+    doc["tokens"][made["token_id"]] = slot
+    _write_header(vault_dir, doc)
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        T.open_token_session(vault_dir, made["token"], witness_header=True, report=lambda who: None)
+    old = doc["db_file"]
+    doc["db_file"] = "vault-00000000.db"
+    _write_header(vault_dir, doc)
+    witness.observe_header(vault_dir)  # a rotation, as the server saw it
+    doc["db_file"] = old
+    _write_header(vault_dir, doc)
+    with pytest.raises(VaultCorrupted, match="rolled back"):
+        witness.observe_header(vault_dir)

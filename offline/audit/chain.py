@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import AuditChainBroken
+from ..limits import MAX_TOKEN_DAYS, TOKEN_CLOCK_SLACK_S
 
 HASH_VERSION = "v1"
 ENTRY_DOMAIN = b"offline/audit/entry/v1\x00"
@@ -200,6 +201,10 @@ def fold_token(tokens: dict[str, dict[str, Any]], e: Entry, roles: dict[str, str
         if e.payload.get("user") != e.user or not isinstance(expires, str):
             raise _broken(e.seq, f"token {tid} created by {e.user!r} for someone else or without an expiry")
         out[tid] = {"user": e.user, "expires_at": expires, "created_seq": e.seq, "revoked_seq": None}
+        if not _lifetime_ok(e.ts, expires):
+            # Not a broken chain (one member's bad entry must not lock everyone out of the vault):
+            # the token is recorded as refused, so it opens nothing, ever.
+            out[tid]["refused"] = f"lifetime over {MAX_TOKEN_DAYS} days"
     else:
         row = tokens.get(tid)
         if row is None:
@@ -209,6 +214,18 @@ def fold_token(tokens: dict[str, dict[str, Any]], e: Entry, roles: dict[str, str
         if row.get("revoked_seq") is None:
             out[tid] = {**row, "revoked_seq": e.seq}
     return out
+
+
+def _lifetime_ok(created: str, expires: str) -> bool:
+    """A signed expiry at most :data:`MAX_TOKEN_DAYS` after the entry's own time (the CLI's limit,
+    enforced where the chain is folded: a member signing ``token.create`` by hand meets it too)."""
+    try:
+        t0, t1 = _dt.datetime.fromisoformat(created), _dt.datetime.fromisoformat(expires)
+    except (TypeError, ValueError):
+        return False
+    if t0.tzinfo is None or t1.tzinfo is None:
+        return False
+    return t1 - t0 <= _dt.timedelta(days=MAX_TOKEN_DAYS, seconds=TOKEN_CLOCK_SLACK_S)
 
 
 def _broken(seq: int, why: str) -> AuditChainBroken:

@@ -20,7 +20,7 @@ def verify_chain(session: Session) -> chain.VerifyReport:
     Steps: (1) every hash, link and signature, and every authorization change by a signer allowed
     to make it; (2) the chain starts at the root pinned in the caller's keyslot (vault id, founding
     admin key, audit key: the vault fingerprint); (3) it still holds the head the caller's client saw
-    last; (4) the audit key it records is the vault's; (5) every keyslot belongs to a user the chain
+    last, and every head a team server using this home saw (:mod:`offline.vault.witness`); (4) the audit key it records is the vault's; (5) every keyslot belongs to a user the chain
     enrolled, with that key; (6) the protected tables equal the authorization state the chain signs.
     """
     from ..vault import authz, trust
@@ -35,6 +35,12 @@ def verify_chain(session: Session) -> chain.VerifyReport:
         )
     seen = session.verifier
     check_seen(session.db, session.user, seen.seq, seen.prev)
+    # (3b) on the team server's machine (this home): the furthest head the server saw, for anyone.
+    # A member who cuts entries the admin never saw (their own 403s) off the tail is caught here.
+    from ..vault.witness import witness_heads
+
+    for path, seq, digest in witness_heads(session.vault_id):
+        check_seen(session.db, f"the team server (its memory {path})", seq, digest)
     stored = session.db.execute("SELECT value FROM settings WHERE key = 'audit_public_key'").fetchone()
     if stored is None or stored[0] != report.audit_public_key:
         raise AuditChainBroken("audit entry 1: the audit key it records is not the vault's audit key", 1)

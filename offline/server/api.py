@@ -58,6 +58,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ApiError(400, "request body is not valid JSON") from None
+    except RecursionError:  # '[[[[...': nested deeper than the parser's stack allows
+        raise ApiError(400, "request body is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ApiError(400, "request body must be a JSON object")
     return doc

@@ -3,9 +3,9 @@
 Chat completions call :func:`offline.rag.answer` and ``/v1/search`` calls
 :func:`offline.retrieval.search`, the functions behind ``offline ask`` and ``offline search``, so
 access checks before ranking, grounding and their audit entries are the CLI's. Each request adds
-one ``server.request`` entry (endpoint, status, client address, token id, time), denials included;
-a request whose token opens nothing is parked like a failed unlock and signed in by the next
-session (:func:`offline.vault.users.record_failed_unlock`).
+one ``server.request`` entry (endpoint, status, client address, token id, time), denials, unknown
+endpoints and methods included; a request whose token opens nothing, and a 429, are kept in the
+server's memory (:mod:`offline.server.reports`) and signed by the next request with a valid token.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from starlette.routing import Route
 
 from ..errors import AuthenticationFailed, OfflineError
 from ..vault.session import Session
-from ..vault.users import record_failed_unlock
 from . import api
 from .pool import SessionPool
 
@@ -37,11 +36,11 @@ def _client(request: Request) -> str:
     return f"{c.host}:{c.port}" if c else "-"
 
 
-def _bearer(request: Request) -> str:
+def _bearer(request: Request, endpoint: str = "") -> str:
     value = request.headers.get("authorization", "")
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        record_failed_unlock(request.app.state.vault_dir, "token:none", via=_client(request))
+        request.app.state.pool.report_failure("token:none", _client(request), endpoint)
         raise AuthenticationFailed("missing API token (Authorization: Bearer ofk_...)")
     return token.strip()
 
@@ -75,9 +74,9 @@ async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = Tr
     client = _client(request)
     t0 = time.perf_counter()
     try:
-        token = _bearer(request)
+        token = _bearer(request, endpoint)
         raw = await _body(request) if body else b"{}"
-        with pool.admit(token):
+        with pool.admit(token, client, endpoint):
             def job(session: Session, token_id: str) -> Any:
                 status, extra = 200, {}
                 try:
@@ -93,7 +92,7 @@ async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = Tr
                                   endpoint=endpoint, status=status, client=client, token_id=token_id,
                                   ms=round((time.perf_counter() - t0) * 1000, 1), **extra)
 
-            return await anyio.to_thread.run_sync(pool.run, token, client, job, lane)
+            return await anyio.to_thread.run_sync(pool.run, token, client, job, lane, endpoint)
     except Exception as exc:  # every failure is an OpenAI-shaped JSON error; the server keeps serving
         return _error(exc)
 
@@ -101,10 +100,18 @@ async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = Tr
 # -- routes ---------------------------------------------------------------------------------------
 
 async def healthz(request: Request) -> Response:
-    """For a service manager: up, and how loaded (no vault access, no token)."""
+    """For a service manager: up. Nothing else without a token (no backend address, no load);
+    with a valid one (authenticated and audited like any request) also the queue and the backend."""
+    if not request.headers.get("authorization"):
+        return JSONResponse({"status": "ok"})
     backend = request.app.state.backend
-    return JSONResponse({"status": "ok", **request.app.state.pool.stats(),
-                         "generate_backend": backend.url if backend else None})
+
+    def work(session: Session, doc: dict[str, Any]):
+        return {"status": "ok", **request.app.state.pool.stats(),
+                "generate_backend": backend.url if backend else None}, {}
+
+    out = await _handle(request, "healthz", work, body=False)
+    return out if isinstance(out, Response) else JSONResponse(out)
 
 
 async def models(request: Request) -> Response:
@@ -179,13 +186,30 @@ async def embeddings(request: Request) -> Response:
     return out if isinstance(out, Response) else JSONResponse(out)
 
 
+async def _unrouted(request: Request, status: int, message: str, code: str) -> Response:
+    """404/405: with a token, through the same path as any request (authenticated, audited);
+    without one, answered at once (nothing to sign with, nothing to count against anyone)."""
+    error = api.ApiError(status, message, code=code)
+    if not request.headers.get("authorization"):
+        return _error(error)
+
+    def work(session: Session, doc: dict[str, Any]):
+        raise error
+
+    # The path is the client's text, signed into the log: printable ASCII only, bounded.
+    def printable(text: str) -> str:
+        return "".join(c if " " < c < "\x7f" else "?" for c in text)
+
+    where = f"{printable(request.method[:10])} {printable(request.url.path[:120])}"
+    return await _handle(request, where, work, body=False)
+
+
 async def not_found(request: Request, exc: Exception) -> Response:
-    return JSONResponse(api.error_body("no such endpoint", "invalid_request_error", "not_found"), status_code=404)
+    return await _unrouted(request, 404, "no such endpoint", "not_found")
 
 
 async def not_allowed(request: Request, exc: Exception) -> Response:
-    return JSONResponse(api.error_body("method not allowed", "invalid_request_error", "method_not_allowed"),
-                        status_code=405)
+    return await _unrouted(request, 405, "method not allowed", "method_not_allowed")
 
 
 def create_app(vault_dir: Path, *, idle_s: float = 300.0, queue_size: int = 64, per_user: int = 8,

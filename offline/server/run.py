@@ -99,7 +99,11 @@ def serve(vault_dir: Path, plan: dict[str, Any], *, idle_s: float = 300.0, queue
     import uvicorn
 
     from .app import create_app
+    from .guard import GuardedH11Protocol
 
+    from ..vault.db import enable_memory_security
+
+    enable_memory_security()  # keys dropped after --idle leave no copy in SQLite's freed memory
     netguard.install()
     netguard.allow_listen(plan["host"], plan["port"])
     app = create_app(vault_dir, idle_s=idle_s, queue_size=queue_size, per_user=per_user,
@@ -107,7 +111,11 @@ def serve(vault_dir: Path, plan: dict[str, Any], *, idle_s: float = 300.0, queue
     cfg = uvicorn.Config(app, host=plan["host"], port=plan["port"], log_level="warning", access_log=False,
                          ssl_certfile=plan["tls_cert"], ssl_keyfile=plan["tls_key"],
                          timeout_keep_alive=5, limit_concurrency=256, h11_max_incomplete_event_size=64 * 1024,
-                         lifespan="off", server_header=False, timeout_graceful_shutdown=5)
+                         lifespan="off", server_header=False, timeout_graceful_shutdown=5,
+                         # The client address in the signed log is the socket's peer, never a header
+                         # any client can write (X-Forwarded-For, Forwarded, X-Real-IP).
+                         proxy_headers=False, forwarded_allow_ips=[],
+                         http=GuardedH11Protocol)  # slow headers cut off, connections per address bounded
     server = uvicorn.Server(cfg)
     if ready is not None:
         ready(plan)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from .. import config
 from ..errors import AccessDenied, AlreadyExists, NotFound, OfflineError, UsageError
+from ..memwipe import wipe
 from . import crypto, db
 from .authz import Policy, read_image
 from .emergency import code_purpose, disable, emergency_key, provisioned_users, reseal, user_purpose
@@ -223,7 +224,10 @@ def open_collection(session: Session, name: str, need: Perm = "read", *,
     if key is None:
         raise _denied(session, name, "no key")
     path = session.vault_dir / "collections" / file
-    conn = db.connect(path, key, "collection")
+    try:
+        conn = db.connect(path, key, "collection")
+    finally:
+        wipe(key)  # SQLCipher holds its own copy (wiped when the connection closes)
     handle = CollectionHandle(cid, name, perm, frozenset(json.loads(labels)) if labels else None, conn, path)
     session.keep_handle(name, handle)
     return handle

@@ -19,6 +19,7 @@ import sqlcipher3
 from sqlcipher3 import dbapi2
 
 from ..errors import NotFound, OfflineError, VaultCorrupted
+from ..memwipe import wipe as crypto_wipe
 from .migrations import VEC_DDL, VEC_TABLE, apply_migrations
 
 Kind = Literal["vault", "collection"]
@@ -134,6 +135,21 @@ def _check_wal(path: Path) -> None:
                          " would be lost); restore the file or the vault from a backup")
 
 
+def enable_memory_security() -> None:
+    """Have SQLCipher wipe every allocation it frees, for the rest of this process.
+
+    SQLCipher always wipes its own key schedule; this also covers SQLite's copies of statement text
+    (``PRAGMA key = "x'...'"``) and pages, which a long-lived process that drops keys must not leave
+    in freed memory. It costs some speed (every free is a memset), so the team server turns it on,
+    not every CLI command.
+    """
+    conn = sqlcipher3.connect(":memory:")
+    try:
+        conn.execute("PRAGMA cipher_memory_security = ON")
+    finally:
+        conn.close()
+
+
 def connect(
     path: Path,
     key: bytes,
@@ -172,7 +188,11 @@ def connect(
     try:
         # SQLCipher would print its own multi-line errors to stderr; ours are one line.
         conn.execute("PRAGMA cipher_log_level = NONE")
-        conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        hexkey = key.hex()
+        stmt = f"PRAGMA key = \"x'{hexkey}'\""
+        conn.execute(stmt)
+        crypto_wipe(hexkey)
+        crypto_wipe(stmt)
         # The first read decrypts page 1: a wrong key or a damaged header fails here.
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

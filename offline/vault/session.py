@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..audit import chain
+from ..memwipe import wipe
 from ..errors import AccessDenied, AuditChainBroken, DecryptionError, OfflineError, UsageError, VaultCorrupted, VaultLocked
 from . import authz, crypto, db, header as hdr, settings as vsettings, trust
 from .keys import SEAL_PURPOSE, UserKeys, audit_key_context, install_seal_key, seal_context, vault_key_context
@@ -170,8 +171,11 @@ class Session:
             key = crypto.unwrap_with(self.keys.x25519, slot["vault_key"], vault_key_context(h, self.user))
         except DecryptionError:
             raise VaultLocked("keyslot changed") from None
-        if not hmac.compare_digest(key, self.vault_key) or h.db_file != self.header.db_file:
-            self.switch_database(h, key, db.connect(self.vault_dir / h.db_file, key, "vault"))
+        try:
+            if not hmac.compare_digest(key, self._vault_key) or h.db_file != self.header.db_file:
+                self.switch_database(h, key, db.connect(self.vault_dir / h.db_file, key, "vault"))
+        finally:
+            wipe(key)  # a copy per request: never left in freed memory
         self.header = h
         self.sync()
         if self.policy.user(self.user) is None:

@@ -19,19 +19,21 @@ the owner or an admin) ends the token for good; the chain's verifier folds both
 associated data. So a member with write access to every file can neither extend a token (the
 first signed expiry counts, and editing the slot breaks its seal) nor bring back a revoked one
 (putting back its deleted slot meets the signed revocation), and the server resumes the chain only
-from the state in its own home, not from a copy in the vault folder the member could forge.
+from the state in its own home, not from a copy in the vault folder the member could forge. The
+lifetime limit (:data:`MAX_DAYS`) is enforced where the chain is folded, not only by the CLI. What
+no signature can show (a tail cut before anyone saw it, a slot put back after its revocation was
+cut, a restored old header) the server catches as a witness (:mod:`offline.vault.witness`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import re
 import secrets
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +42,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .. import config
 from ..errors import AccessDenied, AuthenticationFailed, DecryptionError, NotFound, UsageError, VaultCorrupted
-from . import crypto, header as hdr
+from ..limits import MAX_TOKEN_DAYS, TOKEN_CLOCK_SLACK_S
+from . import crypto, header as hdr, witness
 from .keys import UserKeys, vault_lock
-from .session import Session, check_seen
+from .session import Session
 from .users import open_with_keys, record_failed_unlock
 
 PREFIX = "ofk_"
 TOKEN_RE = re.compile(r"^ofk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
-MAX_DAYS = 366
+MAX_DAYS = MAX_TOKEN_DAYS
 DURATION_RE = re.compile(r"^([1-9][0-9]{0,5})([mhdw])$")
 UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_head_lock = threading.Lock()
 
 
 def parse_duration(text: str) -> _dt.timedelta:
@@ -130,7 +131,8 @@ def list_tokens(session: Session) -> list[dict[str, Any]]:
         if session.role == "member" and rec["user"] != session.user:
             continue
         slot = h.tokens.get(tid)
-        status = ("revoked" if rec.get("revoked_seq") is not None else "expired" if _expired(rec["expires_at"], now)
+        status = ("revoked" if rec.get("revoked_seq") is not None else "refused" if rec.get("refused")
+                  else "expired" if _expired(rec["expires_at"], now)
                   else "active" if slot is not None else "missing")
         rows.append({"token_id": tid, "user": rec["user"], "created_at": (slot or {}).get("created_at", "-"),
                      "expires_at": rec["expires_at"], "status": status})
@@ -173,14 +175,27 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def open_token_session(vault_dir: Path, token: str, *, via: str | None = None) -> tuple[Session, str]:
+def open_token_session(vault_dir: Path, token: str, *, via: str | None = None,
+                       report: Callable[[str], None] | None = None,
+                       witness_header: bool = False) -> tuple[Session, str]:
     """Unlock the vault with an API token: ``(session of its user, token id)``.
 
     Every failure is :class:`AuthenticationFailed` ("invalid API token", or, once the token proved
-    itself, why it no longer works) and is parked for the audit log like a failed unlock.
+    itself, why it no longer works) and is reported: to ``report(attempted)`` (the team server keeps
+    them in its own memory, out of members' reach), else parked for the audit log like a failed
+    unlock. ``witness_header`` (the team server): read ``header.json`` through the server's own
+    memory of it (:func:`offline.vault.witness.observe_header`): a rolled-back header, or a token
+    slot the server saw deleted and a member put back, is refused.
     """
     vault_dir = Path(vault_dir)
-    h = hdr.load(vault_dir)
+
+    def failed(who: str) -> None:
+        if report is not None:
+            report(who)
+        else:
+            record_failed_unlock(vault_dir, who, via=via)
+
+    h = witness.observe_header(vault_dir) if witness_header else hdr.load(vault_dir)
     tid = "?"
     try:
         tid, secret = parse_token(token)
@@ -189,18 +204,23 @@ def open_token_session(vault_dir: Path, token: str, *, via: str | None = None) -
             _kek(secret, b"\0" * 16, h.vault_id, tid)  # the same work as a real slot
             raise AuthenticationFailed("invalid API token")
         user, keys, root = _unseal(h, tid, slot, secret)
+        if witness_header:
+            witness.check_token_alive(vault_dir, h.vault_id, tid)
     except AuthenticationFailed:
-        record_failed_unlock(vault_dir, f"token:{tid}", via=via)
+        failed(f"token:{tid}")
         raise
     if user not in h.slots:  # the user's passphrase slot went with their removal
-        record_failed_unlock(vault_dir, f"token:{tid}", via=via)
+        failed(f"token:{tid}")
         raise AuthenticationFailed("API token of a removed user")
     session = open_with_keys(vault_dir, h, user, keys, root, own_state_only=True)
     try:
         check_token(session, tid)
     except AuthenticationFailed:
         session.close()
-        record_failed_unlock(vault_dir, f"token:{tid}", via=via)
+        failed(f"token:{tid}")
+        raise
+    except BaseException:
+        session.close()
         raise
     return session, tid
 
@@ -222,37 +242,10 @@ def _unseal(h: hdr.Header, tid: str, slot: dict[str, Any], secret: bytes) -> tup
     return user, keys, root
 
 
-def _head_path(vault_dir: Path, vault_id: str) -> Path:
-    where = hashlib.sha256(os.path.abspath(vault_dir).encode()).hexdigest()[:16]
-    return config.home() / "seen" / f"{vault_id}-{where}" / "server.head"
-
-
 def note_head(session: Session) -> None:
-    """Remember, in this process's home, the furthest chain head any user's session reached.
-
-    Each user's client state remembers only what *that* user saw; a revocation signed while its
-    token was idle would be unknown to it, and a chain cut back to before it would pass. The
-    server checks every token against the furthest head it saw for anyone (:func:`check_token`).
-    """
-    path = _head_path(session.vault_dir, session.vault_id)
-    with _head_lock:  # the server's threads: never overwrite a further head with an earlier one
-        old = _read_head(path)
-        if old is not None and old[0] >= session.verifier.seq:
-            return
-        with contextlib.suppress(OSError):
-            config.ensure_private_dir(path.parent)
-            config.write_private_file(path, json.dumps({"seq": session.verifier.seq,
-                                                        "hash": session.verifier.prev}).encode())
-
-
-def _read_head(path: Path) -> tuple[int, str] | None:
-    try:
-        doc = json.loads(path.read_text())
-        return int(doc["seq"]), str(doc["hash"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise VaultCorrupted(f"{path}: the server's memory of the audit head is damaged") from None
+    """Remember, in this process's home, the furthest chain head any user's session reached
+    (:func:`offline.vault.witness.note_head`)."""
+    witness.note_head(session)
 
 
 def check_token(session: Session, token_id: str) -> None:
@@ -261,9 +254,7 @@ def check_token(session: Session, token_id: str) -> None:
 
     Called at every request of a cached session, after :meth:`Session.refresh`.
     """
-    seen = _read_head(_head_path(session.vault_dir, session.vault_id))
-    if seen is not None:
-        check_seen(session.db, "the team server", *seen)
+    witness.check_head(session)
     note_head(session)
     rec = session.verifier.tokens.get(token_id)
     slot = session.header.tokens.get(token_id)
@@ -271,7 +262,20 @@ def check_token(session: Session, token_id: str) -> None:
         raise AuthenticationFailed("invalid API token")
     if rec.get("revoked_seq") is not None:
         raise AuthenticationFailed("API token revoked")
+    witness.check_token_alive(session.vault_dir, session.vault_id, token_id)
+    if rec.get("refused"):
+        raise AuthenticationFailed(f"invalid API token ({rec['refused']})")
     if slot.get("expires_at") != rec["expires_at"]:
         raise AuthenticationFailed("invalid API token")  # a slot re-sealed with another expiry
     if _expired(rec["expires_at"]):
         raise AuthenticationFailed("API token expired")
+    if _too_far(rec["expires_at"]):  # an entry's own time is the signer's word: hold it to our clock too
+        raise AuthenticationFailed(f"invalid API token (lifetime over {MAX_TOKEN_DAYS} days)")
+
+
+def _too_far(expires_at: str) -> bool:
+    limit = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=MAX_TOKEN_DAYS, seconds=TOKEN_CLOCK_SLACK_S)
+    try:
+        return _dt.datetime.fromisoformat(expires_at) > limit
+    except (TypeError, ValueError):
+        return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import config
+from ..memwipe import wipe
 from ..audit import chain
 from ..errors import AlreadyExists, AuditChainBroken, AuthenticationFailed, DecryptionError, NotFound, OfflineError, UsageError, VaultCorrupted
 from . import authz, crypto, db, header as hdr, maintenance, settings as vsettings, trust
@@ -154,6 +156,7 @@ def open_with_keys(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, ro
         conn.close()
         raise
     session = Session(vault_dir, h, user, keys, vault_key, conn, verifier, root)
+    wipe(vault_key)  # the session holds its own (bytearray) copy, zeroed at close
     if row.get("keys_confirmed", 1) == 0:  # an upgraded vault: this open proves our own keys
         with session.change("user.confirm_keys", name=user):
             session.db.execute("UPDATE users SET keys_confirmed = 1 WHERE name = ?", (user,))
@@ -242,24 +245,65 @@ def record_failed_unlock(vault_dir: Path, user: str, *, via: str | None = None) 
             os.close(fd)
 
 
+PARK_MAX_BYTES = 1 << 20  # what one flush reads of the park file
+PARK_MAX_RECORDS = 256  # entries one flush signs; the rest are counted in one entry
+_PARK_USER = re.compile(r"^(?:token:(?:[0-9a-f]{16}|\?|none)|[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+_PARK_TS = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,15}(?:[+-][0-9]{2}:[0-9]{2}|Z)?$")
+_PARK_VIA = re.compile(r"^[0-9A-Fa-f.:\[\]]{1,47}$")
+
+
+def _park_claim(rec: Any) -> dict[str, Any] | None:
+    """A parked record's claims, validated and capped, or None for a record that is not one.
+
+    The park file is in the vault folder, so any member can write it: what it says is signed as
+    a *report* (``reported_by: park-file``, fields ``claimed_*``), never as a fact the signer saw.
+    """
+    if not isinstance(rec, dict):
+        return None
+    user, ts, via = rec.get("user"), rec.get("ts"), rec.get("via")
+    if not isinstance(user, str) or not _PARK_USER.match(user):
+        return None
+    out: dict[str, Any] = {"attempted_user": user, "reported_by": "park-file"}
+    if isinstance(ts, str) and _PARK_TS.match(ts):
+        out["claimed_at"] = ts
+    if isinstance(via, str) and _PARK_VIA.match(via):
+        out["claimed_via"] = via
+    return out
+
+
 def flush_failed_unlocks(session: Session) -> None:
-    """Move the parked unlock failures into the signed audit log (at every open; the server also after requests)."""
+    """Move the parked unlock failures into the signed audit log (at every open; the server also after requests).
+
+    Each becomes an ``unlock.failed`` entry marked ``reported_by: park-file`` with its claims
+    validated (user name, time, address shapes) and capped: at most :data:`PARK_MAX_RECORDS` per
+    flush, read from at most :data:`PARK_MAX_BYTES`; anything beyond or malformed is counted in one
+    ``unlock.failed.unreadable`` entry, never copied.
+    """
     path = session.vault_dir / FAILED_UNLOCKS
     if not path.exists():
         return
     with vault_lock(session.vault_dir):
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            with open(path, "rb") as f:
+                data = f.read(PARK_MAX_BYTES + 1)
         except OSError:
             return
+        truncated = len(data) > PARK_MAX_BYTES
+        lines = data[:PARK_MAX_BYTES].decode("utf-8", "replace").splitlines()
+        signed = skipped = 0
         for line in lines:
             try:
-                rec = json.loads(line)
-            except ValueError:
+                claim = _park_claim(json.loads(line))
+            except (ValueError, RecursionError):
+                claim = None
+            if claim is None or signed >= PARK_MAX_RECORDS:
+                skipped += 1
                 continue
-            extra = {"via": str(rec["via"])} if rec.get("via") else {}
-            session.audit("unlock.failed", severity="warning", attempted_user=str(rec.get("user")),
-                          at=str(rec.get("ts")), **extra)
+            session.audit("unlock.failed", severity="warning", **claim)
+            signed += 1
+        if skipped or truncated:
+            session.audit("unlock.failed.unreadable", severity="warning", reported_by="park-file", records=skipped,
+                          truncated=truncated, why="malformed, over the per-flush cap, or past the size cap")
         path.unlink(missing_ok=True)
 
 
