@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import netguard
-from ..errors import OfflineError, UsageError
+from ..errors import OfflineError, ParameterError
 from ..llm.engine import DEFAULT_SAMPLING, Generation
 
 
@@ -33,11 +33,13 @@ class Backend:
     def __init__(self, url: str, *, model: str | None = None, timeout_s: float = 300.0):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
-            raise UsageError(f"invalid --generate-backend {url!r}: use http://IP:PORT (or https)")
+            raise ParameterError("invalid {generate_backend} {url}: use http://IP:PORT (or https)", "generate_backend", url=repr(url))
         try:
             ipaddress.ip_address(parts.hostname)
         except ValueError:
-            raise UsageError(f"invalid --generate-backend {url!r}: the host must be an IP address") from None
+            raise ParameterError(
+                "invalid {generate_backend} {url}: the host must be an IP address", "generate_backend", url=repr(url)
+            ) from None
         self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self.host, self.port, self.tls = parts.hostname, parts.port, parts.scheme == "https"
         self.base_path = parts.path.rstrip("/") or ""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config, netguard
-from ..errors import UsageError
+from ..errors import ParameterError, UsageError
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 
@@ -19,11 +19,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = str(text).rpartition(":")
     host = host.strip("[]")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"invalid --listen {text!r}: use HOST:PORT, for example 127.0.0.1:8765")
+        raise ParameterError("invalid {listen} {text}: use HOST:PORT, for example 127.0.0.1:8765", "listen", text=repr(text))
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise UsageError(f"invalid --listen {text!r}: the host must be an IP address (no name lookups)") from None
+        raise ParameterError(
+            "invalid {listen} {text}: the host must be an IP address (no name lookups)", "listen", text=repr(text)
+        ) from None
     return host, int(port)
 
 
@@ -73,9 +75,9 @@ def prepare(vault_dir: Path, listen: str, tls_cert: str | None, tls_key: str | N
     host, port = parse_listen(listen)
     hdr.check_vault_dir(Path(vault_dir))
     if bool(tls_cert) != bool(tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
+        raise ParameterError("{tls_cert} and {tls_key} go together", "tls_cert", "tls_key")
     if generate_tls and tls_cert:
-        raise UsageError("use either --tls-cert/--tls-key or --generate-tls")
+        raise ParameterError("use either {tls_cert}/{tls_key} or {generate_tls}", "tls_cert", "tls_key", "generate_tls")
     fingerprint = None
     if generate_tls:
         tls_cert_p, tls_key_p, fingerprint = generate_certificate(config.home() / "server-tls", host)
@@ -86,7 +88,13 @@ def prepare(vault_dir: Path, listen: str, tls_cert: str | None, tls_key: str | N
                 raise UsageError(f"no such file: {p}")
         fingerprint = cert_fingerprint(Path(tls_cert))
     if not is_loopback(host) and not tls_cert:
-        raise UsageError(f"listening on {host} (not loopback) needs TLS: --tls-cert F --tls-key F or --generate-tls")
+        raise ParameterError(
+            "listening on {host} (not loopback) needs TLS: {tls_cert} F {tls_key} F or {generate_tls}",
+            "tls_cert",
+            "tls_key",
+            "generate_tls",
+            host=host,
+        )
     scheme = "https" if tls_cert else "http"
     url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
     return {"host": host, "port": port, "tls_cert": tls_cert, "tls_key": tls_key, "fingerprint": fingerprint,

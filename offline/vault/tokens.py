@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import AccessDenied, AuthenticationFailed, DecryptionError, NotFound, UsageError, VaultCorrupted
+from ..errors import AccessDenied, AuthenticationFailed, DecryptionError, NotFound, UsageError
 from ..limits import MAX_TOKEN_DAYS, TOKEN_CLOCK_SLACK_S
 from . import crypto, header as hdr, witness
 from .keys import UserKeys, vault_lock
@@ -93,8 +93,8 @@ def create_token(session: Session, name: str, lifetime: _dt.timedelta) -> dict[s
     Only ``name`` itself can make one: the slot seals their private keys, which an admin never holds.
     """
     if name != session.user:
-        raise UsageError(f"a token unlocks {name}'s own keys: {name} creates it, with their passphrase "
-                         f"(offline --user {name} users token create {name})")
+        raise UsageError(f"a token unlocks {name}'s own keys: {name} creates it, unlocking the vault as "
+                         f"{name} with their own passphrase")
     if session.policy.user(name) is None:
         raise AccessDenied(f"access denied: {name!r} is not enrolled")
     token_id = secrets.token_hex(8)
