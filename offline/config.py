@@ -54,8 +54,11 @@ def user_config() -> dict[str, str]:
         return {}
     text = {k: str(v) for k, v in doc.items() if k in ("models_dir", "vault", "user") and isinstance(v, str)}
     # Thread counts for llama.cpp (offline/llm/threads.py checks them): a number or a string.
-    counts = {k: str(v) for k, v in doc.items()
-              if k in ("n_threads", "n_threads_batch") and isinstance(v, (int, str)) and not isinstance(v, bool)}
+    counts = {
+        k: str(v)
+        for k, v in doc.items()
+        if k in ("n_threads", "n_threads_batch") and isinstance(v, (int, str)) and not isinstance(v, bool)
+    }
     return {**text, **counts}
 
 

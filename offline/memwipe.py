@@ -23,5 +23,7 @@ def wipe(value: object) -> None:
             value[i] = 0
     elif isinstance(value, bytes) and len(value) > 1 and sys.implementation.name == "cpython":
         ctypes.memset(id(value) + _BYTES_OFFSET, 0, len(value))
-    elif isinstance(value, str) and len(value) > 1 and value.isascii() and sys.implementation.name == "cpython":
+    elif (
+        isinstance(value, str) and len(value) > 1 and value.isascii() and sys.implementation.name == "cpython"
+    ):
         ctypes.memset(id(value) + _STR_OFFSET, 0x30, len(value))  # '0': still valid ASCII

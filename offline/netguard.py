@@ -118,8 +118,10 @@ def clear_allowed() -> None:
 
 def allowed() -> dict[str, list[str]]:
     """The exceptions in force, for ``offline doctor``."""
-    return {"listen": sorted(f"{h}:{p}" for h, p in _allowed_binds),
-            "peers": sorted(f"{h}:{p}" for h, p in _allowed_peers)}
+    return {
+        "listen": sorted(f"{h}:{p}" for h, p in _allowed_binds),
+        "peers": sorted(f"{h}:{p}" for h, p in _allowed_peers),
+    }
 
 
 def _norm(host: Any) -> str:
@@ -151,6 +153,7 @@ def _sendmsg_address(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 
 # -- layer 1: the Python socket guard ----------------------------------------------------------
+
 
 def _guard_methods(orig: dict[str, Any]) -> dict[str, Any]:
     """Guarded versions of the socket methods, calling the ``orig`` implementations."""
@@ -203,15 +206,28 @@ def install() -> None:
     base = _socket.socket
     py_orig = {m: getattr(socket.socket, m) for m in _METHODS if hasattr(socket.socket, m)}
     c_orig = {m: getattr(base, m) for m in _METHODS if hasattr(base, m)}
-    _originals.update({"socket": py_orig, "_socket.socket": base, "_socket.SocketType": _socket.SocketType,
-                       "socket.SocketType": socket.SocketType})
+    _originals.update(
+        {
+            "socket": py_orig,
+            "_socket.socket": base,
+            "_socket.SocketType": _socket.SocketType,
+            "socket.SocketType": socket.SocketType,
+        }
+    )
     for m, fn in _guard_methods(py_orig).items():
         if m in py_orig:
             setattr(socket.socket, m, fn)
     # The C type cannot be patched; code that builds sockets from ``_socket`` gets this subclass.
-    guarded = type("socket", (base,), {"__module__": "_socket", "__slots__": (),
-                                       "__doc__": "_socket.socket with the offline network guard.",
-                                       **{m: fn for m, fn in _guard_methods(c_orig).items() if m in c_orig}})
+    guarded = type(
+        "socket",
+        (base,),
+        {
+            "__module__": "_socket",
+            "__slots__": (),
+            "__doc__": "_socket.socket with the offline network guard.",
+            **{m: fn for m, fn in _guard_methods(c_orig).items() if m in c_orig},
+        },
+    )
     _socket.socket = _socket.SocketType = guarded  # type: ignore[misc]
     for module in (socket, _socket):
         for name in _LOOKUPS:
@@ -347,8 +363,9 @@ def enter_network_namespace() -> bool:
     except Exception as exc:  # noqa: BLE001 - a second layer must never stop the kit
         _namespace["reason"] = f"could not be completed ({exc.__class__.__name__}: {exc})"
         return False
-    _namespace.update(active=True, reason=f"entered with unshare({how}); interfaces: {', '.join(interfaces())}",
-                      how=how)
+    _namespace.update(
+        active=True, reason=f"entered with unshare({how}); interfaces: {', '.join(interfaces())}", how=how
+    )
     return True
 
 
@@ -365,6 +382,9 @@ def layers() -> dict[str, Any]:
     guard_ok, guard_why = self_test() if active() else (False, "not installed")
     return {
         "python_guard": {"active": active() and guard_ok, "reason": guard_why},
-        "network_namespace": {"active": bool(_namespace["active"]), "reason": _namespace["reason"],
-                              "interfaces": interfaces()},
+        "network_namespace": {
+            "active": bool(_namespace["active"]),
+            "reason": _namespace["reason"],
+            "interfaces": interfaces(),
+        },
     }

@@ -37,15 +37,15 @@ PASS = "bench-agent-passphrase"
 QUERY = "Which region of France is named after the Normans?"
 DOCS = {
     "normans.txt": "The Normans were the people who in the 10th and 11th centuries gave their name to "
-                   "Normandy, a region in France. They descended from Norse raiders and pirates.",
+    "Normandy, a region in France. They descended from Norse raiders and pirates.",
     "rollo.txt": "Rollo was a Viking leader who agreed to swear fealty to King Charles III of West "
-                 "Francia in exchange for land, the start of the Duchy of Normandy.",
+    "Francia in exchange for land, the start of the Duchy of Normandy.",
     "hastings.txt": "In 1066 Duke William of Normandy defeated King Harold at the Battle of Hastings "
-                    "and became King of England; this is known as the Norman Conquest.",
+    "and became King of England; this is known as the Norman Conquest.",
     "sicily.txt": "Norman adventurers founded the Kingdom of Sicily in 1130 under Roger II, ruling "
-                  "southern Italy and Sicily for more than a century.",
+    "southern Italy and Sicily for more than a century.",
     "language.txt": "The Norman language was a dialect of Old French spoken in Normandy; Anglo-Norman "
-                    "became the language of the English court after the Conquest.",
+    "became the language of the English court after the Conquest.",
 }
 
 
@@ -93,7 +93,9 @@ def main() -> None:
     ap.add_argument("--cold-runs", type=int, default=3)
     ap.add_argument("--kdf-target", default="0.5", help="seconds of Argon2id per unlock (the kit's default)")
     ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--before", type=Path, help="another checkout whose cold figures to measure in the same run")
+    ap.add_argument(
+        "--before", type=Path, help="another checkout whose cold figures to measure in the same run"
+    )
     ap.add_argument("--json", action="store_true")
     opts = ap.parse_args()
     load_before = os.getloadavg()
@@ -102,11 +104,17 @@ def main() -> None:
     # `python -c` puts the working directory first on sys.path: run the clients from a folder with
     # no `offline` package in it, or a checkout's own code would shadow PYTHONPATH.
     os.chdir(work)
-    env = {**os.environ, "OFFLINE_HOME": str(work / "home"), "OFFLINE_VAULT": str(work / "vault"),
-           "OFFLINE_USER": "bench", "OFFLINE_PASSPHRASE": PASS, "OFFLINE_NEW_PASSPHRASE": PASS,
-           "OFFLINE_KDF_TARGET_S": opts.kdf_target,
-           "OFFLINE_MODELS_DIR": os.environ.get("OFFLINE_MODELS_DIR", str(REPO / "models")),
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "OFFLINE_HOME": str(work / "home"),
+        "OFFLINE_VAULT": str(work / "vault"),
+        "OFFLINE_USER": "bench",
+        "OFFLINE_PASSPHRASE": PASS,
+        "OFFLINE_NEW_PASSPHRASE": PASS,
+        "OFFLINE_KDF_TARGET_S": opts.kdf_target,
+        "OFFLINE_MODELS_DIR": os.environ.get("OFFLINE_MODELS_DIR", str(REPO / "models")),
+        "PYTHONPATH": str(REPO),
+    }
     env.pop("OMP_WAIT_POLICY", None)  # each side sets its own (offline/__init__.py)
     before_env = {**env, "PYTHONPATH": str(opts.before)} if opts.before else None
     res: dict[str, object] = {}
@@ -126,7 +134,7 @@ def main() -> None:
         cold_search, cold_ask, before_search, before_ask = [], [], [], []
         for i in range(opts.cold_runs):  # after/before alternating, first one then the other
             order = [("after", env), ("before", before_env)] if before_env else [("after", env)]
-            for side, e in (order if i % 2 == 0 else order[::-1]):
+            for side, e in order if i % 2 == 0 else order[::-1]:
                 (cold_search if side == "after" else before_search).append(timed(e, *search))
                 if has_ask:
                     (cold_ask if side == "after" else before_ask).append(ttft(e, *ask))
@@ -139,11 +147,15 @@ def main() -> None:
         warm_ask = [ttft(env, *ask) for _ in range(max(3, opts.warm_runs // 3))] if has_ask else []
         # The same console script, pointed at offline.agent.fast:main (forwards before importing click).
         fast = work / "offline-fast"
-        fast.write_text(f"#!{sys.executable}\nimport sys\n"
-                        "from offline.agent.fast import main\nsys.argv[0] = 'offline'\nsys.exit(main())\n")
+        fast.write_text(
+            f"#!{sys.executable}\nimport sys\n"
+            "from offline.agent.fast import main\nsys.argv[0] = 'offline'\nsys.exit(main())\n"
+        )
         fast.chmod(0o700)
         fast_search = [timed(env, *search, exe=[str(fast)]) for _ in range(opts.warm_runs)]
-        fast_ask = [ttft(env, *ask, exe=[str(fast)]) for _ in range(max(3, opts.warm_runs // 3))] if has_ask else []
+        fast_ask = (
+            [ttft(env, *ask, exe=[str(fast)]) for _ in range(max(3, opts.warm_runs // 3))] if has_ask else []
+        )
         prompt_s = None
         if has_ask:
             out = json.loads(run(env, "--json", *ask).stdout)
@@ -176,11 +188,16 @@ def main() -> None:
                 "cold_search_le_2.5s": p50(cold_search) <= 2.5,
                 "cold_ask_ttft_le_4s": p50(cold_ask) <= 4.0 if cold_ask else None,
                 "warm_ask_ttft_le_prompt_plus_0.2s": (p50(warm_ask) <= prompt_s + 0.2)
-                if warm_ask and prompt_s is not None else None,
+                if warm_ask and prompt_s is not None
+                else None,
             },
             "runs": {"warm": opts.warm_runs, "cold": opts.cold_runs},
-            "cold_s": {"search": cold_search, "ask": cold_ask, "before_search": before_search,
-                       "before_ask": before_ask},
+            "cold_s": {
+                "search": cold_search,
+                "ask": cold_ask,
+                "before_search": before_search,
+                "before_ask": before_ask,
+            },
             "kdf_target_s": float(opts.kdf_target),
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "load_before": [round(x, 2) for x in load_before],
@@ -198,19 +215,29 @@ def main() -> None:
     print(f"offline --help                 {res['help_s']:.3f} s")
     print(f"search cold (no agent) p50     {res['cold_search_p50_s']:.3f} s")
     if res["before_cold_search_p50_s"] is not None:
-        print(f"  before ({res['before']}): cold search {res['before_cold_search_p50_s']:.3f} s, cold ask TTFT "
-              f"{res['before_cold_ask_ttft_s']} s (same run, alternating)")
-    print(f"search warm (agent) p50 / p90  {res['warm_search_p50_s']:.3f} / {res['warm_search_p90_s']:.3f} s"
-          f"  ({res['search_speedup']}x faster)")
+        print(
+            f"  before ({res['before']}): cold search {res['before_cold_search_p50_s']:.3f} s, cold ask TTFT "
+            f"{res['before_cold_ask_ttft_s']} s (same run, alternating)"
+        )
+    print(
+        f"search warm (agent) p50 / p90  {res['warm_search_p50_s']:.3f} / {res['warm_search_p90_s']:.3f} s"
+        f"  ({res['search_speedup']}x faster)"
+    )
     print(f"client round trip (status) p50 {res['client_roundtrip_p50_s']:.3f} s")
-    print(f"search warm, fast entry p50    {res['warm_search_fast_entry_p50_s']:.3f} s"
-          f"  (offline.agent.fast:main as the console script)")
+    print(
+        f"search warm, fast entry p50    {res['warm_search_fast_entry_p50_s']:.3f} s"
+        f"  (offline.agent.fast:main as the console script)"
+    )
     if res["warm_ask_ttft_s"] is not None:
-        print(f"ask TTFT cold / warm           {res['cold_ask_ttft_s']:.3f} / {res['warm_ask_ttft_s']:.3f} s"
-              f"  ({res['ask_ttft_speedup']}x); model prompt processing {res['warm_ask_prompt_s']} s;"
-              f" fast entry {res['warm_ask_ttft_fast_entry_s']:.3f} s")
-    print(f"unlock (start agent, warm models) {res['unlock_s']:.2f} s; load {res['load_before']} -> "
-          f"{res['load_after']} on {res['cpus']} cpus, {res['date']}")
+        print(
+            f"ask TTFT cold / warm           {res['cold_ask_ttft_s']:.3f} / {res['warm_ask_ttft_s']:.3f} s"
+            f"  ({res['ask_ttft_speedup']}x); model prompt processing {res['warm_ask_prompt_s']} s;"
+            f" fast entry {res['warm_ask_ttft_fast_entry_s']:.3f} s"
+        )
+    print(
+        f"unlock (start agent, warm models) {res['unlock_s']:.2f} s; load {res['load_before']} -> "
+        f"{res['load_after']} on {res['cpus']} cpus, {res['date']}"
+    )
     print("goals:", json.dumps(res["goals"]))
 
 

@@ -59,8 +59,10 @@ def long_messages() -> list[dict[str, str]]:
     while len(text) < PROMPT_CHARS:
         text += f"[{i + 1}] {paras[i % len(paras)]}\n\n"
         i += 1
-    return [{"role": "system", "content": "Answer the question using only the numbered sources."},
-            {"role": "user", "content": f"Sources:\n{text}Question: summarise every source in detail."}]
+    return [
+        {"role": "system", "content": "Answer the question using only the numbered sources."},
+        {"role": "user", "content": f"Sources:\n{text}Question: summarise every source in detail."},
+    ]
 
 
 def _stream(chunks, t0: float) -> dict:  # noqa: ANN001
@@ -75,13 +77,17 @@ def _stream(chunks, t0: float) -> dict:  # noqa: ANN001
         n += 1
     end = time.perf_counter()
     first, last = first or end, last or end
-    return {"ttft_s": first - t0, "tokens": n,
-            "decode_tok_s": (n - 1) / (last - first) if n > 1 and last > first else 0.0}
+    return {
+        "ttft_s": first - t0,
+        "tokens": n,
+        "decode_tok_s": (n - 1) / (last - first) if n > 1 and last > first else 0.0,
+    }
 
 
 # -- workers: one process each, kept alive and driven one request line at a time ----------------------
 # Persistent workers let the two sides of every comparison alternate per generation (ABAB), so a
 # change in machine load hits both sides alike.
+
 
 def _serve(handle) -> None:  # noqa: ANN001
     print(json.dumps({"ready": True}), flush=True)
@@ -96,15 +102,19 @@ def worker_bare(model: str) -> None:
 
     llm = llama_cpp.Llama(model, n_ctx=4096, n_threads=2, n_threads_batch=2, verbose=False)
     msgs = long_messages()
-    llm.create_chat_completion(messages=msgs[:1] + [{"role": "user", "content": "hi"}], max_tokens=4, **SAMPLING)
+    llm.create_chat_completion(
+        messages=msgs[:1] + [{"role": "user", "content": "hi"}], max_tokens=4, **SAMPLING
+    )
 
     def handle(req: dict) -> dict:
         t, b = req["threads"]
         llama_cpp.llama_set_n_threads(llm.ctx, t, b)
         llm.reset()  # full prompt processing every time
         t0 = time.perf_counter()
-        r = _stream(llm.create_chat_completion(messages=msgs, stream=True, max_tokens=req["max_tokens"],
-                                               **SAMPLING), t0)
+        r = _stream(
+            llm.create_chat_completion(messages=msgs, stream=True, max_tokens=req["max_tokens"], **SAMPLING),
+            t0,
+        )
         return {"decode_threads": t, "batch_threads": b, **r}
 
     _serve(handle)
@@ -127,9 +137,16 @@ def worker_kit() -> None:
     def handle(req: dict) -> dict:
         e.llm.reset()
         g = e.stream_chat(msgs, max_tokens=req["max_tokens"])
-        return {"ttft_s": g.ttft_s, "tokens": g.tokens, "decode_tok_s": g.decode_tok_s,
-                "prompt_tokens": g.prompt_tokens, "decode_threads": e.threads.decode,
-                "batch_threads": e.threads.batch, "model": path, "n_params": e.llm._model.n_params()}
+        return {
+            "ttft_s": g.ttft_s,
+            "tokens": g.tokens,
+            "decode_tok_s": g.decode_tok_s,
+            "prompt_tokens": g.prompt_tokens,
+            "decode_threads": e.threads.decode,
+            "batch_threads": e.threads.batch,
+            "model": path,
+            "n_params": e.llm._model.n_params(),
+        }
 
     _serve(handle)
 
@@ -168,8 +185,14 @@ def worker_ask(code_root: str) -> None:
         nonlocal prev
         first: list[float] = []
         t0 = time.perf_counter()
-        a = answer(session, req["question"], collections=[EVAL_COLLECTION], max_tokens=req["max_tokens"],
-                   min_score=0.0, on_token=lambda _p: first or first.append(time.perf_counter()))
+        a = answer(
+            session,
+            req["question"],
+            collections=[EVAL_COLLECTION],
+            max_tokens=req["max_tokens"],
+            min_score=0.0,
+            on_token=lambda _p: first or first.append(time.perf_counter()),
+        )
         t = a.timings
         engine = next(iter(eng._cache.values()))
         toks = engine.tokenize(engine.render(a.prompt)) if a.prompt else []
@@ -177,20 +200,29 @@ def worker_ask(code_root: str) -> None:
         reused = next((i for i, (x, y) in enumerate(zip(prev, toks)) if x != y), min(len(prev), len(toks)))
         prev = toks
         threads = getattr(engine, "threads", None)
-        return {"first_token_s": (first[0] if first else time.perf_counter()) - t0,
-                "retrieval_s": t.get("retrieval_s", 0.0), "prompt_s": t.get("ttft_s", 0.0),
-                "prompt_tokens": t.get("prompt_tokens", 0), "reused_tokens": reused,
-                "decode_tok_s": t.get("decode_tok_s", 0.0), "refused": a.refused,
-                "threads": [threads.decode, threads.batch] if threads else
-                [engine.llm.n_threads, engine.llm.n_threads_batch]}
+        return {
+            "first_token_s": (first[0] if first else time.perf_counter()) - t0,
+            "retrieval_s": t.get("retrieval_s", 0.0),
+            "prompt_s": t.get("ttft_s", 0.0),
+            "prompt_tokens": t.get("prompt_tokens", 0),
+            "reused_tokens": reused,
+            "decode_tok_s": t.get("decode_tok_s", 0.0),
+            "refused": a.refused,
+            "threads": [threads.decode, threads.batch]
+            if threads
+            else [engine.llm.n_threads, engine.llm.n_threads_batch],
+        }
 
     _serve(handle)
 
 
 # -- orchestration ----------------------------------------------------------------------------------
 
+
 def _env(policy: str | None, code_root: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "PYTHONPATH")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "PYTHONPATH")
+    }
     if policy is not None:
         env["OMP_WAIT_POLICY"] = policy
     if code_root is not None:
@@ -204,9 +236,15 @@ class Worker:
 
     def __init__(self, kind: str, arg: str, env: dict[str, str]):
         self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (shown if the worker dies)
-        self.p = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--arg", arg], env=env,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
-                                  text=True, bufsize=1)
+        self.p = subprocess.Popen(
+            [sys.executable, __file__, "--worker", kind, "--arg", arg],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+            bufsize=1,
+        )
         self.kind = kind
         self._read()
 
@@ -253,7 +291,7 @@ def sgemm_gflops() -> float:
     for _ in range(5):
         t0 = time.perf_counter()
         a @ a
-        best = max(best, 2 * 1024 ** 3 / (time.perf_counter() - t0) / 1e9)
+        best = max(best, 2 * 1024**3 / (time.perf_counter() - t0) / 1e9)
     return best
 
 
@@ -290,13 +328,21 @@ def main() -> int:
     sweep: list[dict] = []
     for r in range(args.rounds):
         for t, b in COMBOS:
-            for name in (list(POLICIES) if r % 2 == 0 else list(reversed(POLICIES))):
+            for name in list(POLICIES) if r % 2 == 0 else list(reversed(POLICIES)):
                 sweep.append({"policy": name, **bare_w[name].ask(threads=[t, b], max_tokens=mt)})
     configs: dict[tuple, list[dict]] = {}
     for row in sweep:
         configs.setdefault((row["policy"], row["decode_threads"], row["batch_threads"]), []).append(row)
-    table = [{"policy": p, "decode_threads": t, "batch_threads": b, "decode_tok_s": med(rows, "decode_tok_s"),
-              "prompt_s": med(rows, "ttft_s")} for (p, t, b), rows in configs.items()]
+    table = [
+        {
+            "policy": p,
+            "decode_threads": t,
+            "batch_threads": b,
+            "decode_tok_s": med(rows, "decode_tok_s"),
+            "prompt_s": med(rows, "ttft_s"),
+        }
+        for (p, t, b), rows in configs.items()
+    ]
     best_decode = max(table, key=lambda r: r["decode_tok_s"])
     best_prompt = min(table, key=lambda r: r["prompt_s"])
 
@@ -304,16 +350,21 @@ def main() -> int:
     kit_rows, bare_dec, bare_pp = [], [], []  # kit[0] (a probe, run before the sweep) is left out
     d, p = best_decode, best_prompt
     for r in range(args.rounds + 1):
+
         def bare() -> None:
             if d["policy"] == p["policy"]:  # one generation runs the best of both phases
-                row = bare_w[d["policy"]].ask(threads=[d["decode_threads"], p["batch_threads"]], max_tokens=mt)
+                row = bare_w[d["policy"]].ask(
+                    threads=[d["decode_threads"], p["batch_threads"]], max_tokens=mt
+                )
                 bare_dec.append(row)
                 bare_pp.append(row)
             else:
-                bare_dec.append(bare_w[d["policy"]].ask(threads=[d["decode_threads"], d["batch_threads"]],
-                                                        max_tokens=mt))
-                bare_pp.append(bare_w[p["policy"]].ask(threads=[p["decode_threads"], p["batch_threads"]],
-                                                       max_tokens=4))
+                bare_dec.append(
+                    bare_w[d["policy"]].ask(threads=[d["decode_threads"], d["batch_threads"]], max_tokens=mt)
+                )
+                bare_pp.append(
+                    bare_w[p["policy"]].ask(threads=[p["decode_threads"], p["batch_threads"]], max_tokens=4)
+                )
 
         if r % 2 == 0:
             bare()
@@ -324,15 +375,19 @@ def main() -> int:
         w.close()
 
     # 3. warm ask, new questions, the two codes alternating per question; then a repeated one
-    from_squad = [q["question"] for a in json.loads(SQUAD.read_text(encoding="utf-8"))["data"]
-                  for para in a["paragraphs"] for q in para["qas"]]
+    from_squad = [
+        q["question"]
+        for a in json.loads(SQUAD.read_text(encoding="utf-8"))["data"]
+        for para in a["paragraphs"]
+        for q in para["qas"]
+    ]
     sides = {"after": ROOT, **({"before": args.before} if args.before else {})}
     ask_w = {name: Worker("ask", str(root), _env(None, root)) for name, root in sides.items()}
     asks: dict[str, dict] = {name: {"new": [], "busy": []} for name in sides}
 
     def loop(questions: list[str], key: str) -> None:
         for i, q in enumerate(questions):
-            for name in (list(sides) if i % 2 == 0 else list(reversed(sides))):
+            for name in list(sides) if i % 2 == 0 else list(reversed(sides)):
                 asks[name][key].append(ask_w[name].ask(question=q, max_tokens=mt))
 
     n = args.questions
@@ -344,7 +399,7 @@ def main() -> int:
     if not args.no_busy:
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
-            loop(from_squad[n:2 * n], "busy")
+            loop(from_squad[n : 2 * n], "busy")
         finally:
             hog.kill()
             hog.wait()
@@ -356,37 +411,55 @@ def main() -> int:
     n_params = kit[0]["n_params"]
     ptok = med(kit_rows, "prompt_tokens")
     res: dict = {
-        "model": Path(model).name, "n_params": n_params, "prompt_tokens": ptok, "max_tokens": args.max_tokens,
-        "cpus": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
-        "load_after": [round(x, 2) for x in load_after], "wall_s": round(time.perf_counter() - t_start, 1),
+        "model": Path(model).name,
+        "n_params": n_params,
+        "prompt_tokens": ptok,
+        "max_tokens": args.max_tokens,
+        "cpus": os.cpu_count(),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in load_after],
+        "wall_s": round(time.perf_counter() - t_start, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "sweep": sorted(table, key=lambda r: (r["policy"], r["decode_threads"], r["batch_threads"])),
-        "best_bare_decode": best_decode, "best_bare_prompt": best_prompt,
+        "best_bare_decode": best_decode,
+        "best_bare_prompt": best_prompt,
         "kit_threads": [kit[0]["decode_threads"], kit[0]["batch_threads"]],
-        "kit_decode_tok_s": med(kit_rows, "decode_tok_s"), "bare_decode_tok_s": med(bare_dec, "decode_tok_s"),
-        "kit_prompt_s": med(kit_rows, "ttft_s"), "bare_prompt_s": med(bare_pp, "ttft_s"),
+        "kit_decode_tok_s": med(kit_rows, "decode_tok_s"),
+        "bare_decode_tok_s": med(bare_dec, "decode_tok_s"),
+        "kit_prompt_s": med(kit_rows, "ttft_s"),
+        "bare_prompt_s": med(bare_pp, "ttft_s"),
     }
     res["decode_ratio"] = round(res["kit_decode_tok_s"] / res["bare_decode_tok_s"], 3)
     res["prompt_ratio"] = round(res["bare_prompt_s"] / res["kit_prompt_s"], 3)  # >1: kit faster
     pp_gflops = n_params * 2 * ptok / res["kit_prompt_s"] / 1e9
-    res["physical"] = {"sgemm_gflops": round(gflops, 1), "prompt_gflops_achieved": round(pp_gflops, 1),
-                       "bound_prompt_s": round(n_params * 2 * ptok / (gflops * 1e9), 3),
-                       "share_of_bound": round(pp_gflops / gflops, 3)}
+    res["physical"] = {
+        "sgemm_gflops": round(gflops, 1),
+        "prompt_gflops_achieved": round(pp_gflops, 1),
+        "bound_prompt_s": round(n_params * 2 * ptok / (gflops * 1e9), 3),
+        "share_of_bound": round(pp_gflops / gflops, 3),
+    }
     for name, got in asks.items():
         new, rep = got["new"], got["repeated"]
         res[f"ask_{name}"] = {
-            "threads": new[0]["threads"], "questions": len(new),
-            "first_token_p50_s": med(new, "first_token_s"), "retrieval_p50_s": med(new, "retrieval_s"),
-            "prompt_p50_s": med(new, "prompt_s"), "prompt_tokens_p50": med(new, "prompt_tokens"),
-            "reused_tokens_p50": med(new, "reused_tokens"), "decode_tok_s_p50": med(new, "decode_tok_s"),
+            "threads": new[0]["threads"],
+            "questions": len(new),
+            "first_token_p50_s": med(new, "first_token_s"),
+            "retrieval_p50_s": med(new, "retrieval_s"),
+            "prompt_p50_s": med(new, "prompt_s"),
+            "prompt_tokens_p50": med(new, "prompt_tokens"),
+            "reused_tokens_p50": med(new, "reused_tokens"),
+            "decode_tok_s_p50": med(new, "decode_tok_s"),
             "repeated_first_token_s": round(rep["first_token_s"], 4),
-            "repeated_retrieval_s": rep["retrieval_s"], "repeated_prompt_s": rep["prompt_s"],
+            "repeated_retrieval_s": rep["retrieval_s"],
+            "repeated_prompt_s": rep["prompt_s"],
         }
         if got["busy"]:
             ft = [q["first_token_s"] for q in got["busy"]]
-            res[f"busy_{name}"] = {"first_token_p50_s": round(statistics.median(ft), 3),
-                                   "first_token_p95_s": round(p95(ft), 3),
-                                   "p95_over_p50": round(p95(ft) / statistics.median(ft), 2)}
+            res[f"busy_{name}"] = {
+                "first_token_p50_s": round(statistics.median(ft), 3),
+                "first_token_p95_s": round(p95(ft), 3),
+                "p95_over_p50": round(p95(ft) / statistics.median(ft), 2),
+            }
     res["goals"] = {
         "decode_ratio_ge_0.95": res["decode_ratio"] >= 0.95,
         "prompt_ratio_ge_0.95": res["prompt_ratio"] >= 0.95,
@@ -396,33 +469,49 @@ def main() -> int:
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"{res['date']}  model {res['model']} ({n_params / 1e6:.0f}M params), prompt {ptok} tokens, "
-          f"{args.max_tokens} generated; load {res['load_before']} -> {res['load_after']} on {res['cpus']} cpus")
+    print(
+        f"{res['date']}  model {res['model']} ({n_params / 1e6:.0f}M params), prompt {ptok} tokens, "
+        f"{args.max_tokens} generated; load {res['load_before']} -> {res['load_after']} on {res['cpus']} cpus"
+    )
     print("sweep, bare llama-cpp-python (median of", args.rounds, "runs each):")
     for r in res["sweep"]:
-        print(f"  {r['policy']:8} {r['decode_threads']} thread(s): decode {r['decode_tok_s']:7.1f} tok/s,"
-              f" prompt {r['prompt_s']:.3f} s")
+        print(
+            f"  {r['policy']:8} {r['decode_threads']} thread(s): decode {r['decode_tok_s']:7.1f} tok/s,"
+            f" prompt {r['prompt_s']:.3f} s"
+        )
     bd, bp = best_decode, best_prompt
-    print(f"best bare: decode {bd['policy']} {bd['decode_threads']} thread(s), "
-          f"prompt {bp['policy']} {bp['batch_threads']} thread(s); kit chose decode "
-          f"{res['kit_threads'][0]} / batch {res['kit_threads'][1]} threads, PASSIVE")
-    print(f"decode  kit {res['kit_decode_tok_s']} tok/s vs bare best {res['bare_decode_tok_s']}: "
-          f"ratio {res['decode_ratio']} (goal >= 0.95)")
-    print(f"prompt  kit {res['kit_prompt_s']} s vs bare best {res['bare_prompt_s']} s: "
-          f"ratio {res['prompt_ratio']} (goal >= 0.95)")
+    print(
+        f"best bare: decode {bd['policy']} {bd['decode_threads']} thread(s), "
+        f"prompt {bp['policy']} {bp['batch_threads']} thread(s); kit chose decode "
+        f"{res['kit_threads'][0]} / batch {res['kit_threads'][1]} threads, PASSIVE"
+    )
+    print(
+        f"decode  kit {res['kit_decode_tok_s']} tok/s vs bare best {res['bare_decode_tok_s']}: "
+        f"ratio {res['decode_ratio']} (goal >= 0.95)"
+    )
+    print(
+        f"prompt  kit {res['kit_prompt_s']} s vs bare best {res['bare_prompt_s']} s: "
+        f"ratio {res['prompt_ratio']} (goal >= 0.95)"
+    )
     ph = res["physical"]
-    print(f"physical bound: {ph['sgemm_gflops']} GFLOP/s sgemm -> {ph['bound_prompt_s']} s for this prompt; "
-          f"achieved {ph['prompt_gflops_achieved']} GFLOP/s ({ph['share_of_bound']:.0%} of it)")
+    print(
+        f"physical bound: {ph['sgemm_gflops']} GFLOP/s sgemm -> {ph['bound_prompt_s']} s for this prompt; "
+        f"achieved {ph['prompt_gflops_achieved']} GFLOP/s ({ph['share_of_bound']:.0%} of it)"
+    )
     for name in sides:
         a = res[f"ask_{name}"]
-        print(f"warm ask [{name}] threads {a['threads']}, {a['questions']} new questions: first token p50 "
-              f"{a['first_token_p50_s']} s = retrieval {a['retrieval_p50_s']} s + prompt {a['prompt_p50_s']} s "
-              f"({a['prompt_tokens_p50']} tokens, {a['reused_tokens_p50']} reused) + rest; decode "
-              f"{a['decode_tok_s_p50']} tok/s; repeated question {a['repeated_first_token_s']} s")
+        print(
+            f"warm ask [{name}] threads {a['threads']}, {a['questions']} new questions: first token p50 "
+            f"{a['first_token_p50_s']} s = retrieval {a['retrieval_p50_s']} s + prompt {a['prompt_p50_s']} s "
+            f"({a['prompt_tokens_p50']} tokens, {a['reused_tokens_p50']} reused) + rest; decode "
+            f"{a['decode_tok_s_p50']} tok/s; repeated question {a['repeated_first_token_s']} s"
+        )
     for name in (k for k in sides if f"busy_{k}" in res):
         b = res[f"busy_{name}"]
-        print(f"busy [{name}] first token p50 {b['first_token_p50_s']} s p95 {b['first_token_p95_s']} s: "
-              f"p95/p50 {b['p95_over_p50']} (goal <= 1.5)")
+        print(
+            f"busy [{name}] first token p50 {b['first_token_p50_s']} s p95 {b['first_token_p95_s']} s: "
+            f"p95/p50 {b['p95_over_p50']} (goal <= 1.5)"
+        )
     print("goals:", json.dumps(res["goals"]))
     return 0
 

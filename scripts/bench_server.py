@@ -24,7 +24,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,18 +38,27 @@ REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PASS = "bench-server-passphrase-1"
 USERS = ["ana", "ben", "cho", "dev"]
-GRANTS = {"ana": ["ward-a", "common"], "ben": ["ward-b", "common"], "cho": ["ward-c"], "dev": ["ward-d", "ward-a"]}
+GRANTS = {
+    "ana": ["ward-a", "common"],
+    "ben": ["ward-b", "common"],
+    "cho": ["ward-c"],
+    "dev": ["ward-d", "ward-a"],
+}
 QUERY = "How long are adult patient records kept?"
 COMMON = "Harbourside Family Clinic keeps adult patient records for 8 years after the patient's last visit."
 
 
 def canary(coll: str) -> str:
-    return f"CANARY-{coll.upper()}-{abs(hash(coll)) % 10 ** 8:08d}"
+    return f"CANARY-{coll.upper()}-{abs(hash(coll)) % 10**8:08d}"
 
 
 def offline(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([PY, "-c", "import sys; from offline.agent.fast import main; sys.argv[0]='offline'; main()",
-                        *args], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [PY, "-c", "import sys; from offline.agent.fast import main; sys.argv[0]='offline'; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if check and r.returncode != 0:
         sys.exit(f"offline {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
     return r
@@ -70,10 +78,25 @@ def free_port() -> int:
 
 
 def start_server(env: dict[str, str], vault: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([PY, "-c", "from offline.cli import main; main()", "--vault", str(vault), "serve",
-                             "--listen", f"127.0.0.1:{port}", "--queue", "64", "--per-user", "8"],
-                            env={**env, "OFFLINE_HOME": env["SERVER_HOME"]}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-c",
+            "from offline.cli import main; main()",
+            "--vault",
+            str(vault),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--queue",
+            "64",
+            "--per-user",
+            "8",
+        ],
+        env={**env, "OFFLINE_HOME": env["SERVER_HOME"]},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(600):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
@@ -99,17 +122,23 @@ class Load:
         rnd = random.Random(seed)
         own = {canary(c) for c in GRANTS[user]}
         foreign = {canary(c) for u in USERS for c in GRANTS[u]} - own
-        with httpx.Client(base_url=self.url, timeout=300,
-                          headers={"Authorization": f"Bearer {self.tokens[user]}"}) as http:
+        with httpx.Client(
+            base_url=self.url, timeout=300, headers={"Authorization": f"Bearer {self.tokens[user]}"}
+        ) as http:
             while not self.stop.is_set():
                 kind = "chat" if rnd.random() < self.chat_share else "search"
                 q = rnd.choice([QUERY, "What is the internal reference code?", "reference code of the ward"])
                 t0 = time.perf_counter()
                 try:
                     if kind == "chat":
-                        r = http.post("/v1/chat/completions", json={
-                            "model": "offline-rag", "max_tokens": self.max_tokens,
-                            "messages": [{"role": "user", "content": q}]})
+                        r = http.post(
+                            "/v1/chat/completions",
+                            json={
+                                "model": "offline-rag",
+                                "max_tokens": self.max_tokens,
+                                "messages": [{"role": "user", "content": q}],
+                            },
+                        )
                     else:
                         r = http.post("/v1/search", json={"query": q, "k": 5})
                     code, body = r.status_code, r.text
@@ -168,12 +197,25 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     vault = work / "vault"
-    env = {**os.environ, "OFFLINE_HOME": str(work / "home"), "OFFLINE_VAULT": str(vault), "OFFLINE_USER": "admin",
-           "OFFLINE_PASSPHRASE": PASS, "OFFLINE_NEW_PASSPHRASE": PASS, "OFFLINE_KDF_TARGET_S": "0",
-           "PYTHONPATH": str(REPO), "SERVER_HOME": str(work / "server-home"),
-           "OFFLINE_MODELS_DIR": os.environ.get("OFFLINE_MODELS_DIR", str(REPO / "models"))}
-    res: dict[str, Any] = {"clients": opts.clients, "users": len(USERS), "duration_s": opts.duration,
-                           "chat_share": opts.chat_share, "cpus": os.cpu_count()}
+    env = {
+        **os.environ,
+        "OFFLINE_HOME": str(work / "home"),
+        "OFFLINE_VAULT": str(vault),
+        "OFFLINE_USER": "admin",
+        "OFFLINE_PASSPHRASE": PASS,
+        "OFFLINE_NEW_PASSPHRASE": PASS,
+        "OFFLINE_KDF_TARGET_S": "0",
+        "PYTHONPATH": str(REPO),
+        "SERVER_HOME": str(work / "server-home"),
+        "OFFLINE_MODELS_DIR": os.environ.get("OFFLINE_MODELS_DIR", str(REPO / "models")),
+    }
+    res: dict[str, Any] = {
+        "clients": opts.clients,
+        "users": len(USERS),
+        "duration_s": opts.duration,
+        "chat_share": opts.chat_share,
+        "cpus": os.cpu_count(),
+    }
     server = None
     try:
         offline(env, "init")
@@ -190,7 +232,9 @@ def main() -> None:
             for c in GRANTS[u]:
                 offline(env, "collections", "grant", c, u)
             ue = {**env, "OFFLINE_USER": u}
-            tokens[u] = json.loads(offline(ue, "--json", "users", "token", "create", u, "--expires", "1d").stdout)["token"]
+            tokens[u] = json.loads(
+                offline(ue, "--json", "users", "token", "create", u, "--expires", "1d").stdout
+            )["token"]
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -207,8 +251,21 @@ def main() -> None:
             agent.append(time.perf_counter() - t0)
         offline(ae, "lock")
         body = json.dumps({"query": QUERY, "collections": ["common"], "k": 3})
-        curl_cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url + "/v1/search", "-H",
-                    f"Authorization: Bearer {tokens['ana']}", "-H", "Content-Type: application/json", "--data-binary", body]
+        curl_cmd = [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url + "/v1/search",
+            "-H",
+            f"Authorization: Bearer {tokens['ana']}",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]
         subprocess.run(curl_cmd, check=True, capture_output=True)
         curl, warm = [], []
         for _ in range(opts.baseline_runs):
@@ -218,47 +275,71 @@ def main() -> None:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens['ana']}"}) as http:
             for _ in range(opts.baseline_runs):
                 t0 = time.perf_counter()
-                http.post("/v1/search", content=body, headers={"Content-Type": "application/json"}).raise_for_status()
+                http.post(
+                    "/v1/search", content=body, headers={"Content-Type": "application/json"}
+                ).raise_for_status()
                 warm.append(time.perf_counter() - t0)
-        res["baseline"] = {"agent_search_p50_s": pct(agent, 0.5), "server_search_curl_p50_s": pct(curl, 0.5),
-                           "server_search_http_p50_s": pct(warm, 0.5),
-                           "ratio_curl_vs_agent": round(pct(curl, 0.5) / pct(agent, 0.5), 3),
-                           "ratio_http_vs_agent": round(pct(warm, 0.5) / pct(agent, 0.5), 3)}
+        res["baseline"] = {
+            "agent_search_p50_s": pct(agent, 0.5),
+            "server_search_curl_p50_s": pct(curl, 0.5),
+            "server_search_http_p50_s": pct(warm, 0.5),
+            "ratio_curl_vs_agent": round(pct(curl, 0.5) / pct(agent, 0.5), 3),
+            "ratio_http_vs_agent": round(pct(warm, 0.5) / pct(agent, 0.5), 3),
+        }
 
         # 2. load
         load = Load(url, tokens, opts.chat_share, opts.max_tokens)
         took = load.run(opts.clients, opts.duration)
         total = sum(load.status.values())
         res["load"] = {
-            "requests": total, "rps": round(total / took, 2), "status": load.status,
+            "requests": total,
+            "rps": round(total / took, 2),
+            "status": load.status,
             "errors_other_than_429": sum(n for c, n in load.status.items() if c not in ("200", "429")),
             "canary_leaks": load.leaks,
-            "search_p50_s": pct(load.lat["search"], 0.5), "search_p95_s": pct(load.lat["search"], 0.95),
-            "chat_p50_s": pct(load.lat["chat"], 0.5), "chat_p95_s": pct(load.lat["chat"], 0.95),
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
+            "search_p50_s": pct(load.lat["search"], 0.5),
+            "search_p95_s": pct(load.lat["search"], 0.95),
+            "chat_p50_s": pct(load.lat["chat"], 0.5),
+            "chat_p95_s": pct(load.lat["chat"], 0.95),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        }
         server.terminate()
         server.wait(timeout=60)
         audited = audit_counts(env)
         res["load"]["audited_200"] = audited.get("200", 0)
-        res["load"]["every_answered_request_audited"] = audited.get("200", 0) >= load.acked + opts.baseline_runs * 2
+        res["load"]["every_answered_request_audited"] = (
+            audited.get("200", 0) >= load.acked + opts.baseline_runs * 2
+        )
 
         # 3. crash: kill -9 mid-load, restart
         server = start_server(env, vault, port)
         for u in USERS:  # warm: sessions opened, embedder loaded, so the kill lands mid-load
-            httpx.post(url + "/v1/search", json={"query": QUERY}, timeout=300,
-                       headers={"Authorization": f"Bearer {tokens[u]}"}).raise_for_status()
+            httpx.post(
+                url + "/v1/search",
+                json={"query": QUERY},
+                timeout=300,
+                headers={"Authorization": f"Bearer {tokens[u]}"},
+            ).raise_for_status()
         before = audit_counts(env).get("200", 0)
         crash = Load(url, tokens, opts.chat_share, opts.max_tokens)
         crash.run(opts.clients, opts.crash_seconds, kill=lambda: os.kill(server.pid, signal.SIGKILL))
         server.wait(timeout=30)
         server = start_server(env, vault, port)
-        r = httpx.post(url + "/v1/search", json={"query": QUERY}, headers={"Authorization": f"Bearer {tokens['ben']}"},
-                       timeout=300)  # the first request after a restart loads the embedder
+        r = httpx.post(
+            url + "/v1/search",
+            json={"query": QUERY},
+            headers={"Authorization": f"Bearer {tokens['ben']}"},
+            timeout=300,
+        )  # the first request after a restart loads the embedder
         after = audit_counts(env).get("200", 0)
         verify = offline(env, "audit", "verify", check=False)
-        res["crash"] = {"acknowledged_before_kill": crash.acked, "audited": after - before - 1,
-                        "no_lost_acknowledged_write": after - before - 1 >= crash.acked,
-                        "serves_after_restart": r.status_code == 200, "audit_verify_exit": verify.returncode}
+        res["crash"] = {
+            "acknowledged_before_kill": crash.acked,
+            "audited": after - before - 1,
+            "no_lost_acknowledged_write": after - before - 1 >= crash.acked,
+            "serves_after_restart": r.status_code == 200,
+            "audit_verify_exit": verify.returncode,
+        }
     finally:
         if server is not None and server.poll() is None:
             server.terminate()
@@ -268,14 +349,25 @@ def main() -> None:
         print(json.dumps(res, indent=2))
         return
     b, ld, cr = res["baseline"], res["load"], res["crash"]
-    print(f"baseline search p50: agent {b['agent_search_p50_s']} s, server via curl {b['server_search_curl_p50_s']} s "
-          f"({b['ratio_curl_vs_agent']}x), warm HTTP client {b['server_search_http_p50_s']} s ({b['ratio_http_vs_agent']}x)")
-    print(f"load: {opts.clients} clients, {len(USERS)} users, {took:.0f} s: {ld['requests']} requests, {ld['rps']} req/s, "
-          f"status {ld['status']}, errors other than 429: {ld['errors_other_than_429']}, canary leaks: {ld['canary_leaks']}")
-    print(f"  search p50 {ld['search_p50_s']} s p95 {ld['search_p95_s']} s; chat p50 {ld['chat_p50_s']} s "
-          f"p95 {ld['chat_p95_s']} s; every answered request audited: {ld['every_answered_request_audited']}")
-    print(f"crash: {cr['acknowledged_before_kill']} acknowledged, {cr['audited']} audited; serves after restart: "
-          f"{cr['serves_after_restart']}; audit verify exit {cr['audit_verify_exit']}")
+    print(
+        f"baseline search p50: agent {b['agent_search_p50_s']} s, "
+        f"server via curl {b['server_search_curl_p50_s']} s ({b['ratio_curl_vs_agent']}x), "
+        f"warm HTTP client {b['server_search_http_p50_s']} s ({b['ratio_http_vs_agent']}x)"
+    )
+    print(
+        f"load: {opts.clients} clients, {len(USERS)} users, {took:.0f} s: {ld['requests']} requests, "
+        f"{ld['rps']} req/s, status {ld['status']}, "
+        f"errors other than 429: {ld['errors_other_than_429']}, canary leaks: {ld['canary_leaks']}"
+    )
+    print(
+        f"  search p50 {ld['search_p50_s']} s p95 {ld['search_p95_s']} s; chat p50 {ld['chat_p50_s']} s "
+        f"p95 {ld['chat_p95_s']} s; every answered request audited: {ld['every_answered_request_audited']}"
+    )
+    print(
+        f"crash: {cr['acknowledged_before_kill']} acknowledged, {cr['audited']} audited; "
+        "serves after restart: "
+        f"{cr['serves_after_restart']}; audit verify exit {cr['audit_verify_exit']}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,13 +38,27 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 SQUAD = REPO.parent / "shared" / "data" / "squad-v1.1-dev-part-a.json"
 DATA = REPO / "tests" / "data"
-GOALS = {"contains": (">=", 0.60), "f1": (">=", 0.55), "cited": (">=", 0.95), "cite_correct": (">=", 0.85),
-         "refusal_unanswerable": (">=", 0.80), "false_refusal": ("<=", 0.10)}
-FIGURES = [("contains", "answer contains gold"), ("f1", "token F1"), ("cited", "in-text citation present"),
-           ("cite_correct", "citation correct"), ("refusal_unanswerable", "refusal, gold removed / unanswerable"),
-           ("false_refusal", "false refusal (answerable)"), ("support", "support (answered)"),
-           ("draft_contains", "model's draft contains gold"), ("retrieval_hit", "gold in the prompt"),
-           ("ttft_p50_s", "TTFT p50 (s), this run's order"), ("own_cite_correct", "model's own [n] correct")]
+GOALS = {
+    "contains": (">=", 0.60),
+    "f1": (">=", 0.55),
+    "cited": (">=", 0.95),
+    "cite_correct": (">=", 0.85),
+    "refusal_unanswerable": (">=", 0.80),
+    "false_refusal": ("<=", 0.10),
+}
+FIGURES = [
+    ("contains", "answer contains gold"),
+    ("f1", "token F1"),
+    ("cited", "in-text citation present"),
+    ("cite_correct", "citation correct"),
+    ("refusal_unanswerable", "refusal, gold removed / unanswerable"),
+    ("false_refusal", "false refusal (answerable)"),
+    ("support", "support (answered)"),
+    ("draft_contains", "model's draft contains gold"),
+    ("retrieval_hit", "gold in the prompt"),
+    ("ttft_p50_s", "TTFT p50 (s), this run's order"),
+    ("own_cite_correct", "model's own [n] correct"),
+]
 
 
 def log(msg: str) -> None:
@@ -57,8 +71,12 @@ def squad_sets(articles: list[dict], n_answerable: int, n_gone: int, seed: int):
     from offline.eval.qa import pick_gold_removed
 
     rng = random.Random(seed)
-    items = [(a["title"], i, qa["question"], sorted({x["text"] for x in qa["answers"]}))
-             for a in articles for i, p in enumerate(a["paragraphs"]) for qa in p["qas"]]
+    items = [
+        (a["title"], i, qa["question"], sorted({x["text"] for x in qa["answers"]}))
+        for a in articles
+        for i, p in enumerate(a["paragraphs"])
+        for qa in p["qas"]
+    ]
     rng.shuffle(items)
     paragraphs = {(a["title"], i): p["context"] for a in articles for i, p in enumerate(a["paragraphs"])}
     picked, removed = pick_gold_removed([((t, i), golds) for t, i, _, golds in items], paragraphs, n_gone)
@@ -78,7 +96,9 @@ def run_set(session, questions, collection: str, *, k: int, reader: bool, model:
 
     rows = []
     for q, golds in questions:
-        a = answer(session, q, collections=[collection], k=k, reader=reader, model=model, max_tokens=max_tokens)
+        a = answer(
+            session, q, collections=[collection], k=k, reader=reader, model=model, max_tokens=max_tokens
+        )
         rows.append({**score_answer(a, golds), "question": q, "answer": a.answer, "draft": a.draft})
     return rows
 
@@ -87,7 +107,9 @@ def invented_recall(session, k: int) -> dict:
     from offline.rag.grounding import unsupported_facts
     from offline.retrieval import search
 
-    items = [json.loads(line) for line in (DATA / "clinic-invented.jsonl").read_text().splitlines() if line.strip()]
+    items = [
+        json.loads(line) for line in (DATA / "clinic-invented.jsonl").read_text().splitlines() if line.strip()
+    ]
     want = got = false = 0
     for it in items:
         hits = search(session, it["question"], collections=["clinic"], k=k, audit=False).hits
@@ -95,8 +117,13 @@ def invented_recall(session, k: int) -> dict:
         want += len(it["invented"])
         got += len(set(flagged) & set(it["invented"]))
         false += len(set(flagged) - set(it["invented"]))
-    return {"drafts": len(items), "invented": want, "flagged": got, "recall": round(got / want, 3),
-            "false_flags": false}
+    return {
+        "drafts": len(items),
+        "invented": want,
+        "flagged": got,
+        "recall": round(got / want, 3),
+        "false_flags": false,
+    }
 
 
 def speed(model: str | None, rounds: int, rag_prompt: list[dict[str, str]]) -> dict:
@@ -113,9 +140,16 @@ def speed(model: str | None, rounds: int, rag_prompt: list[dict[str, str]]) -> d
     if rd is None:
         return {"note": f"no reader pinned for {gm.name}"}
     story = base_messages("Write a long, detailed story about a lighthouse keeper and a storm.")
-    engines = {"base": lambda: eng.load(gm.path, n_ctx=4096),
-               "reader": (lambda: eng.load(rd.model.path, n_ctx=4096)) if rd.lora_path is None else
-               (lambda: eng.load(gm.path, n_ctx=4096, lora_path=str(rd.lora_path), adapter_sha256=rd.spec.adapter_sha256))}
+    engines = {
+        "base": lambda: eng.load(gm.path, n_ctx=4096),
+        "reader": (lambda: eng.load(rd.model.path, n_ctx=4096))
+        if rd.lora_path is None
+        else (
+            lambda: eng.load(
+                gm.path, n_ctx=4096, lora_path=str(rd.lora_path), adapter_sha256=rd.spec.adapter_sha256
+            )
+        ),
+    }
     dec: dict[str, list[float]] = {"base": [], "reader": []}
     ttft: dict[str, list[float]] = {"base": [], "reader": []}
     for _ in range(rounds):
@@ -128,10 +162,18 @@ def speed(model: str | None, rounds: int, rag_prompt: list[dict[str, str]]) -> d
             eng.clear_cache()
     b, r = median(dec["base"]), median(dec["reader"])
     tb, tr = median(ttft["base"]), median(ttft["reader"])
-    return {"base_tok_s": round(b, 1), "reader_tok_s": round(r, 1), "ratio": round(r / b, 3),
-            "base_ttft_s": round(tb, 4), "reader_ttft_s": round(tr, 4), "ttft_ratio": round(tr / tb, 3),
-            "merged": rd.lora_path is None, "rounds": rounds,
-            "decode_samples": dec, "ttft_samples": ttft}
+    return {
+        "base_tok_s": round(b, 1),
+        "reader_tok_s": round(r, 1),
+        "ratio": round(r / b, 3),
+        "base_ttft_s": round(tb, 4),
+        "reader_ttft_s": round(tr, 4),
+        "ttft_ratio": round(tr / tb, 3),
+        "merged": rd.lora_path is None,
+        "rounds": rounds,
+        "decode_samples": dec,
+        "ttft_samples": ttft,
+    }
 
 
 def build_vault(tmp: Path, articles: list[dict], removed: set):
@@ -140,8 +182,11 @@ def build_vault(tmp: Path, articles: list[dict], removed: set):
     from offline.vault.collections import create_collection
 
     session = create_vault(tmp / "vault", "analyst", os.urandom(16).hex())
-    recs = [TextRecord(source=f"{a['title']}/p{i:03d}", name=f"{a['title']}-p{i:03d}.txt", text=p["context"])
-            for a in articles for i, p in enumerate(a["paragraphs"])]
+    recs = [
+        TextRecord(source=f"{a['title']}/p{i:03d}", name=f"{a['title']}-p{i:03d}.txt", text=p["context"])
+        for a in articles
+        for i, p in enumerate(a["paragraphs"])
+    ]
     gone = {f"{t}/p{i:03d}" for t, i in removed}
     for name, rs in (("squad", recs), ("squad_nogold", [r for r in recs if r.source not in gone])):
         create_collection(session, name)
@@ -154,7 +199,9 @@ def build_vault(tmp: Path, articles: list[dict], removed: set):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--squad", type=int, default=40, help="answerable held-out SQuAD questions")
-    ap.add_argument("--gone", type=int, default=20, help="SQuAD questions asked with their gold paragraph removed")
+    ap.add_argument(
+        "--gone", type=int, default=20, help="SQuAD questions asked with their gold paragraph removed"
+    )
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--ks", default="", help="also sweep these k with the reader (e.g. 1,2,3,5)")
     ap.add_argument("--model", default=None, help="generation model (default: the kit's default)")
@@ -166,35 +213,70 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="write every figure and per-question row here")
     args = ap.parse_args()
 
+    from train_reader import HELD_OUT
+
     from offline import netguard
     from offline.eval.grounded import summarise
-    from train_reader import HELD_OUT
 
     netguard.install()
     t_all = time.perf_counter()
     articles = [a for a in json.loads(SQUAD.read_text(encoding="utf-8"))["data"] if a["title"] in HELD_OUT]
     answerable, gone, removed = squad_sets(articles, args.squad, args.gone, args.seed)
     clinic_q, clinic_none = jsonl(DATA / "clinic-qa.jsonl"), jsonl(DATA / "clinic-unanswerable.jsonl")
-    out: dict = {"held_out_articles": list(HELD_OUT), "k": args.k, "model": args.model or "default",
-                 "sets": {"squad": len(answerable), "squad_gold_removed": len(gone), "clinic": len(clinic_q),
-                          "clinic_unanswerable": len(clinic_none)}, "results": {}, "rows": {}}
+    out: dict = {
+        "held_out_articles": list(HELD_OUT),
+        "k": args.k,
+        "model": args.model or "default",
+        "sets": {
+            "squad": len(answerable),
+            "squad_gold_removed": len(gone),
+            "clinic": len(clinic_q),
+            "clinic_unanswerable": len(clinic_none),
+        },
+        "results": {},
+        "rows": {},
+    }
     with tempfile.TemporaryDirectory(prefix="offline-eval-reader-") as tmp:
         os.environ.setdefault("OFFLINE_HOME", str(Path(tmp) / "home"))
         session = build_vault(Path(tmp), articles, removed)
-        log(f"vault ready: {len(answerable)} + {len(gone)} SQuAD questions, {len(clinic_q)} + {len(clinic_none)} clinic")
+        log(
+            f"vault ready: {len(answerable)} + {len(gone)} SQuAD questions, "
+            f"{len(clinic_q)} + {len(clinic_none)} clinic"
+        )
         systems = [("reader", True)] + ([] if args.no_baseline else [("plain", False)])
         for sys_name, reader in systems:
-            for set_name, parts in (("squad", [(answerable, "squad"), (gone, "squad_nogold")]),
-                                    ("clinic", [(clinic_q, "clinic"), (clinic_none, "clinic")])):
+            for set_name, parts in (
+                ("squad", [(answerable, "squad"), (gone, "squad_nogold")]),
+                ("clinic", [(clinic_q, "clinic"), (clinic_none, "clinic")]),
+            ):
                 t = time.perf_counter()
-                rows = [r for qs, coll in parts for r in run_set(session, qs, coll, k=args.k, reader=reader,
-                                                                 model=args.model, max_tokens=args.max_tokens)]
+                rows = [
+                    r
+                    for qs, coll in parts
+                    for r in run_set(
+                        session,
+                        qs,
+                        coll,
+                        k=args.k,
+                        reader=reader,
+                        model=args.model,
+                        max_tokens=args.max_tokens,
+                    )
+                ]
                 out["results"][f"{sys_name}/{set_name}"] = summarise(rows)
                 out["rows"][f"{sys_name}/{set_name}"] = rows
-                log(f"{sys_name}/{set_name}: {time.perf_counter() - t:.0f} s {out['results'][f'{sys_name}/{set_name}']}")
+                log(
+                    f"{sys_name}/{set_name}: {time.perf_counter() - t:.0f} s "
+                    f"{out['results'][f'{sys_name}/{set_name}']}"
+                )
         for k in [int(x) for x in args.ks.split(",") if x.strip() and int(x) != args.k]:
-            rows = [r for qs, coll in [(answerable, "squad"), (gone, "squad_nogold")]
-                    for r in run_set(session, qs, coll, k=k, reader=True, model=args.model, max_tokens=args.max_tokens)]
+            rows = [
+                r
+                for qs, coll in [(answerable, "squad"), (gone, "squad_nogold")]
+                for r in run_set(
+                    session, qs, coll, k=k, reader=True, model=args.model, max_tokens=args.max_tokens
+                )
+            ]
             out["results"][f"reader/squad/k={k}"] = summarise(rows)
             log(f"reader k={k}: {out['results'][f'reader/squad/k={k}']}")
         out["invented"] = invented_recall(session, args.k)
@@ -227,32 +309,56 @@ def _met(key: str, v) -> str:
 
 def report(out: dict) -> str:
     """The figures as a markdown table: reader next to the plain-model baseline of the same run."""
-    lines = [f"held-out SQuAD articles: {', '.join(out['held_out_articles'])}; k={out['k']}; sets {out['sets']}", ""]
+    lines = [
+        f"held-out SQuAD articles: {', '.join(out['held_out_articles'])}; k={out['k']}; sets {out['sets']}",
+        "",
+    ]
     res = out["results"]
     for set_name in ("squad", "clinic"):
         r, b = res.get(f"reader/{set_name}", {}), res.get(f"plain/{set_name}", {})
-        lines += [f"### {set_name}", "", "| figure | reader | plain model (baseline) | goal |", "|---|---|---|---|"]
+        lines += [
+            f"### {set_name}",
+            "",
+            "| figure | reader | plain model (baseline) | goal |",
+            "|---|---|---|---|",
+        ]
         for key, label in FIGURES:
             lines.append(f"| {label} | {_fmt(r.get(key))} | {_fmt(b.get(key))} | {_met(key, r.get(key))} |")
         lines.append("")
     sweep = {k: v for k, v in res.items() if "/k=" in k}
     if sweep:
-        lines += ["### k sweep (reader, squad)", "", "| k | contains | F1 | refusal gold removed | false refusal |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "### k sweep (reader, squad)",
+            "",
+            "| k | contains | F1 | refusal gold removed | false refusal |",
+            "|---|---|---|---|---|",
+        ]
         main_r = res.get("reader/squad", {})
-        for k, v in sorted({**sweep, f"reader/squad/k={out['k']}": main_r}.items(), key=lambda kv: int(kv[0].split("=")[1])):
-            lines.append(f"| {k.split('=')[1]} | {_fmt(v.get('contains'))} | {_fmt(v.get('f1'))} | "
-                         f"{_fmt(v.get('refusal_unanswerable'))} | {_fmt(v.get('false_refusal'))} |")
+        for k, v in sorted(
+            {**sweep, f"reader/squad/k={out['k']}": main_r}.items(), key=lambda kv: int(kv[0].split("=")[1])
+        ):
+            lines.append(
+                f"| {k.split('=')[1]} | {_fmt(v.get('contains'))} | {_fmt(v.get('f1'))} | "
+                f"{_fmt(v.get('refusal_unanswerable'))} | {_fmt(v.get('false_refusal'))} |"
+            )
         lines.append("")
     inv, dec = out["invented"], out["decode"]
-    lines.append(f"unsupported numbers/names flagged: {inv['flagged']}/{inv['invented']} = {inv['recall']:.2f} "
-                 f"(goal 1.00 {'✔' if inv['recall'] >= 1 else '✘'}), false flags {inv['false_flags']}, {inv['drafts']} drafts")
+    lines.append(
+        f"unsupported numbers/names flagged: {inv['flagged']}/{inv['invented']} = {inv['recall']:.2f} "
+        f"(goal 1.00 {'✔' if inv['recall'] >= 1 else '✘'}), false flags {inv['false_flags']}, "
+        f"{inv['drafts']} drafts"
+    )
     if "ratio" in dec:
-        lines.append(f"decode: reader {dec['reader_tok_s']} tok/s vs base {dec['base_tok_s']} tok/s = {dec['ratio']:.2f}x "
-                     f"(goal >= 0.95 {'✔' if dec['ratio'] >= 0.95 else '✘'}; merged={dec['merged']}; "
-                     f"median of {dec['rounds']} alternating rounds)")
-        lines.append(f"TTFT, same rag prompt: reader {dec['reader_ttft_s']} s vs plain {dec['base_ttft_s']} s = "
-                     f"{dec['ttft_ratio']:.2f}x (goal <= 1.10 {'✔' if dec['ttft_ratio'] <= 1.1 else '✘'})")
+        lines.append(
+            f"decode: reader {dec['reader_tok_s']} tok/s vs base {dec['base_tok_s']} tok/s "
+            f"= {dec['ratio']:.2f}x "
+            f"(goal >= 0.95 {'✔' if dec['ratio'] >= 0.95 else '✘'}; merged={dec['merged']}; "
+            f"median of {dec['rounds']} alternating rounds)"
+        )
+        lines.append(
+            f"TTFT, same rag prompt: reader {dec['reader_ttft_s']} s vs plain {dec['base_ttft_s']} s = "
+            f"{dec['ttft_ratio']:.2f}x (goal <= 1.10 {'✔' if dec['ttft_ratio'] <= 1.1 else '✘'})"
+        )
     else:
         lines.append(f"decode: {dec['note']}")
     lines.append(f"wall time {out['wall_s']} s")

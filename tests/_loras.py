@@ -33,6 +33,14 @@ def tiny_raft_adapter(session, name: str, qa_file: Path, collection: str, folder
     from offline.finetune.train import TrainConfig
 
     tiny = write_tiny_llama_gguf(folder / "tiny.gguf", donor)
-    create_adapter(session, name, raft_qa=qa_file, raft_collection=collection, base=str(tiny), raft_k=2,
-                   cfg=TrainConfig(max_steps=1, rank=2, eval_split=0.0, seed=0), progress=False)
+    create_adapter(
+        session,
+        name,
+        raft_qa=qa_file,
+        raft_collection=collection,
+        base=str(tiny),
+        raft_k=2,
+        cfg=TrainConfig(max_steps=1, rank=2, eval_split=0.0, seed=0),
+        progress=False,
+    )
     return tiny

@@ -25,7 +25,9 @@ def test_normalisation_and_scores():
     assert metrics.f1_score("", "Denver Broncos") == 0.0
     assert metrics.contains("It was the Denver Broncos [1].", "Denver Broncos") == 1.0
     assert metrics.contains("Broncosaurus", "Broncos") == 0.0
-    assert metrics.best_over(metrics.f1_score, "Santa Clara", ["Santa Clara, California", "Santa Clara"]) == 1.0
+    assert (
+        metrics.best_over(metrics.f1_score, "Santa Clara", ["Santa Clara, California", "Santa Clara"]) == 1.0
+    )
     assert metrics.percentile([1, 2, 3, 4], 50) == 2.5 and metrics.percentile([], 50) is None
 
 
@@ -56,27 +58,39 @@ def test_eval_qa_rag_on_five_questions():
     for key in ("exact_match", "f1", "answer_contains", "retrieval_hit_rate", "refused_rate"):
         assert 0.0 <= r[key] <= 1.0, key
     assert r["retrieval_hit_rate"] >= 0.8  # MiniLM finds the gold paragraph for these questions
-    assert r["latency_s"]["total"]["p50"] > 0 and r["latency_s"]["total"]["p95"] >= r["latency_s"]["total"]["p50"]
+    assert (
+        r["latency_s"]["total"]["p50"] > 0
+        and r["latency_s"]["total"]["p95"] >= r["latency_s"]["total"]["p50"]
+    )
     assert r["latency_s"]["retrieval"]["p50"] is not None and r["latency_s"]["ttft"]["p95"] is not None
     row = r["per_question"][0]
     assert row["gold"] == ["Denver Broncos"] * 3 and "em" in row and "f1" in row
 
 
 def test_cli_eval_qa_base_and_errors(cli, tmp_path):
-    r = cli(["--json", "eval", "qa", "--squad", str(SQUAD), "--limit", "2", "--mode", "base", "--max-tokens", "4"])
+    r = cli(
+        ["--json", "eval", "qa", "--squad", str(SQUAD), "--limit", "2", "--mode", "base", "--max-tokens", "4"]
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["mode"] == "base" and d["questions"] == 2 and d["retrieval_hit_rate"] is None
     bad = tmp_path / "x.json"
     bad.write_text("[]")
     r = cli(["eval", "qa", "--squad", str(bad)])
-    assert r.exit_code == 1 and r.output.strip() == f"Error: {bad} is not a SQuAD v1.1 JSON file (no 'data' list)"
+    assert (
+        r.exit_code == 1
+        and r.output.strip() == f"Error: {bad} is not a SQuAD v1.1 JSON file (no 'data' list)"
+    )
 
 
 def test_pick_gold_removed_skips_questions_answered_elsewhere():
     from offline.eval.qa import pick_gold_removed
 
-    paras = {"a": "Paris is the capital of France.", "b": "Paris hosted the 1900 Olympics.", "c": "Rome is old."}
+    paras = {
+        "a": "Paris is the capital of France.",
+        "b": "Paris hosted the 1900 Olympics.",
+        "c": "Rome is old.",
+    }
     qs = [("a", ["Paris"]), ("c", ["Rome"]), ("b", ["1900"]), ("c", ["old"])]
     picked, removed = pick_gold_removed(qs, paras, 5)
     # Paris is still in b when a goes: not a refusal test; c once removed is not removed twice.
@@ -84,16 +98,45 @@ def test_pick_gold_removed_skips_questions_answered_elsewhere():
     assert pick_gold_removed(qs, paras, 1) == ([1], {"c"})
 
 
-WARD = {"data": [{"title": "Ward", "paragraphs": [
-    {"context": "Vaccine fridges must be kept between +2 °C and +8 °C.", "qas": [
-        {"id": "w1", "question": "What temperature must vaccine fridges be kept at?",
-         "answers": [{"text": "+2 °C and +8 °C", "answer_start": 37}]}]},
-    {"context": "Post-exposure prophylaxis should ideally start within 1 hour.", "qas": [
-        {"id": "w2", "question": "When should post-exposure prophylaxis start?",
-         "answers": [{"text": "within 1 hour", "answer_start": 48}]}]},
-    {"context": "The ward lead is Dr Anna Novak.", "qas": [
-        {"id": "w3", "question": "Who is the ward lead?", "answers": [{"text": "Dr Anna Novak", "answer_start": 17}]}]},
-]}]}
+WARD = {
+    "data": [
+        {
+            "title": "Ward",
+            "paragraphs": [
+                {
+                    "context": "Vaccine fridges must be kept between +2 °C and +8 °C.",
+                    "qas": [
+                        {
+                            "id": "w1",
+                            "question": "What temperature must vaccine fridges be kept at?",
+                            "answers": [{"text": "+2 °C and +8 °C", "answer_start": 37}],
+                        }
+                    ],
+                },
+                {
+                    "context": "Post-exposure prophylaxis should ideally start within 1 hour.",
+                    "qas": [
+                        {
+                            "id": "w2",
+                            "question": "When should post-exposure prophylaxis start?",
+                            "answers": [{"text": "within 1 hour", "answer_start": 48}],
+                        }
+                    ],
+                },
+                {
+                    "context": "The ward lead is Dr Anna Novak.",
+                    "qas": [
+                        {
+                            "id": "w3",
+                            "question": "Who is the ward lead?",
+                            "answers": [{"text": "Dr Anna Novak", "answer_start": 17}],
+                        }
+                    ],
+                },
+            ],
+        }
+    ]
+}
 
 
 @pytest.mark.skipif(not DONOR.is_file(), reason="default model file missing (offline models fetch)")
@@ -108,23 +151,53 @@ def test_eval_qa_hybrid_serves_the_users_raft_adapter(admin_session, cli, tmp_pa
 
     paras = WARD["data"][0]["paragraphs"]
     create_collection(admin_session, "ward")
-    ingest_records(admin_session, [TextRecord(source=f"p{i}", name=f"p{i}.txt", text=p["context"])
-                                   for i, p in enumerate(paras)], "ward")
+    ingest_records(
+        admin_session,
+        [TextRecord(source=f"p{i}", name=f"p{i}.txt", text=p["context"]) for i, p in enumerate(paras)],
+        "ward",
+    )
     train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps({"question": p["qas"][0]["question"],
-                                         "answers": [p["qas"][0]["answers"][0]["text"]]}) + "\n" for p in paras))
+    train.write_text(
+        "".join(
+            json.dumps({"question": p["qas"][0]["question"], "answers": [p["qas"][0]["answers"][0]["text"]]})
+            + "\n"
+            for p in paras
+        )
+    )
     tiny = tiny_raft_adapter(admin_session, "ward-raft", train, "ward", tmp_path, DONOR)
     squad = tmp_path / "ward-squad.json"
     squad.write_text(json.dumps(WARD))
-    args = ["--json", "eval", "qa", "--squad", str(squad), "--limit", "2", "--unanswerable", "1", "-k", "2",
-            "--max-tokens", "4", "--model", str(tiny)]
+    args = [
+        "--json",
+        "eval",
+        "qa",
+        "--squad",
+        str(squad),
+        "--limit",
+        "2",
+        "--unanswerable",
+        "1",
+        "-k",
+        "2",
+        "--max-tokens",
+        "4",
+        "--model",
+        str(tiny),
+    ]
     r = cli([*args, "--mode", "hybrid", "--adapter", "ward-raft"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["mode"] == "hybrid" and d["adapter"]["name"] == "ward-raft" and d["adapter"]["recipe"] == "raft"
     assert d["questions"] == 2 and d["unanswerable_questions"] == 1 and d["indexed_documents"] == 3
     g = d["grounding"]
-    assert set(g) == {"cited", "cite_correct", "citation_hit", "false_refusal", "support", "refusal_unanswerable"}
+    assert set(g) == {
+        "cited",
+        "cite_correct",
+        "citation_hit",
+        "false_refusal",
+        "support",
+        "refusal_unanswerable",
+    }
     assert 0 <= g["false_refusal"] <= 1 and 0 <= g["refusal_unanswerable"] <= 1
     assert d["retrieval_hit_rate"] == 1.0 and d["gold_paragraph_rate"] == 1.0
     opened = [e.payload for e in iter_entries(admin_session.db, "action = ?", ("adapter.open",))]

@@ -11,12 +11,11 @@ import sys
 import time
 
 import pytest
+from conftest import PASSPHRASES
+from test_server import _env, _free_port
 
 from offline import netguard
 from offline.errors import NetworkBlocked
-
-from conftest import PASSPHRASES
-from test_server import _env, _free_port
 
 httpx = pytest.importorskip("httpx")
 
@@ -73,8 +72,9 @@ def test_generate_backend_llama_cpp_server(admin_session, tmp_path, vault_dir):
 
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "warsaw.txt").write_text("Warsaw is the capital and largest city of Poland. "
-                                     "The Vistula river flows through Warsaw.")
+    (docs / "warsaw.txt").write_text(
+        "Warsaw is the capital and largest city of Poland. The Vistula river flows through Warsaw."
+    )
     C.create_collection(admin_session, "kb")
     ingest_paths(admin_session, [docs], "kb")
     C.grant(admin_session, "kb", "bob", "read")
@@ -84,25 +84,65 @@ def test_generate_backend_llama_cpp_server(admin_session, tmp_path, vault_dir):
 
     model = resolve_model(None, "generate")
     bport, sport = _free_port(), _free_port()
-    backend = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model.path), "--host",
-                                "127.0.0.1", "--port", str(bport), "--n_ctx", "2048"],
-                               env=_env(tmp_path / "b-home"), stdout=subprocess.DEVNULL,
-                               stderr=(tmp_path / "backend.log").open("w"), text=True)  # llama.cpp logs a lot
+    backend = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model.path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(bport),
+            "--n_ctx",
+            "2048",
+        ],
+        env=_env(tmp_path / "b-home"),
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "backend.log").open("w"),
+        text=True,
+    )  # llama.cpp logs a lot
     kit = None
     try:
         _wait(f"http://127.0.0.1:{bport}", backend, "/v1/models")
-        kit = subprocess.Popen([sys.executable, "-c", "from offline.cli import main; main()", "--vault",
-                                str(vault_dir), "serve", "--listen", f"127.0.0.1:{sport}",
-                                "--generate-backend", f"http://127.0.0.1:{bport}"],
-                               env=_env(tmp_path / "s-home"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        kit = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from offline.cli import main; main()",
+                "--vault",
+                str(vault_dir),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{sport}",
+                "--generate-backend",
+                f"http://127.0.0.1:{bport}",
+            ],
+            env=_env(tmp_path / "s-home"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         url = f"http://127.0.0.1:{sport}"
         _wait(url, kit, "/healthz")
         assert httpx.get(url + "/healthz").json() == {"status": "ok"}  # nothing more without a token
-        assert httpx.get(url + "/healthz", headers={"Authorization": f"Bearer {token}"}).json()[
-            "generate_backend"] == f"http://127.0.0.1:{bport}"
-        r = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {token}"}, timeout=180,
-                       json={"model": "offline-rag:kb", "max_tokens": 32,
-                             "messages": [{"role": "user", "content": "Which river flows through Warsaw?"}]})
+        assert (
+            httpx.get(url + "/healthz", headers={"Authorization": f"Bearer {token}"}).json()[
+                "generate_backend"
+            ]
+            == f"http://127.0.0.1:{bport}"
+        )
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=180,
+            json={
+                "model": "offline-rag:kb",
+                "max_tokens": 32,
+                "messages": [{"role": "user", "content": "Which river flows through Warsaw?"}],
+            },
+        )
         assert r.status_code == 200, r.text
         d = r.json()
         assert d["choices"][0]["message"]["content"]

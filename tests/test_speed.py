@@ -97,8 +97,13 @@ def test_numpy_query_vectors_match_sentence_transformers():
     emb = get_embedder()  # sentence-transformers, as ingest uses it
     assert supports(emb.path)
     fast = MiniLM(emb.path, emb.max_tokens)
-    texts = ["Which region of France is named after the Normans?", "Café naïve résumé 北京 😀",
-             "x", "word " * 400, "tabs\tand\nnewlines, [SEP] [CLS] MiXeD CaSe!!!"]
+    texts = [
+        "Which region of France is named after the Normans?",
+        "Café naïve résumé 北京 😀",
+        "x",
+        "word " * 400,
+        "tabs\tand\nnewlines, [SEP] [CLS] MiXeD CaSe!!!",
+    ]
     ours = np.stack([fast.encode_one(t) for t in texts])
     theirs = emb.encode(texts)
     assert ours.dtype == np.float32 and ours.shape == theirs.shape
@@ -152,16 +157,25 @@ def _cold(vault: Path, home: Path, *args: str, tty: bool = True) -> subprocess.C
     import pty
     import threading
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OFFLINE_VAULT": str(vault), "OFFLINE_USER": "alice",
-           "OFFLINE_PASSPHRASE": "alice-passphrase-1", "OFFLINE_HOME": str(home)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OFFLINE_VAULT": str(vault),
+        "OFFLINE_USER": "alice",
+        "OFFLINE_PASSPHRASE": "alice-passphrase-1",
+        "OFFLINE_HOME": str(home),
+    }
     cmd = [sys.executable, "-c", _RUN_CLI.format(heavy=HEAVY), *args]
     if not tty:
-        r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
-                           stdin=subprocess.DEVNULL)
+        r = subprocess.run(
+            cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+        )
         assert "MODULES " in r.stderr, r.stderr
         return r
     master, slave = pty.openpty()
-    p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL
+    )
     os.close(slave)
     err = bytearray()
 
@@ -198,21 +212,32 @@ def test_cold_search_imports_no_torch_and_says_it_is_loading(small_vault, offlin
 
 
 def test_json_output_carries_no_status_line(small_vault, offline_home):
-    r = _cold(small_vault, offline_home, "--json", "search", "Which region is named after the Normans?", "-c", "kb")
+    r = _cold(
+        small_vault, offline_home, "--json", "search", "Which region is named after the Normans?", "-c", "kb"
+    )
     json.loads(r.stdout)  # stdout is exactly the JSON document; the note went to the terminal
     assert r.stderr.startswith("loading embedding model...\n"), r.stderr
     assert _modules(r) == []
 
 
 def test_captured_stderr_gets_no_status_line(small_vault, offline_home):
-    r = _cold(small_vault, offline_home, "search", "Which region is named after the Normans?", "-c", "kb",
-              tty=False)
+    r = _cold(
+        small_vault, offline_home, "search", "Which region is named after the Normans?", "-c", "kb", tty=False
+    )
     assert "normans.txt" in r.stdout and "loading" not in r.stderr, r.stderr
 
 
 def test_cold_ask_loads_llama_but_not_torch(small_vault, offline_home):
-    r = _cold(small_vault, offline_home, "ask", "Which region is named after the Normans?", "-c", "kb",
-              "--max-tokens", "8")
+    r = _cold(
+        small_vault,
+        offline_home,
+        "ask",
+        "Which region is named after the Normans?",
+        "-c",
+        "kb",
+        "--max-tokens",
+        "8",
+    )
     assert _modules(r) == ["llama_cpp"], r.stderr
     notes = [line for line in r.stderr.splitlines() if line.startswith("loading ")]
     assert notes == ["loading embedding model...", "loading language model..."], r.stderr

@@ -6,12 +6,12 @@ import datetime as dt
 import json
 
 import pytest
+from conftest import PASSPHRASES
 
 from offline.errors import AuthenticationFailed, NotFound, UsageError
-from offline.vault import crypto, header as hdr
+from offline.vault import crypto
+from offline.vault import header as hdr
 from offline.vault import tokens as T
-
-from conftest import PASSPHRASES
 
 
 def _header_doc(vault_dir):
@@ -38,8 +38,10 @@ def test_token_slot_holds_wrapped_keys_only(admin_session, open_as, vault_dir):
         assert s.user == "bob" and s.role == "member" and tid == made["token_id"]
     finally:
         s.close()
-    entries = [json.loads(p) for (p,) in admin_session.db.execute(
-        "SELECT payload FROM audit_log WHERE action = 'token.create'")]
+    entries = [
+        json.loads(p)
+        for (p,) in admin_session.db.execute("SELECT payload FROM audit_log WHERE action = 'token.create'")
+    ]
     assert entries == [{"token_id": made["token_id"], "user": "bob", "expires_at": made["expires_at"]}]
 
 
@@ -61,7 +63,9 @@ def test_wrong_and_malformed_tokens_fail_alike_and_are_audited(admin_session, op
     parked = (vault_dir / "unlock-failures.jsonl").read_text().splitlines()
     assert len(parked) == 5 and json.loads(parked[0])["via"] == "127.0.0.1:5555"
     s = open_as("carol")  # the next open moves them into the signed log
-    got = [json.loads(p) for (p,) in s.db.execute("SELECT payload FROM audit_log WHERE action = 'unlock.failed'")]
+    got = [
+        json.loads(p) for (p,) in s.db.execute("SELECT payload FROM audit_log WHERE action = 'unlock.failed'")
+    ]
     assert [g["attempted_user"] for g in got[:2]] == [f"token:{tid}", "token:" + "0" * 16]
 
 
@@ -72,8 +76,10 @@ def test_revoke_deletes_the_slot_and_lists(admin_session, open_as, vault_dir):
     assert [r["status"] for r in T.list_tokens(bob)] == ["active", "active"]
     T.revoke_token(admin_session, a["token_id"])
     assert a["token_id"] not in _header_doc(vault_dir)["tokens"]
-    assert {r["token_id"]: r["status"] for r in T.list_tokens(bob)} == {a["token_id"]: "revoked",
-                                                                         b["token_id"]: "active"}
+    assert {r["token_id"]: r["status"] for r in T.list_tokens(bob)} == {
+        a["token_id"]: "revoked",
+        b["token_id"]: "active",
+    }
     with pytest.raises(AuthenticationFailed):
         T.open_token_session(vault_dir, a["token"])
     with pytest.raises(NotFound):
@@ -85,7 +91,7 @@ def test_attack_member_cannot_extend_expiry(admin_session, open_as, vault_dir):
     bob = open_as("bob")
     made = T.create_token(bob, "bob", T.parse_duration("1h"))
     tid, secret = T.parse_token(made["token"])
-    far = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3650)).replace(microsecond=0).isoformat()
+    far = (dt.datetime.now(dt.UTC) + dt.timedelta(days=3650)).replace(microsecond=0).isoformat()
     # 1. Edit the expiry in header.json: the AEAD's associated data no longer matches.
     doc = _header_doc(vault_dir)
     doc["tokens"][tid]["expires_at"] = far
@@ -96,9 +102,14 @@ def test_attack_member_cannot_extend_expiry(admin_session, open_as, vault_dir):
     h = hdr.load(vault_dir)
     slot = h.tokens[tid]
     kek = T._kek(secret, crypto.b64d(slot["kdf"]["salt"]), h.vault_id, tid)
-    inner = {"x25519": crypto.private_bytes(bob.keys.x25519).hex(),
-             "ed25519": crypto.private_bytes(bob.keys.ed25519).hex(), "root": bob.root}
-    slot["sealed_keys"] = crypto.b64e(crypto.seal(kek, json.dumps(inner).encode(), T._aad(h.vault_id, tid, "bob", far)))
+    inner = {
+        "x25519": crypto.private_bytes(bob.keys.x25519).hex(),
+        "ed25519": crypto.private_bytes(bob.keys.ed25519).hex(),
+        "root": bob.root,
+    }
+    slot["sealed_keys"] = crypto.b64e(
+        crypto.seal(kek, json.dumps(inner).encode(), T._aad(h.vault_id, tid, "bob", far))
+    )
     h.save(vault_dir)
     with pytest.raises(AuthenticationFailed, match="invalid API token"):
         T.open_token_session(vault_dir, made["token"])  # the signed entry says one hour
@@ -107,8 +118,13 @@ def test_attack_member_cannot_extend_expiry(admin_session, open_as, vault_dir):
     from offline.errors import AuditChainBroken
 
     with bob.db:
-        chain.append(bob.db, "bob", bob.keys.ed25519, "token.create",
-                     {"token_id": tid, "user": "bob", "expires_at": far})
+        chain.append(
+            bob.db,
+            "bob",
+            bob.keys.ed25519,
+            "token.create",
+            {"token_id": tid, "user": "bob", "expires_at": far},
+        )
     with pytest.raises(AuditChainBroken, match="created a second time"):
         T.open_token_session(vault_dir, made["token"])
 
@@ -140,7 +156,7 @@ def test_attack_member_cannot_reactivate_revoked_token(admin_session, open_as, v
 
 def test_expired_token_refused(admin_session, open_as, vault_dir, monkeypatch):
     made = T.create_token(open_as("bob"), "bob", T.parse_duration("1m"))
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2)
     monkeypatch.setattr(T, "_expired", lambda e, now=None: later >= dt.datetime.fromisoformat(e))
     with pytest.raises(AuthenticationFailed, match="expired"):
         T.open_token_session(vault_dir, made["token"])
@@ -161,19 +177,36 @@ def test_park_file_records_are_signed_as_claims_only(admin_session, open_as, vau
     """A member writes the park file: what it says is signed as a capped, validated report."""
     from offline.vault.users import PARK_MAX_RECORDS
 
-    planted = [{"ts": "2020-01-01T00:00:00+00:00", "user": "alice", "via": "10.9.9.9:4444"},
-               {"ts": "x" * 5000, "user": "token:" + "f" * 16, "via": "V" * 200_000},
-               {"user": "a b\x1b[31m"}, "not an object"]
+    planted = [
+        {"ts": "2020-01-01T00:00:00+00:00", "user": "alice", "via": "10.9.9.9:4444"},
+        {"ts": "x" * 5000, "user": "token:" + "f" * 16, "via": "V" * 200_000},
+        {"user": "a b\x1b[31m"},
+        "not an object",
+    ]
     planted += [{"user": "bob"}] * (PARK_MAX_RECORDS + 5)
-    (vault_dir / "unlock-failures.jsonl").write_text("".join(json.dumps(r) + "\n" for r in planted) + "{broken\n")
+    (vault_dir / "unlock-failures.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in planted) + "{broken\n"
+    )
     s = open_as("carol")
-    got = [json.loads(p) for (p,) in s.db.execute(
-        "SELECT payload FROM audit_log WHERE action IN ('unlock.failed', 'unlock.failed.unreadable') ORDER BY seq")]
+    got = [
+        json.loads(p)
+        for (p,) in s.db.execute(
+            "SELECT payload FROM audit_log WHERE action IN ('unlock.failed', 'unlock.failed.unreadable') "
+            "ORDER BY seq"
+        )
+    ]
     failed = [g for g in got if "attempted_user" in g]
     assert len(failed) == PARK_MAX_RECORDS and all(g["reported_by"] == "park-file" for g in got)
-    assert failed[0] == {"attempted_user": "alice", "reported_by": "park-file", "claimed_at": "2020-01-01T00:00:00+00:00",
-                         "claimed_via": "10.9.9.9:4444"}
-    assert failed[1] == {"attempted_user": "token:" + "f" * 16, "reported_by": "park-file"}  # oversized claims dropped
+    assert failed[0] == {
+        "attempted_user": "alice",
+        "reported_by": "park-file",
+        "claimed_at": "2020-01-01T00:00:00+00:00",
+        "claimed_via": "10.9.9.9:4444",
+    }
+    assert failed[1] == {
+        "attempted_user": "token:" + "f" * 16,
+        "reported_by": "park-file",
+    }  # oversized claims dropped
     assert not any("via" in g or "at" in g for g in got)
     assert got[-1]["records"] == 1 + 1 + 7 + 1  # bad user, not an object, 7 over the cap, unparsable
     assert not (vault_dir / "unlock-failures.jsonl").exists()
@@ -192,16 +225,25 @@ def test_server_reports_are_aggregated_and_bounded(admin_session, open_as):
     start = bob.verifier.seq
     r.flush(bob, "tid-of-bob")
     r.flush(bob, "tid-of-bob")
-    got = [(e.action, e.payload) for e in __import__("offline.audit.chain", fromlist=["x"]).iter_entries(
-        bob.db, "seq > ?", (start,))]
-    assert [a for a, _ in got] == ["server.request", "unlock.failed", "server.reports_dropped", "unlock.failed"]
+    got = [
+        (e.action, e.payload)
+        for e in __import__("offline.audit.chain", fromlist=["x"]).iter_entries(bob.db, "seq > ?", (start,))
+    ]
+    assert [a for a, _ in got] == [
+        "server.request",
+        "unlock.failed",
+        "server.reports_dropped",
+        "unlock.failed",
+    ]
     assert got[0][1]["status"] == 429 and got[0][1]["token_id"] == "tid-of-bob"  # this token's own 429 first
     assert got[1][1]["count"] == 1000 and got[1][1]["reported_by"] == "server"
     assert got[2][1]["counts"] == {"failed": 1}
     assert not r.pending()
 
 
-def test_server_witness_keeps_a_deleted_slot_dead_and_refuses_a_rolled_back_header(admin_session, open_as, vault_dir):
+def test_server_witness_keeps_a_deleted_slot_dead_and_refuses_a_rolled_back_header(
+    admin_session, open_as, vault_dir
+):
     from offline.errors import VaultCorrupted
     from offline.vault import witness
 

@@ -21,8 +21,9 @@ from ..errors import OfflineError, UsageError
 from . import paths, protocol
 
 ARGS_KEY = "offline.agent.args"  # ctx.meta key: the root's raw arguments (set by OfflineGroup.invoke)
-SECRET_ENV = frozenset({"OFFLINE_PASSPHRASE", "OFFLINE_NEW_PASSPHRASE", "OFFLINE_PASSPHRASE_FILE",
-                        "OFFLINE_NEW_PASSPHRASE_FILE"})
+SECRET_ENV = frozenset(
+    {"OFFLINE_PASSPHRASE", "OFFLINE_NEW_PASSPHRASE", "OFFLINE_PASSPHRASE_FILE", "OFFLINE_NEW_PASSPHRASE_FILE"}
+)
 EXTRA_ENV = ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TERM")
 # Never forwarded: commands about the agent itself, commands that do not open the vault, and
 # commands that need a new passphrase or a confirmation typed on this terminal.
@@ -56,6 +57,7 @@ def parse_duration(text: str) -> float:
 
 
 # -- connecting ---------------------------------------------------------------------------------
+
 
 def connect(vault: Path, user: str, timeout: float = 5.0) -> socket.socket | None:
     """A connection to the live agent for (vault, user), or None. A stale socket is removed."""
@@ -121,10 +123,14 @@ def lock(vault: Path, user: str) -> dict[str, Any]:
 
 # -- forwarding ---------------------------------------------------------------------------------
 
+
 def forward_env() -> dict[str, str]:
     """Settings the command needs in the agent: OFFLINE_* (never a passphrase) and terminal hints."""
-    return {k: v for k, v in os.environ.items()
-            if (k.startswith("OFFLINE_") and k not in SECRET_ENV) or k in EXTRA_ENV}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if (k.startswith("OFFLINE_") and k not in SECRET_ENV) or k in EXTRA_ENV
+    }
 
 
 def should_forward(command: str, rest: list[str], is_group: bool | None) -> bool:
@@ -154,8 +160,15 @@ def forward(sock: socket.socket, args: list[str], *, as_json: bool, verbose: boo
         tty = sys.stdout.isatty()
     except (AttributeError, ValueError):
         tty = False
-    request = {"op": "run", "args": list(args), "json": as_json, "verbose": verbose,
-               "cwd": os.getcwd(), "env": forward_env(), "tty": tty}
+    request = {
+        "op": "run",
+        "args": list(args),
+        "json": as_json,
+        "verbose": verbose,
+        "cwd": os.getcwd(),
+        "env": forward_env(),
+        "tty": tty,
+    }
     written = False
     try:
         protocol.send_json(sock, request)
@@ -216,6 +229,7 @@ def route(ctx: Any, app: Any) -> None:
 
 # -- starting -----------------------------------------------------------------------------------
 
+
 def _lines_until(stream: Any, deadline: float) -> Iterator[bytes]:
     """Lines of the agent's handshake, giving up at ``deadline``: a hung start never hangs the client."""
     import selectors
@@ -236,8 +250,9 @@ def _lines_until(stream: Any, deadline: float) -> Iterator[bytes]:
                 yield line
 
 
-def unlock(vault: Path, user: str, passphrase: Callable[[], str], idle_s: float | None = None,
-           preload: bool = True) -> dict[str, Any]:
+def unlock(
+    vault: Path, user: str, passphrase: Callable[[], str], idle_s: float | None = None, preload: bool = True
+) -> dict[str, Any]:
     """Start the agent for (vault, user) unless one runs; return its status.
 
     The passphrase goes to the agent over a pipe on stdin (never argv or the environment). The
@@ -251,14 +266,29 @@ def unlock(vault: Path, user: str, passphrase: Callable[[], str], idle_s: float 
         return {**current, "already": True}
     secret = passphrase()
     env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
-    cmd = [sys.executable, "-m", "offline.agent.server", "--vault", str(Path(vault).expanduser().resolve()),
-           "--user", user]
+    cmd = [
+        sys.executable,
+        "-m",
+        "offline.agent.server",
+        "--vault",
+        str(Path(vault).expanduser().resolve()),
+        "--user",
+        user,
+    ]
     if idle_s is not None:
         cmd += ["--idle", repr(float(idle_s))]
     if not preload:
         cmd.append("--no-preload")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env=env, cwd="/", start_new_session=True, close_fds=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd="/",
+        start_new_session=True,
+        close_fds=True,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         proc.stdin.write(secret.encode("utf-8") + b"\n")
@@ -285,6 +315,7 @@ def unlock(vault: Path, user: str, passphrase: Callable[[], str], idle_s: float 
         with contextlib.suppress(OSError):
             proc.kill()
         late = time.monotonic() >= deadline
-        raise OfflineError(f"the agent did not start within {START_TIMEOUT_S:.0f} s" if late
-                           else "the agent failed to start")
+        raise OfflineError(
+            f"the agent did not start within {START_TIMEOUT_S:.0f} s" if late else "the agent failed to start"
+        )
     return {**status(vault, user), "already": False}

@@ -133,7 +133,7 @@ class Agent:
         self.idle_s = float(idle_s)
         self.folder = folder
         self.sock_path = paths.socket_path(folder)
-        self.since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.since = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         self.started = time.monotonic()
         self.last_use = time.monotonic()
         self.requests = 0
@@ -267,7 +267,8 @@ class Agent:
                     )
 
     def refresh(self) -> None:
-        """Before each command: the vault as it is now (removed user, re-key, tampering: see Session.refresh)."""
+        """Before each command: the vault as it is now (removed user, re-key, tampering; see
+        Session.refresh)."""
         self.session.refresh()
 
     def _forget_collections(self) -> None:

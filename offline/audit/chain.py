@@ -35,7 +35,9 @@ SEVERITIES = ("info", "notice", "warning", "high")
 
 def canonical_json(obj: Any) -> bytes:
     """Deterministic JSON: sorted keys, no spaces, UTF-8, no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def entry_hash(prev_hash: str, body: dict[str, Any]) -> str:
@@ -68,15 +70,22 @@ class Entry:
     raw_payload: str | None = field(default=None, repr=False, compare=False)
 
     def body(self) -> dict[str, Any]:
-        return {"seq": self.seq, "ts": self.ts, "user": self.user, "action": self.action,
-                "severity": self.severity, "payload": self.payload}
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "user": self.user,
+            "action": self.action,
+            "severity": self.severity,
+            "payload": self.payload,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.body(), "prev_hash": self.prev_hash, "hash": self.hash, "sig": self.sig}
 
 
-def append(conn: Any, user: str, key: Ed25519PrivateKey, action: str, payload: dict[str, Any],
-           severity: str = "info") -> Entry:
+def append(
+    conn: Any, user: str, key: Ed25519PrivateKey, action: str, payload: dict[str, Any], severity: str = "info"
+) -> Entry:
     """Append one signed entry at the head of the chain, atomically (``BEGIN IMMEDIATE``)."""
     from ..vault.db import transaction
 
@@ -84,8 +93,9 @@ def append(conn: Any, user: str, key: Ed25519PrivateKey, action: str, payload: d
         return append_in_transaction(conn, user, key, action, payload, severity)
 
 
-def append_in_transaction(conn: Any, user: str, key: Ed25519PrivateKey, action: str, payload: dict[str, Any],
-                          severity: str = "info") -> Entry:
+def append_in_transaction(
+    conn: Any, user: str, key: Ed25519PrivateKey, action: str, payload: dict[str, Any], severity: str = "info"
+) -> Entry:
     """Append one signed entry inside the caller's open write transaction (commits with it)."""
     if severity not in SEVERITIES:
         raise ValueError(f"unknown severity {severity!r}")
@@ -98,8 +108,17 @@ def append_in_transaction(conn: Any, user: str, key: Ed25519PrivateKey, action: 
     conn.execute(
         "INSERT INTO audit_log(seq, ts, user, action, severity, payload, prev_hash, hash, sig)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (entry.seq, entry.ts, entry.user, entry.action, entry.severity,
-         canonical_json(entry.payload).decode(), entry.prev_hash, entry.hash, entry.sig),
+        (
+            entry.seq,
+            entry.ts,
+            entry.user,
+            entry.action,
+            entry.severity,
+            canonical_json(entry.payload).decode(),
+            entry.prev_hash,
+            entry.hash,
+            entry.sig,
+        ),
     )
     return entry
 
@@ -107,7 +126,7 @@ def append_in_transaction(conn: Any, user: str, key: Ed25519PrivateKey, action: 
 _COLUMNS = ("seq", "ts", "user", "action", "severity", "payload", "prev_hash", "hash", "sig")
 # Text columns are read as bytes and decoded here: a tampered cell holding invalid UTF-8 (or a BLOB)
 # must become "entry N is bad", not a driver error about some unknown row.
-_SELECT = ("SELECT seq, " + ", ".join(f"CAST({c} AS BLOB)" for c in _COLUMNS[1:]) + " FROM audit_log")
+_SELECT = "SELECT seq, " + ", ".join(f"CAST({c} AS BLOB)" for c in _COLUMNS[1:]) + " FROM audit_log"
 
 
 def _text(seq: Any, column: str, value: Any) -> str:
@@ -117,7 +136,9 @@ def _text(seq: Any, column: str, value: Any) -> str:
         try:
             return bytes(value).decode("utf-8", errors="strict")
         except UnicodeDecodeError:
-            raise AuditChainBroken(f"audit entry {seq}: {column} is not valid UTF-8", _seq_or_none(seq)) from None
+            raise AuditChainBroken(
+                f"audit entry {seq}: {column} is not valid UTF-8", _seq_or_none(seq)
+            ) from None
     raise AuditChainBroken(f"audit entry {seq}: {column} is missing or not text", _seq_or_none(seq))
 
 
@@ -126,12 +147,14 @@ def _seq_or_none(seq: Any) -> int | None:
 
 
 def entry_from_row(row: tuple) -> Entry:
-    """An :class:`Entry` from a stored row (text or bytes cells); malformed cells raise :class:`AuditChainBroken`."""
+    """An :class:`Entry` from a stored row (text or bytes cells); malformed cells raise
+    :class:`AuditChainBroken`."""
     seq = row[0]
     if not isinstance(seq, int) or isinstance(seq, bool):
         raise AuditChainBroken(f"audit entry {seq!r}: sequence number is not an integer", None)
     ts, user, action, severity, payload, prev_hash, digest, sig = (
-        _text(seq, c, v) for c, v in zip(_COLUMNS[1:], row[1:]))
+        _text(seq, c, v) for c, v in zip(_COLUMNS[1:], row[1:])
+    )
     try:
         data = json.loads(payload)
     except (TypeError, ValueError):
@@ -142,8 +165,14 @@ def entry_from_row(row: tuple) -> Entry:
 _row_to_entry = entry_from_row  # the name the first version used
 
 
-def iter_entries(conn: Any, where: str = "", params: Iterable[Any] = (), *, descending: bool = False,
-                 limit: int | None = None) -> Iterable[Entry]:
+def iter_entries(
+    conn: Any,
+    where: str = "",
+    params: Iterable[Any] = (),
+    *,
+    descending: bool = False,
+    limit: int | None = None,
+) -> Iterable[Entry]:
     """Entries in sequence order, optionally filtered by a SQL ``where`` clause (bound ``params``).
 
     ``descending``/``limit`` give the newest ``limit`` entries first (for ``audit tail``).
@@ -173,8 +202,13 @@ class VerifyReport:
     policy: Any = None  # the authorization state the chain defines (offline.vault.authz.Policy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": True, "entries": self.entries, "head_hash": self.head_hash,
-                "signers": sorted(self.users), "audit_public_key": self.audit_public_key}
+        return {
+            "ok": True,
+            "entries": self.entries,
+            "head_hash": self.head_hash,
+            "signers": sorted(self.users),
+            "audit_public_key": self.audit_public_key,
+        }
 
 
 # Entries that change who may sign: only an admin (as the chain itself recorded) may write them.
@@ -182,7 +216,9 @@ KEY_ACTIONS = ("user.add", "user.remove")
 TOKEN_ACTIONS = ("token.create", "token.revoke")
 
 
-def fold_token(tokens: dict[str, dict[str, Any]], e: Entry, roles: dict[str, str]) -> dict[str, dict[str, Any]]:
+def fold_token(
+    tokens: dict[str, dict[str, Any]], e: Entry, roles: dict[str, str]
+) -> dict[str, dict[str, Any]]:
     """The API-token registry after entry ``e`` (a new dict; ``tokens`` is left alone).
 
     A token's expiry is the one its *first* ``token.create`` entry records, signed by the token's
@@ -257,17 +293,28 @@ class Verifier:
 
     # -- persistence ----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {"prev": self.prev, "seq": self.seq, "keys": self.keys, "roles": self.roles,
-                "introduced": self.introduced, "key_history": self.key_history,
-                "audit_public_key": self.audit_public_key, "root": self.root, "tokens": self.tokens,
-                "policy": self.policy.to_json() if self.policy is not None else None}
+        return {
+            "prev": self.prev,
+            "seq": self.seq,
+            "keys": self.keys,
+            "roles": self.roles,
+            "introduced": self.introduced,
+            "key_history": self.key_history,
+            "audit_public_key": self.audit_public_key,
+            "root": self.root,
+            "tokens": self.tokens,
+            "policy": self.policy.to_json() if self.policy is not None else None,
+        }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], policy_cls: Any = None) -> Verifier:
         v = cls()
         v.prev, v.seq = str(doc["prev"]), int(doc["seq"])
         v.keys, v.roles = dict(doc["keys"]), dict(doc["roles"])
-        v.introduced, v.key_history = dict(doc["introduced"]), {u: list(k) for u, k in doc["key_history"].items()}
+        v.introduced, v.key_history = (
+            dict(doc["introduced"]),
+            {u: list(k) for u, k in doc["key_history"].items()},
+        )
         v.audit_public_key, v.root = doc["audit_public_key"], doc["root"]
         v.tokens = {t: dict(r) for t, r in (doc.get("tokens") or {}).items()}
         if policy_cls is not None and doc.get("policy") is not None:
@@ -289,7 +336,9 @@ class Verifier:
         """Verify ``e`` as the next entry and fold it in; raise :class:`AuditChainBroken` if it is bad."""
         expected = self.seq + 1
         if e.seq != expected:
-            raise AuditChainBroken(f"audit entry {expected}: missing or out of order (found {e.seq} next)", expected)
+            raise AuditChainBroken(
+                f"audit entry {expected}: missing or out of order (found {e.seq} next)", expected
+            )
         if e.prev_hash != self.prev:
             raise _broken(e.seq, "does not link to the entry before it")
         if not e.hash.startswith(HASH_VERSION + ":"):
@@ -319,8 +368,12 @@ class Verifier:
             roles[e.user] = "admin"
             introduced[e.user] = 1
             audit_public_key = e.payload.get("audit_public_key")
-            root = {"vault_id": str(e.payload.get("vault_id")), "founder": e.user,
-                    "founder_ed25519": keys[e.user], "audit_public_key": str(audit_public_key)}
+            root = {
+                "vault_id": str(e.payload.get("vault_id")),
+                "founder": e.user,
+                "founder_ed25519": keys[e.user],
+                "audit_public_key": str(audit_public_key),
+            }
         elif e.seq == 1:
             raise AuditChainBroken("audit entry 1: chain does not start with vault.init", 1)
         key_hex = keys.get(e.user)
@@ -328,7 +381,8 @@ class Verifier:
             raise _broken(e.seq, f"signer {e.user!r} was never enrolled in the chain")
         try:
             Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_hex)).verify(
-                bytes.fromhex(e.sig), SIG_DOMAIN + e.hash.encode())
+                bytes.fromhex(e.sig), SIG_DOMAIN + e.hash.encode()
+            )
         except (InvalidSignature, ValueError):
             raise _broken(e.seq, f"bad signature for {e.user!r}") from None
         if e.action in KEY_ACTIONS:
@@ -373,10 +427,17 @@ class Verifier:
                 raise _broken(e.seq, f"the key it enrols for {name!r} is not the one in the users table")
 
     def report(self) -> VerifyReport:
-        return VerifyReport(entries=self.seq, head_hash=self.prev, users=dict(self.keys),
-                            audit_public_key=self.audit_public_key, roles=dict(self.roles),
-                            introduced=dict(self.introduced), key_history=self.key_history,
-                            root=self.root, policy=self.policy)
+        return VerifyReport(
+            entries=self.seq,
+            head_hash=self.prev,
+            users=dict(self.keys),
+            audit_public_key=self.audit_public_key,
+            roles=dict(self.roles),
+            introduced=dict(self.introduced),
+            key_history=self.key_history,
+            root=self.root,
+            policy=self.policy,
+        )
 
 
 def check_entry(e: Entry, signer_keys: list[str]) -> None:
@@ -393,7 +454,8 @@ def check_entry(e: Entry, signer_keys: list[str]) -> None:
     for hex_key in signer_keys:
         try:
             Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_key)).verify(
-                bytes.fromhex(e.sig), SIG_DOMAIN + e.hash.encode())
+                bytes.fromhex(e.sig), SIG_DOMAIN + e.hash.encode()
+            )
             return
         except (InvalidSignature, ValueError):
             continue

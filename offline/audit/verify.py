@@ -20,8 +20,9 @@ def verify_chain(session: Session) -> chain.VerifyReport:
     Steps: (1) every hash, link and signature, and every authorization change by a signer allowed
     to make it; (2) the chain starts at the root pinned in the caller's keyslot (vault id, founding
     admin key, audit key: the vault fingerprint); (3) it still holds the head the caller's client saw
-    last, and every head a team server using this home saw (:mod:`offline.vault.witness`); (4) the audit key it records is the vault's; (5) every keyslot belongs to a user the chain
-    enrolled, with that key; (6) the protected tables equal the authorization state the chain signs.
+    last, and every head a team server using this home saw (:mod:`offline.vault.witness`); (4) the
+    audit key it records is the vault's; (5) every keyslot belongs to a user the chain enrolled, with
+    that key; (6) the protected tables equal the authorization state the chain signs.
     """
     from ..vault import authz, trust
     from ..vault.session import check_seen

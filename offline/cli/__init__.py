@@ -7,9 +7,8 @@ is :mod:`offline.cli.root`; :mod:`offline.cli.commands` attaches every command g
 
 from __future__ import annotations
 
-from .root import OfflineGroup, main  # first: it installs the network guard
-
 from . import commands  # noqa: E402, F401, I001  (each command module attaches its group to ``main``)
 from .inprocess import Streams, run_in_process  # noqa: E402  (the agent's entry point)
+from .root import OfflineGroup, main  # first: it installs the network guard
 
 __all__ = ["OfflineGroup", "Streams", "main", "run_in_process"]

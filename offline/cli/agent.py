@@ -17,20 +17,25 @@ def _left(seconds: float) -> str:
 def _status_text(d: dict[str, Any]) -> str:
     if not d.get("unlocked"):
         return f"Locked: no agent for {d['user']} on {d['vault']}."
-    return (f"Unlocked: agent pid {d['pid']} for {d['user']} on {d['vault']} since {d['since']}; "
-            f"locks after {_left(d['idle_timeout_s'])} idle ({_left(d['time_left_s'])} left).")
+    return (
+        f"Unlocked: agent pid {d['pid']} for {d['user']} on {d['vault']} since {d['since']}; "
+        f"locks after {_left(d['idle_timeout_s'])} idle ({_left(d['time_left_s'])} left)."
+    )
 
 
 @click.command()
-@click.option("--idle", metavar="DURATION",
-              help="Lock after this much inactivity, e.g. 90s, 15m, 1h. [default: vault setting idle_timeout_s]")
+@click.option(
+    "--idle",
+    metavar="DURATION",
+    help="Lock after this much inactivity, e.g. 90s, 15m, 1h. [default: vault setting idle_timeout_s]",
+)
 @click.option("--no-preload", is_flag=True, help="Do not warm the embedding and generation models.")
 @click.pass_obj
 def unlock(app: App, idle: str | None, no_preload: bool) -> None:
     """Unlock once: a background agent keeps keys and models warm for your later commands."""
-    from ..agent.client import parse_duration, unlock as start_agent
-
     from .. import status
+    from ..agent.client import parse_duration
+    from ..agent.client import unlock as start_agent
 
     idle_s = parse_duration(idle) if idle is not None else None
 
@@ -51,8 +56,14 @@ def lock(app: App) -> None:
     from ..agent.client import lock as stop_agent
 
     info = stop_agent(app.vault_path, app.user_name)
-    app.emit(info, lambda d: f"Locked {d['user']} on {d['vault']}." if d["was_unlocked"]
-             else f"Nothing to lock: no agent for {d['user']} on {d['vault']}.")
+    app.emit(
+        info,
+        lambda d: (
+            f"Locked {d['user']} on {d['vault']}."
+            if d["was_unlocked"]
+            else f"Nothing to lock: no agent for {d['user']} on {d['vault']}."
+        ),
+    )
 
 
 @click.command()

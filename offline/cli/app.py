@@ -95,7 +95,9 @@ class App:
             )
         return click.prompt(f"{prompt} for {self.user_name}", hide_input=True)
 
-    def new_passphrase(self, file: str | None = None, who: str | None = None, allow_weak: bool = False) -> str:
+    def new_passphrase(
+        self, file: str | None = None, who: str | None = None, allow_weak: bool = False
+    ) -> str:
         """A new passphrase: ``--new-passphrase-file``, ``OFFLINE_NEW_PASSPHRASE``, else asked twice."""
         path = file or self.getenv(config.ENV_NEW_PASSPHRASE_FILE)
         if path:
@@ -114,7 +116,8 @@ class App:
         return value
 
     def break_glass_code(self) -> str:
-        """The emergency code: ``OFFLINE_BREAK_GLASS_CODE_FILE``, ``OFFLINE_BREAK_GLASS_CODE``, else a prompt."""
+        """The emergency code: ``OFFLINE_BREAK_GLASS_CODE_FILE``, ``OFFLINE_BREAK_GLASS_CODE``, else a
+        prompt."""
         path = self.getenv("OFFLINE_BREAK_GLASS_CODE_FILE")
         if path:
             return config.read_secret_file(str(self.path(Path(path))))
@@ -122,8 +125,10 @@ class App:
         if env:
             return env
         if not self.interactive():
-            raise UsageError("break-glass needs the emergency code: set OFFLINE_BREAK_GLASS_CODE_FILE "
-                             "or OFFLINE_BREAK_GLASS_CODE, or run it at a terminal")
+            raise UsageError(
+                "break-glass needs the emergency code: set OFFLINE_BREAK_GLASS_CODE_FILE "
+                "or OFFLINE_BREAK_GLASS_CODE, or run it at a terminal"
+            )
         return click.prompt("Emergency code (from the break-glass envelope)", hide_input=True)
 
     def session(self) -> Any:
@@ -136,8 +141,9 @@ class App:
             from ..errors import AuthenticationFailed
             from ..vault import open_session
 
-            interactive = not self.passphrase_file and not self.getenv(config.ENV_PASSPHRASE) \
-                and self.interactive()
+            interactive = (
+                not self.passphrase_file and not self.getenv(config.ENV_PASSPHRASE) and self.interactive()
+            )
             for attempt in range(3 if interactive else 1):
                 try:
                     self._session = open_session(self.vault_path, self.user_name, self.passphrase)

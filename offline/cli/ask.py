@@ -8,7 +8,7 @@ import click
 
 from ..textsafe import StreamSanitizer, one_line
 from .app import App
-from .params import K, TEXT, Count, Number
+from .params import TEXT, Count, K, Number
 
 MODES = ("rag", "base", "finetune", "hybrid")  # mirrors offline.rag.MODES without importing it
 RETRIEVAL_MODES = ("rag", "hybrid")
@@ -54,8 +54,8 @@ def _text(d: dict[str, Any], streamed: bool) -> str:
         )
     if d["sources"]:
         lines.append("")
-        from ..rag.citations import source_list
         from ..llm.prompts import SourceBlock
+        from ..rag.citations import source_list
 
         blocks = [
             SourceBlock(

@@ -52,17 +52,32 @@ def accuracy_latency(results: dict[str, Any], path: Path) -> None:
             ax.scatter([p50], [y], color=c, marker=marker, s=60, zorder=3)
         # Modes often share a point (base and finetune near zero): named in the legend by colour,
         # never by a label on the point, so no two labels can overlap.
-        handles.append(Line2D([], [], color=c, lw=6, label=f"{m}: F1 {fig_m['f1']:.2f}, contains "
-                                                          f"{fig_m['answer_contains']:.2f}"))
-    handles += [Line2D([], [], color="black", marker="o", ls="", label="token F1"),
-                Line2D([], [], color="black", marker="s", ls="", label="answer contains gold")]
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=c,
+                lw=6,
+                label=f"{m}: F1 {fig_m['f1']:.2f}, contains {fig_m['answer_contains']:.2f}",
+            )
+        )
+    handles += [
+        Line2D([], [], color="black", marker="o", ls="", label="token F1"),
+        Line2D([], [], color="black", marker="s", ls="", label="answer contains gold"),
+    ]
     ax.set_xlabel("time to first token, s (dot p50, line to p95)")
     ax.set_ylabel("score (0-1)")
     ax.set_ylim(-0.03, max(0.1, min(1.0, _max_score(results) * 1.25 + 0.05)))
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
-              borderaxespad=0)
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=8,
+        frameon=False,
+        borderaxespad=0,
+    )
     qa = results["qa"]
     n = qa["questions"] - (qa.get("unanswerable") or 0)  # accuracy is over the answerable ones
     ax.set_title(f"Accuracy vs latency, {n} answerable questions", fontsize=10)
@@ -72,8 +87,13 @@ def accuracy_latency(results: dict[str, Any], path: Path) -> None:
 
 
 def _max_score(results: dict[str, Any]) -> float:
-    vals = [f[k] for f in results["modes"].values() if f.get("status") == "ok"
-            for k in ("f1", "answer_contains") if f.get(k) is not None]
+    vals = [
+        f[k]
+        for f in results["modes"].values()
+        if f.get("status") == "ok"
+        for k in ("f1", "answer_contains")
+        if f.get(k) is not None
+    ]
     return max(vals, default=0.0)
 
 
@@ -84,8 +104,13 @@ def update_cost(results: dict[str, Any], path: Path) -> None:
     bars: list[tuple[str, float, str]] = []
     if upd:
         bars.append(("ingest 1 document\n(rag, hybrid)", upd["ingest_s"], COLORS["rag"]))
-        bars.append((f"fine-tune on it, {upd.get('finetune_steps')} steps\n(finetune)", upd["finetune_s"],
-                     COLORS["finetune"]))
+        bars.append(
+            (
+                f"fine-tune on it, {upd.get('finetune_steps')} steps\n(finetune)",
+                upd["finetune_s"],
+                COLORS["finetune"],
+            )
+        )
     full = (results.get("adapter") or {}).get("train_duration_s")
     if full:
         bars.append(("train the compared\nadapter (lineage)", float(full), "#f4a3a3"))

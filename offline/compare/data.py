@@ -37,19 +37,23 @@ class Probe:
     answers: tuple[str, ...]
     name: str = "freshness-probe.txt"
     # Prompts whose completion is the document: the training data of the one-document fine-tune.
-    prompts: tuple[str, ...] = field(default=(
-        "What does the latest clinic bulletin say?",
-        "Repeat the new notice from the Ostrava clinic.",
-        "Is there any recent change at the Ostrava clinic?",
-        "Summarise the newest bulletin.",
-    ))
+    prompts: tuple[str, ...] = field(
+        default=(
+            "What does the latest clinic bulletin say?",
+            "Repeat the new notice from the Ostrava clinic.",
+            "Is there any recent change at the Ostrava clinic?",
+            "Summarise the newest bulletin.",
+        )
+    )
 
 
 # Made up and dated after any base model's training data, so no model can know it beforehand.
 DEFAULT_PROBE = Probe(
-    document=("Clinic bulletin, Ostrava, 3 March 2026. The Ostrava clinic's new on-call pager number is "
-              "4471-93. It replaces the old switchboard extension, which no longer forwards calls after "
-              "6 pm. Night staff should use 4471-93 for every urgent call."),
+    document=(
+        "Clinic bulletin, Ostrava, 3 March 2026. The Ostrava clinic's new on-call pager number is "
+        "4471-93. It replaces the old switchboard extension, which no longer forwards calls after "
+        "6 pm. Night staff should use 4471-93 for every urgent call."
+    ),
     question="What is the Ostrava clinic's new on-call pager number?",
     answers=("4471-93",),
 )
@@ -86,8 +90,10 @@ def load_qa(path: str | Path, limit: int | None = None) -> QASet:
         questions.append(Question(ex.qid or f"q{n}", ex.question, ex.answers))
     chosen = questions[:limit] if limit else questions
     if not any(q.answers for q in chosen):
-        raise InvalidInput(f"{p.name} holds no answerable questions"
-                           + (f" among its first {limit}" if limit and any(q.answers for q in questions) else ""))
+        raise InvalidInput(
+            f"{p.name} holds no answerable questions"
+            + (f" among its first {limit}" if limit and any(q.answers for q in questions) else "")
+        )
     return QASet(chosen, qa.sha256, qa.format, sum(1 for q in questions if q.answers))
 
 
@@ -98,18 +104,40 @@ def load_probe(path: str | Path) -> Probe:
         obj = json.loads(_read(p).decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput(f"{p.name}: not a JSON object") from None
-    ok = (isinstance(obj, dict) and isinstance(obj.get("document"), str) and obj["document"].strip()
-          and isinstance(obj.get("question"), str) and obj["question"].strip()
-          and isinstance(obj.get("answers"), list) and obj["answers"]
-          and all(isinstance(a, str) and a.strip() for a in obj["answers"]))
+    ok = (
+        isinstance(obj, dict)
+        and isinstance(obj.get("document"), str)
+        and obj["document"].strip()
+        and isinstance(obj.get("question"), str)
+        and obj["question"].strip()
+        and isinstance(obj.get("answers"), list)
+        and obj["answers"]
+        and all(isinstance(a, str) and a.strip() for a in obj["answers"])
+    )
     if not ok:
-        raise InvalidInput(f"{p.name}: expected {{\"document\": ..., \"question\": ..., \"answers\": [...]}}")
+        raise InvalidInput(f'{p.name}: expected {{"document": ..., "question": ..., "answers": [...]}}')
     prompts = obj.get("prompts")
-    if prompts is not None and (not isinstance(prompts, list) or not prompts
-                                or not all(isinstance(x, str) and x.strip() for x in prompts)):
-        raise InvalidInput(f"{p.name}: \"prompts\" must be a non-empty list of strings")
-    kw = {"prompts": tuple(prompts)} if prompts else {
-        "prompts": ("What does the latest document say?", "Repeat the newest note.",
-                    "Is there anything new in the documents?", "Summarise the newest document.")}
-    return Probe(document=obj["document"].strip(), question=obj["question"].strip(),
-                 answers=tuple(obj["answers"]), **kw)
+    if prompts is not None and (
+        not isinstance(prompts, list)
+        or not prompts
+        or not all(isinstance(x, str) and x.strip() for x in prompts)
+    ):
+        raise InvalidInput(f'{p.name}: "prompts" must be a non-empty list of strings')
+    kw = (
+        {"prompts": tuple(prompts)}
+        if prompts
+        else {
+            "prompts": (
+                "What does the latest document say?",
+                "Repeat the newest note.",
+                "Is there anything new in the documents?",
+                "Summarise the newest document.",
+            )
+        }
+    )
+    return Probe(
+        document=obj["document"].strip(),
+        question=obj["question"].strip(),
+        answers=tuple(obj["answers"]),
+        **kw,
+    )

@@ -81,7 +81,9 @@ def prepare_out(out: str | Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise ParameterError("cannot write to {out} {path}: {why}", "out", path=p, why=exc.__class__.__name__) from None
+        raise ParameterError(
+            "cannot write to {out} {path}: {why}", "out", path=p, why=exc.__class__.__name__
+        ) from None
     return p
 
 
@@ -106,8 +108,11 @@ def _aggregate(rows: list[dict[str, Any]], retrieving: bool) -> dict[str, Any]:
     answered = [r for r in rows if not r["refused"]]
     loads = [r["load_s"] for r in rows if r.get("load_s") is not None]
     return {
-        "questions": n, "unanswerable_questions": len(rows) - n,
-        "exact_match": g["em"], "f1": g["f1"], "answer_contains": g["contains"],
+        "questions": n,
+        "unanswerable_questions": len(rows) - n,
+        "exact_match": g["em"],
+        "f1": g["f1"],
+        "answer_contains": g["contains"],
         "refused_rate": round(sum(r["refused"] for r in answerable) / n, 4) if n else None,
         "citation_hit_rate": g["citation_hit"],
         "cited_rate": g["cited"],
@@ -122,22 +127,44 @@ def _aggregate(rows: list[dict[str, Any]], retrieving: bool) -> dict[str, Any]:
         "ttft_s": measure.spread(r["ttft_s"] for r in rows if r["ttft_s"] is not None and r["tokens"]),
         "total_s": measure.spread(r["total_s"] for r in rows if r["total_s"] is not None),
         "decode_tok_s": measure.spread(r["decode_tok_s"] for r in answered if (r["tokens"] or 0) > 1),
-        "tokens_mean": round(sum(r["tokens"] or 0 for r in answered) / len(answered), 1) if answered else None,
-        "prompt_tokens_mean": (round(sum(r["prompt_tokens"] or 0 for r in answered) / len(answered), 1)
-                               if answered else None),
+        "tokens_mean": round(sum(r["tokens"] or 0 for r in answered) / len(answered), 1)
+        if answered
+        else None,
+        "prompt_tokens_mean": (
+            round(sum(r["prompt_tokens"] or 0 for r in answered) / len(answered), 1) if answered else None
+        ),
         # The first call loads the model (and adapter); later calls hit the engine cache.
         "model_load_s": round(max(loads), 3) if loads else None,
     }
 
 
-
-def _ask(session: Any, question: str, mode: str, *, collection: str, adapter: str | None, k: int,
-         max_tokens: int, model: str | None, min_score: float, reader: bool = True) -> Any:
+def _ask(
+    session: Any,
+    question: str,
+    mode: str,
+    *,
+    collection: str,
+    adapter: str | None,
+    k: int,
+    max_tokens: int,
+    model: str | None,
+    min_score: float,
+    reader: bool = True,
+) -> Any:
     from ..rag import answer
 
-    return answer(session, question, collections=[collection] if mode in RETRIEVAL_MODES else None, k=k,
-                  mode=mode, model=model, adapter=adapter if mode in ADAPTER_MODES else None,
-                  max_tokens=max_tokens, min_score=min_score, reader=reader)
+    return answer(
+        session,
+        question,
+        collections=[collection] if mode in RETRIEVAL_MODES else None,
+        k=k,
+        mode=mode,
+        model=model,
+        adapter=adapter if mode in ADAPTER_MODES else None,
+        max_tokens=max_tokens,
+        min_score=min_score,
+        reader=reader,
+    )
 
 
 def _drop_engines() -> None:
@@ -147,9 +174,21 @@ def _drop_engines() -> None:
     gc.collect()
 
 
-def run_mode(session: Any, mode: str, questions: list[Question], *, collection: str, adapter: str | None,
-             k: int, max_tokens: int, model: str | None, min_score: float, with_answers: bool = False,
-             progress: Progress | None = None, reader: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_mode(
+    session: Any,
+    mode: str,
+    questions: list[Question],
+    *,
+    collection: str,
+    adapter: str | None,
+    k: int,
+    max_tokens: int,
+    model: str | None,
+    min_score: float,
+    with_answers: bool = False,
+    progress: Progress | None = None,
+    reader: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Ask every question under ``mode``; (figures, per-question rows)."""
     retrieving = mode in RETRIEVAL_MODES
     _drop_engines()
@@ -157,13 +196,28 @@ def run_mode(session: Any, mode: str, questions: list[Question], *, collection: 
     t0 = time.perf_counter()
     with measure.RSSSampler() as rss:
         for i, q in enumerate(questions):
-            ans = _ask(session, q.question, mode, collection=collection, adapter=adapter, k=k,
-                       max_tokens=max_tokens, model=model, min_score=min_score, reader=reader)
+            ans = _ask(
+                session,
+                q.question,
+                mode,
+                collection=collection,
+                adapter=adapter,
+                k=k,
+                max_tokens=max_tokens,
+                model=model,
+                min_score=min_score,
+                reader=reader,
+            )
             rows.append(_score(ans, q, with_answers))
             if progress is not None:
                 progress(mode, i + 1, len(questions))
-    figures = {"status": "ok", **_aggregate(rows, retrieving), "wall_s": round(time.perf_counter() - t0, 2),
-               "rss_start_mb": measure.mb(rss.start_bytes), "peak_rss_mb": measure.mb(rss.peak_bytes)}
+    figures = {
+        "status": "ok",
+        **_aggregate(rows, retrieving),
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "rss_start_mb": measure.mb(rss.start_bytes),
+        "peak_rss_mb": measure.mb(rss.peak_bytes),
+    }
     return figures, rows
 
 
@@ -171,27 +225,52 @@ def _probe_answer(ans: Any, probe: Probe, source: str) -> dict[str, Any]:
     text = "" if ans.refused else strip_citations(ans.answer)
     hits = ans.hits or []
     cited_ids = {c["chunk_id"] for c in ans.citations if c.get("valid")}
-    return {"answer": ans.answer, "answered": metrics.best_over(metrics.contains, text, list(probe.answers)) > 0,
-            "refused": bool(ans.refused), "retrieved_fact": any(h.source == source for h in hits),
-            "cited_fact": any(h.source == source and str(h.chunk_id) in cited_ids for h in hits)}
+    return {
+        "answer": ans.answer,
+        "answered": metrics.best_over(metrics.contains, text, list(probe.answers)) > 0,
+        "refused": bool(ans.refused),
+        "retrieved_fact": any(h.source == source for h in hits),
+        "cited_fact": any(h.source == source and str(h.chunk_id) in cited_ids for h in hits),
+    }
 
 
 def _training_file(folder: Path, probe: Probe) -> Path:
     from ..llm.prompts import SYSTEM_BASE
 
     path = folder / "update.jsonl"
-    lines = [json.dumps({"messages": [{"role": "system", "content": SYSTEM_BASE},
-                                      {"role": "user", "content": p},
-                                      {"role": "assistant", "content": probe.document}]}) for p in probe.prompts]
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM_BASE},
+                    {"role": "user", "content": p},
+                    {"role": "assistant", "content": probe.document},
+                ]
+            }
+        )
+        for p in probe.prompts
+    ]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return path
 
 
-def update_and_probe(session: Any, *, run_id: str, collection: str, modes: list[str], adapter: str | None,
-                     probe: Probe, k: int, max_tokens: int, model: str | None, min_score: float,
-                     update_steps: int, progress: Progress | None = None) -> dict[str, Any]:
+def update_and_probe(
+    session: Any,
+    *,
+    run_id: str,
+    collection: str,
+    modes: list[str],
+    adapter: str | None,
+    probe: Probe,
+    k: int,
+    max_tokens: int,
+    model: str | None,
+    min_score: float,
+    update_steps: int,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Ask the probe, ingest its document (timed), ask again, fine-tune on it (timed), ask that adapter.
 
     The vault is left as it was: the probe document is removed and the update adapter deleted.
@@ -207,11 +286,26 @@ def update_and_probe(session: Any, *, run_id: str, collection: str, modes: list[
     try:
         open_collection(session, collection, "write")
     except AccessDenied:
-        return {"status": "skipped", "note": f"needs a write grant on collection {collection!r} "
-                                             "(the probe document is ingested there, then removed)"}
+        return {
+            "status": "skipped",
+            "note": f"needs a write grant on collection {collection!r} "
+            "(the probe document is ingested there, then removed)",
+        }
     source = f"offline-compare/{run_id}/{probe.name}"
-    ask = lambda m, a=adapter: _ask(session, probe.question, m, collection=collection, adapter=a,  # noqa: E731
-                                    k=k, max_tokens=max_tokens, model=model, min_score=min_score)
+
+    def ask(m: str, a: str | None = adapter) -> Any:
+        return _ask(
+            session,
+            probe.question,
+            m,
+            collection=collection,
+            adapter=a,
+            k=k,
+            max_tokens=max_tokens,
+            model=model,
+            min_score=min_score,
+        )
+
     steps_total = 2 * len(modes) + 3
     done = 0
 
@@ -221,8 +315,14 @@ def update_and_probe(session: Any, *, run_id: str, collection: str, modes: list[
         if progress is not None:
             progress("update + freshness", done, steps_total)
 
-    out: dict[str, Any] = {"status": "ok", "fact": probe.document, "question": probe.question,
-                           "answers": list(probe.answers), "before": {}, "after": {}}
+    out: dict[str, Any] = {
+        "status": "ok",
+        "fact": probe.document,
+        "question": probe.question,
+        "answers": list(probe.answers),
+        "before": {},
+        "after": {},
+    }
     ingested = False
     update_name = f"compare-update-{run_id}"
     created = False
@@ -235,8 +335,9 @@ def update_and_probe(session: Any, *, run_id: str, collection: str, modes: list[
         get_embedder()  # loaded already when retrieval ran; the timing below is the ingest alone
         t0 = time.perf_counter()
         with measure.RSSSampler() as rss_ingest:
-            rep = ingest_records(session, [TextRecord(source=source, name=probe.name, text=probe.document)],
-                                 collection)
+            rep = ingest_records(
+                session, [TextRecord(source=source, name=probe.name, text=probe.document)], collection
+            )
         ingest_s = time.perf_counter() - t0
         if rep["failed"]:
             raise OfflineError(f"ingesting the probe document failed: {rep['failed'][0]['reason']}")
@@ -247,8 +348,9 @@ def update_and_probe(session: Any, *, run_id: str, collection: str, modes: list[
             tick()
         _drop_engines()
         data = _training_file(tmp, probe)
-        cfg = TrainConfig(max_steps=update_steps, lr=UPDATE_LR, batch_size=len(probe.prompts), eval_split=0.0,
-                          seed=0)
+        cfg = TrainConfig(
+            max_steps=update_steps, lr=UPDATE_LR, batch_size=len(probe.prompts), eval_split=0.0, seed=0
+        )
         t0 = time.perf_counter()
         with measure.RSSSampler() as rss_ft:
             info = create_adapter(session, update_name, data=data, base=model, cfg=cfg, progress=False)
@@ -261,11 +363,16 @@ def update_and_probe(session: Any, *, run_id: str, collection: str, modes: list[
         meta = info.get("meta") or {}
         out["finetune_updated"] = updated
         out["update_cost"] = {
-            "ingest_s": round(ingest_s, 3), "ingest_chunks": rep["chunks"],
+            "ingest_s": round(ingest_s, 3),
+            "ingest_chunks": rep["chunks"],
             "ingest_peak_rss_mb": measure.mb(rss_ingest.peak_bytes),
-            "finetune_s": round(finetune_s, 3), "finetune_steps": meta.get("steps"),
-            "finetune_train_s": meta.get("train_seconds"), "finetune_examples": meta.get("train_examples"),
-            "finetune_tokens": meta.get("tokens"), "finetune_lr": cfg.lr, "finetune_rank": cfg.rank,
+            "finetune_s": round(finetune_s, 3),
+            "finetune_steps": meta.get("steps"),
+            "finetune_train_s": meta.get("train_seconds"),
+            "finetune_examples": meta.get("train_examples"),
+            "finetune_tokens": meta.get("tokens"),
+            "finetune_lr": cfg.lr,
+            "finetune_rank": cfg.rank,
             "finetune_peak_rss_mb": measure.mb(rss_ft.peak_bytes),
             "update_adapter_bytes": info.get("size"),
             "ratio_finetune_over_ingest": round(finetune_s / ingest_s, 1) if ingest_s > 0 else None,
@@ -290,8 +397,13 @@ def _adapter_file_bytes(session: Any, info: dict[str, Any]) -> int | None:
     return p.stat().st_size if p.is_file() else None
 
 
-def disk_footprint(session: Any, collection: str, model_path: Path, adapter_info: dict[str, Any] | None,
-                   embedder_loaded: bool) -> dict[str, Any]:
+def disk_footprint(
+    session: Any,
+    collection: str,
+    model_path: Path,
+    adapter_info: dict[str, Any] | None,
+    embedder_loaded: bool,
+) -> dict[str, Any]:
     """Bytes on disk: vault, the collection's database, adapter, generation and embedding models."""
     from ..vault.collections import open_collection
 
@@ -300,10 +412,13 @@ def disk_footprint(session: Any, collection: str, model_path: Path, adapter_info
         from ..retrieval import get_embedder
 
         emb = measure.tree_bytes(Path(get_embedder().path))
-    return {"vault_bytes": measure.tree_bytes(session.vault_dir),
-            "collection_bytes": measure.db_bytes(open_collection(session, collection, "read").path),
-            "adapter_bytes": _adapter_file_bytes(session, adapter_info) if adapter_info else None,
-            "model_bytes": model_path.stat().st_size, "embedder_bytes": emb}
+    return {
+        "vault_bytes": measure.tree_bytes(session.vault_dir),
+        "collection_bytes": measure.db_bytes(open_collection(session, collection, "read").path),
+        "adapter_bytes": _adapter_file_bytes(session, adapter_info) if adapter_info else None,
+        "model_bytes": model_path.stat().st_size,
+        "embedder_bytes": emb,
+    }
 
 
 def mode_disk(disk: dict[str, Any], mode: str) -> int | None:
@@ -317,11 +432,26 @@ def mode_disk(disk: dict[str, Any], mode: str) -> int | None:
     return None if any(v is None for v in vals) else sum(vals)
 
 
-def run_compare(session: Any, qa: str | Path, collection: str, *, out: str | Path, adapter: str | None = None,
-                modes: str | Sequence[str] | None = None, limit: int | None = None, k: int | None = None,
-                max_tokens: int = DEFAULT_MAX_TOKENS, model: str | None = None, min_score: float | None = None,
-                probe: Probe | None = None, freshness: bool = True, update_steps: int = DEFAULT_UPDATE_STEPS,
-                with_answers: bool = False, progress: Progress | None = None, reader: bool = True) -> dict[str, Any]:
+def run_compare(
+    session: Any,
+    qa: str | Path,
+    collection: str,
+    *,
+    out: str | Path,
+    adapter: str | None = None,
+    modes: str | Sequence[str] | None = None,
+    limit: int | None = None,
+    k: int | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    model: str | None = None,
+    min_score: float | None = None,
+    probe: Probe | None = None,
+    freshness: bool = True,
+    update_steps: int = DEFAULT_UPDATE_STEPS,
+    with_answers: bool = False,
+    progress: Progress | None = None,
+    reader: bool = True,
+) -> dict[str, Any]:
     """Measure base / rag / finetune / hybrid on ``qa`` over ``collection``; write report.md,
     results.json and charts into ``out``; return the results. Audited: compare.start, one
     compare.mode per mode, compare.end."""
@@ -354,45 +484,103 @@ def run_compare(session: Any, qa: str | Path, collection: str, *, out: str | Pat
     run_id = secrets.token_hex(4)
     started = time.time()
     load_start = _machine()["load_avg_1m"]
-    settings = {"k": k, "max_tokens": max_tokens, "min_score": floor, "limit": limit, "reader": reader,
-                "update_steps": update_steps, "freshness": freshness}
-    session.audit("compare.start", run=run_id, qa_sha256=qaset.sha256, qa_format=qaset.format,
-                  questions=len(qaset.questions), collection=collection, adapter=adapter,
-                  adapter_sha256=adapter_info["sha256"] if adapter_info else None, model_sha256=gm.sha256,
-                  modes=active, skipped=sorted(skipped), **settings)
+    settings = {
+        "k": k,
+        "max_tokens": max_tokens,
+        "min_score": floor,
+        "limit": limit,
+        "reader": reader,
+        "update_steps": update_steps,
+        "freshness": freshness,
+    }
+    session.audit(
+        "compare.start",
+        run=run_id,
+        qa_sha256=qaset.sha256,
+        qa_format=qaset.format,
+        questions=len(qaset.questions),
+        collection=collection,
+        adapter=adapter,
+        adapter_sha256=adapter_info["sha256"] if adapter_info else None,
+        model_sha256=gm.sha256,
+        modes=active,
+        skipped=sorted(skipped),
+        **settings,
+    )
     try:
-        results_modes: dict[str, Any] = {m: {"status": "skipped", "note": note} for m, note in skipped.items()}
+        results_modes: dict[str, Any] = {
+            m: {"status": "skipped", "note": note} for m, note in skipped.items()
+        }
         per_question: dict[str, list[dict[str, Any]]] = {}
         for m in active:
-            figures, rows = run_mode(session, m, qaset.questions, collection=collection, adapter=adapter, k=k,
-                                     max_tokens=max_tokens, model=model, min_score=floor,
-                                     with_answers=with_answers, progress=progress, reader=reader)
+            figures, rows = run_mode(
+                session,
+                m,
+                qaset.questions,
+                collection=collection,
+                adapter=adapter,
+                k=k,
+                max_tokens=max_tokens,
+                model=model,
+                min_score=floor,
+                with_answers=with_answers,
+                progress=progress,
+                reader=reader,
+            )
             results_modes[m] = figures
             per_question[m] = rows
             session.audit("compare.mode", run=run_id, mode=m, **figures)
-        fresh = (update_and_probe(session, run_id=run_id, collection=collection, modes=active, adapter=adapter,
-                                  probe=probe, k=k, max_tokens=max_tokens, model=model, min_score=floor,
-                                  update_steps=update_steps, progress=progress)
-                 if freshness else {"status": "skipped", "note": "--no-freshness"})
+        fresh = (
+            update_and_probe(
+                session,
+                run_id=run_id,
+                collection=collection,
+                modes=active,
+                adapter=adapter,
+                probe=probe,
+                k=k,
+                max_tokens=max_tokens,
+                model=model,
+                min_score=floor,
+                update_steps=update_steps,
+                progress=progress,
+            )
+            if freshness
+            else {"status": "skipped", "note": "--no-freshness"}
+        )
         embedder_loaded = any(m in RETRIEVAL_MODES for m in active) or fresh.get("status") == "ok"
         disk = disk_footprint(session, collection, gm.path, adapter_info, embedder_loaded)
         for m, fig in results_modes.items():
             if fig.get("status") == "ok":
                 fig["disk_bytes"] = mode_disk(disk, m)
         results = {
-            "version": RESULTS_VERSION, "run": run_id,
+            "version": RESULTS_VERSION,
+            "run": run_id,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "duration_s": None,
-            "qa": {"file": Path(qa).name, "sha256": qaset.sha256, "format": qaset.format,
-                   "questions": len(qaset.questions), "available": qaset.total,
-                   "unanswerable": sum(1 for q in qaset.questions if not q.answers)},
+            "qa": {
+                "file": Path(qa).name,
+                "sha256": qaset.sha256,
+                "format": qaset.format,
+                "questions": len(qaset.questions),
+                "available": qaset.total,
+                "unanswerable": sum(1 for q in qaset.questions if not q.answers),
+            },
             "collection": collection,
             "model": {"name": gm.name, "sha256": gm.sha256, "file": gm.path.name},
-            "adapter": ({"name": adapter, "sha256": adapter_info["sha256"], "recipe": adapter_recipe(adapter_info),
-                         "train_duration_s": (adapter_info.get("meta") or {}).get("duration_s"),
-                         "train_examples": (adapter_info.get("meta") or {}).get("train_examples"),
-                         "steps": (adapter_info.get("meta") or {}).get("steps"),
-                         "hyperparameters": adapter_info.get("hyperparameters")} if adapter_info else None),
+            "adapter": (
+                {
+                    "name": adapter,
+                    "sha256": adapter_info["sha256"],
+                    "recipe": adapter_recipe(adapter_info),
+                    "train_duration_s": (adapter_info.get("meta") or {}).get("duration_s"),
+                    "train_examples": (adapter_info.get("meta") or {}).get("train_examples"),
+                    "steps": (adapter_info.get("meta") or {}).get("steps"),
+                    "hyperparameters": adapter_info.get("hyperparameters"),
+                }
+                if adapter_info
+                else None
+            ),
             "settings": settings,
             "modes_order": [m for m in DISPLAY_ORDER if m in results_modes],
             "run_order": active,
@@ -408,25 +596,38 @@ def run_compare(session: Any, qa: str | Path, collection: str, *, out: str | Pat
         files = report.write_outputs(out_dir, results)
         results["files"] = files
     except BaseException as exc:
-        session.audit("compare.end", severity="warning", run=run_id, status="failed",
-                      error=exc.__class__.__name__)
+        session.audit(
+            "compare.end", severity="warning", run=run_id, status="failed", error=exc.__class__.__name__
+        )
         if not existed:
             with contextlib.suppress(OSError):  # only if nothing was written into it
                 out_dir.rmdir()
         raise
     upd = fresh.get("update_cost") or {}
-    session.audit("compare.end", run=run_id, status="ok", duration_s=results["duration_s"],
-                  update_cost=upd or None,
-                  freshness={m: {"before": fresh["before"][m]["answered"], "after": fresh["after"][m]["answered"]}
-                             for m in fresh.get("after", {})} or None,
-                  finetune_updated_answered=(fresh.get("finetune_updated") or {}).get("answered"),
-                  disk=disk, results_sha256=files.get("results_sha256"))
+    session.audit(
+        "compare.end",
+        run=run_id,
+        status="ok",
+        duration_s=results["duration_s"],
+        update_cost=upd or None,
+        freshness={
+            m: {"before": fresh["before"][m]["answered"], "after": fresh["after"][m]["answered"]}
+            for m in fresh.get("after", {})
+        }
+        or None,
+        finetune_updated_answered=(fresh.get("finetune_updated") or {}).get("answered"),
+        disk=disk,
+        results_sha256=files.get("results_sha256"),
+    )
     return results
 
 
 def _machine() -> dict[str, Any]:
     import platform
 
-    return {"cpus": os.cpu_count(), "platform": platform.platform(terse=True),
-            "python": platform.python_version(),
-            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }

@@ -47,14 +47,20 @@ def score_answer(ans: Any, golds: Sequence[str]) -> dict[str, Any]:
     g = retrieving or None  # a figure that does not apply stays None
     row: dict[str, Any] = {
         "prediction": pred,
-        "refused": bool(ans.refused), "refusal_reason": ans.refusal_reason,
+        "refused": bool(ans.refused),
+        "refusal_reason": ans.refusal_reason,
         "cited": bool(own) if g else None,
         "has_citation": (bool(valid) and not ans.refused) if g else None,
-        "support": ans.support, "unsupported": len(ans.unsupported),
-        "ttft_s": ans.timings.get("ttft_s"), "decode_tok_s": ans.timings.get("decode_tok_s"),
-        "tokens": ans.timings.get("tokens"), "prompt_tokens": ans.timings.get("prompt_tokens"),
-        "total_s": ans.timings.get("total_s"), "load_s": ans.timings.get("load_s"),
-        "retrieval_s": ans.timings.get("retrieval_s"), "decode_s": ans.timings.get("decode_s"),
+        "support": ans.support,
+        "unsupported": len(ans.unsupported),
+        "ttft_s": ans.timings.get("ttft_s"),
+        "decode_tok_s": ans.timings.get("decode_tok_s"),
+        "tokens": ans.timings.get("tokens"),
+        "prompt_tokens": ans.timings.get("prompt_tokens"),
+        "total_s": ans.timings.get("total_s"),
+        "load_s": ans.timings.get("load_s"),
+        "retrieval_s": ans.timings.get("retrieval_s"),
+        "decode_s": ans.timings.get("decode_s"),
         "retrieval_hit": any(holds_gold(t, golds) for t in texts.values()) if g and golds else None,
     }
     if golds:
@@ -63,12 +69,17 @@ def score_answer(ans: Any, golds: Sequence[str]) -> dict[str, Any]:
         row["contains"] = best_over(contains, pred, golds)
         row["draft_contains"] = best_over(contains, ans.draft or "", golds)
         # Any chunk the answer cites (written or inferred) holds a gold answer.
-        row["citation_hit"] = (any(holds_gold(texts.get(c["chunk_id"], ""), golds) for c in valid)
-                               if g and not ans.refused else (False if g else None))
-        row["cite_correct"] = (holds_gold(texts.get(valid[0]["chunk_id"], ""), golds)
-                               if g and row["has_citation"] else None)
-        row["own_cite_correct"] = (holds_gold(texts.get(own[0]["chunk_id"], ""), golds)
-                                   if g and own and not ans.refused else None)
+        row["citation_hit"] = (
+            any(holds_gold(texts.get(c["chunk_id"], ""), golds) for c in valid)
+            if g and not ans.refused
+            else (False if g else None)
+        )
+        row["cite_correct"] = (
+            holds_gold(texts.get(valid[0]["chunk_id"], ""), golds) if g and row["has_citation"] else None
+        )
+        row["own_cite_correct"] = (
+            holds_gold(texts.get(own[0]["chunk_id"], ""), golds) if g and own and not ans.refused else None
+        )
     return row
 
 
@@ -84,20 +95,26 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ttft = [r["ttft_s"] for r in rows if r["ttft_s"] is not None and r["tokens"]]
     dec = [r["decode_tok_s"] for r in rows if r["decode_tok_s"] and (r["tokens"] or 0) >= 4]
     return {
-        "n_answerable": len(answerable), "n_unanswerable": len(unanswerable),
+        "n_answerable": len(answerable),
+        "n_unanswerable": len(unanswerable),
         "em": _mean([r["em"] for r in answerable]),
         "contains": _mean([r["contains"] for r in answerable]),
         "f1": _mean([r["f1"] for r in answerable]),
         "draft_contains": _mean([r["draft_contains"] for r in answerable]),
         "cited": _mean([float(r["cited"]) for r in answered if r["cited"] is not None]),
         "cite_correct": _mean([float(r["cite_correct"]) for r in answered if r["cite_correct"] is not None]),
-        "own_cite_correct": _mean([float(r["own_cite_correct"]) for r in answered
-                                   if r.get("own_cite_correct") is not None]),
+        "own_cite_correct": _mean(
+            [float(r["own_cite_correct"]) for r in answered if r.get("own_cite_correct") is not None]
+        ),
         "false_refusal": _mean([float(r["refused"]) for r in answerable]),
         "refusal_unanswerable": _mean([float(r["refused"]) for r in unanswerable]),
-        "citation_hit": _mean([float(r["citation_hit"]) for r in answerable if r.get("citation_hit") is not None]),
+        "citation_hit": _mean(
+            [float(r["citation_hit"]) for r in answerable if r.get("citation_hit") is not None]
+        ),
         "support": _mean([r["support"] for r in answered if r["support"] is not None]),
-        "retrieval_hit": _mean([float(r["retrieval_hit"]) for r in answerable if r["retrieval_hit"] is not None]),
+        "retrieval_hit": _mean(
+            [float(r["retrieval_hit"]) for r in answerable if r["retrieval_hit"] is not None]
+        ),
         "ttft_p50_s": round(median(ttft), 4) if ttft else None,
         "decode_tok_s_p50": round(median(dec), 2) if dec else None,
     }

@@ -48,8 +48,9 @@ class QAItem:
     doc: str  # file name of the gold paragraph's document (removed for an unanswerable item)
 
 
-def pick_gold_removed(questions: Sequence[tuple[Hashable, Sequence[str]]], paragraphs: Mapping[Hashable, str],
-                      n: int) -> tuple[list[int], set[Hashable]]:
+def pick_gold_removed(
+    questions: Sequence[tuple[Hashable, Sequence[str]]], paragraphs: Mapping[Hashable, str], n: int
+) -> tuple[list[int], set[Hashable]]:
     """Up to ``n`` questions that no paragraph answers once their own gold paragraph is removed.
 
     ``questions`` are (gold paragraph key, gold answers), taken in the given order (shuffle first
@@ -72,8 +73,9 @@ def pick_gold_removed(questions: Sequence[tuple[Hashable, Sequence[str]]], parag
     return picked, removed
 
 
-def load_squad(path: str | Path, limit: int | None, unanswerable: int = 0,
-               seed: int = 0) -> tuple[list[QAItem], dict[str, str]]:
+def load_squad(
+    path: str | Path, limit: int | None, unanswerable: int = 0, seed: int = 0
+) -> tuple[list[QAItem], dict[str, str]]:
     """The first ``limit`` questions and the paragraphs to index ({file name: text}); then up to
     ``unanswerable`` questions of those articles (others first), with ``answers`` empty, whose gold
     paragraph (``doc``) is to be left out of the second collection (:func:`pick_gold_removed`)."""
@@ -114,14 +116,25 @@ def load_squad(path: str | Path, limit: int | None, unanswerable: int = 0,
     return items, docs
 
 
-def _gold_removed_items(articles: list[Any], docs: dict[str, str], taken: set[str], n: int,
-                        seed: int) -> list[QAItem]:
+def _gold_removed_items(
+    articles: list[Any], docs: dict[str, str], taken: set[str], n: int, seed: int
+) -> list[QAItem]:
     by_text = {}
     for name, text in docs.items():
         by_text.setdefault(text, name)
-    pool = [(str(qa["id"]), str(qa["question"]), [str(x["text"]) for x in qa["answers"]], by_text[para["context"]])
-            for art in articles for para in art["paragraphs"] if para["context"] in by_text
-            for qa in para["qas"] if qa["answers"]]
+    pool = [
+        (
+            str(qa["id"]),
+            str(qa["question"]),
+            [str(x["text"]) for x in qa["answers"]],
+            by_text[para["context"]],
+        )
+        for art in articles
+        for para in art["paragraphs"]
+        if para["context"] in by_text
+        for qa in para["qas"]
+        if qa["answers"]
+    ]
     rng = random.Random(seed)
     fresh, asked = [x for x in pool if x[0] not in taken], [x for x in pool if x[0] in taken]
     rng.shuffle(fresh)
@@ -145,8 +158,11 @@ def _index(session: Any, docs: dict[str, str], folder: Path, name: str) -> dict[
         (src / doc).write_text(text, encoding="utf-8")
     t0 = time.perf_counter()
     summary = ingest_paths(session, [src], name)
-    return {"documents": len(docs), "ingest_s": round(time.perf_counter() - t0, 3),
-            "summary": summary if isinstance(summary, dict) else None}
+    return {
+        "documents": len(docs),
+        "ingest_s": round(time.perf_counter() - t0, 3),
+        "summary": summary if isinstance(summary, dict) else None,
+    }
 
 
 def copy_adapter(source: Any, name: str, target: Any) -> dict[str, Any]:
@@ -156,23 +172,47 @@ def copy_adapter(source: Any, name: str, target: Any) -> dict[str, Any]:
 
     data, info = read_adapter_bytes(source, name)
     record_use(source, info)
-    save_adapter(target, name, data, base_model=info["base_model"], base_sha256=info["base_sha256"],
-                 base_arch=info["base_arch"], dataset_sha256=info["dataset_sha256"],
-                 hyperparameters=info.get("hyperparameters") or {}, loss_curve=[], eval_loss_before=None,
-                 eval_loss_after=None, meta=info.get("meta"))
+    save_adapter(
+        target,
+        name,
+        data,
+        base_model=info["base_model"],
+        base_sha256=info["base_sha256"],
+        base_arch=info["base_arch"],
+        dataset_sha256=info["dataset_sha256"],
+        hyperparameters=info.get("hyperparameters") or {},
+        loss_curve=[],
+        eval_loss_before=None,
+        eval_loss_after=None,
+        meta=info.get("meta"),
+    )
     return info
 
 
 def _latency(values: list[float]) -> dict[str, float | None]:
     r = lambda v: None if v is None else round(v, 4)  # noqa: E731
-    return {"p50": r(percentile(values, 50)), "p95": r(percentile(values, 95)),
-            "mean": r(sum(values) / len(values)) if values else None}
+    return {
+        "p50": r(percentile(values, 50)),
+        "p95": r(percentile(values, 95)),
+        "mean": r(sum(values) / len(values)) if values else None,
+    }
 
 
-def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag", *, k: int | None = None,
-                   max_tokens: int = 48, model: str | None = None, min_score: float | None = None,
-                   reader: bool = True, adapter: str | None = None, session: Any = None,
-                   unanswerable: int = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def evaluate_squad(
+    path: str | Path,
+    limit: int | None = 100,
+    mode: str = "rag",
+    *,
+    k: int | None = None,
+    max_tokens: int = 48,
+    model: str | None = None,
+    min_score: float | None = None,
+    reader: bool = True,
+    adapter: str | None = None,
+    session: Any = None,
+    unanswerable: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Exact match, token F1, answer-contains, retrieval hit rate, the grounding figures of
     :mod:`.grounded` (citation present and correct, support, false refusals, refusal with the gold
     paragraph removed) and latencies on a SQuAD file. ``reader=False`` serves rag with the plain
@@ -219,12 +259,29 @@ def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag",
                     _index(tmp, {n: t for n, t in docs.items() if n not in removed}, work, NOGOLD_COLLECTION)
             for i, item in enumerate(items):
                 coll = EVAL_COLLECTION if item.answers else NOGOLD_COLLECTION
-                ans = answer(tmp, item.question, collections=[coll] if retrieving else None, k=k, mode=mode,
-                             model=model, adapter=adapter, max_tokens=max_tokens, min_score=floor, reader=reader)
+                ans = answer(
+                    tmp,
+                    item.question,
+                    collections=[coll] if retrieving else None,
+                    k=k,
+                    mode=mode,
+                    model=model,
+                    adapter=adapter,
+                    max_tokens=max_tokens,
+                    min_score=floor,
+                    reader=reader,
+                )
                 row = score_answer(ans, item.answers)
-                row.update(id=item.qid, question=item.question, gold=item.answers,
-                           gold_doc_retrieved=(any(h.doc_name == item.doc for h in (ans.hits or []))
-                                               if retrieving and item.answers else None))
+                row.update(
+                    id=item.qid,
+                    question=item.question,
+                    gold=item.answers,
+                    gold_doc_retrieved=(
+                        any(h.doc_name == item.doc for h in (ans.hits or []))
+                        if retrieving and item.answers
+                        else None
+                    ),
+                )
                 rows.append(row)
                 if progress is not None:
                     progress(i + 1, len(items))
@@ -240,20 +297,46 @@ def evaluate_squad(path: str | Path, limit: int | None = 100, mode: str = "rag",
     g = summarise(rows)
     dec = t("decode_tok_s")
     return {
-        "file": str(path), "mode": mode, "k": k, "questions": n, "unanswerable_questions": len(rows) - n,
-        "max_tokens": max_tokens, "min_score": floor, "indexed_documents": indexed["documents"],
-        "exact_match": mean("em"), "f1": mean("f1"), "answer_contains": mean("contains"),
+        "file": str(path),
+        "mode": mode,
+        "k": k,
+        "questions": n,
+        "unanswerable_questions": len(rows) - n,
+        "max_tokens": max_tokens,
+        "min_score": floor,
+        "indexed_documents": indexed["documents"],
+        "exact_match": mean("em"),
+        "f1": mean("f1"),
+        "answer_contains": mean("contains"),
         "retrieval_hit_rate": mean("retrieval_hit") if retrieving else None,
         "gold_paragraph_rate": mean("gold_doc_retrieved") if retrieving else None,
         "refused_rate": mean("refused"),
         "reader": reader and mode == "rag",
-        "adapter": ({"name": adapter, "sha256": adapter_info["sha256"], "recipe": raft.adapter_recipe(adapter_info)}
-                    if adapter_info else None),
+        "adapter": (
+            {"name": adapter, "sha256": adapter_info["sha256"], "recipe": raft.adapter_recipe(adapter_info)}
+            if adapter_info
+            else None
+        ),
         # defined in offline.eval.grounded; refusal_unanswerable: gold paragraph removed
-        "grounding": {key: g[key] for key in ("cited", "cite_correct", "citation_hit", "false_refusal", "support",
-                                               "refusal_unanswerable")} if retrieving else None,
-        "latency_s": {"total": _latency(t("total_s")), "retrieval": _latency(t("retrieval_s")),
-                      "ttft": _latency(t("ttft_s")), "decode": _latency(t("decode_s"))},
+        "grounding": {
+            key: g[key]
+            for key in (
+                "cited",
+                "cite_correct",
+                "citation_hit",
+                "false_refusal",
+                "support",
+                "refusal_unanswerable",
+            )
+        }
+        if retrieving
+        else None,
+        "latency_s": {
+            "total": _latency(t("total_s")),
+            "retrieval": _latency(t("retrieval_s")),
+            "ttft": _latency(t("ttft_s")),
+            "decode": _latency(t("decode_s")),
+        },
         "decode_tok_s_mean": round(sum(dec) / max(1, len(dec)), 2),
         "ingest_s": indexed.get("ingest_s"),
         "per_question": rows,

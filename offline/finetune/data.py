@@ -71,19 +71,22 @@ def _ask_of(msgs: list[dict[str, str]]) -> tuple[str | None, str]:
 
 def _parse_line(obj: Any, where: str) -> Example:
     if not isinstance(obj, dict):
-        raise InvalidInput(f"{where}: expected a JSON object with \"messages\", \"prompt\"/\"completion\" "
-                           "or \"question\"/\"answers\"")
+        raise InvalidInput(
+            f'{where}: expected a JSON object with "messages", "prompt"/"completion" or "question"/"answers"'
+        )
     qid = str(obj["id"]) if "id" in obj else None
     if "messages" in obj:
         msgs = obj["messages"]
         if not isinstance(msgs, list) or not msgs:
-            raise InvalidInput(f"{where}: \"messages\" must be a non-empty list")
+            raise InvalidInput(f'{where}: "messages" must be a non-empty list')
         clean = []
         for i, m in enumerate(msgs, 1):
             if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-                raise InvalidInput(f"{where}: message {i} needs a string \"content\"")
+                raise InvalidInput(f'{where}: message {i} needs a string "content"')
             if m.get("role") not in ROLES:
-                raise InvalidInput(f"{where}: message {i} has role {m.get('role')!r} (use system, user, assistant)")
+                raise InvalidInput(
+                    f"{where}: message {i} has role {m.get('role')!r} (use system, user, assistant)"
+                )
             clean.append({"role": m["role"], "content": m["content"]})
         if not any(m["role"] == "assistant" and m["content"].strip() for m in clean):
             raise InvalidInput(f"{where}: no non-empty assistant message to learn from")
@@ -92,25 +95,36 @@ def _parse_line(obj: Any, where: str) -> Example:
     if "prompt" in obj or "completion" in obj:
         p, c = obj.get("prompt"), obj.get("completion")
         if not isinstance(p, str) or not isinstance(c, str):
-            raise InvalidInput(f"{where}: \"prompt\" and \"completion\" must both be strings")
+            raise InvalidInput(f'{where}: "prompt" and "completion" must both be strings')
         if not c.strip():
-            raise InvalidInput(f"{where}: empty \"completion\"")
-        return Example(messages=[{"role": "user", "content": p}, {"role": "assistant", "content": c}],
-                       question=p.strip() or None, answers=(c.strip(),), qid=qid)
+            raise InvalidInput(f'{where}: empty "completion"')
+        return Example(
+            messages=[{"role": "user", "content": p}, {"role": "assistant", "content": c}],
+            question=p.strip() or None,
+            answers=(c.strip(),),
+            qid=qid,
+        )
     if "question" in obj:
         q, answers = obj["question"], obj.get("answers")
         if not isinstance(q, str) or not q.strip():
-            raise InvalidInput(f"{where}: \"question\" must be a non-empty string")
+            raise InvalidInput(f'{where}: "question" must be a non-empty string')
         if isinstance(answers, str):
             answers = [answers]
         if not isinstance(answers, list) or not all(isinstance(a, str) and a.strip() for a in answers):
-            raise InvalidInput(f"{where}: \"answers\" must be a list of non-empty strings (empty: unanswerable)")
+            raise InvalidInput(
+                f'{where}: "answers" must be a list of non-empty strings (empty: unanswerable)'
+            )
         answers = tuple(a.strip() for a in answers)
-        msgs = ([{"role": "user", "content": q.strip()}, {"role": "assistant", "content": answers[0]}]
-                if answers else None)
+        msgs = (
+            [{"role": "user", "content": q.strip()}, {"role": "assistant", "content": answers[0]}]
+            if answers
+            else None
+        )
         return Example(messages=msgs, question=q.strip(), answers=answers, qid=qid)
-    raise InvalidInput(f"{where}: expected {{\"messages\": [...]}}, {{\"prompt\": ..., \"completion\": ...}} "
-                       "or {\"question\": ..., \"answers\": [...]}")
+    raise InvalidInput(
+        f'{where}: expected {{"messages": [...]}}, {{"prompt": ..., "completion": ...}} '
+        'or {"question": ..., "answers": [...]}'
+    )
 
 
 def _squad(raw: Any, where: str) -> list[Example]:
@@ -120,12 +134,18 @@ def _squad(raw: Any, where: str) -> list[Example]:
             for para in art["paragraphs"]:
                 for qa in para["qas"]:
                     q = str(qa["question"]).strip()
-                    golds = tuple(dict.fromkeys(str(a["text"]).strip() for a in qa.get("answers", [])
-                                                if str(a["text"]).strip()))
+                    golds = tuple(
+                        dict.fromkeys(
+                            str(a["text"]).strip() for a in qa.get("answers", []) if str(a["text"]).strip()
+                        )
+                    )
                     if not q or (not golds and not qa.get("is_impossible")):
                         continue  # v1.1 with no answer: nothing to score
-                    msgs = ([{"role": "user", "content": q}, {"role": "assistant", "content": golds[0]}]
-                            if golds else None)
+                    msgs = (
+                        [{"role": "user", "content": q}, {"role": "assistant", "content": golds[0]}]
+                        if golds
+                        else None
+                    )
                     out.append(Example(messages=msgs, question=q, answers=golds, qid=str(qa["id"])))
     except (KeyError, TypeError):
         raise InvalidInput(f"{where} is not a SQuAD JSON file (bad article/paragraph/qas layout)") from None
@@ -178,8 +198,12 @@ def load_jsonl(path: str | Path) -> Dataset:
     examples = [e for e in qa.examples if e.messages]
     if not examples:
         raise InvalidInput(f"{qa.name}: no training examples")
-    return Dataset(examples, qa.sha256, f"file:{qa.name}",
-                   meta={"format": qa.format, "unanswerable_skipped": len(qa.examples) - len(examples)})
+    return Dataset(
+        examples,
+        qa.sha256,
+        f"file:{qa.name}",
+        meta={"format": qa.format, "unanswerable_skipped": len(qa.examples) - len(examples)},
+    )
 
 
 def load_collection(session: Any, name: str, *, max_chunks: int | None = None) -> Dataset:
@@ -189,7 +213,8 @@ def load_collection(session: Any, name: str, *, max_chunks: int | None = None) -
     handle = open_collection(session, name, need="read")
     rows = handle.conn.execute(
         "SELECT c.doc_id, c.text, d.label FROM chunks c JOIN documents d ON d.id = c.doc_id"
-        " ORDER BY c.doc_id, c.ord").fetchall()
+        " ORDER BY c.doc_id, c.ord"
+    ).fetchall()
     texts, doc_ids, labels = [], [], set()
     for doc_id, text, label in rows:
         if not handle.label_allowed(label or "") or not text.strip():
@@ -204,10 +229,21 @@ def load_collection(session: Any, name: str, *, max_chunks: int | None = None) -
         raise InvalidInput(f"collection {name!r} has no text you may read")
     digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
     # The labels trained on decide who may use the adapter: a reader limited to other labels may not.
-    sources = [{"collection": name, "collection_id": handle.id, "doc_ids": sorted(set(doc_ids)),
-                "labels": sorted(labels)}]
-    return Dataset([Example(text=t) for t in texts], digest, f"collection:{name}", sources,
-                   {"chunks": len(texts), "documents": len(set(doc_ids))})
+    sources = [
+        {
+            "collection": name,
+            "collection_id": handle.id,
+            "doc_ids": sorted(set(doc_ids)),
+            "labels": sorted(labels),
+        }
+    ]
+    return Dataset(
+        [Example(text=t) for t in texts],
+        digest,
+        f"collection:{name}",
+        sources,
+        {"chunks": len(texts), "documents": len(set(doc_ids))},
+    )
 
 
 def split(examples: list[Any], eval_split: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -221,6 +257,7 @@ def split(examples: list[Any], eval_split: float, seed: int) -> tuple[list[Any],
 
 
 # -- tokenisation -----------------------------------------------------------------------------
+
 
 def _render(tok: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -236,8 +273,10 @@ def _spans(tok: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[in
         prompt = _render(tok, messages[:i], True)
         upto = _render(tok, messages[: i + 1], False)
         if not full.startswith(upto) or not upto.startswith(prompt):
-            raise InvalidInput("the model's chat template does not render conversations incrementally; "
-                               "use {\"prompt\", \"completion\"} data")
+            raise InvalidInput(
+                "the model's chat template does not render conversations incrementally; "
+                'use {"prompt", "completion"} data'
+            )
         spans.append((len(prompt), len(upto)))
     return full, spans
 
@@ -281,7 +320,9 @@ def encode(tok: Any, ex: Example, max_len: int) -> tuple[list[int], list[int]] |
     return ids, labels
 
 
-def encode_all(tok: Any, examples: list[Example], max_len: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+def encode_all(
+    tok: Any, examples: list[Example], max_len: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
     """Encode every example; returns (encoded, number skipped because nothing learnable fit)."""
     out, skipped = [], 0
     for ex in examples:
@@ -303,12 +344,17 @@ def squad_answer_pairs(articles: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for qa in p["qas"]:
                 ans = qa["answers"][0]
                 pos, i = 0, 0
-                for i, s in enumerate(sents):
+                for i, s in enumerate(sents):  # noqa: B007 (i is read after the loop)
                     if pos + len(s) >= ans["answer_start"]:
                         break
                     pos += len(s) + 1
-                ctx = " ".join(sents[max(0, i - 1): i + 2])
-                out.append({"prompt": f"Text: {ctx}\n\nQuestion: {qa['question']}\nAnswer with a short phrase "
-                                      "from the text.", "completion": ans["text"],
-                            "answers": sorted({a["text"] for a in qa["answers"]})})
+                ctx = " ".join(sents[max(0, i - 1) : i + 2])
+                out.append(
+                    {
+                        "prompt": f"Text: {ctx}\n\nQuestion: {qa['question']}\nAnswer with a short phrase "
+                        "from the text.",
+                        "completion": ans["text"],
+                        "answers": sorted({a["text"] for a in qa["answers"]}),
+                    }
+                )
     return out

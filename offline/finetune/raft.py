@@ -48,8 +48,14 @@ class Passage:
     page: int | None = None
 
 
-def raft_messages(question: str, answer: str, gold: Passage | None, distractors: Sequence[Passage],
-                  rng: random.Random, n_sources: int) -> list[dict[str, str]]:
+def raft_messages(
+    question: str,
+    answer: str,
+    gold: Passage | None,
+    distractors: Sequence[Passage],
+    rng: random.Random,
+    n_sources: int,
+) -> list[dict[str, str]]:
     """One training chat: ``n_sources`` passages (gold at a random position unless ``gold`` is None)
     rendered exactly as ``ask`` renders them, then the assistant's target."""
     chosen = list(distractors[: n_sources - (1 if gold else 0)])
@@ -59,11 +65,22 @@ def raft_messages(question: str, answer: str, gold: Passage | None, distractors:
         chosen.insert(gold_at, gold)
     if not chosen:
         raise InvalidInput("a RAFT example needs at least one passage")
-    blocks = [prompts.SourceBlock(n=i + 1, chunk_id=p.chunk_id, doc_name=p.doc_name, page=p.page,
-                                  section=p.section, text=prompts.neutralise(p.text))
-              for i, p in enumerate(chosen)]
+    blocks = [
+        prompts.SourceBlock(
+            n=i + 1,
+            chunk_id=p.chunk_id,
+            doc_name=p.doc_name,
+            page=p.page,
+            section=p.section,
+            text=prompts.neutralise(p.text),
+        )
+        for i, p in enumerate(chosen)
+    ]
     target = REFUSAL if gold_at is None else f"{answer.strip()} [{gold_at + 1}]"
-    return [*prompts.rag_messages(prompts.neutralise(question), blocks), {"role": "assistant", "content": target}]
+    return [
+        *prompts.rag_messages(prompts.neutralise(question), blocks),
+        {"role": "assistant", "content": target},
+    ]
 
 
 def adapter_recipe(info: dict[str, Any] | None) -> str | None:
@@ -88,16 +105,24 @@ def _pick_sources(rng: random.Random, max_sources: int) -> int:
     return rng.randint(1, max_sources)
 
 
-def squad_examples(articles: list[dict[str, Any]], *, n: int, seed: int, p_absent: float = P_ABSENT,
-                   max_sources: int = MAX_SOURCES) -> list[dict[str, Any]]:
+def squad_examples(
+    articles: list[dict[str, Any]],
+    *,
+    n: int,
+    seed: int,
+    p_absent: float = P_ABSENT,
+    max_sources: int = MAX_SOURCES,
+) -> list[dict[str, Any]]:
     """``n`` RAFT chats from SQuAD ``articles``: paragraphs named as ``scripts/example_compare.py``
     ingests them (``Title-p003.txt``), distractors the most similar other paragraphs of the article."""
     rng = random.Random(seed)
     pool = []
     for art in articles:
         title = art["title"]
-        passages = [Passage(chunk_id=f"squad/{title}/{i}", doc_name=f"{title}-p{i:03d}.txt", text=p["context"])
-                    for i, p in enumerate(art["paragraphs"])]
+        passages = [
+            Passage(chunk_id=f"squad/{title}/{i}", doc_name=f"{title}-p{i:03d}.txt", text=p["context"])
+            for i, p in enumerate(art["paragraphs"])
+        ]
         for i, p in enumerate(art["paragraphs"]):
             for qa in p["qas"]:
                 pool.append((passages, i, qa["question"], qa["answers"][0]["text"]))
@@ -107,8 +132,9 @@ def squad_examples(articles: list[dict[str, Any]], *, n: int, seed: int, p_absen
         ranked = [j for j in lexical_rank(question, passages) if j != gi]
         distractors = [passages[j] for j in ranked[:max_sources]]
         absent = rng.random() < p_absent
-        msgs = raft_messages(question, ans, None if absent else passages[gi], distractors, rng,
-                             _pick_sources(rng, max_sources))
+        msgs = raft_messages(
+            question, ans, None if absent else passages[gi], distractors, rng, _pick_sources(rng, max_sources)
+        )
         out.append({"messages": msgs})
     return out
 
@@ -132,8 +158,15 @@ def load_qa_pairs(path: str | Path) -> list[tuple[str, list[str]]]:
     return pairs
 
 
-def collection_examples(session: Any, qa_file: str | Path, collection: str, *, k: int = MAX_SOURCES,
-                        seed: int = 0, p_absent: float = P_ABSENT) -> Dataset:
+def collection_examples(
+    session: Any,
+    qa_file: str | Path,
+    collection: str,
+    *,
+    k: int = MAX_SOURCES,
+    seed: int = 0,
+    p_absent: float = P_ABSENT,
+) -> Dataset:
     """RAFT chats for the caller's own questions, context retrieved from ``collection`` under their
     grants. The gold chunk is the best-ranked retrieved chunk holding an answer; a question whose
     answer no retrieved chunk holds is skipped (counted in ``meta``). An unanswerable question (no
@@ -150,8 +183,16 @@ def collection_examples(session: Any, qa_file: str | Path, collection: str, *, k
         hits = search(session, question, collections=[collection], k=k + 1, audit=False).hits
         if not answers:  # the user says the documents do not answer it: learn to say so
             if hits:
-                shown = [Passage(chunk_id=h.chunk_id, doc_name=h.doc_name or h.source, text=h.text,
-                                 section=h.section, page=h.page) for h in hits[:k]]
+                shown = [
+                    Passage(
+                        chunk_id=h.chunk_id,
+                        doc_name=h.doc_name or h.source,
+                        text=h.text,
+                        section=h.section,
+                        page=h.page,
+                    )
+                    for h in hits[:k]
+                ]
                 examples.append(Example(messages=raft_messages(question, "", None, shown, rng, len(shown))))
                 refusals += 1
                 for h in hits[:k]:
@@ -166,16 +207,32 @@ def collection_examples(session: Any, qa_file: str | Path, collection: str, *, k
         absent = rng.random() < p_absent
         if absent and not rest:  # nothing to show without the gold: keep it answerable
             absent = False
-        as_p = [Passage(chunk_id=h.chunk_id, doc_name=h.doc_name or h.source, text=h.text, section=h.section,
-                        page=h.page) for h in [gold, *rest]]
-        msgs = raft_messages(question, answers[0], None if absent else as_p[0], as_p[1:], rng,
-                             min(k, len(as_p) - (1 if absent else 0)) or 1)
+        as_p = [
+            Passage(
+                chunk_id=h.chunk_id,
+                doc_name=h.doc_name or h.source,
+                text=h.text,
+                section=h.section,
+                page=h.page,
+            )
+            for h in [gold, *rest]
+        ]
+        msgs = raft_messages(
+            question,
+            answers[0],
+            None if absent else as_p[0],
+            as_p[1:],
+            rng,
+            min(k, len(as_p) - (1 if absent else 0)) or 1,
+        )
         examples.append(Example(messages=msgs))
         for h in [gold, *rest]:
             used.setdefault(h.chunk_id, (h.collection, h.doc_id, h.label))
     if not examples:
-        raise InvalidInput(f"no retrieved chunk of {collection!r} holds an answer to any question in "
-                           f"{Path(qa_file).name}; nothing to train on")
+        raise InvalidInput(
+            f"no retrieved chunk of {collection!r} holds an answer to any question in "
+            f"{Path(qa_file).name}; nothing to train on"
+        )
     by_coll: dict[str, dict[str, set]] = {}
     for _cid, (coll, doc_id, label) in used.items():
         e = by_coll.setdefault(coll, {"doc_ids": set(), "labels": set()})
@@ -183,10 +240,24 @@ def collection_examples(session: Any, qa_file: str | Path, collection: str, *, k
         e["labels"].add(label or "")
     from ..vault.collections import open_collection
 
-    sources = [{"collection": c, "collection_id": open_collection(session, c, need="read").id,
-                "doc_ids": sorted(v["doc_ids"]), "labels": sorted(v["labels"])} for c, v in by_coll.items()]
+    sources = [
+        {
+            "collection": c,
+            "collection_id": open_collection(session, c, need="read").id,
+            "doc_ids": sorted(v["doc_ids"]),
+            "labels": sorted(v["labels"]),
+        }
+        for c, v in by_coll.items()
+    ]
     blob = json.dumps([e.messages for e in examples], ensure_ascii=False, sort_keys=True).encode("utf-8")
-    meta = {"questions": len(pairs), "examples": len(examples), "skipped_no_gold": skipped,
-            "unanswerable_refusals": refusals,
-            "chunk_ids": sorted(used), "k": k, "p_absent": p_absent, "seed": seed}
+    meta = {
+        "questions": len(pairs),
+        "examples": len(examples),
+        "skipped_no_gold": skipped,
+        "unanswerable_refusals": refusals,
+        "chunk_ids": sorted(used),
+        "k": k,
+        "p_absent": p_absent,
+        "seed": seed,
+    }
     return Dataset(examples, hashlib.sha256(blob).hexdigest(), f"raft:{collection}", sources, meta)

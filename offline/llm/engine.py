@@ -37,8 +37,13 @@ from .threads import choose as choose_threads
 DEFAULT_N_CTX = 4096
 # Greedy decoding: grounded answers should be reproducible and stick to the sources. A mild
 # repetition penalty stops the small default model from looping.
-DEFAULT_SAMPLING: dict[str, Any] = {"temperature": 0.0, "top_k": 1, "top_p": 1.0, "min_p": 0.0,
-                                    "repeat_penalty": 1.1}
+DEFAULT_SAMPLING: dict[str, Any] = {
+    "temperature": 0.0,
+    "top_k": 1,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "repeat_penalty": 1.1,
+}
 
 _cache: dict[tuple[str, str, int], Engine] = {}
 _cache_lock = threading.Lock()
@@ -83,9 +88,14 @@ class Generation:
         return (self.tokens - 1) / self.decode_s if self.tokens > 1 and self.decode_s > 0 else 0.0
 
     def timings(self) -> dict[str, float | int]:
-        return {"prompt_s": round(self.ttft_s, 4), "ttft_s": round(self.ttft_s, 4),
-                "decode_s": round(self.decode_s, 4), "tokens": self.tokens,
-                "prompt_tokens": self.prompt_tokens, "decode_tok_s": round(self.decode_tok_s, 2)}
+        return {
+            "prompt_s": round(self.ttft_s, 4),
+            "ttft_s": round(self.ttft_s, 4),
+            "decode_s": round(self.decode_s, 4),
+            "tokens": self.tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "decode_tok_s": round(self.decode_tok_s, 2),
+        }
 
 
 @dataclass
@@ -114,8 +124,11 @@ class Engine:
         """The special tokens (see :func:`offline.llm.specials.is_special`) ``text`` tokenizes to,
         with special parsing on, as llama.cpp tokenizes a rendered prompt."""
         model = self.llm._model
-        return [t for t in self.tokenize(text, special=True)
-                if is_special(model.token_get_attr(t), model.token_get_text(t))]
+        return [
+            t
+            for t in self.tokenize(text, special=True)
+            if is_special(model.token_get_attr(t), model.token_get_text(t))
+        ]
 
     def special_pieces(self, text: str) -> list[str]:
         """Substrings of ``text`` that this model's tokenizer turns into special tokens."""
@@ -166,8 +179,14 @@ class Engine:
         return self.count(self.render(messages))
 
     # -- generation ----------------------------------------------------------------------------
-    def stream_chat(self, messages: list[dict[str, str]], *, max_tokens: int = 256,
-                    on_token: Callable[[str], None] | None = None, **sampling: Any) -> Generation:
+    def stream_chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        on_token: Callable[[str], None] | None = None,
+        **sampling: Any,
+    ) -> Generation:
         """Stream a chat completion through the model's chat template; ``on_token`` gets each piece."""
         params = {**DEFAULT_SAMPLING, **sampling}
         with self._lock:  # one llama context: one generation at a time
@@ -176,8 +195,9 @@ class Engine:
             pieces: list[str] = []
             n = 0
             finish = None
-            stream = self.llm.create_chat_completion(messages=messages, stream=True, max_tokens=max_tokens,
-                                                     **params)
+            stream = self.llm.create_chat_completion(
+                messages=messages, stream=True, max_tokens=max_tokens, **params
+            )
             for chunk in stream:
                 choice = chunk["choices"][0]
                 finish = choice.get("finish_reason") or finish
@@ -195,9 +215,15 @@ class Engine:
             end = time.perf_counter()
         first = first if first is not None else end
         last = last if last is not None else end
-        return Generation(text="".join(pieces), tokens=n, prompt_tokens=self.prompt_tokens(messages),
-                          ttft_s=first - t0, decode_s=last - first, total_s=end - t0,
-                          finish_reason=finish)
+        return Generation(
+            text="".join(pieces),
+            tokens=n,
+            prompt_tokens=self.prompt_tokens(messages),
+            ttft_s=first - t0,
+            decode_s=last - first,
+            total_s=end - t0,
+            finish_reason=finish,
+        )
 
 
 # A GGUF without a chat template is treated as a base (non-instruct) model: turn tokens it was never
@@ -221,7 +247,9 @@ def chat_formatter(llm: Any) -> Any:
     bos_text = model.token_get_text(bos) if bos != -1 else ""
     template = llm.metadata.get("tokenizer.chat_template")
     if template:
-        return llama_chat_format.Jinja2ChatFormatter(template=template, eos_token=eos_text, bos_token=bos_text)
+        return llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=eos_text, bos_token=bos_text
+        )
     return _plain_formatter(bos_text)
 
 
@@ -239,16 +267,22 @@ def _plain_formatter(bos_text: str) -> Any:
     return PlainFormatter(template=PLAIN_TEMPLATE, eos_token="\n\n", bos_token=bos_text)
 
 
-def cached(model_path: str | os.PathLike[str], *, n_ctx: int | None = None,
-           adapter_sha256: str | None = None) -> Engine | None:
+def cached(
+    model_path: str | os.PathLike[str], *, n_ctx: int | None = None, adapter_sha256: str | None = None
+) -> Engine | None:
     """The engine :func:`load` would return, if it is already loaded; else None."""
     key = (str(Path(model_path).resolve()), adapter_sha256 or "", int(n_ctx) if n_ctx else 0)
     with _cache_lock:
         return _cache.get(key)
 
 
-def load(model_path: str | os.PathLike[str], *, n_ctx: int | None = None, lora_path: str | None = None,
-         adapter_sha256: str | None = None) -> Engine:
+def load(
+    model_path: str | os.PathLike[str],
+    *,
+    n_ctx: int | None = None,
+    lora_path: str | None = None,
+    adapter_sha256: str | None = None,
+) -> Engine:
     """The cached engine for (model, adapter, n_ctx), loading it on first use.
 
     ``n_ctx`` defaults to :data:`DEFAULT_N_CTX` capped at the model's training context.
@@ -296,8 +330,14 @@ def load(model_path: str | os.PathLike[str], *, n_ctx: int | None = None, lora_p
         # template, never a format llama-cpp-python guesses (it picks "llama-2" for a GGUF without one).
         formatter = chat_formatter(llm)
         llm.chat_handler = formatter.to_chat_handler()
-        engine = Engine(llm=llm, model_path=str(path), adapter_sha256=adapter_sha256, n_ctx=llm.n_ctx(),
-                        load_s=time.perf_counter() - t0, threads=threads)
+        engine = Engine(
+            llm=llm,
+            model_path=str(path),
+            adapter_sha256=adapter_sha256,
+            n_ctx=llm.n_ctx(),
+            load_s=time.perf_counter() - t0,
+            threads=threads,
+        )
         engine._formatter = formatter
         if not _cache:
             # Free native models before interpreter teardown (llama-cpp-python's __del__ then

@@ -23,7 +23,8 @@ def cited_numbers(text: str) -> list[int]:
 
 
 def strip_citations(text: str) -> str:
-    """``text`` without its ``[n]`` markers, whitespace collapsed: what scoring compares with a gold answer."""
+    """``text`` without its ``[n]`` markers, whitespace collapsed: what scoring compares with a gold
+    answer."""
     return " ".join(_MARK_RE.sub(" ", text).split())
 
 
@@ -33,8 +34,14 @@ def map_citations(text: str, blocks: list[SourceBlock]) -> list[dict[str, Any]]:
     out = []
     for n in cited_numbers(text):
         b = by_n.get(n)
-        out.append({"n": n, "valid": b is not None, "chunk_id": b.chunk_id if b else None,
-                    "doc_name": b.doc_name if b else None})
+        out.append(
+            {
+                "n": n,
+                "valid": b is not None,
+                "chunk_id": b.chunk_id if b else None,
+                "doc_name": b.doc_name if b else None,
+            }
+        )
     return out
 
 
@@ -48,5 +55,7 @@ def source_list(blocks: list[SourceBlock], cited: set[int] | None = None) -> str
         loc = b.locator()
         mark = "*" if cited and b.n in cited else " "
         flag = f"  [flagged: {', '.join(b.flags)}]" if b.flags else ""
-        lines.append(one_line(f"{mark}[{b.n}] {b.doc_name}{', ' + loc if loc else ''} (chunk {b.chunk_id}){flag}"))
+        lines.append(
+            one_line(f"{mark}[{b.n}] {b.doc_name}{', ' + loc if loc else ''} (chunk {b.chunk_id}){flag}")
+        )
     return "\n".join(lines)

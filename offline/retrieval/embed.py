@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 _ALIASES = {"all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 BATCH_SIZE = 64
 QUERY_CACHE = 256
@@ -83,8 +82,13 @@ class Embedder:
 
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vecs = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
+        vecs = self.model.encode(
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def encode_query(self, text: str) -> Any:
@@ -159,9 +163,17 @@ def get_embedder(model_name: str | None = None, *, queries_only: bool = False) -
                 emb = Embedder(name=name, path=folder, sha256=sha, dim=shape[0], max_tokens=shape[1])
             else:
                 model = _load_st(folder)
-                dim_fn = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-                emb = Embedder(name=name, path=folder, sha256=sha, dim=int(dim_fn()),
-                               max_tokens=int(model.max_seq_length or 256), _model=model)
+                dim_fn = (
+                    getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+                )
+                emb = Embedder(
+                    name=name,
+                    path=folder,
+                    sha256=sha,
+                    dim=int(dim_fn()),
+                    max_tokens=int(model.max_seq_length or 256),
+                    _model=model,
+                )
             _cache[key] = emb
         elif not queries_only:
             emb.model  # noqa: B018  (a query-only embedder met a caller that encodes batches: load now)

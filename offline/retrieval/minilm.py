@@ -20,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
-_MODULES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
-            "sentence_transformers.models.Normalize"]
+_MODULES = [
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+]
 
 
 def _json(path: Path) -> Any:
@@ -42,11 +45,15 @@ def supports(folder: Path) -> bool:
     if not isinstance(pool, dict) or not isinstance(cfg, dict):
         return False
     pooling = {k: v for k, v in pool.items() if k.startswith("pooling_mode")}
-    return (pooling.get("pooling_mode_mean_tokens") is True
-            and not any(v for k, v in pooling.items() if k != "pooling_mode_mean_tokens")
-            and cfg.get("model_type") == "bert" and cfg.get("hidden_act") == "gelu"
-            and cfg.get("position_embedding_type", "absolute") == "absolute"
-            and (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file())
+    return (
+        pooling.get("pooling_mode_mean_tokens") is True
+        and not any(v for k, v in pooling.items() if k != "pooling_mode_mean_tokens")
+        and cfg.get("model_type") == "bert"
+        and cfg.get("hidden_act") == "gelu"
+        and cfg.get("position_embedding_type", "absolute") == "absolute"
+        and (folder / "model.safetensors").is_file()
+        and (folder / "tokenizer.json").is_file()
+    )
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -54,8 +61,9 @@ def _erf(x: np.ndarray) -> np.ndarray:
     s = np.sign(x)
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
-    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
-               + 0.254829592) * t * np.exp(-a * a)
+    y = 1.0 - (
+        ((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592
+    ) * t * np.exp(-a * a)
     return s * y
 
 
@@ -97,27 +105,39 @@ class MiniLM:
         """The unit-length float32 vector of ``text``, as sentence-transformers computes it."""
         ids = np.asarray(self.tokenizer.encode(text).ids, dtype=np.int64)
         n = len(ids)
-        x = (self._p("embeddings.word_embeddings.weight")[ids]
-             + self._p("embeddings.position_embeddings.weight")[:n]
-             + self._p("embeddings.token_type_embeddings.weight")[0])
-        x = _layer_norm(x, self._p("embeddings.LayerNorm.weight"), self._p("embeddings.LayerNorm.bias"), self.eps)
+        x = (
+            self._p("embeddings.word_embeddings.weight")[ids]
+            + self._p("embeddings.position_embeddings.weight")[:n]
+            + self._p("embeddings.token_type_embeddings.weight")[0]
+        )
+        x = _layer_norm(
+            x, self._p("embeddings.LayerNorm.weight"), self._p("embeddings.LayerNorm.bias"), self.eps
+        )
         d = self.dim // self.heads
         scale = np.float32(1.0 / np.sqrt(d))
         for i in range(self.layers):
             pre = f"encoder.layer.{i}"
-            q, k, v = (self._linear(x, f"{pre}.attention.self.{m}").reshape(n, self.heads, d).transpose(1, 0, 2)
-                       for m in ("query", "key", "value"))
+            q, k, v = (
+                self._linear(x, f"{pre}.attention.self.{m}").reshape(n, self.heads, d).transpose(1, 0, 2)
+                for m in ("query", "key", "value")
+            )
             scores = (q @ k.transpose(0, 2, 1)) * scale
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             probs = scores / scores.sum(-1, keepdims=True)
             ctx = (probs @ v).transpose(1, 0, 2).reshape(n, self.dim)
-            x = _layer_norm(self._linear(ctx, f"{pre}.attention.output.dense") + x,
-                            self._p(f"{pre}.attention.output.LayerNorm.weight"),
-                            self._p(f"{pre}.attention.output.LayerNorm.bias"), self.eps)
+            x = _layer_norm(
+                self._linear(ctx, f"{pre}.attention.output.dense") + x,
+                self._p(f"{pre}.attention.output.LayerNorm.weight"),
+                self._p(f"{pre}.attention.output.LayerNorm.bias"),
+                self.eps,
+            )
             h = _gelu(self._linear(x, f"{pre}.intermediate.dense"))
-            x = _layer_norm(self._linear(h, f"{pre}.output.dense") + x,
-                            self._p(f"{pre}.output.LayerNorm.weight"), self._p(f"{pre}.output.LayerNorm.bias"),
-                            self.eps)
+            x = _layer_norm(
+                self._linear(h, f"{pre}.output.dense") + x,
+                self._p(f"{pre}.output.LayerNorm.weight"),
+                self._p(f"{pre}.output.LayerNorm.bias"),
+                self.eps,
+            )
         vec = x.mean(0)  # one unpadded sequence: every token counts
         vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
         return np.ascontiguousarray(vec, dtype=np.float32)

@@ -85,7 +85,9 @@ class SearchResult:
         return {"hits": [h.to_dict() for h in self.hits], "timings": self.timings, "backend": self.backend}
 
 
-def build_filter(handle: CollectionHandle, labels: list[str] | None, subjects: list[str] | None) -> vindex.Filter:
+def build_filter(
+    handle: CollectionHandle, labels: list[str] | None, subjects: list[str] | None
+) -> vindex.Filter:
     """The caller's grant labels ∩ requested labels, and the documents of the requested subjects."""
     allowed = handle.labels
     if labels is not None:
@@ -94,9 +96,18 @@ def build_filter(handle: CollectionHandle, labels: list[str] | None, subjects: l
     doc_ids = None
     if subjects is not None:
         subj = sorted(set(subjects))
-        doc_ids = frozenset(r[0] for r in handle.conn.execute(
-            f"SELECT DISTINCT doc_id FROM doc_subjects WHERE subject IN ({','.join('?' * len(subj))})", subj)) \
-            if subj else frozenset()
+        doc_ids = (
+            frozenset(
+                r[0]
+                for r in handle.conn.execute(
+                    "SELECT DISTINCT doc_id FROM doc_subjects WHERE subject IN "
+                    f"({','.join('?' * len(subj))})",
+                    subj,
+                )
+            )
+            if subj
+            else frozenset()
+        )
     return vindex.Filter(labels=allowed, doc_ids=doc_ids)
 
 
@@ -104,10 +115,22 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
 
 
-def search(session: Any, query: str, *, collections: list[str] | None = None, k: int = 5,
-           labels: list[str] | None = None, subjects: list[str] | None = None, mode: str = "hybrid",
-           audit: bool = True, weights: FusionWeights | None = None, depth: int | None = None,
-           dense_backend: str = "auto", query_vector: Any = None, embed_model: str | None = None) -> SearchResult:
+def search(
+    session: Any,
+    query: str,
+    *,
+    collections: list[str] | None = None,
+    k: int = 5,
+    labels: list[str] | None = None,
+    subjects: list[str] | None = None,
+    mode: str = "hybrid",
+    audit: bool = True,
+    weights: FusionWeights | None = None,
+    depth: int | None = None,
+    dense_backend: str = "auto",
+    query_vector: Any = None,
+    embed_model: str | None = None,
+) -> SearchResult:
     """Rank chunks for ``query`` across the caller's readable collections (or ``collections``).
 
     ``labels``/``subjects`` narrow the search; the caller's label-limited grants always apply. Asking
@@ -153,22 +176,34 @@ def search(session: Any, query: str, *, collections: list[str] | None = None, k:
 
     def run_bm25() -> list[tuple[str, int, float]]:
         t = time.perf_counter()
-        out = [(h.name, cid, s) for h in handles for cid, s in bm25_search(h.conn, query, leg_depth, filters[h.name])]
+        out = [
+            (h.name, cid, s)
+            for h in handles
+            for cid, s in bm25_search(h.conn, query, leg_depth, filters[h.name])
+        ]
         out.sort(key=lambda x: (x[2], x[0], x[1]))
         timings["bm25_ms"] = _ms(t)
         return out[:leg_depth]
 
     bm25_future = None
-    if (mode == "hybrid" and want_dense and memory and all(m is not None for m in memory.values())
-            and sum(len(m.ids) for m in memory.values()) >= PARALLEL_MIN_VECTORS):
+    if (
+        mode == "hybrid"
+        and want_dense
+        and memory
+        and all(m is not None for m in memory.values())
+        and sum(len(m.ids) for m in memory.values()) >= PARALLEL_MIN_VECTORS
+    ):
         bm25_future = _executor().submit(run_bm25)  # memory leg touches no connection: safe in parallel
     dense: list[tuple[str, int, float]] = []
     if want_dense:
         t0 = time.perf_counter()
         for h in with_vectors:
             idx = memory[h.name]
-            found = idx.knn(qvec, leg_depth, filters[h.name]) if idx is not None else \
-                vindex.knn_sqlite(h.conn, qvec, leg_depth, filters[h.name])
+            found = (
+                idx.knn(qvec, leg_depth, filters[h.name])
+                if idx is not None
+                else vindex.knn_sqlite(h.conn, qvec, leg_depth, filters[h.name])
+            )
             dense += [(h.name, cid, s) for cid, s in found]
         dense.sort(key=lambda x: (-x[2], x[0], x[1]))
         dense = dense[:leg_depth]
@@ -200,15 +235,26 @@ def search(session: Any, query: str, *, collections: list[str] | None = None, k:
         handle = next(h for h in handles if h.name == coll)
         if not handle.label_allowed(row["label"]):  # unreachable by construction; fail closed anyway
             continue
-        hits.append(Hit(chunk_id=f"{coll}/{cid}", collection=coll, score=round(float(score), 6), dense_rank=dr,
-                        bm25_rank=br, dense_score=d_score.get((coll, cid)), bm25_score=b_score.get((coll, cid)),
-                        **row))
+        hits.append(
+            Hit(
+                chunk_id=f"{coll}/{cid}",
+                collection=coll,
+                score=round(float(score), 6),
+                dense_rank=dr,
+                bm25_rank=br,
+                dense_score=d_score.get((coll, cid)),
+                bm25_score=b_score.get((coll, cid)),
+                **row,
+            )
+        )
     timings["fetch_ms"] = _ms(t0)
     timings["total_ms"] = _ms(t_start)
     backend = ",".join(sorted({"memory" if m is not None else "sqlite" for m in memory.values()})) or "none"
     result = SearchResult(hits, timings, backend)
     if audit:
-        session.audit("search", **search_audit_payload(session, query, names, mode, k, labels, subjects, result))
+        session.audit(
+            "search", **search_audit_payload(session, query, names, mode, k, labels, subjects, result)
+        )
     return result
 
 
@@ -222,7 +268,9 @@ def _choose_memory(session: Any, handle: CollectionHandle, backend: str) -> vind
     return chosen
 
 
-def _fetch(handles: list[CollectionHandle], keys: list[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
+def _fetch(
+    handles: list[CollectionHandle], keys: list[tuple[str, int]]
+) -> dict[tuple[str, int], dict[str, Any]]:
     out: dict[tuple[str, int], dict[str, Any]] = {}
     by_coll: dict[str, list[int]] = {}
     for coll, cid in keys:
@@ -231,22 +279,43 @@ def _fetch(handles: list[CollectionHandle], keys: list[tuple[str, int]]) -> dict
         ids = by_coll.get(h.name)
         if not ids:
             continue
-        sql = ("SELECT c.id, c.doc_id, d.name, d.source, c.page, c.section, c.text, d.label, c.flags"
-               " FROM chunks c JOIN documents d ON d.id = c.doc_id"
-               f" WHERE c.id IN ({','.join('?' * len(ids))})")
+        sql = (
+            "SELECT c.id, c.doc_id, d.name, d.source, c.page, c.section, c.text, d.label, c.flags"
+            " FROM chunks c JOIN documents d ON d.id = c.doc_id"
+            f" WHERE c.id IN ({','.join('?' * len(ids))})"
+        )
         for cid, doc_id, name, source, page, section, text, label, flags in h.conn.execute(sql, ids):
-            out[(h.name, cid)] = {"doc_id": doc_id, "doc_name": name, "source": source, "page": page,
-                                  "section": section, "text": text, "label": label,
-                                  "flags": [f for f in (flags or "").split(",") if f]}
+            out[(h.name, cid)] = {
+                "doc_id": doc_id,
+                "doc_name": name,
+                "source": source,
+                "page": page,
+                "section": section,
+                "text": text,
+                "label": label,
+                "flags": [f for f in (flags or "").split(",") if f],
+            }
     return out
 
 
-def search_audit_payload(session: Any, query: str, collections: list[str], mode: str, k: int,
-                         labels: list[str] | None, subjects: list[str] | None, result: SearchResult) -> dict[str, Any]:
+def search_audit_payload(
+    session: Any,
+    query: str,
+    collections: list[str],
+    mode: str,
+    k: int,
+    labels: list[str] | None,
+    subjects: list[str] | None,
+    result: SearchResult,
+) -> dict[str, Any]:
     """The ``search`` audit entry: query per ``audit_questions`` (full / hash / none), hits, timings."""
-    payload: dict[str, Any] = {"collections": collections, "mode": mode, "k": k,
-                               "hits": [{"chunk_id": h.chunk_id, "score": h.score} for h in result.hits],
-                               "timings": result.timings}
+    payload: dict[str, Any] = {
+        "collections": collections,
+        "mode": mode,
+        "k": k,
+        "hits": [{"chunk_id": h.chunk_id, "score": h.score} for h in result.hits],
+        "timings": result.timings,
+    }
     if labels is not None:
         payload["labels"] = labels
     if subjects is not None:

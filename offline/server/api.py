@@ -8,7 +8,13 @@ import uuid
 from typing import Any
 
 from ..errors import (
-    AccessDenied, AuthenticationFailed, IntegrityError, InvalidInput, NotFound, OfflineError, UsageError,
+    AccessDenied,
+    AuthenticationFailed,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    OfflineError,
+    UsageError,
 )
 
 RAG_MODEL = "offline-rag"
@@ -18,7 +24,9 @@ MAX_INPUTS = 256
 class ApiError(OfflineError):
     """A request the server refuses with a given HTTP status (and OpenAI error type)."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None):
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+    ):
         super().__init__(message)
         self.status, self.kind, self.code = status, kind, code
 
@@ -78,8 +86,11 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: only text ones count
-        return "\n".join(p["text"] for p in content
-                         if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+        return "\n".join(
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        )
     raise ApiError(400, "message content must be a string or a list of text parts")
 
 
@@ -109,13 +120,21 @@ def chat_request(doc: dict[str, Any], plain_model: str) -> dict[str, Any]:
     elif model == RAG_MODEL:
         mode, collections = "rag", None
     elif model.startswith(RAG_MODEL + ":"):
-        mode, collections = "rag", [c for c in model[len(RAG_MODEL) + 1:].split("+")]
+        mode, collections = "rag", [c for c in model[len(RAG_MODEL) + 1 :].split("+")]
         if not all(collections):
             raise ApiError(400, f"model {model[:80]!r}: empty collection name")
     else:
-        raise ApiError(404, f"model {model[:80]!r} does not exist (GET /v1/models lists yours)", code="model_not_found")
-    return {"model": model, "mode": mode, "collections": collections, "question": question,
-            "max_tokens": max_tokens, "stream": stream}
+        raise ApiError(
+            404, f"model {model[:80]!r} does not exist (GET /v1/models lists yours)", code="model_not_found"
+        )
+    return {
+        "model": model,
+        "mode": mode,
+        "collections": collections,
+        "question": question,
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
 
 
 def search_request(doc: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +142,9 @@ def search_request(doc: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(query, str) or not query.strip():
         raise ApiError(400, "query is required")
     colls = doc.get("collections")
-    if colls is not None and (not isinstance(colls, list) or not all(isinstance(c, str) and c for c in colls)):
+    if colls is not None and (
+        not isinstance(colls, list) or not all(isinstance(c, str) and c for c in colls)
+    ):
         raise ApiError(400, "collections must be a list of names")
     return {"query": query, "collections": colls or None, "k": _int(doc, "k", 5, 1, 100)}
 
@@ -150,10 +171,18 @@ def completion(model: str, ans: Any) -> dict[str, Any]:
     """A ``chat.completion`` object; the kit's citations and grounding ride along under ``offline``."""
     tokens = int((ans.timings or {}).get("tokens") or 0)
     return {
-        "id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion", "created": int(time.time()),
+        "id": "chatcmpl-" + uuid.uuid4().hex,
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer_text(ans)},
-                     "finish_reason": "stop", "logprobs": None}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer_text(ans)},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
         "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
         "offline": extras(ans),
     }
@@ -161,8 +190,19 @@ def completion(model: str, ans: Any) -> dict[str, Any]:
 
 def extras(ans: Any) -> dict[str, Any]:
     d = ans.to_dict()
-    return {k: d.get(k) for k in ("refused", "refusal_reason", "sources", "citations", "support", "unsupported",
-                                  "retrieved", "flagged")}
+    return {
+        k: d.get(k)
+        for k in (
+            "refused",
+            "refusal_reason",
+            "sources",
+            "citations",
+            "support",
+            "unsupported",
+            "retrieved",
+            "flagged",
+        )
+    }
 
 
 def chunks(model: str, ans: Any, piece_chars: int = 64) -> list[dict[str, Any]]:
@@ -170,11 +210,17 @@ def chunks(model: str, ans: Any, piece_chars: int = 64) -> list[dict[str, Any]]:
     cid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> dict[str, Any]:
-        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **more}
+        return {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            **more,
+        }
 
     text = answer_text(ans)
     out = [chunk({"role": "assistant", "content": ""})]
-    out += [chunk({"content": text[i:i + piece_chars]}) for i in range(0, len(text), piece_chars)]
+    out += [chunk({"content": text[i : i + piece_chars]}) for i in range(0, len(text), piece_chars)]
     out.append(chunk({}, "stop", offline=extras(ans)))
     return out

@@ -68,7 +68,9 @@ def _error(exc: BaseException) -> JSONResponse:
     return JSONResponse(api.error_body(message, kind, code), status_code=status)
 
 
-async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = True, lane: str = "retrieve") -> Any:
+async def _handle(
+    request: Request, endpoint: str, work: Any, *, body: bool = True, lane: str = "retrieve"
+) -> Any:
     """Authenticate, admit, run ``work(session, doc)`` in a worker thread, audit, answer."""
     pool: SessionPool = request.app.state.pool
     client = _client(request)
@@ -77,6 +79,7 @@ async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = Tr
         token = _bearer(request, endpoint)
         raw = await _body(request) if body else b"{}"
         with pool.admit(token, client, endpoint):
+
             def job(session: Session, token_id: str) -> Any:
                 status, extra = 200, {}
                 try:
@@ -88,9 +91,16 @@ async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = Tr
                     status = api.classify(exc)[0]
                     raise
                 finally:
-                    session.audit("server.request", severity="info" if status < 400 else "warning",
-                                  endpoint=endpoint, status=status, client=client, token_id=token_id,
-                                  ms=round((time.perf_counter() - t0) * 1000, 1), **extra)
+                    session.audit(
+                        "server.request",
+                        severity="info" if status < 400 else "warning",
+                        endpoint=endpoint,
+                        status=status,
+                        client=client,
+                        token_id=token_id,
+                        ms=round((time.perf_counter() - t0) * 1000, 1),
+                        **extra,
+                    )
 
             return await anyio.to_thread.run_sync(pool.run, token, client, job, lane, endpoint)
     except Exception as exc:  # every failure is an OpenAI-shaped JSON error; the server keeps serving
@@ -98,6 +108,7 @@ async def _handle(request: Request, endpoint: str, work: Any, *, body: bool = Tr
 
 
 # -- routes ---------------------------------------------------------------------------------------
+
 
 async def healthz(request: Request) -> Response:
     """For a service manager: up. Nothing else without a token (no backend address, no load);
@@ -107,8 +118,11 @@ async def healthz(request: Request) -> Response:
     backend = request.app.state.backend
 
     def work(session: Session, doc: dict[str, Any]):
-        return {"status": "ok", **request.app.state.pool.stats(),
-                "generate_backend": backend.url if backend else None}, {}
+        return {
+            "status": "ok",
+            **request.app.state.pool.stats(),
+            "generate_backend": backend.url if backend else None,
+        }, {}
 
     out = await _handle(request, "healthz", work, body=False)
     return out if isinstance(out, Response) else JSONResponse(out)
@@ -135,10 +149,20 @@ async def chat_completions(request: Request) -> Response:
         from ..rag import answer
 
         req = api.chat_request(doc, plain)
-        ans = answer(session, req["question"], collections=req["collections"], mode=req["mode"],
-                     max_tokens=req["max_tokens"], generate=backend)
-        return (req, ans), {"model": req["model"], "stream": req["stream"], "refused": ans.refused,
-                            **({"backend": backend.url} if backend else {})}
+        ans = answer(
+            session,
+            req["question"],
+            collections=req["collections"],
+            mode=req["mode"],
+            max_tokens=req["max_tokens"],
+            generate=backend,
+        )
+        return (req, ans), {
+            "model": req["model"],
+            "stream": req["stream"],
+            "refused": ans.refused,
+            **({"backend": backend.url} if backend else {}),
+        }
 
     out = await _handle(request, "chat.completions", work, lane="generate")
     if isinstance(out, Response):
@@ -153,8 +177,11 @@ async def chat_completions(request: Request) -> Response:
             yield f"data: {json.dumps(c)}\n\n"
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def search(request: Request) -> Response:
@@ -163,8 +190,9 @@ async def search(request: Request) -> Response:
 
         req = api.search_request(doc)
         result = run_search(session, req["query"], collections=req["collections"], k=req["k"])
-        return {"object": "list", "data": [h.to_dict() for h in result.hits], "timings": result.timings}, \
-            {"hits": len(result.hits)}
+        return {"object": "list", "data": [h.to_dict() for h in result.hits], "timings": result.timings}, {
+            "hits": len(result.hits)
+        }
 
     out = await _handle(request, "search", work)
     return out if isinstance(out, Response) else JSONResponse(out)
@@ -178,9 +206,16 @@ async def embeddings(request: Request) -> Response:
         texts = [check_text(t, "the input") for t in api.embeddings_request(doc)]
         emb = get_embedder(None)
         vecs = emb.encode(texts)
-        data = [{"object": "embedding", "index": i, "embedding": [float(x) for x in v]} for i, v in enumerate(vecs)]
-        return {"object": "list", "data": data, "model": emb.name,
-                "usage": {"prompt_tokens": 0, "total_tokens": 0}}, {"inputs": len(texts), "model": emb.name}
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(x) for x in v]}
+            for i, v in enumerate(vecs)
+        ]
+        return {
+            "object": "list",
+            "data": data,
+            "model": emb.name,
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }, {"inputs": len(texts), "model": emb.name}
 
     out = await _handle(request, "embeddings", work)
     return out if isinstance(out, Response) else JSONResponse(out)
@@ -212,24 +247,32 @@ async def not_allowed(request: Request, exc: Exception) -> Response:
     return await _unrouted(request, 405, "method not allowed", "method_not_allowed")
 
 
-def create_app(vault_dir: Path, *, idle_s: float = 300.0, queue_size: int = 64, per_user: int = 8,
-               generate_backend: str | None = None) -> Starlette:
+def create_app(
+    vault_dir: Path,
+    *,
+    idle_s: float = 300.0,
+    queue_size: int = 64,
+    per_user: int = 8,
+    generate_backend: str | None = None,
+) -> Starlette:
     """The server app for ``vault_dir``; it holds no key until a request presents a token.
 
     ``generate_backend``: an OpenAI-compatible engine's URL for generation (see :mod:`.backend`);
     without it llama.cpp runs in this process.
     """
+    from ..models.catalog import resolve_model
     from .backend import Backend
 
-    from ..models.catalog import resolve_model
-
-    app = Starlette(routes=[
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/search", search, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-    ], exception_handlers={404: not_found, 405: not_allowed})
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/search", search, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+        ],
+        exception_handlers={404: not_found, 405: not_allowed},
+    )
     app.state.vault_dir = Path(vault_dir)
     app.state.pool = SessionPool(vault_dir, idle_s=idle_s, queue_size=queue_size, per_user=per_user)
     app.state.plain_model = resolve_model(None, "generate", check=False).name

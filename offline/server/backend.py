@@ -33,12 +33,18 @@ class Backend:
     def __init__(self, url: str, *, model: str | None = None, timeout_s: float = 300.0):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
-            raise ParameterError("invalid {generate_backend} {url}: use http://IP:PORT (or https)", "generate_backend", url=repr(url))
+            raise ParameterError(
+                "invalid {generate_backend} {url}: use http://IP:PORT (or https)",
+                "generate_backend",
+                url=repr(url),
+            )
         try:
             ipaddress.ip_address(parts.hostname)
         except ValueError:
             raise ParameterError(
-                "invalid {generate_backend} {url}: the host must be an IP address", "generate_backend", url=repr(url)
+                "invalid {generate_backend} {url}: the host must be an IP address",
+                "generate_backend",
+                url=repr(url),
             ) from None
         self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self.host, self.port, self.tls = parts.hostname, parts.port, parts.scheme == "https"
@@ -48,11 +54,20 @@ class Backend:
         self.model, self.timeout_s = model, timeout_s
         netguard.allow_peer(self.host, self.port)
 
-    def __call__(self, messages: list[dict[str, str]], *, max_tokens: int = 256,
-                 on_token: Callable[[str], None] | None = None) -> Generation:
+    def __call__(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Generation:
         """One chat completion (what :func:`offline.rag.answer` calls instead of the local engine)."""
-        body = {"messages": messages, "max_tokens": max_tokens, "stream": False,
-                **{k: DEFAULT_SAMPLING[k] for k in ("temperature", "top_p") if k in DEFAULT_SAMPLING}}
+        body = {
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "stream": False,
+            **{k: DEFAULT_SAMPLING[k] for k in ("temperature", "top_p") if k in DEFAULT_SAMPLING},
+        }
         if self.model:
             body["model"] = self.model
         t0 = time.perf_counter()
@@ -66,20 +81,32 @@ class Backend:
             raise BackendError("generation backend: malformed chat completion") from None
         if on_token is not None and text:
             on_token(text)
-        return Generation(text=text, tokens=int(usage.get("completion_tokens") or 0),
-                          prompt_tokens=int(usage.get("prompt_tokens") or 0), ttft_s=total, decode_s=0.0,
-                          total_s=total, finish_reason=choice.get("finish_reason"))
+        return Generation(
+            text=text,
+            tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            ttft_s=total,
+            decode_s=0.0,
+            total_s=total,
+            finish_reason=choice.get("finish_reason"),
+        )
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         cls = http.client.HTTPSConnection if self.tls else http.client.HTTPConnection
         conn = cls(self.host, self.port, timeout=self.timeout_s)
         try:
-            conn.request("POST", self.base_path + path, body=json.dumps(body),
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                self.base_path + path,
+                body=json.dumps(body),
+                headers={"Content-Type": "application/json"},
+            )
             resp = conn.getresponse()
             raw = resp.read(16 << 20)
         except (OSError, http.client.HTTPException) as exc:
-            raise BackendError(f"generation backend {self.url} unreachable ({exc.__class__.__name__})") from None
+            raise BackendError(
+                f"generation backend {self.url} unreachable ({exc.__class__.__name__})"
+            ) from None
         finally:
             conn.close()
         if resp.status != 200:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AuthenticationFailed, OfflineError, VaultLocked
-from ..vault import tokens as T, witness
+from ..vault import tokens as T
+from ..vault import witness
 from ..vault.session import Session
 from ..vault.users import flush_failed_unlocks
 from .reports import Reports
@@ -56,9 +57,17 @@ def _access_state(session: Session) -> str:
     def mine(table: str) -> dict[str, Any]:
         return {k: r for k, r in image.get(table, {}).items() if json.loads(k)[-1] == me}
 
-    doc = json.dumps({"user": session.policy.user(me), "collections": image.get("collections", {}),
-                      "grants": mine("grants"), "collection_keys": mine("collection_keys"),
-                      "settings": image.get("settings", {})}, sort_keys=True, default=str)
+    doc = json.dumps(
+        {
+            "user": session.policy.user(me),
+            "collections": image.get("collections", {}),
+            "grants": mine("grants"),
+            "collection_keys": mine("collection_keys"),
+            "settings": image.get("settings", {}),
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
@@ -91,7 +100,9 @@ class SessionPool:
             if self._total >= self.queue_size:
                 busy = Busy(f"server busy: {self._total} requests queued; retry shortly")
             elif self._pending.get(who, 0) >= self.per_user:
-                busy = Busy(f"too many requests in flight for this user (limit {self.per_user}); retry shortly")
+                busy = Busy(
+                    f"too many requests in flight for this user (limit {self.per_user}); retry shortly"
+                )
             if busy is not None:
                 self.reports.add("busy", self._tid_of.get(digest, "unproven"), client, endpoint)
                 raise busy
@@ -115,8 +126,14 @@ class SessionPool:
             return {"queued": self._total, "sessions": sum(1 for s in self._slots.values() if s.session)}
 
     # -- work (worker threads) ---------------------------------------------------------------
-    def run(self, token: str, client: str, work: Callable[[Session, str], Any], lane: str = "generate",
-            endpoint: str = "") -> Any:
+    def run(
+        self,
+        token: str,
+        client: str,
+        work: Callable[[Session, str], Any],
+        lane: str = "generate",
+        endpoint: str = "",
+    ) -> Any:
         """``work(session, token_id)`` on the token's session for ``lane``, opened or refreshed first.
 
         Two lanes per token, each with its own session: ``generate`` (chat completions) and
@@ -141,8 +158,12 @@ class SessionPool:
             try:
                 if slot.session is None:
                     slot.session, slot.token_id = T.open_token_session(
-                        self.vault_dir, token, via=client, witness_header=True,
-                        report=lambda who: self.report_failure(who, client, endpoint))
+                        self.vault_dir,
+                        token,
+                        via=client,
+                        witness_header=True,
+                        report=lambda who: self.report_failure(who, client, endpoint),
+                    )
                 else:
                     witness.observe_header(self.vault_dir)
                     try:
@@ -183,8 +204,15 @@ class SessionPool:
 
     def _audit_refusal(self, slot: _Slot, client: str, endpoint: str, exc: Exception) -> None:
         try:
-            slot.session.audit("server.request", severity="warning", endpoint=endpoint, status=401, client=client,
-                               token_id=slot.token_id, refused=str(exc)[:200])
+            slot.session.audit(
+                "server.request",
+                severity="warning",
+                endpoint=endpoint,
+                status=401,
+                client=client,
+                token_id=slot.token_id,
+                refused=str(exc)[:200],
+            )
         except Exception:  # noqa: BLE001  (removed user, damaged chain: the server's memory keeps it)
             self.report_failure(f"token:{slot.token_id}", client, endpoint)
 

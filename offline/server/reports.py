@@ -26,7 +26,7 @@ PER_FLUSH = 64
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 class Reports:
@@ -55,11 +55,15 @@ class Reports:
         with self._lock:
             return bool(self._recs or self._dropped)
 
-    def _take(self, token_id: str) -> tuple[list[tuple[tuple[str, str, str, str], dict[str, Any]]], dict[str, int]]:
+    def _take(
+        self, token_id: str
+    ) -> tuple[list[tuple[tuple[str, str, str, str], dict[str, Any]]], dict[str, int]]:
         """Up to ``per_flush`` reports, this token's own 429s first."""
         with self._lock:
-            keys = sorted(self._recs, key=lambda k: (not (k[0] == "busy" and k[1] == token_id), self._recs[k]["first"]))
-            taken = [(k, self._recs.pop(k)) for k in keys[:self.per_flush]]
+            keys = sorted(
+                self._recs, key=lambda k: (not (k[0] == "busy" and k[1] == token_id), self._recs[k]["first"])
+            )
+            taken = [(k, self._recs.pop(k)) for k in keys[: self.per_flush]]
             dropped, self._dropped = self._dropped, {}
         return taken, dropped
 
@@ -87,18 +91,41 @@ class Reports:
         done = 0
         try:
             for (kind, who, client, endpoint), rec in taken:
-                common = {"client": client, "count": rec["count"], "first": rec["first"], "last": rec["last"],
-                          "reported_by": "server"}
+                common = {
+                    "client": client,
+                    "count": rec["count"],
+                    "first": rec["first"],
+                    "last": rec["last"],
+                    "reported_by": "server",
+                }
                 if kind == "busy":
-                    session.audit("server.request", severity="warning", endpoint=endpoint, status=429,
-                                  token_id=who, **common)
+                    session.audit(
+                        "server.request",
+                        severity="warning",
+                        endpoint=endpoint,
+                        status=429,
+                        token_id=who,
+                        **common,
+                    )
                 else:
-                    session.audit("unlock.failed", severity="warning", attempted_user=who, at=rec["first"],
-                                  via=client, endpoint=endpoint, **{k: v for k, v in common.items() if k != "client"})
+                    session.audit(
+                        "unlock.failed",
+                        severity="warning",
+                        attempted_user=who,
+                        at=rec["first"],
+                        via=client,
+                        endpoint=endpoint,
+                        **{k: v for k, v in common.items() if k != "client"},
+                    )
                 done += 1
             if dropped:
-                session.audit("server.reports_dropped", severity="warning", counts=dropped, reported_by="server",
-                              why=f"more than {self.max_keys} distinct reports waiting")
+                session.audit(
+                    "server.reports_dropped",
+                    severity="warning",
+                    counts=dropped,
+                    reported_by="server",
+                    why=f"more than {self.max_keys} distinct reports waiting",
+                )
                 dropped = {}
         finally:
             self._put_back(taken[done:])

@@ -19,12 +19,16 @@ def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = str(text).rpartition(":")
     host = host.strip("[]")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ParameterError("invalid {listen} {text}: use HOST:PORT, for example 127.0.0.1:8765", "listen", text=repr(text))
+        raise ParameterError(
+            "invalid {listen} {text}: use HOST:PORT, for example 127.0.0.1:8765", "listen", text=repr(text)
+        )
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise ParameterError(
-            "invalid {listen} {text}: the host must be an IP address (no name lookups)", "listen", text=repr(text)
+            "invalid {listen} {text}: the host must be an IP address (no name lookups)",
+            "listen",
+            text=repr(text),
         ) from None
     return host, int(port)
 
@@ -34,7 +38,8 @@ def is_loopback(host: str) -> bool:
 
 
 def generate_certificate(folder: Path, host: str) -> tuple[Path, Path, str]:
-    """A self-signed certificate for ``host`` (ECDSA P-256, one year); returns cert, key, sha256 fingerprint."""
+    """A self-signed certificate for ``host`` (ECDSA P-256, one year); returns cert, key and sha256
+    fingerprint."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,17 +47,28 @@ def generate_certificate(folder: Path, host: str) -> tuple[Path, Path, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "offline team server")])
-    now = _dt.datetime.now(_dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - _dt.timedelta(minutes=5))
-            .not_valid_after(now + _dt.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
-            .sign(key, hashes.SHA256()))
+    now = _dt.datetime.now(_dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=365))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
     config.ensure_private_dir(folder)
     cert_path, key_path = folder / "server-cert.pem", folder / "server-key.pem"
-    config.write_private_file(key_path, key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
+    config.write_private_file(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
     config.write_private_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path, cert_fingerprint(cert_path)
 
@@ -64,11 +80,12 @@ def cert_fingerprint(cert_path: Path) -> str:
 
     cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
-def prepare(vault_dir: Path, listen: str, tls_cert: str | None, tls_key: str | None,
-            generate_tls: bool) -> dict[str, Any]:
+def prepare(
+    vault_dir: Path, listen: str, tls_cert: str | None, tls_key: str | None, generate_tls: bool
+) -> dict[str, Any]:
     """Check everything before anything listens: address, TLS files, vault. Returns the plan."""
     from ..vault import header as hdr
 
@@ -77,7 +94,9 @@ def prepare(vault_dir: Path, listen: str, tls_cert: str | None, tls_key: str | N
     if bool(tls_cert) != bool(tls_key):
         raise ParameterError("{tls_cert} and {tls_key} go together", "tls_cert", "tls_key")
     if generate_tls and tls_cert:
-        raise ParameterError("use either {tls_cert}/{tls_key} or {generate_tls}", "tls_cert", "tls_key", "generate_tls")
+        raise ParameterError(
+            "use either {tls_cert}/{tls_key} or {generate_tls}", "tls_cert", "tls_key", "generate_tls"
+        )
     fingerprint = None
     if generate_tls:
         tls_cert_p, tls_key_p, fingerprint = generate_certificate(config.home() / "server-tls", host)
@@ -97,33 +116,59 @@ def prepare(vault_dir: Path, listen: str, tls_cert: str | None, tls_key: str | N
         )
     scheme = "https" if tls_cert else "http"
     url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
-    return {"host": host, "port": port, "tls_cert": tls_cert, "tls_key": tls_key, "fingerprint": fingerprint,
-            "url": url}
+    return {
+        "host": host,
+        "port": port,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "fingerprint": fingerprint,
+        "url": url,
+    }
 
 
-def serve(vault_dir: Path, plan: dict[str, Any], *, idle_s: float = 300.0, queue_size: int = 64,
-          per_user: int = 8, generate_backend: str | None = None, ready: Any = None) -> None:
+def serve(
+    vault_dir: Path,
+    plan: dict[str, Any],
+    *,
+    idle_s: float = 300.0,
+    queue_size: int = 64,
+    per_user: int = 8,
+    generate_backend: str | None = None,
+    ready: Any = None,
+) -> None:
     """Run the server until interrupted (uvicorn; HTTP parsing is h11's, never ours)."""
     import uvicorn
 
+    from ..vault.db import enable_memory_security
     from .app import create_app
     from .guard import GuardedH11Protocol
-
-    from ..vault.db import enable_memory_security
 
     enable_memory_security()  # keys dropped after --idle leave no copy in SQLite's freed memory
     netguard.install()
     netguard.allow_listen(plan["host"], plan["port"])
-    app = create_app(vault_dir, idle_s=idle_s, queue_size=queue_size, per_user=per_user,
-                     generate_backend=generate_backend)
-    cfg = uvicorn.Config(app, host=plan["host"], port=plan["port"], log_level="warning", access_log=False,
-                         ssl_certfile=plan["tls_cert"], ssl_keyfile=plan["tls_key"],
-                         timeout_keep_alive=5, limit_concurrency=256, h11_max_incomplete_event_size=64 * 1024,
-                         lifespan="off", server_header=False, timeout_graceful_shutdown=5,
-                         # The client address in the signed log is the socket's peer, never a header
-                         # any client can write (X-Forwarded-For, Forwarded, X-Real-IP).
-                         proxy_headers=False, forwarded_allow_ips=[],
-                         http=GuardedH11Protocol)  # slow headers cut off, connections per address bounded
+    app = create_app(
+        vault_dir, idle_s=idle_s, queue_size=queue_size, per_user=per_user, generate_backend=generate_backend
+    )
+    cfg = uvicorn.Config(
+        app,
+        host=plan["host"],
+        port=plan["port"],
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=plan["tls_cert"],
+        ssl_keyfile=plan["tls_key"],
+        timeout_keep_alive=5,
+        limit_concurrency=256,
+        h11_max_incomplete_event_size=64 * 1024,
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=5,
+        # The client address in the signed log is the socket's peer, never a header
+        # any client can write (X-Forwarded-For, Forwarded, X-Real-IP).
+        proxy_headers=False,
+        forwarded_allow_ips=[],
+        http=GuardedH11Protocol,
+    )  # slow headers cut off, connections per address bounded
     server = uvicorn.Server(cfg)
     if ready is not None:
         ready(plan)

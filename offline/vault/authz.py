@@ -24,20 +24,55 @@ from ..errors import AuditChainBroken, VaultCorrupted
 
 # table -> (key columns, value columns). Order is the column order read from the database.
 TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "users": (("name",), ("role", "x25519_pub", "ed25519_pub", "created_at", "created_by", "removed_at",
-                          "keys_confirmed")),
-    "collections": (("id",), ("name", "file", "created_at", "created_by", "break_glass", "retention_days",
-                              "purpose", "legal_basis", "emergency")),
+    "users": (
+        ("name",),
+        ("role", "x25519_pub", "ed25519_pub", "created_at", "created_by", "removed_at", "keys_confirmed"),
+    ),
+    "collections": (
+        ("id",),
+        (
+            "name",
+            "file",
+            "created_at",
+            "created_by",
+            "break_glass",
+            "retention_days",
+            "purpose",
+            "legal_basis",
+            "emergency",
+        ),
+    ),
     "collection_keys": (("collection_id", "user"), ("wrapped",)),
     "grants": (("collection_id", "user"), ("perm", "labels", "granted_by", "granted_at")),
     "vault_keys": (("purpose", "user"), ("wrapped",)),
     "settings": (("key",), ("value",)),
     "retention_labels": (("label",), ("days", "set_by", "set_at")),
     "gdpr_settings": (("key",), ("value",)),
-    "adapters": (("id",), ("name", "file", "base_model", "base_sha256", "base_arch", "dataset_sha256",
-                           "source_doc_ids", "hyperparameters", "loss_curve", "eval_loss_before",
-                           "eval_loss_after", "created_by", "created_at", "adapter_sha256", "size", "key_wrap",
-                           "meta", "tainted_at", "taint_reason", "override_reason")),
+    "adapters": (
+        ("id",),
+        (
+            "name",
+            "file",
+            "base_model",
+            "base_sha256",
+            "base_arch",
+            "dataset_sha256",
+            "source_doc_ids",
+            "hyperparameters",
+            "loss_curve",
+            "eval_loss_before",
+            "eval_loss_after",
+            "created_by",
+            "created_at",
+            "adapter_sha256",
+            "size",
+            "key_wrap",
+            "meta",
+            "tainted_at",
+            "taint_reason",
+            "override_reason",
+        ),
+    ),
     "adapter_keys": (("adapter_id", "user"), ("wrapped",)),
 }
 # Columns recorded as "sha256:<hex>" of their text: key wraps and bulky lineage.
@@ -74,12 +109,14 @@ def read_image(conn: Any) -> Image:
             if not all(isinstance(v, str) for v in raw_key):
                 # Every key column is TEXT. A BLOB (or number) twin of a real key would look the same
                 # here yet escape the kit's own WHERE clauses: a revoke that deletes nothing.
-                raise VaultCorrupted(f"table {table}, row {k}: a key that is not text (added outside the kit)")
+                raise VaultCorrupted(
+                    f"table {table}, row {k}: a key that is not text (added outside the kit)"
+                )
             if k in rows:
                 raise VaultCorrupted(f"table {table}, row {k}: stored twice (added outside the kit)")
             if (table, k) in UNPROTECTED:
                 continue
-            rows[k] = {c: cell(c, v) for c, v in zip(cols, r[len(keys):])}
+            rows[k] = {c: cell(c, v) for c, v in zip(cols, r[len(keys) :])}
         out[table] = rows
     return out
 
@@ -96,7 +133,10 @@ def diff(before: Image, after: Image) -> list[dict[str, Any]]:
 
 
 # A column a later migration added holds its default in rows the chain signed before it existed.
-ADDED_COLUMNS: dict[tuple[str, str], Any] = {("collections", "emergency"): None, ("users", "keys_confirmed"): 1}
+ADDED_COLUMNS: dict[tuple[str, str], Any] = {
+    ("collections", "emergency"): None,
+    ("users", "keys_confirmed"): 1,
+}
 
 
 def _as_now(table: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +273,9 @@ class Policy:
             role = "admin"  # the founding admin; the chain's root is checked against the pinned key
         elif action == "authz.adopt":
             if self.started or legacy_role != "admin":
-                raise AuditChainBroken(f"audit entry {seq}: authz.adopt by {signer!r} is not allowed here", seq)
+                raise AuditChainBroken(
+                    f"audit entry {seq}: authz.adopt by {signer!r} is not allowed here", seq
+                )
             role = "admin"
         else:
             role = self.role(signer)
@@ -245,10 +287,14 @@ class Policy:
                 raise AuditChainBroken(f"audit entry {seq}: malformed authorization change", seq) from None
             if table not in TABLES or (value is not None and not isinstance(value, dict)):
                 raise AuditChainBroken(f"audit entry {seq}: change to unknown table {table!r}", seq)
-            if role != "admin" and not self._confirms_own_keys(signer, table, key, new, value) \
-                    and not self._member_may(signer, role, table, key, new, value):
+            if (
+                role != "admin"
+                and not self._confirms_own_keys(signer, table, key, new, value)
+                and not self._member_may(signer, role, table, key, new, value)
+            ):
                 raise AuditChainBroken(
-                    f"audit entry {seq}: changes {table} {key} but {signer!r} is not an admin", seq)
+                    f"audit entry {seq}: changes {table} {key} but {signer!r} is not an admin", seq
+                )
             if value is None:
                 new[table].pop(key, None)
             else:
@@ -257,16 +303,22 @@ class Policy:
         self.started = True
 
     @staticmethod
-    def _confirms_own_keys(signer: str, table: str, key: str, new: Image, value: dict[str, Any] | None) -> bool:
+    def _confirms_own_keys(
+        signer: str, table: str, key: str, new: Image, value: dict[str, Any] | None
+    ) -> bool:
         """Anyone may mark their *own* keys confirmed (0 -> 1), and change nothing else doing so."""
         old = new[table].get(key) if table == "users" else None
         if old is None or value is None or key != row_key([signer]):
             return False
-        return old.get("keys_confirmed") == 0 and value.get("keys_confirmed") == 1 and all(
-            old.get(c) == value.get(c) for c in old if c != "keys_confirmed")
+        return (
+            old.get("keys_confirmed") == 0
+            and value.get("keys_confirmed") == 1
+            and all(old.get(c) == value.get(c) for c in old if c != "keys_confirmed")
+        )
 
-    def _member_may(self, signer: str, role: str | None, table: str, key: str, new: Image,
-                    value: dict[str, Any] | None) -> bool:
+    def _member_may(
+        self, signer: str, role: str | None, table: str, key: str, new: Image, value: dict[str, Any] | None
+    ) -> bool:
         """Members change only adapters they own (and their key wraps), or taint one they could erase from."""
         if role not in ("member",):
             return False
@@ -278,18 +330,30 @@ class Policy:
             if all(r is None or r.get("created_by") == signer for r in (old, value)):
                 # Their own adapter, but a taint (an erasure's) is not theirs to lift: only an admin
                 # records an override; deleting the adapter is always allowed.
-                lifted = old is not None and value is not None and old.get("tainted_at") is not None and (
-                    value.get("tainted_at") is None
-                    or value.get("override_reason") not in (None, old.get("override_reason")))
+                lifted = (
+                    old is not None
+                    and value is not None
+                    and old.get("tainted_at") is not None
+                    and (
+                        value.get("tainted_at") is None
+                        or value.get("override_reason") not in (None, old.get("override_reason"))
+                    )
+                )
                 return not lifted
             # A taint (never an override) by someone who may write a collection it was trained on:
             # the eraser of a document in its lineage.
-            if old is not None and value is not None and value.get("override_reason") is None \
-                    and value.get("tainted_at") is not None \
-                    and all(old.get(c) == value.get(c) for c in old if c not in TAINT_FIELDS):
+            if (
+                old is not None
+                and value is not None
+                and value.get("override_reason") is None
+                and value.get("tainted_at") is not None
+                and all(old.get(c) == value.get(c) for c in old if c not in TAINT_FIELDS)
+            ):
                 sources = json.loads(old.get("source_doc_ids") or "[]")
-                return any((self.grant(str(src.get("collection_id")), signer) or {}).get("perm") == "write"
-                           for src in sources)
+                return any(
+                    (self.grant(str(src.get("collection_id")), signer) or {}).get("perm") == "write"
+                    for src in sources
+                )
             return False
         if table == "adapter_keys":
             aid = row_key([json.loads(key)[0]])

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 from .. import config
@@ -75,16 +75,25 @@ def unwrap_collection_key(session: Session, collection_id: str, file: str) -> by
     wrapped = signed_wrap(session, "collection_keys", collection_id, session.user)
     if wrapped is None:
         return None
-    return crypto.unwrap_with(session.keys.x25519, wrapped,
-                              collection_key_context(session.vault_id, collection_id, file, session.user))
+    return crypto.unwrap_with(
+        session.keys.x25519,
+        wrapped,
+        collection_key_context(session.vault_id, collection_id, file, session.user),
+    )
 
 
-def _insert_wraps(session: Session, collection_id: str, file: str, key: bytes, pubs: dict[str, bytes]) -> None:
+def _insert_wraps(
+    session: Session, collection_id: str, file: str, key: bytes, pubs: dict[str, bytes]
+) -> None:
     for user, pub in pubs.items():
         session.db.execute(
             "INSERT OR REPLACE INTO collection_keys(collection_id, user, wrapped) VALUES (?, ?, ?)",
-            (collection_id, user,
-             crypto.wrap_to(pub, key, collection_key_context(session.vault_id, collection_id, file, user))))
+            (
+                collection_id,
+                user,
+                crypto.wrap_to(pub, key, collection_key_context(session.vault_id, collection_id, file, user)),
+            ),
+        )
 
 
 def _admin_pubs(session: Session) -> dict[str, bytes]:
@@ -112,11 +121,14 @@ def create_collection(session: Session, name: str) -> dict[str, Any]:
                     raise AlreadyExists(f"collection {name!r} already exists")
                 session.db.execute(
                     "INSERT INTO collections(id, name, file, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
-                    (cid, name, file, utc_now(), session.user))
+                    (cid, name, file, utc_now(), session.user),
+                )
                 _insert_wraps(session, cid, file, key, _admin_pubs(session))
                 session.db.execute(
                     "INSERT INTO grants(collection_id, user, perm, labels, granted_by, granted_at)"
-                    " VALUES (?, ?, 'write', NULL, ?, ?)", (cid, session.user, session.user, utc_now()))
+                    " VALUES (?, ?, 'write', NULL, ?, ?)",
+                    (cid, session.user, session.user, utc_now()),
+                )
         except BaseException:
             remove_db_files(path)
             raise
@@ -137,9 +149,16 @@ def list_collections(session: Session) -> list[dict[str, Any]]:
         g = mine.get(cid)
         if session.role != "admin" and (g is None or session.role == "auditor"):
             continue
-        item = {"name": row["name"], "id": cid, "created_at": row["created_at"], "created_by": row["created_by"],
-                "access": g["perm"] if g else "none", "labels": _labels(g["labels"]) if g else None,
-                "retention_days": row["retention_days"], "break_glass": bool(row["break_glass"])}
+        item = {
+            "name": row["name"],
+            "id": cid,
+            "created_at": row["created_at"],
+            "created_by": row["created_by"],
+            "access": g["perm"] if g else "none",
+            "labels": _labels(g["labels"]) if g else None,
+            "retention_days": row["retention_days"],
+            "break_glass": bool(row["break_glass"]),
+        }
         if session.role == "admin":
             item["grants"] = list_grants(session, row["name"])
             item["key_holders"] = key_holders(session, row["name"])
@@ -158,8 +177,16 @@ def list_grants(session: Session, name: str | None = None) -> list[dict[str, Any
             continue
         if session.role != "admin" and user != session.user:
             continue
-        out.append({"collection": crow["name"], "user": user, "perm": g["perm"], "labels": _labels(g["labels"]),
-                    "granted_by": g["granted_by"], "granted_at": g["granted_at"]})
+        out.append(
+            {
+                "collection": crow["name"],
+                "user": user,
+                "perm": g["perm"],
+                "labels": _labels(g["labels"]),
+                "granted_by": g["granted_by"],
+                "granted_at": g["granted_at"],
+            }
+        )
     return sorted(out, key=lambda g: (g["collection"], g["user"]))
 
 
@@ -175,10 +202,16 @@ def key_holders(session: Session, name: str) -> list[dict[str, str]]:
     for key in pol.image["collection_keys"]:
         c, user = json.loads(key)
         if c == cid:
-            why = "grant" if pol.grant(cid, user) else ("custodian" if pol.role(user) == "admin" else "unexplained")
+            why = (
+                "grant"
+                if pol.grant(cid, user)
+                else ("custodian" if pol.role(user) == "admin" else "unexplained")
+            )
             out.append({"user": user, "holds": "collection key", "why": why})
     for user in provisioned_users(session, cid):
-        out.append({"user": user, "holds": "break-glass wrap (needs the emergency code)", "why": "break-glass"})
+        out.append(
+            {"user": user, "holds": "break-glass wrap (needs the emergency code)", "why": "break-glass"}
+        )
     return sorted(out, key=lambda d: (d["user"], d["holds"]))
 
 
@@ -187,14 +220,22 @@ def readable_collections(session: Session) -> list[str]:
     if session.role not in ("admin", "member"):
         return []
     pol = session.policy
-    names = [pol.row("collections", cid)["name"] for cid in pol.grants_of(session.user)
-             if pol.row("collections", cid) is not None]
+    names = [
+        pol.row("collections", cid)["name"]
+        for cid in pol.grants_of(session.user)
+        if pol.row("collections", cid) is not None
+    ]
     return sorted(names)
 
 
-def open_collection(session: Session, name: str, need: Perm = "read", *,
-                    break_glass_reason: str | None = None,
-                    break_glass_code: str | Callable[[], str | None] | None = None) -> CollectionHandle:
+def open_collection(
+    session: Session,
+    name: str,
+    need: Perm = "read",
+    *,
+    break_glass_reason: str | None = None,
+    break_glass_code: str | Callable[[], str | None] | None = None,
+) -> CollectionHandle:
     """Open a collection for reading or writing, enforcing the caller's signed grant (fail closed).
 
     ``break_glass_reason`` (with the emergency code) lets a provisioned member read without a
@@ -204,7 +245,9 @@ def open_collection(session: Session, name: str, need: Perm = "read", *,
     if cached is not None and (need == "read" or cached.perm == "write"):
         return cached
     if session.role not in ("admin", "member"):
-        raise _denied(session, name, "auditors never read documents" if session.role == "auditor" else "not enrolled")
+        raise _denied(
+            session, name, "auditors never read documents" if session.role == "auditor" else "not enrolled"
+        )
     found = session.policy.collection(name)
     if found is None:
         raise _denied(session, name, "no grant")
@@ -214,8 +257,9 @@ def open_collection(session: Session, name: str, need: Perm = "read", *,
     perm, labels = (g["perm"], g["labels"]) if g else (None, None)
     key = None
     if perm is None and break_glass_reason is not None and need == "read":
-        key = _break_glass_key(session, name, cid, file, bool(crow["break_glass"]), break_glass_reason,
-                               break_glass_code)
+        key = _break_glass_key(
+            session, name, cid, file, bool(crow["break_glass"]), break_glass_reason, break_glass_code
+        )
         perm, labels = "read", None
     elif perm is None or (need == "write" and perm != "write"):
         raise _denied(session, name, "no grant" if perm is None else "read-only grant")
@@ -233,8 +277,15 @@ def open_collection(session: Session, name: str, need: Perm = "read", *,
     return handle
 
 
-def _break_glass_key(session: Session, name: str, cid: str, file: str, allowed: bool, reason: str,
-                     code: str | Callable[[], str | None] | None) -> bytes:
+def _break_glass_key(
+    session: Session,
+    name: str,
+    cid: str,
+    file: str,
+    allowed: bool,
+    reason: str,
+    code: str | Callable[[], str | None] | None,
+) -> bytes:
     if not reason.strip():
         raise UsageError("break-glass needs a reason")
     if not allowed or session.setting("break_glass") != "on":
@@ -252,7 +303,9 @@ def _break_glass_key(session: Session, name: str, cid: str, file: str, allowed: 
     return key
 
 
-def grant(session: Session, name: str, user: str, perm: Perm, labels: list[str] | None = None) -> dict[str, Any]:
+def grant(
+    session: Session, name: str, user: str, perm: Perm, labels: list[str] | None = None
+) -> dict[str, Any]:
     """Grant ``user`` read or write on ``name`` (admin): wraps the collection key to them."""
     session.require_role("admin", action="granting access")
     if perm not in ("read", "write"):
@@ -278,7 +331,8 @@ def grant(session: Session, name: str, user: str, perm: Perm, labels: list[str] 
         session.db.execute(
             "INSERT OR REPLACE INTO grants(collection_id, user, perm, labels, granted_by, granted_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (cid, user, perm, json.dumps(clean_labels) if clean_labels else None, session.user, utc_now()))
+            (cid, user, perm, json.dumps(clean_labels) if clean_labels else None, session.user, utc_now()),
+        )
         extra["adapter_keys_removed"] = _drop_uncovered_adapter_wraps(session, user)
     return {"collection": name, "user": user, "perm": perm, "labels": clean_labels}
 
@@ -299,7 +353,9 @@ def revoke(session: Session, name: str, user: str) -> dict[str, Any]:
             raise NotFound(f"{user!r} has no grant on {name!r}")
         session.db.execute("DELETE FROM grants WHERE collection_id = ? AND user = ?", (cid, user))
         if session.policy.role(user) != "admin":  # admins stay custodians; their read right was the grant
-            session.db.execute("DELETE FROM collection_keys WHERE collection_id = ? AND user = ?", (cid, user))
+            session.db.execute(
+                "DELETE FROM collection_keys WHERE collection_id = ? AND user = ?", (cid, user)
+            )
         extra["adapter_keys_removed"] = _drop_adapter_wraps(session, user, cid)
     rotate_collection_key(session, name, reason=f"revoked {user}")
     return {"collection": name, "user": user, "revoked": True, "key_rotated": True}
@@ -313,8 +369,10 @@ def _drop_uncovered_adapter_wraps(session: Session, user: str) -> list[str]:
     after = Policy(read_image(session.db), started=True)
     dropped = []
     for aid, name, src in session.db.execute(
-            "SELECT a.id, a.name, a.source_doc_ids FROM adapters a JOIN adapter_keys k ON k.adapter_id = a.id"
-            " WHERE k.user = ?", (user,)).fetchall():
+        "SELECT a.id, a.name, a.source_doc_ids FROM adapters a JOIN adapter_keys k ON k.adapter_id = a.id"
+        " WHERE k.user = ?",
+        (user,),
+    ).fetchall():
         sources = json.loads(src or "[]")
         if sources and not after.may_read_sources(user, sources):
             session.db.execute("DELETE FROM adapter_keys WHERE adapter_id = ? AND user = ?", (aid, user))
@@ -326,8 +384,10 @@ def _drop_adapter_wraps(session: Session, user: str, collection_id: str) -> list
     """Inside a change: delete ``user``'s wraps of adapters trained on ``collection_id``."""
     dropped = []
     for aid, name, src in session.db.execute(
-            "SELECT a.id, a.name, a.source_doc_ids FROM adapters a JOIN adapter_keys k ON k.adapter_id = a.id"
-            " WHERE k.user = ?", (user,)).fetchall():
+        "SELECT a.id, a.name, a.source_doc_ids FROM adapters a JOIN adapter_keys k ON k.adapter_id = a.id"
+        " WHERE k.user = ?",
+        (user,),
+    ).fetchall():
         if any(s.get("collection_id") == collection_id for s in json.loads(src or "[]")):
             session.db.execute("DELETE FROM adapter_keys WHERE adapter_id = ? AND user = ?", (aid, user))
             dropped.append(name)
@@ -424,7 +484,9 @@ def drop_collection(session: Session, name: str) -> dict[str, Any]:
         session.drop_handle(name)
         session.db.execute("DELETE FROM collection_keys WHERE collection_id = ?", (cid,))
         session.db.execute("DELETE FROM grants WHERE collection_id = ?", (cid,))
-        session.db.execute("DELETE FROM vault_keys WHERE purpose IN (?, ?)", (user_purpose(cid), code_purpose(cid)))
+        session.db.execute(
+            "DELETE FROM vault_keys WHERE purpose IN (?, ?)", (user_purpose(cid), code_purpose(cid))
+        )
         session.db.execute("DELETE FROM collections WHERE id = ?", (cid,))
     remove_db_files(session.vault_dir / "collections" / file)
     return {"name": name, "dropped": True}
@@ -458,8 +520,9 @@ def disable_everywhere(session: Session) -> list[str]:
         if not row.get("break_glass") and not row.get("emergency"):
             continue
         cid = json.loads(key)[0]
-        with session.change("break_glass.disable", severity="notice", collection=row["name"],
-                            vault_wide=True) as extra:
+        with session.change(
+            "break_glass.disable", severity="notice", collection=row["name"], vault_wide=True
+        ) as extra:
             extra["wraps_removed"] = disable(session, cid)
         rotate_collection_key(session, row["name"], reason="break-glass disabled vault-wide")
         done.append(row["name"])

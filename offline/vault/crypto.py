@@ -59,7 +59,9 @@ class KdfParams:
 
     @classmethod
     def fresh(cls, memory_kib: int, iterations: int, lanes: int = 1) -> KdfParams:
-        return cls(max(memory_kib, MIN_MEMORY_KIB), max(iterations, MIN_ITERATIONS), lanes, b64e(os.urandom(16)))
+        return cls(
+            max(memory_kib, MIN_MEMORY_KIB), max(iterations, MIN_ITERATIONS), lanes, b64e(os.urandom(16))
+        )
 
     def with_new_salt(self) -> KdfParams:
         return KdfParams(self.memory_kib, self.iterations, self.lanes, b64e(os.urandom(16)))

@@ -131,8 +131,10 @@ def _check_wal(path: Path) -> None:
         if wal.exists() or not shm.exists():
             return
         time.sleep(0.02)
-    raise VaultCorrupted(f"{path.name}: its write-ahead log {wal.name} is missing (committed writes"
-                         " would be lost); restore the file or the vault from a backup")
+    raise VaultCorrupted(
+        f"{path.name}: its write-ahead log {wal.name} is missing (committed writes"
+        " would be lost); restore the file or the vault from a backup"
+    )
 
 
 def enable_memory_security() -> None:
@@ -180,7 +182,10 @@ def connect(
             raise VaultCorrupted(f"{path.name}: truncated to {size} bytes; restore it from a backup")
         _check_wal(path)
     conn = sqlcipher3.connect(
-        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False,
+        str(path),
+        timeout=BUSY_TIMEOUT_MS / 1000,
+        isolation_level=None,
+        check_same_thread=False,
         factory=_Connection,
     )
     conn._path = path
@@ -226,7 +231,9 @@ _EXPECTED: dict[tuple[str, int | None], set[tuple[str, str, str, str | None]]] =
 
 def _schema(conn: Any) -> set[tuple[str, str, str, str | None]]:
     rows = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
-    return {(str(t), str(n), str(tb), None if q is None else " ".join(str(q).split())) for t, n, tb, q in rows}
+    return {
+        (str(t), str(n), str(tb), None if q is None else " ".join(str(q).split())) for t, n, tb, q in rows
+    }
 
 
 def expected_schema(kind: Kind, vec_dim: int | None = None) -> set[tuple[str, str, str, str | None]]:
@@ -272,10 +279,13 @@ def check_schema(conn: Connection, kind: Kind, label: str) -> None:
     extra = sorted(have - want, key=lambda r: (r[0], r[1]))
     missing = sorted(want - have, key=lambda r: (r[0], r[1]))
     if extra:
-        raise VaultCorrupted(f"{label}: {extra[0][0]} {extra[0][1]!r} is not part of this kit's schema "
-                             "(added outside the kit)")
+        raise VaultCorrupted(
+            f"{label}: {extra[0][0]} {extra[0][1]!r} is not part of this kit's schema (added outside the kit)"
+        )
     if missing:
-        raise VaultCorrupted(f"{label}: {missing[0][0]} {missing[0][1]!r} of this kit's schema is missing or changed")
+        raise VaultCorrupted(
+            f"{label}: {missing[0][0]} {missing[0][1]!r} of this kit's schema is missing or changed"
+        )
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -336,8 +346,9 @@ def transaction(conn: Connection, *, retries: int = 50) -> Iterator[Connection]:
         # A key rotation held this lock, copied the file under a new key and removed this one:
         # whatever we wrote now would land in a deleted file and be lost.
         conn.execute("ROLLBACK")
-        raise OfflineError(f"{Path(path).name} was re-keyed while this command ran; nothing was written, "
-                           "run it again")
+        raise OfflineError(
+            f"{Path(path).name} was re-keyed while this command ran; nothing was written, run it again"
+        )
     try:
         yield conn
     except BaseException:

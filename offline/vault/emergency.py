@@ -49,39 +49,59 @@ def _ctx(vault_id: str, collection_id: str, user: str, what: str) -> str:
 
 def new_code() -> str:
     raw = "".join(CODE_ALPHABET[b % 32] for b in os.urandom(CODE_LEN))
-    return "-".join(raw[i:i + 4] for i in range(0, CODE_LEN, 4))
+    return "-".join(raw[i : i + 4] for i in range(0, CODE_LEN, 4))
 
 
 def normalise_code(code: str) -> str:
     clean = "".join(ch for ch in str(code).upper() if ch not in "- \t\r\n")
     if len(clean) != CODE_LEN or any(ch not in CODE_ALPHABET for ch in clean):
-        raise UsageError("that is not a break-glass code (20 letters and digits, as printed when it was enabled)")
+        raise UsageError(
+            "that is not a break-glass code (20 letters and digits, as printed when it was enabled)"
+        )
     return clean
 
 
 def _hkdf(material: bytes, salt: bytes, info: str) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=crypto.KEY_BYTES, salt=salt, info=info.encode()).derive(material)
+    return HKDF(algorithm=hashes.SHA256(), length=crypto.KEY_BYTES, salt=salt, info=info.encode()).derive(
+        material
+    )
 
 
 def _box_aad(vault_id: str, collection_id: str, file: str, what: str) -> bytes:
     return f"offline/v1/break-glass-{what}|{vault_id}|{collection_id}|{file}".encode()
 
 
-def _seal_blob(session: Session, cid: str, file: str, key: bytes, k_bg: bytes, k_e: bytes,
-               salt: bytes, code_box: str, to: list[str] | None) -> str:
+def _seal_blob(
+    session: Session,
+    cid: str,
+    file: str,
+    key: bytes,
+    k_bg: bytes,
+    k_e: bytes,
+    salt: bytes,
+    code_box: str,
+    to: list[str] | None,
+) -> str:
     kek = _hkdf(k_bg + k_e, salt, f"break-glass-key|{session.vault_id}|{cid}")
     key_box = crypto.b64e(crypto.seal(kek, key, _box_aad(session.vault_id, cid, file, "key")))
     # ``to``: the users an admin chose (None: every admin and member, later enrolments included).
-    return json.dumps({"v": 1, "salt": base64.b64encode(salt).decode(), "code_box": code_box,
-                       "key_box": key_box, "to": to}, sort_keys=True)
+    return json.dumps(
+        {"v": 1, "salt": base64.b64encode(salt).decode(), "code_box": code_box, "key_box": key_box, "to": to},
+        sort_keys=True,
+    )
 
 
 def provisioned_users(session: Session, cid: str) -> list[str]:
-    return sorted(u for (purpose, u) in (json.loads(k) for k in session.policy.image["vault_keys"])
-                  if purpose == user_purpose(cid) and session.policy.user(u) is not None)
+    return sorted(
+        u
+        for (purpose, u) in (json.loads(k) for k in session.policy.image["vault_keys"])
+        if purpose == user_purpose(cid) and session.policy.user(u) is not None
+    )
 
 
-def enable(session: Session, cid: str, file: str, key: bytes, users: list[str] | None) -> tuple[str, list[str]]:
+def enable(
+    session: Session, cid: str, file: str, key: bytes, users: list[str] | None
+) -> tuple[str, list[str]]:
     """Inside the caller's ``Session.change``: new K_bg, K_e and code; wraps; the sealed blob.
 
     ``users``: who may break the glass (default: every enrolled admin and member). Returns the code
@@ -103,23 +123,33 @@ def enable(session: Session, cid: str, file: str, key: bytes, users: list[str] |
         pub = pol.wrap_pub(u)
         if pub is None:
             continue
-        db.execute("INSERT INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
-                   (user_purpose(cid), u, crypto.wrap_to(pub, k_bg, _ctx(session.vault_id, cid, u, "user"))))
+        db.execute(
+            "INSERT INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
+            (user_purpose(cid), u, crypto.wrap_to(pub, k_bg, _ctx(session.vault_id, cid, u, "user"))),
+        )
     for u in pol.users("admin"):
         pub = pol.wrap_pub(u)
         if pub is None:
             continue
-        db.execute("INSERT INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
-                   (code_purpose(cid), u, crypto.wrap_to(pub, k_e, _ctx(session.vault_id, cid, u, "code"))))
-    db.execute("UPDATE collections SET break_glass = 1, emergency = ? WHERE id = ?",
-               (_seal_blob(session, cid, file, key, k_bg, k_e, salt, code_box, None if users is None else chosen), cid))
+        db.execute(
+            "INSERT INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
+            (code_purpose(cid), u, crypto.wrap_to(pub, k_e, _ctx(session.vault_id, cid, u, "code"))),
+        )
+    db.execute(
+        "UPDATE collections SET break_glass = 1, emergency = ? WHERE id = ?",
+        (
+            _seal_blob(session, cid, file, key, k_bg, k_e, salt, code_box, None if users is None else chosen),
+            cid,
+        ),
+    )
     return code, sorted(set(chosen) | set(pol.users("admin")))
 
 
 def disable(session: Session, cid: str) -> int:
     """Inside the caller's ``Session.change``: remove every wrap and the blob. The caller then rotates."""
-    n = session.db.execute("DELETE FROM vault_keys WHERE purpose IN (?, ?)",
-                           (user_purpose(cid), code_purpose(cid))).rowcount
+    n = session.db.execute(
+        "DELETE FROM vault_keys WHERE purpose IN (?, ?)", (user_purpose(cid), code_purpose(cid))
+    ).rowcount
     session.db.execute("UPDATE collections SET break_glass = 0, emergency = NULL WHERE id = ?", (cid,))
     return n
 
@@ -130,8 +160,10 @@ def _custodian_keys(session: Session, cid: str) -> tuple[bytes, bytes]:
     ke = signed_wrap(session, "vault_keys", code_purpose(cid), session.user)
     if bg is None or ke is None:
         raise AccessDenied("access denied: you hold no break-glass custodian key for this collection")
-    return (crypto.unwrap_with(session.keys.x25519, bg, _ctx(session.vault_id, cid, session.user, "user")),
-            crypto.unwrap_with(session.keys.x25519, ke, _ctx(session.vault_id, cid, session.user, "code")))
+    return (
+        crypto.unwrap_with(session.keys.x25519, bg, _ctx(session.vault_id, cid, session.user, "user")),
+        crypto.unwrap_with(session.keys.x25519, ke, _ctx(session.vault_id, cid, session.user, "code")),
+    )
 
 
 def reseal(session: Session, cid: str, new_file: str, new_key: bytes) -> None:
@@ -141,9 +173,23 @@ def reseal(session: Session, cid: str, new_file: str, new_key: bytes) -> None:
         return
     blob = json.loads(row[0])
     k_bg, k_e = _custodian_keys(session, cid)
-    session.db.execute("UPDATE collections SET emergency = ? WHERE id = ?",
-                       (_seal_blob(session, cid, new_file, new_key, k_bg, k_e,
-                                   base64.b64decode(blob["salt"]), blob["code_box"], blob.get("to")), cid))
+    session.db.execute(
+        "UPDATE collections SET emergency = ? WHERE id = ?",
+        (
+            _seal_blob(
+                session,
+                cid,
+                new_file,
+                new_key,
+                k_bg,
+                k_e,
+                base64.b64decode(blob["salt"]),
+                blob["code_box"],
+                blob.get("to"),
+            ),
+            cid,
+        ),
+    )
 
 
 def provision_user(session: Session, name: str, x25519_pub: bytes) -> list[str]:
@@ -158,13 +204,23 @@ def provision_user(session: Session, name: str, x25519_pub: bytes) -> list[str]:
         if role != "admin" and json.loads(stored[0]).get("to") is not None:
             continue  # break-glass was given to named users only: a new member is not one of them
         k_bg, k_e = _custodian_keys(session, cid)
-        session.db.execute("INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
-                           (user_purpose(cid), name,
-                            crypto.wrap_to(x25519_pub, k_bg, _ctx(session.vault_id, cid, name, "user"))))
+        session.db.execute(
+            "INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
+            (
+                user_purpose(cid),
+                name,
+                crypto.wrap_to(x25519_pub, k_bg, _ctx(session.vault_id, cid, name, "user")),
+            ),
+        )
         if role == "admin":
-            session.db.execute("INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
-                               (code_purpose(cid), name,
-                                crypto.wrap_to(x25519_pub, k_e, _ctx(session.vault_id, cid, name, "code"))))
+            session.db.execute(
+                "INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
+                (
+                    code_purpose(cid),
+                    name,
+                    crypto.wrap_to(x25519_pub, k_e, _ctx(session.vault_id, cid, name, "code")),
+                ),
+            )
         done.append(row["name"])
     return done
 
@@ -175,7 +231,9 @@ def emergency_key(session: Session, cid: str, file: str, code: str | None) -> by
     Raises :class:`AccessDenied` (the same message) for no wrap, no code or a wrong code.
     """
     if code is None:
-        raise UsageError("break-glass needs the emergency code (OFFLINE_BREAK_GLASS_CODE_FILE or OFFLINE_BREAK_GLASS_CODE)")
+        raise UsageError(
+            "break-glass needs the emergency code (OFFLINE_BREAK_GLASS_CODE_FILE or OFFLINE_BREAK_GLASS_CODE)"
+        )
     clean = normalise_code(code)
     row = session.policy.row("collections", cid)
     wrapped = signed_wrap(session, "vault_keys", user_purpose(cid), session.user)
@@ -185,9 +243,13 @@ def emergency_key(session: Session, cid: str, file: str, code: str | None) -> by
     try:
         blob = json.loads(stored[0])
         salt = base64.b64decode(blob["salt"])
-        k_bg = crypto.unwrap_with(session.keys.x25519, wrapped, _ctx(session.vault_id, cid, session.user, "user"))
+        k_bg = crypto.unwrap_with(
+            session.keys.x25519, wrapped, _ctx(session.vault_id, cid, session.user, "user")
+        )
         code_key = _hkdf(clean.encode(), salt, f"break-glass-code|{session.vault_id}|{cid}")
-        k_e = crypto.unseal(code_key, crypto.b64d(blob["code_box"]), _box_aad(session.vault_id, cid, "", "code"))
+        k_e = crypto.unseal(
+            code_key, crypto.b64d(blob["code_box"]), _box_aad(session.vault_id, cid, "", "code")
+        )
         kek = _hkdf(k_bg + k_e, salt, f"break-glass-key|{session.vault_id}|{cid}")
         return crypto.unseal(kek, crypto.b64d(blob["key_box"]), _box_aad(session.vault_id, cid, file, "key"))
     except (DecryptionError, KeyError, TypeError, ValueError):

@@ -1,4 +1,6 @@
-"""``header.json``: format version, vault id, one keyslot per user, one per API token. Nothing secret in clear.
+"""``header.json``: format version, vault id, one keyslot per user, one per API token.
+
+Nothing secret in clear.
 
 A keyslot holds the user's Argon2id parameters, their X25519/Ed25519 private keys sealed under the
 passphrase-derived key, their public keys, and the vault database key wrapped to their X25519 key
@@ -34,7 +36,7 @@ class Header:
 
     @classmethod
     def new(cls) -> Header:
-        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         return cls(vault_id=uuid.uuid4().hex, db_file=f"vault-{uuid.uuid4().hex[:8]}.db", created_at=now)
 
     def to_json(self) -> bytes:
@@ -73,14 +75,18 @@ def load(vault_dir: Path) -> Header:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise VaultCorrupted(f"{vault_dir / HEADER}: unreadable or damaged") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise InvalidInput(f"{vault_dir} is not an offline vault (header format {doc.get('format')!r})"
-                           if isinstance(doc, dict) else f"{vault_dir} is not an offline vault")
+        raise InvalidInput(
+            f"{vault_dir} is not an offline vault (header format {doc.get('format')!r})"
+            if isinstance(doc, dict)
+            else f"{vault_dir} is not an offline vault"
+        )
     version = doc.get("version")
     if not isinstance(version, int):
         raise VaultCorrupted(f"{vault_dir / HEADER}: missing format version")
     if version > FORMAT_VERSION:
         raise OfflineError(
-            f"vault format version {version} is newer than this kit supports ({FORMAT_VERSION}); upgrade offline"
+            f"vault format version {version} is newer than this kit supports ({FORMAT_VERSION}); "
+            "upgrade offline"
         )
     try:
         return Header(

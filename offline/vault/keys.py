@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..errors import AuthenticationFailed, DecryptionError, OfflineError, UsageError, VaultCorrupted
-from . import crypto, header as hdr
+from . import crypto
+from . import header as hdr
 
 ROLES = ("admin", "member", "auditor")
 LOCK_FILE = ".lock"
@@ -32,7 +33,7 @@ KDF_TARGET_ENV = "OFFLINE_KDF_TARGET_S"  # seconds of Argon2id per unlock (defau
 
 
 def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -68,15 +69,24 @@ def vault_key_context(h: hdr.Header, user: str) -> str:
     return f"vault-key|{h.vault_id}|{h.db_file}|{user}"
 
 
-def make_slot(h: hdr.Header, user: str, passphrase: str, keys: UserKeys, vault_key: bytes,
-              kdf: crypto.KdfParams, root: dict[str, str] | None) -> dict[str, Any]:
+def make_slot(
+    h: hdr.Header,
+    user: str,
+    passphrase: str,
+    keys: UserKeys,
+    vault_key: bytes,
+    kdf: crypto.KdfParams,
+    root: dict[str, str] | None,
+) -> dict[str, Any]:
     """A keyslot: KDF params, sealed private keys and pinned root, public keys, wrapped vault key.
 
     ``root`` (vault id, founding admin key, audit key) is sealed with the private keys, under the
     passphrase: nobody without this user's passphrase can make their client trust another chain.
     """
-    sealed: dict[str, Any] = {"x25519": crypto.private_bytes(keys.x25519).hex(),
-                              "ed25519": crypto.private_bytes(keys.ed25519).hex()}
+    sealed: dict[str, Any] = {
+        "x25519": crypto.private_bytes(keys.x25519).hex(),
+        "ed25519": crypto.private_bytes(keys.ed25519).hex(),
+    }
     if root is not None:
         sealed["root"] = root
     secret = json.dumps(sealed).encode()
@@ -96,15 +106,20 @@ def open_slot(h: hdr.Header, user: str, passphrase: str) -> tuple[UserKeys, dict
     if slot is None:
         # Same cost as a real slot, so timing does not tell whether the user exists.
         any_slot = next(iter(h.slots.values()), None)
-        params = (crypto.KdfParams.from_dict(any_slot["kdf"]) if any_slot
-                  else crypto.KdfParams.fresh(crypto.MIN_MEMORY_KIB, crypto.MIN_ITERATIONS))
+        params = (
+            crypto.KdfParams.from_dict(any_slot["kdf"])
+            if any_slot
+            else crypto.KdfParams.fresh(crypto.MIN_MEMORY_KIB, crypto.MIN_ITERATIONS)
+        )
         crypto.derive_kek(passphrase, params)
         raise auth_failed(user)
     try:
         kek = crypto.derive_kek(passphrase, crypto.KdfParams.from_dict(slot["kdf"]))
         secret = json.loads(crypto.unseal(kek, crypto.b64d(slot["sealed_keys"]), _slot_aad(h.vault_id, user)))
-        keys = UserKeys(X25519PrivateKey.from_private_bytes(bytes.fromhex(secret["x25519"])),
-                        Ed25519PrivateKey.from_private_bytes(bytes.fromhex(secret["ed25519"])))
+        keys = UserKeys(
+            X25519PrivateKey.from_private_bytes(bytes.fromhex(secret["x25519"])),
+            Ed25519PrivateKey.from_private_bytes(bytes.fromhex(secret["ed25519"])),
+        )
     except (DecryptionError, KeyError, ValueError, TypeError):
         raise auth_failed(user) from None
     if keys.x25519_pub.hex() != slot.get("x25519") or keys.ed25519_pub.hex() != slot.get("ed25519"):
@@ -115,7 +130,9 @@ def open_slot(h: hdr.Header, user: str, passphrase: str) -> tuple[UserKeys, dict
 
 def auth_failed(user: str) -> AuthenticationFailed:
     """The one message for an unknown user and a wrong passphrase; it names only the user *tried*."""
-    return AuthenticationFailed(f"authentication failed for user {user[:64]!r}: unknown user or wrong passphrase")
+    return AuthenticationFailed(
+        f"authentication failed for user {user[:64]!r}: unknown user or wrong passphrase"
+    )
 
 
 def kdf_params_for_new_slot() -> crypto.KdfParams:
@@ -160,10 +177,16 @@ def seal_context(vault_id: str, user: str) -> str:
 
 
 def install_seal_key(conn: Any, vault_id: str, key: X25519PrivateKey, holders: dict[str, bytes]) -> None:
-    conn.execute("INSERT OR REPLACE INTO settings(key, value) VALUES ('audit_seal_public_key', ?)",
-                 (crypto.x25519_public_bytes(key).hex(),))
+    conn.execute(
+        "INSERT OR REPLACE INTO settings(key, value) VALUES ('audit_seal_public_key', ?)",
+        (crypto.x25519_public_bytes(key).hex(),),
+    )
     for user, pub in holders.items():
-        conn.execute("INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
-                     (SEAL_PURPOSE, user, crypto.wrap_to(pub, crypto.private_bytes(key),
-                                                         seal_context(vault_id, user))))
-
+        conn.execute(
+            "INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES (?, ?, ?)",
+            (
+                SEAL_PURPOSE,
+                user,
+                crypto.wrap_to(pub, crypto.private_bytes(key), seal_context(vault_id, user)),
+            ),
+        )

@@ -23,7 +23,9 @@ def _refuse(table: str, key: Any, why: str) -> VaultCorrupted:
     return VaultCorrupted(f"cannot adopt this older vault: table {table}, row {json.dumps(key)}: {why}")
 
 
-def _replay(conn: Any, verifier: chain.Verifier) -> tuple[dict[tuple[str, str], tuple[str, Any]], dict[str, str]]:
+def _replay(
+    conn: Any, verifier: chain.Verifier
+) -> tuple[dict[tuple[str, str], tuple[str, Any]], dict[str, str]]:
     """Grants ((collection id, user) -> (perm, labels)) and settings as the old chain's admins set them."""
     roles: dict[str, str] = {}
     ids: dict[str, str] = {}
@@ -77,13 +79,17 @@ def check_legacy_tables(conn: Any, verifier: chain.Verifier, adopter: str) -> No
             raise _refuse("collection_keys", [cid, user], "held by neither an admin nor a grantee")
     for purpose, user in conn.execute("SELECT purpose, user FROM vault_keys WHERE purpose = 'audit'"):
         if active.get(user) not in ("admin", "auditor"):
-            raise _refuse("vault_keys", [purpose, user], "the audit key held by someone who is not admin or auditor")
-    for key, value in conn.execute("SELECT key, value FROM settings WHERE key IN ('audit_questions', "
-                                   "'idle_timeout_s', 'break_glass')"):
+            raise _refuse(
+                "vault_keys", [purpose, user], "the audit key held by someone who is not admin or auditor"
+            )
+    for key, value in conn.execute(
+        "SELECT key, value FROM settings WHERE key IN ('audit_questions', 'idle_timeout_s', 'break_glass')"
+    ):
         if settings.get(key) != value:
             raise _refuse("settings", [key], "not the value an admin set")
-    for key, value in conn.execute("SELECT key, value FROM settings WHERE key IN ('audit_questions', "
-                                   "'idle_timeout_s', 'break_glass')").fetchall():
+    for key, value in conn.execute(
+        "SELECT key, value FROM settings WHERE key IN ('audit_questions', 'idle_timeout_s', 'break_glass')"
+    ).fetchall():
         try:
             fixed = normalise(key, value)
         except UsageError:  # the old kit accepted "banana"; the signed state starts from a valid one
@@ -91,10 +97,16 @@ def check_legacy_tables(conn: Any, verifier: chain.Verifier, adopter: str) -> No
         if fixed != value:
             conn.execute("UPDATE settings SET value = ? WHERE key = ?", (fixed, key))
     # The old kit had no audit seal key: one here was planted, to have every question sealed to it.
-    for table, where in (("settings", "key = 'audit_seal_public_key'"), ("vault_keys", "purpose = 'audit-seal'")):
+    for table, where in (
+        ("settings", "key = 'audit_seal_public_key'"),
+        ("vault_keys", "purpose = 'audit-seal'"),
+    ):
         if conn.execute(f"SELECT 1 FROM {table} WHERE {where}").fetchone():  # noqa: S608 (fixed names)
-            raise _refuse(table, ["audit_seal_public_key" if table == "settings" else "audit-seal"],
-                          "an audit seal key in a vault made before there were any")
+            raise _refuse(
+                table,
+                ["audit_seal_public_key" if table == "settings" else "audit-seal"],
+                "an audit seal key in a vault made before there were any",
+            )
     conn.execute("DELETE FROM vault_keys WHERE purpose LIKE 'break-glass:%'")
     # Nobody but the adopting admin has proved their X25519 key (the old chain never recorded it):
     # each confirms at their first open; until then no new key is wrapped to them.

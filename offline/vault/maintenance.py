@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OfflineError, UsageError, VaultCorrupted
-from . import crypto, db, header as hdr, trust
+from . import crypto, db, trust
+from . import header as hdr
 from .collections import (
-    collection_key_context, collection_key_for_admin, collection_row, copy_encrypted, remove_db_files, unwrap_collection_key,
+    collection_key_context,
+    collection_key_for_admin,
+    collection_row,
+    copy_encrypted,
+    remove_db_files,
+    unwrap_collection_key,
 )
 from .emergency import reseal
 from .keys import SEAL_PURPOSE, new_id, vault_key_context, vault_lock
@@ -37,7 +43,9 @@ def check_vault(session: Session) -> dict[str, Any]:
     if problems:
         raise VaultCorrupted(f"{session.header.db_file}: {problems[0]}")
     files.append(session.header.db_file)
-    for cid, name, file in session.db.execute("SELECT id, name, file FROM collections ORDER BY name").fetchall():
+    for _cid, name, file in session.db.execute(
+        "SELECT id, name, file FROM collections ORDER BY name"
+    ).fetchall():
         key = _key_or_none(session, name)
         if key is None:
             continue
@@ -87,8 +95,13 @@ def backup_vault(session: Session, dest: Path) -> dict[str, Any]:
             count += 2
             for name, file in [(r["name"], r["file"]) for r in session.policy.image["collections"].values()]:
                 _, _, key = collection_key_for_admin(session, name)
-                copy_encrypted(session.vault_dir / "collections" / file, key, tmp / "collections" / file,
-                               None, "collection")
+                copy_encrypted(
+                    session.vault_dir / "collections" / file,
+                    key,
+                    tmp / "collections" / file,
+                    None,
+                    "collection",
+                )
                 count += 1
             for f in (session.vault_dir / "adapters").glob("*"):
                 if f.is_file():
@@ -116,8 +129,10 @@ def rekey_vault(session: Session) -> dict[str, Any]:
     vault_dir = session.vault_dir
     coll_dir = vault_dir / "collections"
     with vault_lock(vault_dir), contextlib.ExitStack() as locks:
-        rows = [(cid, r["name"], r["file"]) for cid, r in
-                ((json.loads(k)[0], r) for k, r in session.policy.image["collections"].items())]
+        rows = [
+            (cid, r["name"], r["file"])
+            for cid, r in ((json.loads(k)[0], r) for k, r in session.policy.image["collections"].items())
+        ]
         new_files: list[Path] = []
         try:
             plan = []
@@ -133,7 +148,9 @@ def rekey_vault(session: Session) -> dict[str, Any]:
             with session.change("vault.rekey", collections=len(rows)):
                 for cid, old_file, new_file, key in plan:
                     if session.policy.row("collections", cid)["file"] != old_file:
-                        raise OfflineError("a collection changed while the vault was being re-keyed; try again")
+                        raise OfflineError(
+                            "a collection changed while the vault was being re-keyed; try again"
+                        )
                     holders = session.policy.key_holders(cid)
                     session.db.execute("UPDATE collections SET file = ? WHERE id = ?", (new_file, cid))
                     session.db.execute("DELETE FROM collection_keys WHERE collection_id = ?", (cid,))
@@ -143,8 +160,14 @@ def rekey_vault(session: Session) -> dict[str, Any]:
                             continue
                         session.db.execute(
                             "INSERT INTO collection_keys(collection_id, user, wrapped) VALUES (?, ?, ?)",
-                            (cid, user, crypto.wrap_to(pub, key, collection_key_context(session.vault_id, cid,
-                                                                                       new_file, user))))
+                            (
+                                cid,
+                                user,
+                                crypto.wrap_to(
+                                    pub, key, collection_key_context(session.vault_id, cid, new_file, user)
+                                ),
+                            ),
+                        )
                     reseal(session, cid, new_file, key)
         except BaseException:
             for f in new_files:
@@ -180,14 +203,19 @@ def finish_pending(session: Session) -> list[str]:
     if session.role != "admin":
         return []
     pol = session.policy
-    waiting = [u for u in pol.users("admin", "auditor")
-               if pol.row("vault_keys", SEAL_PURPOSE, u) is None and pol.wrap_pub(u) is not None]
+    waiting = [
+        u
+        for u in pol.users("admin", "auditor")
+        if pol.row("vault_keys", SEAL_PURPOSE, u) is None and pol.wrap_pub(u) is not None
+    ]
     if waiting and pol.row("vault_keys", SEAL_PURPOSE, session.user) is not None:
         with session.change("audit.seal_key.share", users=waiting):
             for u in waiting:
                 share_seal_key(session, u, pol.wrap_pub(u))  # type: ignore[arg-type]
-    stale = sorted({u for u in session.header.slots if pol.user(u) is None}
-                   | {str(t.get("user")) for t in session.header.tokens.values() if pol.user(str(t.get("user"))) is None})
+    stale = sorted(
+        {u for u in session.header.slots if pol.user(u) is None}
+        | {str(t.get("user")) for t in session.header.tokens.values() if pol.user(str(t.get("user"))) is None}
+    )
     if stale:
         rotate_vault_db_key(session, reason=f"finishing the removal of {', '.join(sorted(stale))}")
     return stale
@@ -196,8 +224,8 @@ def finish_pending(session: Session) -> list[str]:
 def _switch_vault_key(session: Session) -> str:
     """Under the vault lock: copy vault.db under a new key, then swap ``header.json`` (the commit point).
 
-    The new header keeps only the keyslots (and token slots) of users the signed state enrols, so a removed user's slot
-    disappears in the same atomic rename that retires the key it opens.
+    The new header keeps only the keyslots (and token slots) of users the signed state enrols, so a
+    removed user's slot disappears in the same atomic rename that retires the key it opens.
     """
     vault_dir = session.vault_dir
     h = hdr.load(vault_dir)
@@ -211,19 +239,30 @@ def _switch_vault_key(session: Session) -> str:
 def _switch_locked(session: Session, h: hdr.Header, new_vault_key: bytes, new_db_file: str) -> str:
     vault_dir = session.vault_dir
     try:
-        copy_encrypted(vault_dir / h.db_file, session.vault_key, vault_dir / new_db_file, new_vault_key, "vault")
-        new_h = hdr.Header(vault_id=h.vault_id, db_file=new_db_file, created_at=h.created_at,
-                           slots={u: dict(s) for u, s in h.slots.items() if session.policy.user(u) is not None},
-                           tokens={t: dict(s) for t, s in h.tokens.items()
-                                   if session.policy.user(str(s.get("user"))) is not None},
-                           version=h.version)
+        copy_encrypted(
+            vault_dir / h.db_file, session.vault_key, vault_dir / new_db_file, new_vault_key, "vault"
+        )
+        new_h = hdr.Header(
+            vault_id=h.vault_id,
+            db_file=new_db_file,
+            created_at=h.created_at,
+            slots={u: dict(s) for u, s in h.slots.items() if session.policy.user(u) is not None},
+            tokens={
+                t: dict(s) for t, s in h.tokens.items() if session.policy.user(str(s.get("user"))) is not None
+            },
+            version=h.version,
+        )
         for user, slot in new_h.slots.items():
             # To the key the signed users table holds: header.json is not authenticated, and a
             # member could have put their own public key in someone else's slot.
             pub = session.policy.user(user)["x25519_pub"]
             if slot.get("x25519") != pub:
-                raise VaultCorrupted(f"header.json: keyslot of {user!r} does not match the signed users table")
-            slot["vault_key"] = crypto.wrap_to(bytes.fromhex(pub), new_vault_key, vault_key_context(new_h, user))
+                raise VaultCorrupted(
+                    f"header.json: keyslot of {user!r} does not match the signed users table"
+                )
+            slot["vault_key"] = crypto.wrap_to(
+                bytes.fromhex(pub), new_vault_key, vault_key_context(new_h, user)
+            )
         new_h.save(vault_dir)  # the commit point
     except BaseException:
         remove_db_files(vault_dir / new_db_file)
@@ -256,4 +295,3 @@ def remove_orphans(session: Session) -> list[str]:
     except Exception:  # busy: someone else is rotating; try again next time
         return removed
     return removed
-

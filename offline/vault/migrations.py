@@ -306,17 +306,20 @@ def apply_migrations(conn: Connection, kind: str) -> list[str]:
     """Apply every pending migration of ``kind`` in one transaction; return the names applied."""
     migrations = _LISTS[kind]
     known = {name for name, _ in migrations}
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations(name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
     applied = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
     unknown = sorted(applied - known)
     if unknown:
         raise VaultCorrupted(
-            f"this {kind} database was written by a newer version of offline (migration {unknown[0]}); upgrade the kit"
+            f"this {kind} database was written by a newer version of offline (migration {unknown[0]}); "
+            "upgrade the kit"
         )
     pending = [(n, s) for n, s in migrations if n not in applied]
     if not pending:
         return []
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    now = _dt.datetime.now(_dt.UTC).isoformat()
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Another process may have migrated while we waited for the lock.
@@ -339,5 +342,7 @@ def apply_migrations(conn: Connection, kind: str) -> list[str]:
 # The collection's vector table, created on first ingest (vec0 needs the dimension): part of the
 # schema like the migrations, so the schema check knows it (offline.retrieval.index creates it).
 VEC_TABLE = "vec_chunks"
-VEC_DDL = ("CREATE VIRTUAL TABLE " + VEC_TABLE + " USING vec0("
-           "embedding float[{dim}] distance_metric=cosine, label text, doc_id integer)")
+VEC_DDL = (
+    "CREATE VIRTUAL TABLE " + VEC_TABLE + " USING vec0("
+    "embedding float[{dim}] distance_metric=cosine, label text, doc_id integer)"
+)

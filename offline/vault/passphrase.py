@@ -26,5 +26,9 @@ def check_new_passphrase(passphrase: str, *, user: str, allow_weak: bool = False
     if result["score"] < MIN_SCORE:
         fb = result.get("feedback") or {}
         hint = fb.get("warning") or (fb.get("suggestions") or ["add more words or characters"])[0]
-        raise UsageError.naming("passphrase too easy to guess ({hint}); try a few unrelated words (or {allow_weak} "
-                                "for a test vault)", "allow_weak", hint=hint.rstrip("."))
+        raise UsageError.naming(
+            "passphrase too easy to guess ({hint}); try a few unrelated words (or {allow_weak} "
+            "for a test vault)",
+            "allow_weak",
+            hint=hint.rstrip("."),
+        )

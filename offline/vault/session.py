@@ -17,9 +17,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ..audit import chain
+from ..errors import (
+    AccessDenied,
+    AuditChainBroken,
+    DecryptionError,
+    OfflineError,
+    UsageError,
+    VaultCorrupted,
+    VaultLocked,
+)
 from ..memwipe import wipe
-from ..errors import AccessDenied, AuditChainBroken, DecryptionError, OfflineError, UsageError, VaultCorrupted, VaultLocked
-from . import authz, crypto, db, header as hdr, settings as vsettings, trust
+from . import authz, crypto, db, trust
+from . import header as hdr
+from . import settings as vsettings
 from .keys import SEAL_PURPOSE, UserKeys, audit_key_context, install_seal_key, seal_context, vault_key_context
 
 DEFAULT_SETTINGS = vsettings.DEFAULTS
@@ -32,8 +42,17 @@ class Session:
     :mod:`offline.vault.authz`); roles, grants and settings are read from it, never from the tables.
     """
 
-    def __init__(self, vault_dir: Path, header: hdr.Header, user: str, keys: UserKeys,
-                 vault_key: bytes, conn: db.Connection, verifier: chain.Verifier, root: dict[str, str]):
+    def __init__(
+        self,
+        vault_dir: Path,
+        header: hdr.Header,
+        user: str,
+        keys: UserKeys,
+        vault_key: bytes,
+        conn: db.Connection,
+        verifier: chain.Verifier,
+        root: dict[str, str],
+    ):
         self.vault_dir = vault_dir
         self.header = header
         self.user = user
@@ -81,8 +100,10 @@ class Session:
                 raise AuditChainBroken(f"audit entry {seq}: rewritten while this session was open", seq)
             return
         if seq < self.verifier.seq:
-            raise AuditChainBroken(f"audit entry {seq + 1}: missing; the audit log was truncated while this "
-                                   "session was open", seq + 1)
+            raise AuditChainBroken(
+                f"audit entry {seq + 1}: missing; the audit log was truncated while this session was open",
+                seq + 1,
+            )
         new = self.verifier.clone()
         for e in chain.iter_entries(self.db, "seq > ?", (self.verifier.seq,)):
             new.feed(e)
@@ -117,8 +138,14 @@ class Session:
                 raise VaultCorrupted(f"{self.header.db_file}: {bad}")
             yield extra
             changes = authz.diff(before, authz.read_image(self.db))
-            entry = chain.append_in_transaction(self.db, self.user, self.keys.ed25519, action,
-                                                {**payload, **extra, "authz": changes}, severity)
+            entry = chain.append_in_transaction(
+                self.db,
+                self.user,
+                self.keys.ed25519,
+                action,
+                {**payload, **extra, "authz": changes},
+                severity,
+            )
             try:
                 new = self.verifier.clone()
                 new.feed(entry)
@@ -148,12 +175,16 @@ class Session:
             self.sync()
             if self.policy.user(self.user) is None:
                 raise VaultLocked(f"user {self.user!r} is no longer enrolled in this vault")
-            return chain.append_in_transaction(self.db, self.user, self.keys.ed25519, action, payload, severity)
+            return chain.append_in_transaction(
+                self.db, self.user, self.keys.ed25519, action, payload, severity
+            )
 
     def remember(self) -> None:
         """Save the verified head in this user's sealed client state (see :mod:`offline.vault.trust`)."""
         with contextlib.suppress(OSError):
-            trust.save_state(self.vault_dir, self.user, self.keys.x25519, self.vault_id, self.verifier.to_json())
+            trust.save_state(
+                self.vault_dir, self.user, self.keys.x25519, self.vault_id, self.verifier.to_json()
+            )
 
     # -- lifecycle -----------------------------------------------------------------------
     def refresh(self) -> None:
@@ -250,7 +281,9 @@ def check_slots(h: hdr.Header, policy: authz.Policy) -> None:
     """
     for user, slot in h.slots.items():
         row = policy.user(user)
-        if row is not None and (slot.get("x25519") != row["x25519_pub"] or slot.get("ed25519") != row["ed25519_pub"]):
+        if row is not None and (
+            slot.get("x25519") != row["x25519_pub"] or slot.get("ed25519") != row["ed25519_pub"]
+        ):
             raise VaultCorrupted(f"header.json: keyslot of {user!r} does not match the signed users table")
 
 
@@ -261,12 +294,16 @@ def check_seen(conn: Any, user: str, seq: int, digest: str) -> None:
     row = conn.execute("SELECT hash FROM audit_log WHERE seq = ?", (seq,)).fetchone()
     if row is None:
         first = chain.head(conn)[0] + 1
-        raise AuditChainBroken(f"audit entry {first}: missing; the audit log was truncated (it ends before "
-                               f"entry {seq}, which {user} already saw; a backup restored on purpose: "
-                               "`offline vault accept-restore`)", first)
+        raise AuditChainBroken(
+            f"audit entry {first}: missing; the audit log was truncated (it ends before "
+            f"entry {seq}, which {user} already saw; a backup restored on purpose: "
+            "`offline vault accept-restore`)",
+            first,
+        )
     if row[0] != digest:
-        raise AuditChainBroken(f"audit entry {seq}: not the entry {user} saw there (the audit log was "
-                               "rewritten)", seq)
+        raise AuditChainBroken(
+            f"audit entry {seq}: not the entry {user} saw there (the audit log was rewritten)", seq
+        )
 
 
 def share_seal_key(session: Session, name: str, x25519_pub: bytes) -> None:
@@ -275,12 +312,16 @@ def share_seal_key(session: Session, name: str, x25519_pub: bytes) -> None:
 
 
 def load_seal_key(session: Session) -> X25519PrivateKey:
-    wrapped = signed_wrap(session, "vault_keys", SEAL_PURPOSE, session.user) \
-        if session.role in ("admin", "auditor") else None
+    wrapped = (
+        signed_wrap(session, "vault_keys", SEAL_PURPOSE, session.user)
+        if session.role in ("admin", "auditor")
+        else None
+    )
     if wrapped is None:
         raise AccessDenied("access denied: only admins and auditors hold the audit seal key")
     return X25519PrivateKey.from_private_bytes(
-        crypto.unwrap_with(session.keys.x25519, wrapped, seal_context(session.vault_id, session.user)))
+        crypto.unwrap_with(session.keys.x25519, wrapped, seal_context(session.vault_id, session.user))
+    )
 
 
 def seal_for_auditors(session: Session, text: str) -> str:
@@ -288,8 +329,9 @@ def seal_for_auditors(session: Session, text: str) -> str:
     pub = session.policy.setting("audit_seal_public_key")
     if pub is None:
         raise OfflineError("this vault has no audit seal key; an admin must open it once with this version")
-    return "sealed:" + crypto.wrap_to(bytes.fromhex(pub), text.encode("utf-8"),
-                                      f"audit-seal|{session.vault_id}")
+    return "sealed:" + crypto.wrap_to(
+        bytes.fromhex(pub), text.encode("utf-8"), f"audit-seal|{session.vault_id}"
+    )
 
 
 def unseal_for_auditors(session: Session, sealed: str) -> str:
@@ -297,7 +339,9 @@ def unseal_for_auditors(session: Session, sealed: str) -> str:
     if not isinstance(sealed, str) or not sealed.startswith("sealed:"):
         raise UsageError("not a sealed value")
     key = load_seal_key(session)
-    return crypto.unwrap_with(key, sealed.removeprefix("sealed:"), f"audit-seal|{session.vault_id}").decode("utf-8")
+    return crypto.unwrap_with(key, sealed.removeprefix("sealed:"), f"audit-seal|{session.vault_id}").decode(
+        "utf-8"
+    )
 
 
 def signed_wrap(session: Session, table: str, *key: Any) -> str | None:
@@ -312,15 +356,20 @@ def signed_wrap(session: Session, table: str, *key: Any) -> str | None:
     if row is None and expected is None:
         return None
     if row is None or expected is None or authz.cell("wrapped", row[0]) != expected:
-        raise VaultCorrupted(f"{session.header.db_file}: table {table}, row {authz.row_key(key)}: "
-                             "key wrap not in the signed audit log")
+        raise VaultCorrupted(
+            f"{session.header.db_file}: table {table}, row {authz.row_key(key)}: "
+            "key wrap not in the signed audit log"
+        )
     return row[0]
 
 
 def load_audit_key(session: Session) -> Ed25519PrivateKey:
     """The vault's audit signing key (admins and auditors hold a wrapped copy)."""
-    wrapped = signed_wrap(session, "vault_keys", "audit", session.user) \
-        if session.role in ("admin", "auditor") else None
+    wrapped = (
+        signed_wrap(session, "vault_keys", "audit", session.user)
+        if session.role in ("admin", "auditor")
+        else None
+    )
     if wrapped is None:
         raise AccessDenied("access denied: only admins and auditors hold the audit signing key")
     raw = crypto.unwrap_with(session.keys.x25519, wrapped, audit_key_context(session.vault_id, session.user))

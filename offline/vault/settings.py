@@ -10,13 +10,21 @@ import re
 
 from ..errors import UsageError
 
-DEFAULTS = {"audit_questions": "sealed", "idle_timeout_s": "900", "break_glass": "on",
-            "identifier_detection": "on", "subject_id_pattern": ""}
+DEFAULTS = {
+    "audit_questions": "sealed",
+    "idle_timeout_s": "900",
+    "break_glass": "on",
+    "identifier_detection": "on",
+    "subject_id_pattern": "",
+}
 # Old vaults stored "hash" (an unsalted sha256 that a member could confirm by guessing): it now
 # means "sealed", which keeps the question readable only by admins and auditors.
 LEGACY = {("audit_questions", "hash"): "sealed"}
-CHOICES = {"audit_questions": ("sealed", "none", "full"), "break_glass": ("on", "off"),
-           "identifier_detection": ("on", "off")}
+CHOICES = {
+    "audit_questions": ("sealed", "none", "full"),
+    "break_glass": ("on", "off"),
+    "identifier_detection": ("on", "off"),
+}
 PATTERN_MAX = 200
 IDLE_MIN_S, IDLE_MAX_S = 30, 24 * 3600
 _DURATION = re.compile(r"^\s*(\d{1,7})\s*(s|m|h|d)?\s*$", re.IGNORECASE)

@@ -44,7 +44,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import AccessDenied, AuthenticationFailed, DecryptionError, NotFound, UsageError
 from ..limits import MAX_TOKEN_DAYS, TOKEN_CLOCK_SLACK_S
-from . import crypto, header as hdr, witness
+from . import crypto, witness
+from . import header as hdr
 from .keys import UserKeys, vault_lock
 from .session import Session
 from .users import open_with_keys, record_failed_unlock
@@ -84,7 +85,7 @@ def _expired(expires_at: str, now: _dt.datetime | None = None) -> bool:
         return True  # unreadable: fail closed
     if when.tzinfo is None:
         return True
-    return (now or _dt.datetime.now(_dt.timezone.utc)) >= when
+    return (now or _dt.datetime.now(_dt.UTC)) >= when
 
 
 def create_token(session: Session, name: str, lifetime: _dt.timedelta) -> dict[str, Any]:
@@ -93,25 +94,36 @@ def create_token(session: Session, name: str, lifetime: _dt.timedelta) -> dict[s
     Only ``name`` itself can make one: the slot seals their private keys, which an admin never holds.
     """
     if name != session.user:
-        raise UsageError(f"a token unlocks {name}'s own keys: {name} creates it, unlocking the vault as "
-                         f"{name} with their own passphrase")
+        raise UsageError(
+            f"a token unlocks {name}'s own keys: {name} creates it, unlocking the vault as "
+            f"{name} with their own passphrase"
+        )
     if session.policy.user(name) is None:
         raise AccessDenied(f"access denied: {name!r} is not enrolled")
     token_id = secrets.token_hex(8)
     secret = os.urandom(32)
-    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0)
     expires_at = (now + lifetime).isoformat()
     salt = os.urandom(16)
-    sealed = {"x25519": crypto.private_bytes(session.keys.x25519).hex(),
-              "ed25519": crypto.private_bytes(session.keys.ed25519).hex(), "root": session.root}
+    sealed = {
+        "x25519": crypto.private_bytes(session.keys.x25519).hex(),
+        "ed25519": crypto.private_bytes(session.keys.ed25519).hex(),
+        "root": session.root,
+    }
     with vault_lock(session.vault_dir):
         h = hdr.load(session.vault_dir)
         kek = _kek(secret, salt, h.vault_id, token_id)
-        slot = {"user": name, "created_at": now.isoformat(), "expires_at": expires_at,
-                "kdf": {"alg": "hkdf-sha256", "salt": crypto.b64e(salt)},
-                "sealed_keys": crypto.b64e(crypto.seal(kek, json.dumps(sealed).encode(),
-                                                       _aad(h.vault_id, token_id, name, expires_at))),
-                "x25519": session.keys.x25519_pub.hex(), "ed25519": session.keys.ed25519_pub.hex()}
+        slot = {
+            "user": name,
+            "created_at": now.isoformat(),
+            "expires_at": expires_at,
+            "kdf": {"alg": "hkdf-sha256", "salt": crypto.b64e(salt)},
+            "sealed_keys": crypto.b64e(
+                crypto.seal(kek, json.dumps(sealed).encode(), _aad(h.vault_id, token_id, name, expires_at))
+            ),
+            "x25519": session.keys.x25519_pub.hex(),
+            "ed25519": session.keys.ed25519_pub.hex(),
+        }
         # The signed entry first: a slot without one opens nothing, an entry without a slot neither.
         session.audit("token.create", severity="notice", token_id=token_id, user=name, expires_at=expires_at)
         h.tokens[token_id] = slot
@@ -125,17 +137,32 @@ def list_tokens(session: Session) -> list[dict[str, Any]]:
     """Tokens as the signed chain records them (members see their own; admins and auditors all)."""
     session.sync()
     h = hdr.load(session.vault_dir)
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     rows = []
     for tid, rec in sorted(session.verifier.tokens.items(), key=lambda kv: kv[1]["created_seq"]):
         if session.role == "member" and rec["user"] != session.user:
             continue
         slot = h.tokens.get(tid)
-        status = ("revoked" if rec.get("revoked_seq") is not None else "refused" if rec.get("refused")
-                  else "expired" if _expired(rec["expires_at"], now)
-                  else "active" if slot is not None else "missing")
-        rows.append({"token_id": tid, "user": rec["user"], "created_at": (slot or {}).get("created_at", "-"),
-                     "expires_at": rec["expires_at"], "status": status})
+        status = (
+            "revoked"
+            if rec.get("revoked_seq") is not None
+            else "refused"
+            if rec.get("refused")
+            else "expired"
+            if _expired(rec["expires_at"], now)
+            else "active"
+            if slot is not None
+            else "missing"
+        )
+        rows.append(
+            {
+                "token_id": tid,
+                "user": rec["user"],
+                "created_at": (slot or {}).get("created_at", "-"),
+                "expires_at": rec["expires_at"],
+                "status": status,
+            }
+        )
     return rows
 
 
@@ -175,9 +202,14 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def open_token_session(vault_dir: Path, token: str, *, via: str | None = None,
-                       report: Callable[[str], None] | None = None,
-                       witness_header: bool = False) -> tuple[Session, str]:
+def open_token_session(
+    vault_dir: Path,
+    token: str,
+    *,
+    via: str | None = None,
+    report: Callable[[str], None] | None = None,
+    witness_header: bool = False,
+) -> tuple[Session, str]:
     """Unlock the vault with an API token: ``(session of its user, token id)``.
 
     Every failure is :class:`AuthenticationFailed` ("invalid API token", or, once the token proved
@@ -225,15 +257,21 @@ def open_token_session(vault_dir: Path, token: str, *, via: str | None = None,
     return session, tid
 
 
-def _unseal(h: hdr.Header, tid: str, slot: dict[str, Any], secret: bytes) -> tuple[str, UserKeys, dict[str, str]]:
+def _unseal(
+    h: hdr.Header, tid: str, slot: dict[str, Any], secret: bytes
+) -> tuple[str, UserKeys, dict[str, str]]:
     try:
         user, expires_at = str(slot["user"]), str(slot["expires_at"])
         if slot["kdf"]["alg"] != "hkdf-sha256":
             raise DecryptionError()
         kek = _kek(secret, crypto.b64d(slot["kdf"]["salt"]), h.vault_id, tid)
-        inner = json.loads(crypto.unseal(kek, crypto.b64d(slot["sealed_keys"]), _aad(h.vault_id, tid, user, expires_at)))
-        keys = UserKeys(X25519PrivateKey.from_private_bytes(bytes.fromhex(inner["x25519"])),
-                        Ed25519PrivateKey.from_private_bytes(bytes.fromhex(inner["ed25519"])))
+        inner = json.loads(
+            crypto.unseal(kek, crypto.b64d(slot["sealed_keys"]), _aad(h.vault_id, tid, user, expires_at))
+        )
+        keys = UserKeys(
+            X25519PrivateKey.from_private_bytes(bytes.fromhex(inner["x25519"])),
+            Ed25519PrivateKey.from_private_bytes(bytes.fromhex(inner["ed25519"])),
+        )
         root = dict(inner["root"])
     except (DecryptionError, KeyError, ValueError, TypeError):
         raise AuthenticationFailed("invalid API token") from None
@@ -274,7 +312,7 @@ def check_token(session: Session, token_id: str) -> None:
 
 
 def _too_far(expires_at: str) -> bool:
-    limit = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(days=MAX_TOKEN_DAYS, seconds=TOKEN_CLOCK_SLACK_S)
+    limit = _dt.datetime.now(_dt.UTC) + _dt.timedelta(days=MAX_TOKEN_DAYS, seconds=TOKEN_CLOCK_SLACK_S)
     try:
         return _dt.datetime.fromisoformat(expires_at) > limit
     except (TypeError, ValueError):

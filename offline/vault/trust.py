@@ -55,7 +55,7 @@ def fingerprint(root: dict[str, str]) -> str:
 def show_fingerprint(root: dict[str, str]) -> str:
     """The first 128 bits in groups of four, for people to read aloud and compare."""
     fp = fingerprint(root)[:32]
-    return " ".join(fp[i:i + 4] for i in range(0, 32, 4))
+    return " ".join(fp[i : i + 4] for i in range(0, 32, 4))
 
 
 def same_root(pinned: dict[str, str], found: dict[str, str] | None) -> bool:
@@ -65,8 +65,9 @@ def same_root(pinned: dict[str, str], found: dict[str, str] | None) -> bool:
 
 def _state_key(x25519: X25519PrivateKey, vault_id: str, user: str) -> bytes:
     info = f"offline/v1/client-state|{vault_id}|{user}".encode()
-    return HKDF(algorithm=hashes.SHA256(), length=crypto.KEY_BYTES, salt=None,
-                info=info).derive(crypto.private_bytes(x25519))
+    return HKDF(algorithm=hashes.SHA256(), length=crypto.KEY_BYTES, salt=None, info=info).derive(
+        crypto.private_bytes(x25519)
+    )
 
 
 def _aad(vault_id: str, user: str) -> bytes:
@@ -87,17 +88,29 @@ def anchor_path(vault_dir: Path, user: str, vault_id: str) -> Path:
     return config.home() / "seen" / f"{vault_id}-{where}" / f"{user}.state"
 
 
-def load_state(vault_dir: Path, user: str, x25519: X25519PrivateKey, vault_id: str, *,
-               use_anchor: bool = True, use_folder: bool = True) -> dict[str, Any] | None:
+def load_state(
+    vault_dir: Path,
+    user: str,
+    x25519: X25519PrivateKey,
+    vault_id: str,
+    *,
+    use_anchor: bool = True,
+    use_folder: bool = True,
+) -> dict[str, Any] | None:
     """The newer of the user's two sealed client states, or None; exit 5 if either was altered.
 
     ``use_folder=False`` (the team server): only the copy in this process's own home counts. The
     copy in the vault folder is sealed under the user's own key, so that user can forge it, which
     fools only their own client, unless a server that acts for them trusted it too.
     """
-    found = [d for d in (_load(state_path(vault_dir, user), user, x25519, vault_id) if use_folder else None,
-                         _load(anchor_path(vault_dir, user, vault_id), user, x25519, vault_id) if use_anchor
-                         else None) if d is not None]
+    found = [
+        d
+        for d in (
+            _load(state_path(vault_dir, user), user, x25519, vault_id) if use_folder else None,
+            _load(anchor_path(vault_dir, user, vault_id), user, x25519, vault_id) if use_anchor else None,
+        )
+        if d is not None
+    ]
     return max(found, key=lambda d: int(d["verifier"]["seq"])) if found else None
 
 
@@ -128,8 +141,9 @@ def _state_lock(vault_dir: Path, user: str):
         os.close(fd)
 
 
-def save_state(vault_dir: Path, user: str, x25519: X25519PrivateKey, vault_id: str,
-               verifier: dict[str, Any]) -> None:
+def save_state(
+    vault_dir: Path, user: str, x25519: X25519PrivateKey, vault_id: str, verifier: dict[str, Any]
+) -> None:
     """Remember ``verifier`` (a :class:`~offline.audit.chain.Verifier` as JSON); never move backwards.
 
     Two processes of one user may close in any order: the later save of an earlier head is skipped.

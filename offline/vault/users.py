@@ -18,15 +18,36 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import config
-from ..memwipe import wipe
 from ..audit import chain
-from ..errors import AlreadyExists, AuditChainBroken, AuthenticationFailed, DecryptionError, NotFound, OfflineError, UsageError, VaultCorrupted
-from . import authz, crypto, db, header as hdr, maintenance, settings as vsettings, trust
+from ..errors import (
+    AlreadyExists,
+    AuditChainBroken,
+    AuthenticationFailed,
+    DecryptionError,
+    NotFound,
+    OfflineError,
+    UsageError,
+    VaultCorrupted,
+)
+from ..memwipe import wipe
+from . import authz, crypto, db, maintenance, trust
+from . import header as hdr
+from . import settings as vsettings
 from .collections import disable_everywhere, rotate_collection_key, wrap_all_collection_keys_for
 from .emergency import provision_user
 from .keys import (
-    ROLES, UserKeys, audit_key_context, check_name, install_seal_key, kdf_params_for_new_slot, make_slot,
-    open_slot, auth_failed, utc_now, vault_key_context, vault_lock,
+    ROLES,
+    UserKeys,
+    audit_key_context,
+    auth_failed,
+    check_name,
+    install_seal_key,
+    kdf_params_for_new_slot,
+    make_slot,
+    open_slot,
+    utc_now,
+    vault_key_context,
+    vault_lock,
 )
 from .legacy import check_legacy_tables
 from .session import DEFAULT_SETTINGS, Session, check_seen, check_slots, load_audit_key, load_seal_key
@@ -57,28 +78,44 @@ def create_vault(vault_dir: Path, admin: str, passphrase: str) -> Session:
     audit_key = Ed25519PrivateKey.generate()
     audit_pub = crypto.ed25519_public_bytes(audit_key).hex()
     seal_key = X25519PrivateKey.generate()
-    root = {"vault_id": h.vault_id, "founder": admin, "founder_ed25519": keys.ed25519_pub.hex(),
-            "audit_public_key": audit_pub}
+    root = {
+        "vault_id": h.vault_id,
+        "founder": admin,
+        "founder_ed25519": keys.ed25519_pub.hex(),
+        "audit_public_key": audit_pub,
+    }
     kdf = kdf_params_for_new_slot()
     conn = db.connect(vault_dir / h.db_file, vault_key, "vault", create=True)
     try:
         verifier = chain.Verifier(authz.Policy())
         with db.transaction(conn):
             before = authz.read_image(conn)
-            conn.execute("INSERT INTO users(name, role, x25519_pub, ed25519_pub, created_at, created_by)"
-                         " VALUES (?, 'admin', ?, ?, ?, NULL)",
-                         (admin, keys.x25519_pub.hex(), keys.ed25519_pub.hex(), utc_now()))
+            conn.execute(
+                "INSERT INTO users(name, role, x25519_pub, ed25519_pub, created_at, created_by)"
+                " VALUES (?, 'admin', ?, ?, ?, NULL)",
+                (admin, keys.x25519_pub.hex(), keys.ed25519_pub.hex(), utc_now()),
+            )
             for k, v in DEFAULT_SETTINGS.items():
                 conn.execute("INSERT INTO settings(key, value) VALUES (?, ?)", (k, v))
             conn.execute("INSERT INTO settings(key, value) VALUES ('audit_public_key', ?)", (audit_pub,))
-            conn.execute("INSERT INTO vault_keys(purpose, user, wrapped) VALUES ('audit', ?, ?)",
-                         (admin, crypto.wrap_to(keys.x25519_pub, crypto.private_bytes(audit_key),
-                                                audit_key_context(h.vault_id, admin))))
+            conn.execute(
+                "INSERT INTO vault_keys(purpose, user, wrapped) VALUES ('audit', ?, ?)",
+                (
+                    admin,
+                    crypto.wrap_to(
+                        keys.x25519_pub, crypto.private_bytes(audit_key), audit_key_context(h.vault_id, admin)
+                    ),
+                ),
+            )
             install_seal_key(conn, h.vault_id, seal_key, {admin: keys.x25519_pub})
-            payload = {"vault_id": h.vault_id, "ed25519": keys.ed25519_pub.hex(), "audit_public_key": audit_pub,
-                       "fingerprint": trust.fingerprint(root),
-                       "kdf": {k: v for k, v in kdf.to_dict().items() if k != "salt"},
-                       "authz": authz.diff(before, authz.read_image(conn))}
+            payload = {
+                "vault_id": h.vault_id,
+                "ed25519": keys.ed25519_pub.hex(),
+                "audit_public_key": audit_pub,
+                "fingerprint": trust.fingerprint(root),
+                "kdf": {k: v for k, v in kdf.to_dict().items() if k != "salt"},
+                "authz": authz.diff(before, authz.read_image(conn)),
+            }
             entry = chain.append_in_transaction(conn, admin, keys.ed25519, "vault.init", payload)
             verifier.feed(entry)
             h.slots[admin] = make_slot(h, admin, passphrase, keys, vault_key, kdf, root)
@@ -91,8 +128,9 @@ def create_vault(vault_dir: Path, admin: str, passphrase: str) -> Session:
     return session
 
 
-def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str], *,
-                 accept_restore: bool = False) -> Session:
+def open_session(
+    vault_dir: Path, user: str, passphrase: str | Callable[[], str], *, accept_restore: bool = False
+) -> Session:
     """Unlock ``vault_dir`` as ``user``. ``passphrase`` may be a callable, asked only if needed.
 
     ``accept_restore``: this vault was restored from a backup on purpose, so the newer head the
@@ -111,13 +149,28 @@ def open_session(vault_dir: Path, user: str, passphrase: str | Callable[[], str]
     except AuthenticationFailed:
         record_failed_unlock(vault_dir, user)
         raise
-    return open_with_keys(vault_dir, h, user, keys, root, accept_restore=accept_restore,
-                          pin_root=lambda v: _pin_root(vault_dir, user, secret, keys, v))
+    return open_with_keys(
+        vault_dir,
+        h,
+        user,
+        keys,
+        root,
+        accept_restore=accept_restore,
+        pin_root=lambda v: _pin_root(vault_dir, user, secret, keys, v),
+    )
 
 
-def open_with_keys(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, root: dict[str, str] | None, *,
-                   accept_restore: bool = False, pin_root: Callable[[chain.Verifier], dict[str, str]] | None = None,
-                   own_state_only: bool = False) -> Session:
+def open_with_keys(
+    vault_dir: Path,
+    h: hdr.Header,
+    user: str,
+    keys: UserKeys,
+    root: dict[str, str] | None,
+    *,
+    accept_restore: bool = False,
+    pin_root: Callable[[chain.Verifier], dict[str, str]] | None = None,
+    own_state_only: bool = False,
+) -> Session:
     """Steps (2)-(7) of :func:`open_session` for keys already unsealed (a passphrase or token slot).
 
     ``own_state_only`` (the team server): resume only from the client state in this process's home,
@@ -129,8 +182,9 @@ def open_with_keys(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, ro
         raise VaultCorrupted("header.json: the vault key in this keyslot does not open") from None
     conn = db.connect(vault_dir / h.db_file, vault_key, "vault")
     try:
-        verifier = _verified_chain(vault_dir, h, user, keys, conn, use_anchor=not accept_restore,
-                                   use_folder=not own_state_only)
+        verifier = _verified_chain(
+            vault_dir, h, user, keys, conn, use_anchor=not accept_restore, use_folder=not own_state_only
+        )
         if root is None:  # a keyslot made before roots were pinned: pin this chain's root now
             if pin_root is None:
                 raise VaultCorrupted("header.json: this slot pins no root")
@@ -138,10 +192,14 @@ def open_with_keys(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, ro
         if not trust.same_root(root, verifier.root):
             raise AuditChainBroken(
                 "audit entry 1: the audit log does not start at this vault's pinned root (vault "
-                f"fingerprint {trust.show_fingerprint(root)}); the whole history was replaced", 1)
+                f"fingerprint {trust.show_fingerprint(root)}); the whole history was replaced",
+                1,
+            )
         if not verifier.policy.started:
-            raise OfflineError("this vault was made by an older version of offline: an admin must open it "
-                               "once with this version to sign its authorization state")
+            raise OfflineError(
+                "this vault was made by an older version of offline: an admin must open it "
+                "once with this version to sign its authorization state"
+            )
         row = verifier.policy.user(user)
         if row is None:
             record_failed_unlock(vault_dir, user)
@@ -163,7 +221,9 @@ def open_with_keys(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, ro
     if accept_restore:
         anchor = trust.load_state(vault_dir, user, keys.x25519, h.vault_id)
         seen = int(anchor["verifier"]["seq"]) if anchor else 0
-        session.audit("vault.restore_accepted", severity="high", head_seq=verifier.seq, previously_seen_seq=seen)
+        session.audit(
+            "vault.restore_accepted", severity="high", head_seq=verifier.seq, previously_seen_seq=seen
+        )
         trust.forget_anchor(vault_dir, user, h.vault_id)
     session.remember()
     flush_failed_unlocks(session)
@@ -172,11 +232,20 @@ def open_with_keys(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, ro
     return session
 
 
-def _verified_chain(vault_dir: Path, h: hdr.Header, user: str, keys: UserKeys, conn: db.Connection, *,
-                    use_anchor: bool = True, use_folder: bool = True) -> chain.Verifier:
+def _verified_chain(
+    vault_dir: Path,
+    h: hdr.Header,
+    user: str,
+    keys: UserKeys,
+    conn: db.Connection,
+    *,
+    use_anchor: bool = True,
+    use_folder: bool = True,
+) -> chain.Verifier:
     """Resume from this user's last-seen head (checked still to be in the chain), verify the rest."""
-    state = trust.load_state(vault_dir, user, keys.x25519, h.vault_id, use_anchor=use_anchor,
-                             use_folder=use_folder)
+    state = trust.load_state(
+        vault_dir, user, keys.x25519, h.vault_id, use_anchor=use_anchor, use_folder=use_folder
+    )
     if state is None:
         verifier = chain.Verifier(authz.Policy())
     else:
@@ -211,11 +280,15 @@ def _adopt_legacy(conn: db.Connection, user: str, keys: UserKeys, verifier: chai
         vault_id = str(verifier.root["vault_id"]) if verifier.root else ""
         install_seal_key(conn, vault_id, X25519PrivateKey.generate(), {user: keys.x25519_pub})
         changes = authz.diff(authz.Policy().image, authz.read_image(conn))
-        entry = chain.append_in_transaction(conn, user, keys.ed25519, "authz.adopt", {"authz": changes}, "notice")
+        entry = chain.append_in_transaction(
+            conn, user, keys.ed25519, "authz.adopt", {"authz": changes}, "notice"
+        )
         verifier.feed(entry)
 
 
-def _pin_root(vault_dir: Path, user: str, passphrase: str, keys: UserKeys, verifier: chain.Verifier) -> dict[str, str]:
+def _pin_root(
+    vault_dir: Path, user: str, passphrase: str, keys: UserKeys, verifier: chain.Verifier
+) -> dict[str, str]:
     """Trust on first use for an old keyslot: seal the verified chain's root into it (same KDF cost)."""
     if verifier.root is None:
         raise AuditChainBroken("audit entry 1: missing", 1)
@@ -272,7 +345,8 @@ def _park_claim(rec: Any) -> dict[str, Any] | None:
 
 
 def flush_failed_unlocks(session: Session) -> None:
-    """Move the parked unlock failures into the signed audit log (at every open; the server also after requests).
+    """Move the parked unlock failures into the signed audit log (at every open; the server also after
+    requests).
 
     Each becomes an ``unlock.failed`` entry marked ``reported_by: park-file`` with its claims
     validated (user name, time, address shapes) and capped: at most :data:`PARK_MAX_RECORDS` per
@@ -302,8 +376,14 @@ def flush_failed_unlocks(session: Session) -> None:
             session.audit("unlock.failed", severity="warning", **claim)
             signed += 1
         if skipped or truncated:
-            session.audit("unlock.failed.unreadable", severity="warning", reported_by="park-file", records=skipped,
-                          truncated=truncated, why="malformed, over the per-flush cap, or past the size cap")
+            session.audit(
+                "unlock.failed.unreadable",
+                severity="warning",
+                reported_by="park-file",
+                records=skipped,
+                truncated=truncated,
+                why="malformed, over the per-flush cap, or past the size cap",
+            )
         path.unlink(missing_ok=True)
 
 
@@ -329,7 +409,8 @@ def add_user(session: Session, name: str, role: str, passphrase: str) -> dict[st
             session.db.execute(
                 "INSERT INTO users(name, role, x25519_pub, ed25519_pub, created_at, created_by)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, role, keys.x25519_pub.hex(), keys.ed25519_pub.hex(), utc_now(), session.user))
+                (name, role, keys.x25519_pub.hex(), keys.ed25519_pub.hex(), utc_now(), session.user),
+            )
             if role in ("admin", "auditor"):
                 _share_audit_key(session, name, keys.x25519_pub)
             if role == "admin":
@@ -345,17 +426,24 @@ def add_user(session: Session, name: str, role: str, passphrase: str) -> dict[st
 
 def _share_audit_key(session: Session, name: str, x25519_pub: bytes) -> None:
     audit_priv = load_audit_key(session)
-    session.db.execute("INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES ('audit', ?, ?)",
-                       (name, crypto.wrap_to(x25519_pub, crypto.private_bytes(audit_priv),
-                                             audit_key_context(session.vault_id, name))))
+    session.db.execute(
+        "INSERT OR REPLACE INTO vault_keys(purpose, user, wrapped) VALUES ('audit', ?, ?)",
+        (
+            name,
+            crypto.wrap_to(
+                x25519_pub, crypto.private_bytes(audit_priv), audit_key_context(session.vault_id, name)
+            ),
+        ),
+    )
     install_seal_key(session.db, session.vault_id, load_seal_key(session), {name: x25519_pub})
-
 
 
 def list_users(session: Session) -> list[dict[str, Any]]:
     """Enrolled users, from the signed policy (admins and auditors see everyone; members themselves)."""
-    users = [{"name": n, "role": r["role"], "created_at": r["created_at"], "created_by": r["created_by"] or "-"}
-             for n, r in session.policy.users().items()]
+    users = [
+        {"name": n, "role": r["role"], "created_at": r["created_at"], "created_by": r["created_by"] or "-"}
+        for n, r in session.policy.users().items()
+    ]
     if session.role == "member":
         users = [u for u in users if u["name"] == session.user]
     return users
@@ -375,10 +463,16 @@ def remove_user(session: Session, name: str) -> dict[str, Any]:
                 raise NotFound(f"no such user: {name!r}")
             if target["role"] == "admin" and len(session.policy.users("admin")) <= 1:
                 raise UsageError("cannot remove the last admin")
-            held = [r[0] for r in session.db.execute(
-                "SELECT DISTINCT c.name FROM collections c WHERE c.id IN (SELECT collection_id FROM collection_keys"
-                " WHERE user = ?) OR c.id IN (SELECT substr(purpose, 13) FROM vault_keys WHERE user = ?"
-                " AND purpose LIKE 'break-glass:%') ORDER BY c.name", (name, name))]
+            held = [
+                r[0]
+                for r in session.db.execute(
+                    "SELECT DISTINCT c.name FROM collections c WHERE c.id IN "
+                    "(SELECT collection_id FROM collection_keys WHERE user = ?) OR c.id IN "
+                    "(SELECT substr(purpose, 13) FROM vault_keys WHERE user = ?"
+                    " AND purpose LIKE 'break-glass:%') ORDER BY c.name",
+                    (name, name),
+                )
+            ]
             for table in ("grants", "collection_keys", "vault_keys", "adapter_keys"):
                 session.db.execute(f"DELETE FROM {table} WHERE user = ?", (name,))  # noqa: S608
             session.db.execute("UPDATE users SET removed_at = ? WHERE name = ?", (utc_now(), name))
@@ -396,8 +490,9 @@ def change_passphrase(session: Session, new_passphrase: str) -> None:
     kdf = kdf_params_for_new_slot()
     with vault_lock(session.vault_dir):
         h = hdr.load(session.vault_dir)
-        h.slots[session.user] = make_slot(h, session.user, new_passphrase, session.keys, session.vault_key,
-                                          kdf, session.root)
+        h.slots[session.user] = make_slot(
+            h, session.user, new_passphrase, session.keys, session.vault_key, kdf, session.root
+        )
         h.save(session.vault_dir)
         session.header = h
     session.audit("user.passwd", name=session.user)

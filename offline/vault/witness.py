@@ -61,6 +61,7 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
 
 # -- the chain head ----------------------------------------------------------------------------
 
+
 def read_head(vault_dir: Path, vault_id: str) -> tuple[int, str] | None:
     doc = _read(folder(vault_dir, vault_id) / "server.head", "the audit head")
     if doc is None:
@@ -68,8 +69,9 @@ def read_head(vault_dir: Path, vault_id: str) -> tuple[int, str] | None:
     try:
         return int(doc["seq"]), str(doc["hash"])
     except (KeyError, TypeError, ValueError):
-        raise VaultCorrupted(f"{folder(vault_dir, vault_id)}/server.head: the server's memory of the audit "
-                             "head is damaged") from None
+        raise VaultCorrupted(
+            f"{folder(vault_dir, vault_id)}/server.head: the server's memory of the audit head is damaged"
+        ) from None
 
 
 def note_head(session: Session) -> None:
@@ -118,6 +120,7 @@ def glob_safe(text: str) -> str:
 
 # -- header.json -------------------------------------------------------------------------------
 
+
 def observe_header(vault_dir: Path) -> hdr.Header:
     """Read ``header.json`` now and fold what changed into the server's memory; returns it.
 
@@ -140,8 +143,12 @@ def observe_header(vault_dir: Path) -> hdr.Header:
             retired.append(current)
         now = set(h.tokens)
         gone += sorted((present - now) - set(gone))
-        doc = {"db_file": h.db_file, "retired": retired[-MAX_LIST:], "gone": gone[-MAX_LIST:],
-               "tokens": sorted(now - set(gone))[:MAX_LIST]}
+        doc = {
+            "db_file": h.db_file,
+            "retired": retired[-MAX_LIST:],
+            "gone": gone[-MAX_LIST:],
+            "tokens": sorted(now - set(gone))[:MAX_LIST],
+        }
         if doc != old:
             _write(path, doc)
         return _checked(h, retired, gone)
@@ -149,9 +156,11 @@ def observe_header(vault_dir: Path) -> hdr.Header:
 
 def _checked(h: hdr.Header, retired: list[str], gone: list[str]) -> hdr.Header:
     if h.db_file in retired:
-        raise VaultCorrupted(f"header.json names {h.db_file}, a vault database this server saw replaced: the "
-                             "vault was rolled back under the server (a backup restored on purpose: see "
-                             "docs/server.md, 'restoring a backup under the server')")
+        raise VaultCorrupted(
+            f"header.json names {h.db_file}, a vault database this server saw replaced: the "
+            "vault was rolled back under the server (a backup restored on purpose: see "
+            "docs/server.md, 'restoring a backup under the server')"
+        )
     return h
 
 
