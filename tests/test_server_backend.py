@@ -147,11 +147,25 @@ def test_generate_backend_llama_cpp_server(admin_session, tmp_path, vault_dir):
         d = r.json()
         assert d["choices"][0]["message"]["content"]
         assert d["offline"]["retrieved"][0]["chunk_id"].startswith("kb/")
+        # `doctor` (another process, same home) shows the server's one allowed backend.
+        doc = subprocess.run(
+            [sys.executable, "-c", "from offline.cli import main; main()", "--json", "doctor"],
+            env=_env(tmp_path / "s-home"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        line = next(c for c in json.loads(doc.stdout)["checks"] if c["name"] == "team server")
+        assert line["status"] == "PASS", line
+        assert (
+            f"127.0.0.1:{sport}" in line["reason"] and f"backend http://127.0.0.1:{bport}" in line["reason"]
+        )
     finally:
         for p in (kit, backend):
             if p is not None:
                 p.terminate()
                 p.wait(timeout=30)
+    assert not list((tmp_path / "s-home" / "servers").glob("*.json"))  # the note goes with the server
     admin_session.sync()
     reqs = [e.payload for e in chain.iter_entries(admin_session.db, "action = 'server.request'")]
     assert reqs[-1]["backend"] == f"http://127.0.0.1:{bport}" and reqs[-1]["status"] == 200

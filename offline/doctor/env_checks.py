@@ -6,7 +6,7 @@ import os
 from importlib import metadata
 
 from .. import netguard
-from .report import Check, failed, passed
+from .report import Check, failed, passed, skipped
 
 # Must be set, to these values, for the hub libraries to stay offline.
 HF_OFFLINE_VARS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -52,6 +52,29 @@ def check_network_guard() -> Check:
     if not ok:
         return failed(name, f"installed but ineffective: {why}; {ns_text}", layers=layers)
     return passed(name, f"active: python socket guard: {why}; {ns_text}", layers=layers)
+
+
+def check_team_servers() -> Check:
+    """Team servers this user runs (``offline serve``) and the network exceptions each one's guard
+    makes: its listening socket and, with ``--generate-backend``, that one address."""
+    from ..server.run import running_servers
+
+    name = "team server"
+    found = running_servers()
+    live = [s for s in found if s["running"]]
+    if not live:
+        stale = f" ({len(found)} stale note(s) of stopped servers)" if found else ""
+        return skipped(name, f"none running as this user{stale}", servers=found)
+    parts = [
+        f"{s['listen']} ({'TLS' if s['tls'] else 'loopback, no TLS'}; pid {s['pid']}; vault {s['vault']}); "
+        + (
+            f"generation backend {s['generate_backend']}: the only other address its guard allows"
+            if s.get("generate_backend")
+            else "no generation backend: its guard allows no other address"
+        )
+        for s in live
+    ]
+    return passed(name, "; ".join(parts), servers=found)
 
 
 def check_hf_offline() -> Check:
@@ -152,6 +175,7 @@ def env_checks() -> list[Check]:
     """Process-level lines, in report order."""
     return [
         check_network_guard(),
+        check_team_servers(),
         check_hf_offline(),
         check_telemetry(),
         check_sqlcipher(),

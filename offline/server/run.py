@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import ipaddress
+import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +129,58 @@ def prepare(
     }
 
 
+def records_dir() -> Path:
+    """Where each running server leaves a note for ``offline doctor`` (this user's home, 0700)."""
+    return config.home() / "servers"
+
+
+def _record(vault_dir: Path, plan: dict[str, Any], backend: str | None) -> Path:
+    """Write ``servers/PORT.json``: what this server listens on and the one backend its guard allows.
+
+    No secret goes in it; it lets ``doctor`` (a separate process) show the network exceptions of a
+    server running as this user. Removed when the server stops; a leftover names a dead pid.
+    """
+    folder = records_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    path = folder / f"{int(plan['port'])}.json"
+    doc = {
+        "pid": os.getpid(),
+        "vault": str(Path(vault_dir).resolve()),
+        "listen": f"{plan['host']}:{plan['port']}",
+        "tls": bool(plan.get("tls_cert")),
+        "generate_backend": backend,
+        "started_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def running_servers() -> list[dict[str, Any]]:
+    """The notes of servers started by this user, each with ``running`` (its pid is alive)."""
+    out = []
+    folder = records_dir()
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            pid = int(doc["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        out.append({**doc, "running": alive, "file": str(path)})
+    return out
+
+
 def serve(
     vault_dir: Path,
     plan: dict[str, Any],
@@ -170,9 +225,19 @@ def serve(
         http=GuardedH11Protocol,
     )  # slow headers cut off, connections per address bounded
     server = uvicorn.Server(cfg)
+    note = _record(vault_dir, plan, generate_backend)
+
+    def stop(signum: int, frame: Any) -> None:
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
+        # it found: this one, so the process ends through the finally below, not the default kill.
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     if ready is not None:
         ready(plan)
     try:
         server.run()
     finally:
+        note.unlink(missing_ok=True)
         app.state.pool.close()
