@@ -40,29 +40,13 @@ httpx = pytest.importorskip("httpx")
 sqlcipher3 = pytest.importorskip("sqlcipher3")
 
 from test_insider import Raw  # noqa: E402  (the member's raw toolkit)
+from test_server import CANARY_BOB, CANARY_DAVE, DOCS, _free_port  # noqa: E402
 
 PW = {**PASSPHRASES, "dave": "dave-passphrase-44"}
-CANARY_BOB = "CANARY-ALPHA-5d1e07"
-CANARY_DAVE = "CANARY-BETA-93b0fa"
-DOCS = {
-    "alpha": {
-        "warsaw.txt": "Warsaw is the capital and largest city of Poland. The Vistula river flows through "
-        f"Warsaw. Internal reference code {CANARY_BOB}."
-    },
-    "beta": {
-        "broncos.txt": "Super Bowl 50 was won by the Denver Broncos, who defeated the Carolina Panthers "
-        f"24 to 10 at Levi's Stadium. Internal reference code {CANARY_DAVE}."
-    },
-}
+# The same two collections and canaries as tests/test_server.py.
 
 
 # -- plumbing -------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeBackend:
