@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .app import App
-from .params import TEXT
+from .params import TEXT, Count, Number
 from .vault import users
 
 
@@ -26,7 +26,7 @@ from .vault import users
 @click.option(
     "--idle",
     "idle_s",
-    type=click.FloatRange(1, 86400),
+    type=Number(1, 86400),
     default=300,
     show_default=True,
     help="Seconds before an unused session's keys are dropped.",
@@ -34,14 +34,14 @@ from .vault import users
 @click.option(
     "--queue",
     "queue_size",
-    type=click.IntRange(1, 10000),
+    type=Count(1, 10000),
     default=64,
     show_default=True,
     help="Requests waiting or running at once; more get 429.",
 )
 @click.option(
     "--per-user",
-    type=click.IntRange(1, 1000),
+    type=Count(1, 1000),
     default=8,
     show_default=True,
     help="Requests one user may have waiting or running; more get 429.",
